@@ -1,0 +1,152 @@
+"""`arena-kd` command line (typer). Every stage takes --config PATH and repeatable --set key=value.
+
+User mistakes (missing file, bad config, bad data) print one line and exit 2 — no traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from arena_kd.errors import UserError
+
+DEFAULT_CONFIG = "configs/demo.yaml"
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Knowledge distillation + stacking pipeline for LMSYS Chatbot Arena preference prediction.",
+)
+
+ConfigOpt = typer.Option(DEFAULT_CONFIG, "--config", "-c", help="Pipeline YAML config.")
+SetOpt = typer.Option(None, "--set", help="Override a config value: dotted.key=value (repeatable).")
+ForceOpt = typer.Option(False, "--force", help="Redo work whose outputs already exist.")
+
+
+def _cfg(config: str, sets: Optional[List[str]]):
+    from arena_kd.config import load_config
+
+    return load_config(config, sets or [])
+
+
+@app.command()
+def teachers(config: str = ConfigOpt, set: Optional[List[str]] = SetOpt, force: bool = ForceOpt) -> None:
+    """Fine-tune each teacher k-fold and write out-of-fold logits; combine them into soft labels.
+
+    Outputs: <workdir>/teachers/<name>/oof.parquet (+meta.json), <workdir>/teachers/soft_labels.parquet. Resumable per fold.
+    """
+    from teachers.run import run_teachers
+
+    run_teachers(_cfg(config, set), force=force)
+
+
+@app.command()
+def distill(config: str = ConfigOpt, set: Optional[List[str]] = SetOpt, force: bool = ForceOpt) -> None:
+    """Distil the teachers' soft labels plus the hard labels into the student (k-fold OOF + final export).
+
+    Outputs: <workdir>/student/oof.parquet (+meta), <workdir>/student/export/ (everything `submission` needs).
+    """
+    from student.run import run_distill
+
+    run_distill(_cfg(config, set), force=force)
+
+
+@app.command()
+def stack(config: str = ConfigOpt, set: Optional[List[str]] = SetOpt, force: bool = ForceOpt) -> None:
+    """Train the LightGBM stacker on student OOF logits + length/similarity features, then fit a temperature.
+
+    Outputs: <workdir>/stacking/ (LightGBM text models, temperature.json, report.md + PNGs).
+    """
+    from stacking.run import run_stacking
+
+    run_stacking(_cfg(config, set), force=force)
+
+
+@app.command()
+def submission(
+    config: str = ConfigOpt,
+    set: Optional[List[str]] = SetOpt,
+    test: Optional[str] = typer.Option(None, "--test", help="Test CSV (Kaggle layout); default data.test."),
+    out: Optional[str] = typer.Option(None, "--out", help="Output CSV; default <workdir>/submission.csv."),
+    time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Wall-clock budget, e.g. 30600 or 8h30m."),
+) -> None:
+    """Predict the test pairs offline (student with swap TTA → features → stacker → temperature) and write submission.csv.
+
+    Always writes a valid file inside the time budget, degrading (no TTA, shorter inputs, features-only) when needed.
+    """
+    from submission.run import run_submission
+
+    run_submission(_cfg(config, set), test=test, out=out, time_budget=time_budget)
+
+
+@app.command()
+def evaluate(
+    pred: str = typer.Option(..., "--pred", help="Predictions CSV (id, winner_model_a, winner_model_b, winner_tie)."),
+    labels: str = typer.Option(..., "--labels", help="Labelled CSV (Kaggle train layout) with the same ids."),
+) -> None:
+    """Print log loss, accuracy and per-class calibration of a predictions file against labels."""
+    from arena_kd.evaluate import evaluate_files
+
+    evaluate_files(pred, labels)
+
+
+@app.command("validate-data")
+def validate_data(
+    path: str = typer.Argument(..., help="Data file (Kaggle CSV, arena JSONL/Parquet, chosen/rejected pairs)."),
+    format: str = typer.Option("auto", "--format", help="auto|kaggle|arena|pairs"),
+) -> None:
+    """Read and validate a data file; print rows, labels, turn histogram, repaired/flagged counts and length percentiles."""
+    from data.validate import validate_data_report
+
+    validate_data_report(path, fmt=format)
+
+
+@app.command()
+def plan(
+    config: str = ConfigOpt,
+    set: Optional[List[str]] = SetOpt,
+    test: Optional[str] = typer.Option(None, "--test", help="Test CSV whose token counts drive the estimate; default data.test."),
+    hardware: str = typer.Option("t4x2", "--hardware", help="t4x2 | a100 | h100"),
+) -> None:
+    """Estimate wall time and GPU memory of every stage for this config on the given hardware; say if it fits 9 h."""
+    from submission.plan import run_plan
+
+    run_plan(_cfg(config, set), test=test, hardware=hardware)
+
+
+@app.command("all")
+def run_all(config: str = ConfigOpt, set: Optional[List[str]] = SetOpt, force: bool = ForceOpt) -> None:
+    """Run teachers → distill → stack → submission, then write <workdir>/report.md."""
+    from arena_kd.pipeline import run_pipeline
+
+    run_pipeline(_cfg(config, set), force=force)
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        app(standalone_mode=False)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except (typer.Exit, SystemExit) as exc:  # --help etc.
+        code = getattr(exc, "exit_code", getattr(exc, "code", 0))
+        sys.exit(code or 0)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(2)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        raise
+
+
+if __name__ == "__main__":
+    main()
