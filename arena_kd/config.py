@@ -150,6 +150,9 @@ class DistillConfig(_Strict):
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing on the hard-label CE.")
     soft_labels: str | None = Field(None, description="Soft-label Parquet; default <workdir>/teachers/soft_labels.parquet.")
     per_teacher: bool = Field(False, description="KL to each teacher separately with their weights (1st place) instead of to the combined distribution.")
+    per_teacher_weights: Literal["equal", "combine"] = Field(
+        "equal", description="With per_teacher: equal weight per teacher (1st place) or the weights teachers.combine chose (soft-label sidecar)."
+    )
 
 
 class StudentConfig(_Strict):
@@ -161,6 +164,7 @@ class StudentConfig(_Strict):
     final: Literal["full", "fold_soup", "none"] = Field("full", description="Final model: retrain on all rows, average the fold LoRAs (1st place), or skip.")
     export_dtype: Literal["fp16", "bf16", "fp32"] = Field("fp16", description="dtype of the merged export (fp16 for T4).")
     export_merged: bool = Field(True, description="Merge LoRA into the base for export (else base + adapter).")
+    reference_rows: int = Field(16, ge=0, le=4096, description="Training rows whose trained-model logits are stored in the export as a self-check for loaders (0 = none).")
 
 
 class StackingConfig(_Strict):
@@ -187,6 +191,12 @@ class SubmissionConfig(_Strict):
     degraded_max_length: int = Field(512, ge=16, description="Shorter budget used when the time budget is at risk.")
     clip_eps: float = Field(1e-6, gt=0, lt=0.1, description="Probabilities are clipped to [eps, 1-eps] and renormalised.")
     out: str | None = Field(None, description="Output CSV; default <workdir>/submission.csv.")
+    stack_dir: str | None = Field(None, description="Stacker folder (stacking.predict.load_stacker); default <workdir>/stacking.")
+    chunk_rows: int = Field(512, ge=1, le=1_000_000, description="Rows per student chunk; the time budget is re-checked between chunks (the first chunk is a quarter, as warm-up).")
+    safety_factor: float = Field(1.15, ge=1.0, le=10.0, description="Multiplier on the measured finish estimate before comparing it with the time left.")
+    reserve_s: float = Field(120.0, ge=0, le=36000, description="Seconds kept free for the stacker and the write, on top of twice the measured features-only stacker time.")
+    swap_average: bool = Field(True, description="Average the stacker over both A/B orientations of every row that has both (costs a second stacker pass; removes residual position bias).")
+    expected_test_rows: int | None = Field(None, ge=1, description="Planner: rows of the hidden test set (Kaggle LMSYS: ~25,000; the public test.csv has 3); null = the test file's row count.")
 
 
 class PipelineConfig(_Strict):

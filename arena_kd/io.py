@@ -99,7 +99,7 @@ def file_hash(path: str | Path, n: int = 16) -> str:
 def frame_hash(df: pd.DataFrame, columns: list[str] | None = None, n: int = 16) -> str:
     """Order-independent content hash of selected columns (rows hashed, sorted, hashed)."""
     cols = columns or list(df.columns)
-    rows = pd.util.hash_pandas_object(df[cols].astype(str), index=False).to_numpy()
+    rows = pd.util.hash_pandas_object(df[cols].astype(str), index=False).to_numpy().copy()  # writable (pandas 3)
     rows.sort()
     return hashlib.sha256(rows.tobytes()).hexdigest()[:n]
 

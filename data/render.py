@@ -1,37 +1,62 @@
 """Render a pair into model input ids under a token budget, for any HF tokenizer.
 
-Layout ("blocks", the 1st-place layout): ``<prompt>: … <response_a>: … <response_b>: …``;
-multi-turn conversations interleave per turn. Fields are tokenised separately (batched,
-fast tokenizer, no special tokens), cut to budget, joined, and wrapped once with the
-tokenizer's own special tokens — so there is never a double BOS and the budget is exact.
+Layout ("blocks", the 1st-place layout)::
+
+    <prompt>: …  \\n\\n<response_a>: …  \\n\\n<response_b>: …
+
+Multi-turn conversations: each field joins its turns oldest first as ``[turn i] text``
+separated by blank lines (single-turn fields are plain text). Fields are tokenised separately
+(one batched call to the fast tokenizer, no special tokens, special-token strings inside user
+text are *not* turned into special ids), cut to budget, joined, and wrapped once: with the
+tokenizer's own special tokens (``template="blocks"``: BERT gets [CLS] … [SEP], Llama gets
+<s> …) or with the tokenizer's chat template as one user message (``template="chat"``). So
+there is never a double BOS and ``len(ids) <= max_length`` always.
 
 Truncation policies:
-  budget           prompt capped at ``prompt_fraction`` of the budget; the responses share
-                   the rest, the longer one trimmed first; each field keeps its start.
+  budget           the prompt is capped at ``prompt_fraction`` of the budget (it takes more when
+                   the responses are short); the responses share the rest, the longer one trimmed
+                   first (water-filling); each field keeps its start.
   left             the same budgets, but every field keeps its end (drops the oldest tokens).
-  keep_last_turns  keep the most recent turns that fit whole, then ``budget`` on what is left.
-Both responses always survive (each keeps at least ``min(len, budget/2)`` of its share).
+  keep_last_turns  drop the oldest whole turns (prompt, A and B together) until the rest fits,
+                   keeping at least the last turn; then ``budget`` on what is left.
+Both responses always survive: a non-empty response keeps at least one token, and at least
+half of the response budget when it needs it.
+
+Speed: texts far longer than any budget are cut to ``CHARS_PER_TOKEN_CAP`` characters per token
+of budget before tokenising; a field whose cut text yields too few tokens to prove the cut
+harmless is re-tokenised whole, so the output equals rendering without the shortcut.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Sequence
 
 import pandas as pd
 
 HEADERS = ("<prompt>: ", "\n\n<response_a>: ", "\n\n<response_b>: ")
 TURN_SEP = "\n\n"
+TRUNCATIONS = ("budget", "left", "keep_last_turns")
+TEMPLATES = ("blocks", "chat")
+CHARS_PER_TOKEN_CAP = 8  # no tokenizer averages more characters per token on real text
+CUT_MARGIN = 64  # tokens beyond the budget a cut text must still yield (boundary effects are << this)
+_SENTINEL = "\u2063ARENA_KD_CONTENT\u2063"
 
 
-def _specials(tokenizer) -> tuple[list[int], list[int]]:
-    """(prefix, suffix) special ids the tokenizer adds around one sequence."""
-    return _specials_cached(id(tokenizer), tokenizer)
+def encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text: no special tokens added, special-token strings in the text kept as text."""
+    if not texts:
+        return []
+    try:
+        enc = tokenizer(texts, add_special_tokens=False, split_special_tokens=True,
+                        return_attention_mask=False, return_token_type_ids=False)
+    except TypeError:  # slow tokenizers without split_special_tokens
+        enc = tokenizer(texts, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False)
+    return enc["input_ids"]
 
 
-@lru_cache(maxsize=32)
-def _specials_cached(_key, tokenizer) -> tuple[list[int], list[int]]:
-    probe = "hello"
+def special_wrap(tokenizer) -> tuple[list[int], list[int]]:
+    """(prefix, suffix) special ids the tokenizer adds around one sequence (e.g. [CLS] / [SEP], or <s> / none)."""
+    probe = "hello world"
     plain = tokenizer(probe, add_special_tokens=False)["input_ids"]
     full = tokenizer(probe, add_special_tokens=True)["input_ids"]
     for i in range(len(full) - len(plain) + 1):
@@ -40,15 +65,35 @@ def _specials_cached(_key, tokenizer) -> tuple[list[int], list[int]]:
     return [], []
 
 
-def _join_turns(turns: Sequence[str] | None) -> str:
-    turns = [t if isinstance(t, str) else "" for t in (turns or [])]
-    if len(turns) <= 1:
+def chat_wrap(tokenizer) -> tuple[list[int], list[int]]:
+    """(prefix, suffix) ids of the tokenizer's chat template around one user message, generation prompt included."""
+    if not getattr(tokenizer, "chat_template", None):
+        from arena_kd.errors import UserError
+
+        raise UserError(f"render.template=chat: tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template; use template: blocks")
+    text = tokenizer.apply_chat_template([{"role": "user", "content": _SENTINEL}], tokenize=False, add_generation_prompt=True)
+    pre, _, post = text.partition(_SENTINEL)
+    # the template's own text carries its special tokens (e.g. '<bos>', '<|im_start|>'): parse them as specials
+    pre_ids = tokenizer(pre, add_special_tokens=False)["input_ids"] if pre else []
+    post_ids = tokenizer(post, add_special_tokens=False)["input_ids"] if post else []
+    bos, _ = special_wrap(tokenizer)
+    if bos and pre_ids[: len(bos)] != bos:
+        pre_ids = bos + pre_ids
+    return list(pre_ids), list(post_ids)
+
+
+def join_turns(turns: Sequence[str] | None, first_turn: int = 1, multi: bool | None = None) -> str:
+    """Turns -> one field text. ``first_turn`` numbers the turns when older ones were dropped."""
+    turns = [t if isinstance(t, str) else "" for t in (turns if turns is not None else [])]
+    if multi is None:
+        multi = len(turns) > 1
+    if not multi:
         return turns[0] if turns else ""
-    return TURN_SEP.join(f"[turn {i + 1}] {t}" for i, t in enumerate(turns))
+    return TURN_SEP.join(f"[turn {first_turn + i}] {t}" for i, t in enumerate(turns))
 
 
-def _share(lengths: list[int], budget: int) -> list[int]:
-    """Water-filling: give each field min(len, fair share); the longer field is trimmed first."""
+def share_budget(lengths: list[int], budget: int) -> list[int]:
+    """Water-filling: each field gets min(len, fair share of what is left); the longest is trimmed first."""
     alloc = [0] * len(lengths)
     remaining = max(budget, 0)
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
@@ -59,6 +104,16 @@ def _share(lengths: list[int], budget: int) -> list[int]:
     return alloc
 
 
+def allocate(n_prompt: int, n_a: int, n_b: int, avail: int, prompt_fraction: float) -> tuple[int, int, int]:
+    """Token counts kept of (prompt, A, B) for fields of the given lengths under ``avail`` tokens."""
+    reserve = min(n_a, 1) + min(n_b, 1)  # both responses survive
+    p_cap = int(avail * prompt_fraction)
+    p_n = min(n_prompt, max(p_cap, avail - n_a - n_b), avail - reserve)
+    a_n, b_n = share_budget([n_a, n_b], avail - p_n)
+    p_n = min(n_prompt, avail - a_n - b_n)  # hand back what the responses did not use
+    return p_n, a_n, b_n
+
+
 def _cut(ids: list[int], n: int, keep_end: bool) -> list[int]:
     if n >= len(ids):
         return ids
@@ -67,11 +122,17 @@ def _cut(ids: list[int], n: int, keep_end: bool) -> list[int]:
     return ids[-n:] if keep_end else ids[:n]
 
 
-def _fields_for(row_turns: tuple, policy: str, swap: bool) -> tuple[str, str, str]:
-    prompt, ra, rb = row_turns
-    if swap:
-        ra, rb = rb, ra
-    return _join_turns(prompt), _join_turns(ra), _join_turns(rb)
+def _tokenize_fields(tokenizer, texts: list[str], avail: int, keep_end: bool) -> list[list[int]]:
+    """Token ids of each field text, exact up to ``avail`` tokens from the kept side (see module doc)."""
+    cap = CHARS_PER_TOKEN_CAP * (avail + CUT_MARGIN)
+    cut = [len(t) > cap for t in texts]
+    short = [(t[-cap:] if keep_end else t[:cap]) if c else t for t, c in zip(texts, cut)]
+    enc = encode_texts(tokenizer, short)
+    redo = [i for i, c in enumerate(cut) if c and len(enc[i]) < avail + CUT_MARGIN]
+    if redo:
+        for i, ids in zip(redo, encode_texts(tokenizer, [texts[i] for i in redo])):
+            enc[i] = ids
+    return enc
 
 
 def render_batch(
@@ -81,51 +142,78 @@ def render_batch(
     truncation: str = "budget",
     prompt_fraction: float = 0.2,
     swap: bool = False,
+    template: str = "blocks",
 ) -> list[list[int]]:
-    """Input ids for every row of ``df`` (canonical table), in order. ``swap`` renders B as A and A as B."""
-    prefix, suffix = _specials(tokenizer)
-    header_ids = [tokenizer(h, add_special_tokens=False)["input_ids"] for h in HEADERS]
+    """Input ids for every row of ``df`` (canonical table), in order; each list has length <= max_length.
+
+    ``swap`` renders B as A and A as B (equal to rendering ``data.schema.swap_frame(df)``).
+    ``template``: "blocks" (tokenizer's own special tokens) or "chat" (the tokenizer's chat template).
+    """
+    if truncation not in TRUNCATIONS:
+        raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {truncation!r}")
+    if template not in TEMPLATES:
+        raise ValueError(f"template must be one of {TEMPLATES}, got {template!r}")
+    if not 0 < prompt_fraction < 1:
+        raise ValueError(f"prompt_fraction must be in (0, 1), got {prompt_fraction}")
+    prefix, suffix = chat_wrap(tokenizer) if template == "chat" else special_wrap(tokenizer)
+    header_ids = encode_texts(tokenizer, list(HEADERS))
     fixed = len(prefix) + len(suffix) + sum(len(h) for h in header_ids)
     avail = max_length - fixed
     if avail < 3:
-        raise ValueError(f"max_length={max_length} leaves no room for text (needs > {fixed + 2})")
+        raise ValueError(f"max_length={max_length} leaves no room for text (needs at least {fixed + 3})")
 
-    rows = list(zip(df["prompt"], df["response_a"], df["response_b"]))
+    prompts = list(df["prompt"])
+    ras, rbs = list(df["response_a"]), list(df["response_b"])
+    if swap:
+        ras, rbs = rbs, ras
+    firsts = [1] * len(prompts)
+    multis = [len(p) > 1 for p in prompts]
     if truncation == "keep_last_turns":
-        rows = [_keep_last_turns(r, tokenizer, avail) for r in rows]
-    texts = [_fields_for(r, truncation, swap) for r in rows]
-    flat = [t for triple in texts for t in triple]
-    enc = tokenizer(flat, add_special_tokens=False)["input_ids"]
+        prompts, ras, rbs, firsts = _keep_last_turns(prompts, ras, rbs, tokenizer, avail)
+    flat: list[str] = []
+    for p, a, b, f, m in zip(prompts, ras, rbs, firsts, multis):
+        flat += [join_turns(p, f, m), join_turns(a, f, m), join_turns(b, f, m)]
     keep_end = truncation == "left"
+    enc = _tokenize_fields(tokenizer, flat, avail, keep_end)
     out: list[list[int]] = []
-    for i in range(len(texts)):
+    for i in range(len(prompts)):
         p, a, b = enc[3 * i], enc[3 * i + 1], enc[3 * i + 2]
-        p_cap = int(avail * prompt_fraction)
-        p_n = min(len(p), max(p_cap, avail - len(a) - len(b)))
-        a_n, b_n = _share([len(a), len(b)], avail - p_n)
-        p_n = min(len(p), avail - a_n - b_n)  # hand back what the responses did not use
-        body = (
-            header_ids[0] + _cut(p, p_n, keep_end)
+        p_n, a_n, b_n = allocate(len(p), len(a), len(b), avail, prompt_fraction)
+        out.append(
+            prefix
+            + header_ids[0] + _cut(p, p_n, keep_end)
             + header_ids[1] + _cut(a, a_n, keep_end)
             + header_ids[2] + _cut(b, b_n, keep_end)
+            + suffix
         )
-        out.append(prefix + body + suffix)
     return out
 
 
-def _keep_last_turns(row: tuple, tokenizer, avail: int) -> tuple:
-    """Drop the oldest whole turns (prompt, A and B together) until the rest fits, keeping at least the last."""
-    prompt, ra, rb = (list(x or []) for x in row)
-    n = len(prompt)
-    if n <= 1:
-        return prompt, ra, rb
-    cost = []
-    for t in range(n):
-        parts = [prompt[t] if t < len(prompt) else "", ra[t] if t < len(ra) else "", rb[t] if t < len(rb) else ""]
-        parts = [x if isinstance(x, str) else "" for x in parts]
-        cost.append(sum(len(ids) for ids in tokenizer(parts, add_special_tokens=False)["input_ids"]) + 8)
-    start, total = n - 1, cost[-1]
-    while start > 0 and total + cost[start - 1] <= avail:
-        start -= 1
-        total += cost[start]
-    return prompt[start:], ra[start:], rb[start:]
+def _keep_last_turns(prompts, ras, rbs, tokenizer, avail: int):
+    """Per row, drop the oldest whole turns until the rest fits ``avail`` tokens (keeping at least the last turn).
+
+    Returns (prompts, ras, rbs, first_turn_numbers). One batched tokenizer call for all turns of all multi-turn rows.
+    """
+    prompts, ras, rbs = [list(x) for x in prompts], [list(x) for x in ras], [list(x) for x in rbs]
+    firsts = [1] * len(prompts)
+    marker = len(encode_texts(tokenizer, [TURN_SEP + "[turn 10] "])[0])
+    parts, owners = [], []
+    for r, p in enumerate(prompts):
+        if len(p) > 1:
+            for t in range(len(p)):
+                for field in (prompts[r], ras[r], rbs[r]):
+                    x = field[t] if t < len(field) else ""
+                    parts.append(x if isinstance(x, str) else "")
+                owners.append((r, t))
+    enc = _tokenize_fields(tokenizer, parts, avail, keep_end=False)
+    cost: dict[int, list[int]] = {}
+    for k, (r, t) in enumerate(owners):
+        cost.setdefault(r, []).append(sum(len(enc[3 * k + j]) for j in range(3)) + 3 * marker)
+    for r, c in cost.items():
+        start, total = len(c) - 1, c[-1]
+        while start > 0 and total + c[start - 1] <= avail:
+            start -= 1
+            total += c[start]
+        prompts[r], ras[r], rbs[r] = prompts[r][start:], ras[r][start:], rbs[r][start:]
+        firsts[r] = start + 1
+    return prompts, ras, rbs, firsts

@@ -1,0 +1,3 @@
+from arena_kd.cli import main
+
+main()

@@ -1,0 +1,91 @@
+"""Run every benchmark under benchmarks/ and collect their printed figures into benchmarks/RESULTS.md.
+
+Each benchmark is a standalone script that prints its figures (nothing is asserted). This runner
+executes them one after the other (they compete for the same 2 cores otherwise), captures stdout,
+adds the demo's per-stage wall time and peak memory (from runs/demo/report.json when `make all` has
+run) and any recorded GPU figures (benchmarks/gpu_results*.json), and writes RESULTS.md atomically.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from arena_kd.io import atomic_write_text  # noqa: E402
+
+# (script, extra args) in the order they run; gpu_throughput exits cleanly without CUDA.
+BENCHMARKS = [
+    ("render.py", []),
+    ("features.py", []),
+    ("padding.py", []),
+    ("cpu_throughput.py", []),
+    ("gpu_throughput.py", []),
+]
+
+
+def _run(script: str, args: list[str]) -> tuple[str, float, int]:
+    path = ROOT / "benchmarks" / script
+    if not path.is_file():
+        return f"(missing: {script})", 0.0, -1
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, str(path), *args], cwd=ROOT, capture_output=True, text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
+    )
+    out = proc.stdout.strip()
+    if proc.returncode != 0:
+        out += "\n(stderr tail)\n" + "\n".join(proc.stderr.strip().splitlines()[-15:])
+    return out, time.perf_counter() - t0, proc.returncode
+
+
+def _demo_section() -> str:
+    rep = ROOT / "runs" / "demo" / "report.json"
+    if not rep.is_file():
+        return "No demo run recorded yet (`make all` writes runs/demo/report.json).\n"
+    data = json.loads(rep.read_text())
+    lines = ["| stage | wall time (s) | peak RSS (MiB) |", "|---|---|---|"]
+    for st in data.get("stages", []):
+        lines.append(f"| {st['stage']} | {st['seconds']:.1f} | {st.get('peak_rss_mib', float('nan')):.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _gpu_section() -> str:
+    files = sorted((ROOT / "benchmarks").glob("gpu_results*.json"))
+    if not files:
+        return "No GPU run recorded yet: run `python benchmarks/gpu_throughput.py` on a GPU and commit its JSON.\n"
+    parts = []
+    for f in files:
+        parts.append(f"### {f.name}\n\n```json\n{f.read_text().strip()}\n```\n")
+    return "\n".join(parts)
+
+
+def main() -> None:
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    header = (
+        f"# Benchmark results\n\nRecorded {now} on {platform.machine()} with {os.cpu_count()} CPU cores "
+        f"(Python {platform.python_version()}). Figures are printed by the scripts, never asserted.\n"
+    )
+    sections = [header]
+    for script, args in BENCHMARKS:
+        print(f"== {script}", flush=True)
+        out, secs, rc = _run(script, args)
+        print(out, flush=True)
+        status = "" if rc == 0 else f" (exit {rc})"
+        sections.append(f"## {script}{status} — {secs:.1f} s\n\n```\n{out}\n```\n")
+    sections.append("## Demo pipeline (`make all`)\n\n" + _demo_section())
+    sections.append("## GPU\n\n" + _gpu_section())
+    atomic_write_text(ROOT / "benchmarks" / "RESULTS.md", "\n".join(sections))
+    print(f"wrote {ROOT / 'benchmarks' / 'RESULTS.md'}")
+
+
+if __name__ == "__main__":
+    main()

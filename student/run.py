@@ -1,0 +1,262 @@
+"""`arena-kd distill`: k-fold student OOF logits, the final student, and its export.
+
+Outputs under ``<workdir>/student/``:
+  fold<k>.parquet (+meta)   one fold's held-out TTA logits (resume unit); fold<k>/ holds that fold's adapter
+  oof.parquet (+meta)       id, fold, logit_* (TTA avg), orig_logit_*, swap_logit_* for every training row
+  final/                    final adapter (full retrain, or the average of the fold adapters) + final.json
+  export/                   see student.export
+  config.resolved.yaml
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from arena_kd.config import PipelineConfig, write_resolved
+from arena_kd.errors import UserError
+from teachers.dist import main_write
+from arena_kd.io import atomic_write_json, read_keyed_table, write_keyed_table
+from arena_kd.metrics import accuracy, log_loss, softmax
+from student.export import render_settings
+from student.losses import make_loss_fn
+from student.soft_labels import SoftLabels, attach_teacher_logits, load_soft_labels
+from teachers.fold_model import train_and_predict
+from teachers.kfold import ORIG_COLUMNS, SWAP_COLUMNS, FaultInjector, check_hashes, fold_path, run_folds
+from teachers.offline import LOGIT_NAMES
+from teachers.training_data import TrainingData, load_training_data
+
+OOF_COLUMNS = ["id", "fold", *LOGIT_NAMES, *ORIG_COLUMNS, *SWAP_COLUMNS]
+
+
+def student_dir(cfg: PipelineConfig) -> Path:
+    return cfg.workdir_path / "student"
+
+
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def student_config_hash(cfg: PipelineConfig) -> str:
+    """Everything that changes a fold student's predictions (not final/export choices)."""
+    s = cfg.student.model_dump(mode="json", include={"model", "train", "predict", "distill"})
+    s["distill"].pop("soft_labels", None)  # the file's content hash is tracked separately
+    return _sha({"student": s, "render": cfg.render.model_dump(mode="json"), "seed": cfg.seed})
+
+
+def _metrics(labels: np.ndarray, logits: np.ndarray) -> dict[str, float]:
+    p = softmax(logits)
+    return {"log_loss": log_loss(labels, p), "accuracy": accuracy(labels, p), "rows": int(len(labels))}
+
+
+def _print_compare(title: str, student: dict, teacher: dict | None) -> None:
+    t = f" | teacher ensemble {teacher['log_loss']:.4f} (acc {teacher['accuracy']:.3f})" if teacher else ""
+    print(f"[student] {title}: student OOF log loss {student['log_loss']:.4f} (acc {student['accuracy']:.3f}, {student['rows']} rows){t}")
+
+
+def _oof_stage(cfg, data: TrainingData, frame: pd.DataFrame, soft: SoftLabels | None, hashes, loss_fn, *, force, fault) -> pd.DataFrame:
+    sdir = student_dir(cfg)
+    s = cfg.student
+
+    def fit_predict(k: int, train_df: pd.DataFrame, valid_df: pd.DataFrame, fold_dir: Path):
+        tta, meta, _ = train_and_predict(
+            s.model, s.train, s.predict, cfg.render, train_df, valid_df, fold_dir,
+            seed=cfg.seed + k, workdir=cfg.workdir, loss_fn=loss_fn,
+        )
+        return tta, meta
+
+    folds = run_folds(frame, sdir, hashes, fit_predict, force=force, fault=fault, label="student")
+    oof = data.frame[["id"]].merge(pd.concat(folds, ignore_index=True), on="id", how="left")[OOF_COLUMNS]
+    labels = data.frame["label"].astype(int).to_numpy()
+    teacher_logp = soft.combined if soft is not None else None
+    per_fold = {}
+    for k in sorted(oof["fold"].unique()):
+        mask = oof["fold"].to_numpy() == k
+        sm = _metrics(labels[mask], oof.loc[mask, list(LOGIT_NAMES)].to_numpy())
+        tm = _metrics(labels[mask], teacher_logp[mask]) if teacher_logp is not None else None
+        _, fm = read_keyed_table(fold_path(sdir, int(k)))
+        per_fold[str(int(k))] = {"student": sm, "teacher_ensemble": tm, "wall_time_s": fm.get("wall_time_s"), "adapter_dir": fm.get("adapter_dir")}
+        _print_compare(f"fold {int(k)}", sm, tm)
+    overall = _metrics(labels, oof[list(LOGIT_NAMES)].to_numpy())
+    t_overall = _metrics(labels, teacher_logp) if teacher_logp is not None else None
+    _print_compare("overall", overall, t_overall)
+    meta = {
+        "stage": "student",
+        "backbone": s.model.backbone,
+        "revision": s.model.revision,
+        "quantization": s.model.quantization,
+        "train_max_length": s.train.max_length or cfg.render.max_length,
+        "predict_max_length": s.predict.max_length or cfg.render.max_length,
+        "tta": s.predict.tta,
+        "distill": s.distill.model_dump(mode="json"),
+        "hashes": hashes,
+        "per_fold": per_fold,
+        "overall": {"student": overall, "teacher_ensemble": t_overall},
+        "wall_time_s": round(sum(float(v["wall_time_s"] or 0) for v in per_fold.values()), 3),
+    }
+    main_write(write_keyed_table, sdir / "oof.parquet", oof, meta)
+    return oof
+
+
+def _final_stage(cfg, frame: pd.DataFrame, hashes: dict[str, str], loss_fn, *, force: bool):
+    """Train/average the final adapter. Returns (adapter_dir, in-memory (model, tokenizer) or None, final hashes)."""
+    sdir = student_dir(cfg)
+    s = cfg.student
+    fdir = sdir / "final"
+    fhashes = {**hashes, "final": s.final}
+    record = fdir / "final.json"
+    if record.is_file() and not force:
+        done = json.loads(record.read_text())
+        check_hashes(record, done, fhashes)
+        if Path(done["adapter_dir"]).exists():
+            print(f"[student] final ({s.final}): done earlier, skipped")
+            return Path(done["adapter_dir"]), None, fhashes
+    t0 = time.time()
+    in_memory = None
+    if s.final == "full":
+        from llm.train import train_classifier
+
+        print(f"[student] final: training on all {len(frame)} rows")
+        eval_df = frame.head(min(len(frame), 64)).reset_index(drop=True)  # no held-out rows exist in full mode
+        result = train_classifier(s.model, s.train, cfg.render, frame, eval_df, fdir / "run", seed=cfg.seed, workdir=cfg.workdir, loss_fn=loss_fn)
+        adapter = Path(result.adapter_dir)
+        in_memory = (result.model, result.tokenizer)
+        from teachers.kfold import remove_checkpoints
+
+        main_write(remove_checkpoints, fdir / "run")
+    else:  # fold_soup
+        from llm.lora import average_adapters
+
+        if not s.oof:
+            raise UserError("student.final=fold_soup needs the fold adapters: set student.oof=true (or final=full)")
+        dirs = []
+        for k in sorted(frame["fold"].unique()):
+            _, fm = read_keyed_table(fold_path(sdir, int(k)))
+            if not fm.get("adapter_dir") or not Path(fm["adapter_dir"]).exists():
+                raise UserError(f"{fold_path(sdir, int(k))}: fold adapter {fm.get('adapter_dir')} is missing; rerun with --force")
+            dirs.append(fm["adapter_dir"])
+        adapter = fdir / "adapter"
+        main_write(average_adapters, dirs, adapter)
+        print(f"[student] final: averaged {len(dirs)} fold adapters → {adapter}")
+    main_write(atomic_write_json, record, {"hashes": fhashes, "adapter_dir": str(adapter), "mode": s.final, "wall_time_s": round(time.time() - t0, 3)})
+    return adapter, in_memory, fhashes
+
+
+def _free(*objs) -> None:
+    del objs
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # pragma: no cover - cleanup only
+        pass
+
+
+def _export_stage(cfg, frame: pd.DataFrame, adapter: Path, in_memory, fhashes: dict[str, str], *, force: bool) -> Path:
+    from llm.loading import load_classifier
+
+    from student.export import load_settings, save_export
+    from teachers.fold_model import predict_rows
+
+    s = cfg.student
+    edir = student_dir(cfg) / "export"
+    ehashes = {**fhashes, "export": _sha({"dtype": s.export_dtype, "merged": s.export_merged, "render": render_settings(cfg), "ref": s.reference_rows})}
+    ej = edir / "export.json"
+    if ej.is_file() and not force:
+        done = json.loads(ej.read_text())
+        if done.get("hashes") == ehashes:
+            print(f"[student] export: up to date ({edir}), skipped")
+            return edir
+    if in_memory is None:
+        model, tokenizer, _ = load_classifier(s.model, training=False, workdir=cfg.workdir, adapter=str(adapter))
+    else:
+        model, tokenizer = in_memory
+    model.eval()
+    ref_rows = frame.head(s.reference_rows).reset_index(drop=True)
+    reference = None
+    if len(ref_rows):
+        pc = s.predict.model_copy(update={"tta": False})
+        ref = predict_rows(model, tokenizer, ref_rows, pc, cfg.render.model_copy(update={"max_length": render_settings(cfg)["max_length"]}))["orig"]
+        from data.render import render_batch
+
+        rs = render_settings(cfg)
+        ids = render_batch(ref_rows, tokenizer, rs["max_length"], rs["truncation"], rs["prompt_fraction"])
+        reference = pd.DataFrame({"id": ref_rows["id"].astype(str).to_numpy(), "input_ids": [list(map(int, r)) for r in ids]})
+        for j, c in enumerate(LOGIT_NAMES):
+            reference[c] = ref[:, j]
+    _free(model)
+    in_memory = None
+    model = None
+    # reload the base unquantized in the export dtype and fold the adapter in
+    mcfg = s.model.model_copy(update={"quantization": "none", "dtype": s.export_dtype})
+    full, tok, info = load_classifier(mcfg, training=False, workdir=cfg.workdir, adapter=str(adapter) if s.export_merged else None)
+    if s.export_merged:
+        merged = _merge(full)
+        settings_load = load_settings(merged, tok, info, cfg)
+        out = save_export(edir, cfg, merged_model=merged, tokenizer=tok, settings_load=settings_load, hashes=ehashes,
+                          extra={"reference_rows": len(ref_rows), "trained_quantization": s.model.quantization}, reference=reference)
+    else:
+        settings_load = load_settings(full, tok, info, cfg)
+        out = save_export(edir, cfg, base_model=full, adapter_dir=adapter, tokenizer=tok, settings_load=settings_load, hashes=ehashes,
+                          extra={"reference_rows": len(ref_rows), "trained_quantization": s.model.quantization}, reference=reference)
+    print(f"[student] export: {out} ({'merged' if s.export_merged else 'base + adapter'}, {s.export_dtype})")
+    return out
+
+
+def _merge(model):
+    """LoRA folded into the base weights (llm.lora.merge_and_unload when available)."""
+    try:
+        from llm.lora import merge_and_unload
+    except ImportError:  # pragma: no cover - fallback while llm.lora lacks it
+        return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+    return merge_and_unload(model)
+
+
+def run_distill(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
+    """k-fold student OOF (resumable per fold) → final student → export. Returns a summary dict."""
+    t0 = time.time()
+    s = cfg.student
+    d = s.distill
+    data = load_training_data(cfg)
+    sdir = student_dir(cfg)
+    sdir.mkdir(parents=True, exist_ok=True)
+    main_write(write_resolved, cfg, sdir)
+
+    soft = None
+    soft_path = cfg.soft_labels_path()
+    if d.alpha > 0 or soft_path.is_file():
+        soft = load_soft_labels(soft_path, data.frame["id"])
+    frame = data.frame
+    weights = None
+    if d.alpha > 0:
+        frame = attach_teacher_logits(frame, soft, d.per_teacher)
+        if d.per_teacher and d.per_teacher_weights == "combine":
+            if soft.teacher_weights is None:
+                raise UserError(f"{soft.path}: per_teacher_weights=combine but the sidecar has no weights for {', '.join(soft.teacher_names)}")
+            weights = soft.teacher_weights
+    loss_fn = make_loss_fn(alpha=d.alpha, temperature=d.temperature, label_smoothing=d.label_smoothing, teacher_weights=weights)
+    hashes = {
+        "config": student_config_hash(cfg),
+        "data": data.data_hash,
+        "folds": data.folds_hash,
+        "soft_labels": soft.file_hash if (soft is not None and d.alpha > 0) else "unused",
+    }
+    summary: dict[str, Any] = {"hashes": hashes}
+    fault = FaultInjector()
+    if s.oof:
+        oof = _oof_stage(cfg, data, frame, soft, hashes, loss_fn, force=force, fault=fault)
+        summary["oof_rows"] = len(oof)
+    if s.final != "none":
+        adapter, in_memory, fhashes = _final_stage(cfg, frame, hashes, loss_fn, force=force)
+        summary["export_dir"] = str(main_write(_export_stage, cfg, frame, adapter, in_memory, fhashes, force=force))
+    print(f"[student] done in {time.time() - t0:.1f}s")
+    return summary

@@ -1,0 +1,224 @@
+"""`arena-kd submission`: test pairs → student (swap TTA, all GPUs) → stacker → temperature → submission.csv.
+
+Order of work, chosen so that a valid file exists as early as possible and whatever happens:
+
+1. read the test pairs and the id order (sample_submission.csv, else the test file);
+2. the features-only stacker on every row (or, without a stacker, the class prior) — validated and
+   written to ``out`` at once: from here on a valid submission exists;
+3. the student under the time budget (:mod:`submission.budget`), chunk by chunk, degrading
+   tta → single → short → stop; a student that fails to load or crashes only loses rows;
+4. the stacker (with the student's logits) on every row the student reached; the file is
+   validated again and replaced atomically.
+
+Each row's path is written to ``<out stem>.paths.csv`` (id, student mode, max_length, head) and
+counted on the console; a summary goes to ``<out stem>.run.json`` next to the resolved config.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from arena_kd import LABELS
+from arena_kd.config import PipelineConfig, write_resolved
+from arena_kd.errors import UserError
+from arena_kd.io import atomic_write_csv, atomic_write_json
+from submission.budget import Deadline, Governor, format_seconds, parse_time_budget
+from submission.fallback import class_prior, load_stacker_or_none, stacker_probs, student_softmax
+from submission.student_pass import StudentPass, run_student_pass
+from submission.validate import write_submission
+
+log = logging.getLogger("arena_kd.submission")
+
+HEADS = ("stacker", "features_only", "student_softmax", "prior")
+"""What produced a row's probabilities: stacker on student logits, features-only stacker,
+the student alone (no stacker available), or the class prior (neither)."""
+
+
+@dataclass
+class SubmissionResult:
+    out: Path
+    paths: pd.DataFrame  # id, student, max_length, head
+    counts: dict[str, int]
+    seconds: float
+
+
+def _ensure_console_logging() -> None:
+    root = logging.getLogger("arena_kd")
+    if not root.handlers and not logging.getLogger().handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("[%(asctime)s submission] %(message)s", "%H:%M:%S"))
+        root.addHandler(h)
+    root.setLevel(logging.INFO)
+
+
+def load_student(export_dir, *, quantization, dtype, devices=None):
+    """Indirection so tests can substitute a fake backend (see tests/test_submission.py)."""
+    from submission.student_infer import load_student as _load
+
+    return _load(export_dir, quantization=quantization, dtype=dtype, devices=devices)
+
+
+def _read_test(path: str) -> pd.DataFrame:
+    from data.readers import read_pairs
+
+    return read_pairs(path)
+
+
+def _sample_submission_path(cfg: PipelineConfig, test: str | None) -> Path | None:
+    """sample_submission.csv next to an explicit --test file, else data.sample_submission."""
+    if test is not None and (cfg.data.test is None or Path(test).resolve() != Path(cfg.data.test).resolve()):
+        cand = Path(test).with_name("sample_submission.csv")
+        return cand if cand.is_file() else None
+    if cfg.data.sample_submission:
+        p = Path(cfg.data.sample_submission)
+        if not p.is_file():
+            raise UserError(f"{p}: data.sample_submission not found")
+        return p
+    return None
+
+
+def submission_ids(df: pd.DataFrame, sample_path: Path | None) -> list[str]:
+    """Row order of submission.csv: the sample submission's ids (must be the test ids), else the test file's."""
+    test_ids = df["id"].astype(str).tolist()
+    if sample_path is None:
+        return test_ids
+    sample = pd.read_csv(sample_path, dtype={"id": str}, usecols=lambda c: c == "id")
+    if "id" not in sample.columns:
+        raise UserError(f"{sample_path}: column 'id' is missing")
+    ids = sample["id"].astype(str).str.strip().tolist()
+    if set(ids) != set(test_ids) or len(ids) != len(test_ids):
+        missing = sorted(set(test_ids) - set(ids))[:1] or sorted(set(ids) - set(test_ids))[:1]
+        raise UserError(f"{sample_path}: ids do not match the test file ({len(ids)} vs {len(test_ids)} rows; e.g. id '{missing[0] if missing else '?'}')")
+    return ids
+
+
+def _frame(ids: pd.Series, probs: np.ndarray) -> pd.DataFrame:
+    out = pd.DataFrame({"id": ids.astype(str).to_numpy()})
+    out[list(LABELS)] = probs
+    return out
+
+
+def run_submission(
+    cfg: PipelineConfig,
+    test: str | None = None,
+    out: str | None = None,
+    time_budget: str | None = None,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    devices: list[str] | None = None,
+    progress: bool = True,
+) -> SubmissionResult:
+    """Write a validated submission.csv inside the time budget, whatever fails (see module docstring)."""
+    _ensure_console_logging()
+    sub = cfg.submission
+    budget_s = parse_time_budget(time_budget if time_budget is not None else sub.time_budget,
+                                 "--time-budget" if time_budget is not None else "submission.time_budget")
+    deadline = Deadline(budget_s, clock)
+    test_path = test or cfg.data.test
+    if not test_path:
+        raise UserError("no test file: pass --test or set data.test in the config")
+    wd = cfg.workdir_path
+    out_path = Path(out or sub.out or wd / "submission.csv")
+    student_dir = Path(sub.student_dir) if sub.student_dir else wd / "student" / "export"
+    stack_dir = Path(sub.stack_dir) if sub.stack_dir else wd / "stacking"
+
+    df = _read_test(str(test_path))
+    if len(df) == 0:
+        raise UserError(f"{test_path}: no rows")
+    ids = submission_ids(df, _sample_submission_path(cfg, test))
+    n = len(df)
+    log.info("%d test rows from %s; budget %s; output %s", n, test_path, format_seconds(budget_s), out_path)
+
+    # 1. the answer that needs no student, written at once ------------------------------------
+    stacker = load_stacker_or_none(stack_dir)
+    head = np.full(n, "prior", dtype=object)
+    t0 = clock()
+    probs = None
+    if stacker is not None:
+        try:
+            probs = stacker_probs(stacker, df, None, sub.swap_average)
+            head[:] = "features_only"
+        except Exception as exc:  # noqa: BLE001
+            log.warning("features-only stacker failed (%s: %s); using the class prior", type(exc).__name__, exc)
+    if probs is None:
+        prior, source = class_prior(cfg.data.train)
+        log.info("fallback answer: %s = %s", source, np.round(prior, 4).tolist())
+        probs = np.tile(prior, (n, 1))
+    fallback_seconds = clock() - t0
+    write_submission(out_path, _frame(df["id"], probs), ids, sub.clip_eps)
+    log.info("provisional %s written (%s, %s)", out_path, head[0], format_seconds(fallback_seconds))
+
+    # 2. the student under the budget ----------------------------------------------------------
+    reserve = sub.reserve_s + 1.5 * fallback_seconds
+    governor = Governor(deadline, reserve_s=reserve, safety=sub.safety_factor, allow_tta=sub.predict.tta)
+    spass = StudentPass.empty(n)
+    if deadline.remaining() <= reserve:
+        spass.error = "no time left for the student"
+        log.warning("time budget: %s left, %s reserved — skipping the student", format_seconds(deadline.remaining()), format_seconds(reserve))
+    else:
+        try:
+            backend = load_student(student_dir, quantization=sub.quantization, dtype=sub.dtype, devices=devices)
+        except Exception as exc:  # noqa: BLE001 - any load failure → fallback for every row
+            backend = None
+            spass.error = f"student failed to load: {type(exc).__name__}: {exc}"
+            log.error("%s — every row uses the fallback", spass.error)
+        if backend is not None:
+            max_length = sub.predict.max_length or backend.render.get("max_length") or cfg.render.max_length
+            spass = run_student_pass(
+                backend, df, governor,
+                max_length=int(max_length), degraded_max_length=sub.degraded_max_length,
+                tokens_per_batch=sub.predict.tokens_per_batch, max_batch_size=sub.predict.max_batch_size,
+                chunk_rows=sub.chunk_rows, progress=progress,
+            )
+            del backend
+
+    # 3. student rows through the stacker ---------------------------------------------------
+    for tta in (True, False):
+        sel = np.flatnonzero([(m == "tta") == tta and m is not None for m in spass.mode])
+        if not len(sel):
+            continue
+        orig = spass.orig[sel]
+        swap = spass.swap[sel] if tta else None
+        try:
+            if stacker is not None:
+                probs[sel] = stacker_probs(stacker, df.iloc[sel].reset_index(drop=True), {"orig": orig, "swap": swap}, sub.swap_average)
+                head[sel] = "stacker"
+            else:
+                probs[sel] = student_softmax(orig, swap)
+                head[sel] = "student_softmax"
+        except Exception as exc:  # noqa: BLE001
+            log.error("stacker on student logits failed (%s: %s); %d rows keep the fallback", type(exc).__name__, exc, len(sel))
+            spass.mode[sel] = None
+
+    # 4. validate, write, log ----------------------------------------------------------------
+    written = write_submission(out_path, _frame(df["id"], probs), ids, sub.clip_eps)
+    paths = pd.DataFrame({
+        "id": df["id"].astype(str).to_numpy(),
+        "student": [m if m is not None else "none" for m in spass.mode],
+        "max_length": spass.max_length,
+        "head": head,
+    })
+    stem = out_path.with_name(out_path.stem)
+    atomic_write_csv(f"{stem}.paths.csv", paths)
+    counts = {f"{h}+{s}": int(c) for (h, s), c in Counter(zip(paths["head"], paths["student"])).items()}
+    seconds = deadline.elapsed()
+    atomic_write_json(f"{stem}.run.json", {
+        "rows": n, "test": str(test_path), "budget_s": budget_s, "elapsed_s": round(seconds, 3),
+        "fallback_seconds": round(fallback_seconds, 3), "reserve_s": round(reserve, 3),
+        "counts": counts, "student_error": spass.error, "chunks": spass.chunks, "governor": governor.history,
+    })
+    write_resolved(cfg, out_path.parent, name=f"{out_path.stem}.config.resolved.yaml")
+    log.info("wrote %s (%d rows) in %s; paths: %s", out_path, len(written), format_seconds(seconds),
+             ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+    if spass.error:
+        log.warning("student: %s", spass.error)
+    return SubmissionResult(out=out_path, paths=paths, counts=counts, seconds=seconds)

@@ -1,0 +1,120 @@
+"""The exported student on every visible device: one model copy per GPU, rows dealt across them.
+
+``load_student`` loads ``student.export.load_export`` once per device (8-bit/4-bit/fp16 on GPU
+per ``submission.quantization``/``dtype``; quantization is ignored on CPU, with a log line) and
+returns a :class:`StudentBackend`. ``StudentBackend.predict`` deals the rows of a chunk (already
+sorted by length) round-robin over the copies, runs them in one thread per GPU (CUDA kernels
+release the GIL) through ``llm.predict.predict_tta`` / ``predict_logits`` (token-budgeted,
+length-sorted batches), and returns the logits in the chunk's order.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger("arena_kd.submission")
+
+
+def visible_devices() -> list[str]:
+    """['cuda:0', 'cuda:1', ...] for every visible GPU, else ['cpu']."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.device_count() > 0:
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return ["cpu"]
+
+
+@dataclass
+class StudentReplica:
+    model: Any
+    tokenizer: Any
+    device: str
+
+
+class StudentBackend:
+    """Student copies plus the render settings they were trained with (from export.json)."""
+
+    def __init__(self, replicas: list[StudentReplica], render: dict[str, Any]):
+        if not replicas:
+            raise ValueError("StudentBackend needs at least one replica")
+        self.replicas = replicas
+        self.render = dict(render)
+        self.tokenizer = replicas[0].tokenizer
+
+    @property
+    def n_devices(self) -> int:
+        return len(self.replicas)
+
+    def lengths(self, df: pd.DataFrame, max_length: int) -> np.ndarray:
+        """int64[n]: rendered token count of every row at ``max_length`` (exact, same renderer as predict)."""
+        from data.render import render_batch
+
+        ids = render_batch(
+            df, self.tokenizer, max_length=max_length,
+            truncation=self.render.get("truncation", "budget"),
+            prompt_fraction=self.render.get("prompt_fraction", 0.2),
+        )
+        return np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+
+    def _one(self, replica: StudentReplica, df: pd.DataFrame, *, max_length: int, tta: bool,
+             tokens_per_batch: int, max_batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
+        from llm.predict import predict_logits, predict_tta
+
+        kw = dict(
+            max_length=max_length,
+            truncation=self.render.get("truncation", "budget"),
+            prompt_fraction=self.render.get("prompt_fraction", 0.2),
+            tokens_per_batch=tokens_per_batch,
+            max_batch_size=max_batch_size,
+            progress=False,
+        )
+        if tta:
+            out = predict_tta(replica.model, replica.tokenizer, df, **kw)
+            return np.asarray(out["orig"], dtype=np.float32), np.asarray(out["swap"], dtype=np.float32)
+        return np.asarray(predict_logits(replica.model, replica.tokenizer, df, swap=False, **kw), dtype=np.float32), None
+
+    def predict(self, df: pd.DataFrame, *, max_length: int, tta: bool, tokens_per_batch: int,
+                max_batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """(orig float32[n,3], swap float32[n,3] in the original A/B order, or None without TTA), rows in ``df`` order."""
+        n = len(df)
+        kw = dict(max_length=max_length, tta=tta, tokens_per_batch=tokens_per_batch, max_batch_size=max_batch_size)
+        if self.n_devices == 1 or n <= 1:
+            return self._one(self.replicas[0], df, **kw)
+        shards = [np.arange(k, n, self.n_devices) for k in range(self.n_devices)]
+        shards = [(r, s) for r, s in zip(self.replicas, shards) if len(s)]
+        with ThreadPoolExecutor(max_workers=len(shards)) as pool:
+            futures = [pool.submit(self._one, r, df.iloc[s], **kw) for r, s in shards]
+            results = [f.result() for f in futures]
+        orig = np.empty((n, 3), dtype=np.float32)
+        swap = np.empty((n, 3), dtype=np.float32) if tta else None
+        for (_, s), (o, w) in zip(shards, results):
+            orig[s] = o
+            if swap is not None:
+                swap[s] = w
+        return orig, swap
+
+
+def load_student(export_dir: str | Path, *, quantization: str, dtype: str, devices: list[str] | None = None) -> StudentBackend:
+    """One copy of the exported student per device; raises whatever loading raises (the caller falls back)."""
+    from student.export import load_export
+
+    devices = devices or visible_devices()
+    if devices == ["cpu"] and quantization != "none":
+        log.info("no GPU visible: submission.quantization=%s ignored, loading the student unquantized on CPU", quantization)
+        quantization = "none"
+    replicas: list[StudentReplica] = []
+    render: dict[str, Any] = {}
+    for dev in devices:
+        model, tokenizer, settings = load_export(str(export_dir), quantization=quantization, dtype=dtype, device=dev)
+        model.eval()
+        render = dict(settings.get("render", {}))
+        replicas.append(StudentReplica(model, tokenizer, dev))
+        log.info("student loaded on %s (quantization=%s, dtype=%s)", dev, quantization, dtype)
+    return StudentBackend(replicas, render)

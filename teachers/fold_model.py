@@ -1,0 +1,79 @@
+"""Train one fold's classifier with the llm/ engine and predict rows with A/B-swap TTA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from arena_kd.config import ModelConfig, PredictConfig, RenderConfig, TrainConfig
+
+
+def predict_rows(model, tokenizer, df: pd.DataFrame, predict_cfg: PredictConfig, render_cfg: RenderConfig) -> dict[str, np.ndarray]:
+    """{"orig", "swap", "avg"} float32 [n,3] logits for ``df`` in input order.
+
+    Without TTA (predict.tta=false) only the original orientation is run: avg = orig, swap = NaN.
+    """
+    from llm.predict import predict_logits, predict_tta
+
+    kw = dict(
+        max_length=predict_cfg.max_length or render_cfg.max_length,
+        truncation=render_cfg.truncation,
+        prompt_fraction=render_cfg.prompt_fraction,
+        tokens_per_batch=predict_cfg.tokens_per_batch,
+        max_batch_size=predict_cfg.max_batch_size,
+    )
+    if predict_cfg.tta:
+        out = predict_tta(model, tokenizer, df, **kw)
+        return {k: np.asarray(out[k], dtype=np.float32) for k in ("orig", "swap", "avg")}
+    orig = np.asarray(predict_logits(model, tokenizer, df, swap=False, **kw), dtype=np.float32)
+    return {"orig": orig, "swap": np.full_like(orig, np.nan), "avg": orig}
+
+
+def train_and_predict(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    predict_cfg: PredictConfig,
+    render_cfg: RenderConfig,
+    train_df: pd.DataFrame,
+    valid_df: pd.DataFrame,
+    out_dir: Path,
+    *,
+    seed: int,
+    workdir: str | Path,
+    loss_fn: Callable | None = None,
+    also_predict: pd.DataFrame | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, Any], Any]:
+    """Fine-tune on ``train_df`` (eval on ``valid_df``), predict ``valid_df`` with TTA.
+
+    Returns (tta dict of [n_valid,3], meta {adapter_dir, train_metrics}, extra predictions dict or None).
+    """
+    from llm.train import train_classifier
+
+    result = train_classifier(
+        model_cfg, train_cfg, render_cfg, train_df, valid_df, out_dir, seed=seed, workdir=workdir, loss_fn=loss_fn
+    )
+    model, tokenizer = result.model, result.tokenizer
+    if hasattr(model, "eval"):
+        model.eval()
+    tta = predict_rows(model, tokenizer, valid_df, predict_cfg, render_cfg)
+    extra = predict_rows(model, tokenizer, also_predict, predict_cfg, render_cfg) if also_predict is not None and len(also_predict) else None
+    meta = {
+        "adapter_dir": str(result.adapter_dir) if result.adapter_dir is not None else None,
+        "train_metrics": _jsonable(result.metrics),
+    }
+    return tta, meta, extra
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, (int, float, str, bool)) or obj is None:
+        return obj
+    return str(obj)

@@ -1,0 +1,251 @@
+"""`arena-kd teachers`: k-fold teacher fine-tuning → OOF logits per teacher → combined soft labels.
+
+Outputs under ``<workdir>/teachers/``:
+  <name>/fold<k>.parquet (+meta)   one fold's held-out predictions (the resume unit)
+  <name>/oof.parquet (+meta)       id, fold, logit_a, logit_b, logit_tie (TTA avg) for every training row
+  <name>/extra.parquet (+meta)     pseudo-labels of data.extra (mean of the fold models), when predict_extra
+  soft_labels.parquet (+meta)      id, logit_a/b/tie (log of the combined, tempered probs) + t_<name>_a/b/tie
+  soft_labels_extra.parquet        the same for data.extra, when predict_extra
+  config.resolved.yaml
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from arena_kd.config import PipelineConfig, TeacherConfig, write_resolved
+from arena_kd.errors import UserError
+from teachers.dist import main_write
+from arena_kd.io import file_hash, read_keyed_table, write_keyed_table
+from arena_kd.metrics import accuracy, log_loss
+from teachers.combine import combine_logits, resolve_weights, teacher_probs, temper_logits
+from teachers.fold_model import train_and_predict
+from teachers.kfold import FaultInjector, check_hashes, fold_metrics, run_folds
+from teachers.offline import LOGIT_NAMES, align_logits, read_teacher_logits
+from teachers.training_data import TrainingData, load_training_data
+
+SUFFIXES = ("a", "b", "tie")
+
+
+def teacher_config_hash(cfg: PipelineConfig, teacher: TeacherConfig) -> str:
+    """Hash of everything that changes a teacher's OOF logits: its section (not its ensemble weight), render, seed."""
+    section = teacher.model_dump(mode="json", exclude={"weight"})
+    payload = {"teacher": section, "render": cfg.render.model_dump(mode="json"), "seed": cfg.seed}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def teachers_dir(cfg: PipelineConfig) -> Path:
+    return cfg.workdir_path / "teachers"
+
+
+def _check_names(cfg: PipelineConfig) -> None:
+    names = [t.name for t in cfg.teachers.models]
+    if not names:
+        raise UserError("teachers.models: no teachers configured")
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise UserError(f"teachers.models: duplicate teacher name '{sorted(dup)[0]}'")
+    bad = [n for n in names if not n or "/" in n or n.startswith(".")]
+    if bad:
+        raise UserError(f"teachers.models: teacher name '{bad[0]}' must be a plain folder name")
+
+
+def _load_extra(cfg: PipelineConfig, train_ids: pd.Series) -> pd.DataFrame | None:
+    """data.extra rows to pseudo-label (ids must not collide with training ids)."""
+    if not cfg.teachers.predict_extra or not cfg.data.extra:
+        return None
+    from data.readers import read_pairs
+
+    frames = [read_pairs(p, fmt="auto", seed=cfg.seed) for p in cfg.data.extra]
+    extra = pd.concat(frames, ignore_index=True)
+    dup = extra["id"].astype(str).duplicated() | extra["id"].astype(str).isin(set(train_ids.astype(str)))
+    if dup.any():
+        raise UserError(f"data.extra: id '{extra.loc[dup, 'id'].iloc[0]}' is repeated or also a training id; extra ids must be unique")
+    return extra.reset_index(drop=True)
+
+
+def _overall(frame: pd.DataFrame, oof: pd.DataFrame) -> dict[str, float]:
+    merged = frame[["id", "label"]].merge(oof, on="id", how="inner")
+    return fold_metrics(merged["label"].astype(int).to_numpy(), merged[list(LOGIT_NAMES)].to_numpy())
+
+
+def _model_teacher(cfg: PipelineConfig, t: TeacherConfig, data: TrainingData, extra: pd.DataFrame | None,
+                   *, force: bool, fault: FaultInjector) -> pd.DataFrame:
+    out_dir = teachers_dir(cfg) / t.name
+    hashes = {"config": teacher_config_hash(cfg, t), "data": data.data_hash, "folds": data.folds_hash}
+    if extra is not None:
+        hashes["extra"] = hashlib.sha256(pd.util.hash_pandas_object(extra["id"].astype(str), index=False).to_numpy().tobytes()).hexdigest()[:16]
+
+    def fit_predict(k: int, train_df: pd.DataFrame, valid_df: pd.DataFrame, fold_dir: Path):
+        tta, meta, extra_pred = train_and_predict(
+            t.model, t.train, t.predict, cfg.render, train_df, valid_df, fold_dir,
+            seed=cfg.seed + k, workdir=cfg.workdir, also_predict=extra,
+        )
+        if extra_pred is not None:  # written before the fold file, so a finished fold always has its extra file
+            from teachers.kfold import tta_frame
+
+            main_write(write_keyed_table, out_dir / f"extra_fold{k}.parquet", tta_frame(extra["id"], k, extra_pred), {"fold": k, "hashes": hashes})
+        return tta, meta
+
+    folds = run_folds(data.frame, out_dir, hashes, fit_predict, force=force, fault=fault, label=t.name)
+    oof = pd.concat(folds, ignore_index=True)[["id", "fold", *LOGIT_NAMES]]
+    oof = data.frame[["id"]].merge(oof, on="id", how="left")  # training-row order
+    per_fold = {}
+    wall = 0.0
+    for k in sorted(oof["fold"].unique()):
+        _, fm = read_keyed_table(out_dir / f"fold{int(k)}.parquet")
+        per_fold[str(int(k))] = fm["metrics"]
+        wall += float(fm.get("wall_time_s", 0.0))
+    meta = {
+        "teacher": t.name,
+        "source": "model",
+        "backbone": t.model.backbone,
+        "revision": t.model.revision,
+        "gguf_file": t.model.gguf_file,
+        "quantization": t.model.quantization,
+        "train_max_length": t.train.max_length or cfg.render.max_length,
+        "predict_max_length": t.predict.max_length or cfg.render.max_length,
+        "tta": t.predict.tta,
+        "hashes": hashes,
+        "per_fold": per_fold,
+        "overall": _overall(data.frame, oof),
+        "wall_time_s": round(wall, 3),
+    }
+    main_write(write_keyed_table, out_dir / "oof.parquet", oof, meta)
+    if extra is not None:
+        _average_extra(out_dir, sorted(int(k) for k in oof["fold"].unique()), extra, hashes)
+    return oof
+
+
+def _average_extra(out_dir: Path, folds: list[int], extra: pd.DataFrame, hashes: dict[str, str]) -> None:
+    """Mean of the fold models' log-probabilities on data.extra → <name>/extra.parquet."""
+    logps = []
+    for k in folds:
+        df, meta = read_keyed_table(out_dir / f"extra_fold{k}.parquet")
+        check_hashes(out_dir / f"extra_fold{k}.parquet", meta, hashes)
+        df = extra[["id"]].astype(str).merge(df, on="id", how="left")
+        logps.append(temper_logits(df[list(LOGIT_NAMES)].to_numpy()))
+    mean = np.mean(logps, axis=0)
+    out = pd.DataFrame({"id": extra["id"].astype(str).to_numpy()})
+    for j, c in enumerate(LOGIT_NAMES):
+        out[c] = mean[:, j].astype(np.float32)
+    main_write(write_keyed_table, out_dir / "extra.parquet", out, {"folds": folds, "hashes": hashes, "reduction": "mean log-softmax over fold models"})
+
+
+def _offline_teacher(cfg: PipelineConfig, t: TeacherConfig, data: TrainingData) -> pd.DataFrame:
+    table, kind = read_teacher_logits(t.logits_file)
+    logits = align_logits(t.logits_file, table, data.frame["id"])
+    oof = pd.DataFrame({"id": data.frame["id"].to_numpy(), "fold": data.frame["fold"].to_numpy()})
+    for j, c in enumerate(LOGIT_NAMES):
+        oof[c] = logits[:, j]
+    labels = data.frame["label"].astype(int).to_numpy()
+    per_fold = {str(int(k)): fold_metrics(labels[data.frame["fold"].to_numpy() == k], logits[data.frame["fold"].to_numpy() == k])
+                for k in sorted(data.frame["fold"].unique())}
+    meta = {
+        "teacher": t.name,
+        "source": "logits",
+        "logits_file": str(t.logits_file),
+        "logits_file_hash": file_hash(t.logits_file),
+        "detected": kind,
+        "hashes": {"config": teacher_config_hash(cfg, t), "data": data.data_hash, "folds": data.folds_hash},
+        "per_fold": per_fold,
+        "overall": fold_metrics(labels, logits),
+        "wall_time_s": 0.0,
+    }
+    main_write(write_keyed_table, teachers_dir(cfg) / t.name / "oof.parquet", oof, meta)
+    if cfg.teachers.predict_extra and cfg.data.extra:
+        print(f"[{t.name}] offline teacher: no pseudo-labels for data.extra (only model teachers predict extra rows)")
+    return oof
+
+
+def _soft_label_frame(ids: pd.Series, names: list[str], logits: list[np.ndarray], weights: np.ndarray, temperature: float) -> pd.DataFrame:
+    probs = teacher_probs(logits)
+    combined = combine_logits(probs, weights, temperature)
+    out = pd.DataFrame({"id": ids.astype(str).to_numpy()})
+    for j, c in enumerate(LOGIT_NAMES):
+        out[c] = combined[:, j].astype(np.float32)
+    for name, lg in zip(names, logits):
+        tl = temper_logits(lg, temperature)
+        for j, s in enumerate(SUFFIXES):
+            out[f"t_{name}_{s}"] = tl[:, j].astype(np.float32)
+    return out
+
+
+def format_table(rows: list[tuple[str, float | None, dict[str, float]]]) -> str:
+    """Plain-text table: name, weight, OOF log loss, accuracy, rows."""
+    lines = [f"{'teacher':<28} {'weight':>7} {'oof_logloss':>12} {'accuracy':>9} {'rows':>7}"]
+    for name, w, m in rows:
+        ws = f"{w:7.3f}" if w is not None else f"{'-':>7}"
+        lines.append(f"{name:<28} {ws} {m['log_loss']:12.4f} {m['accuracy']:9.3f} {m['rows']:7d}")
+    return "\n".join(lines)
+
+
+def combine_teachers(cfg: PipelineConfig, data: TrainingData, oofs: dict[str, pd.DataFrame], hashes: dict[str, str]) -> dict[str, Any]:
+    """Weights + temperature → soft_labels.parquet (+ soft_labels_extra.parquet); prints the table."""
+    names = list(oofs)
+    ids = data.frame["id"]
+    labels = data.frame["label"].astype(int).to_numpy()
+    logits = [ids.to_frame().merge(oofs[n], on="id", how="left")[list(LOGIT_NAMES)].to_numpy(dtype=np.float64) for n in names]
+    probs = teacher_probs(logits)
+    configured = [t.weight for t in cfg.teachers.models]
+    weights = resolve_weights(cfg.teachers.combine.weights, names, configured, probs, labels)
+    T = cfg.teachers.combine.temperature
+    soft = _soft_label_frame(ids, names, logits, weights, T)
+    sp = np.exp(soft[list(LOGIT_NAMES)].to_numpy(dtype=np.float64))
+    ensemble = {"log_loss": log_loss(labels, sp), "accuracy": accuracy(labels, sp), "rows": int(len(labels))}
+    per_teacher = {n: fold_metrics(labels, lg) for n, lg in zip(names, logits)}
+    meta = {
+        "teachers": names,
+        "weights": {n: float(w) for n, w in zip(names, weights)},
+        "weights_mode": cfg.teachers.combine.weights,
+        "temperature": T,
+        "temperature_applies_to": "combined and per-teacher columns",
+        "hashes": hashes,
+        "ensemble": ensemble,
+        "per_teacher": per_teacher,
+        "per_teacher_columns": {n: [f"t_{n}_{s}" for s in SUFFIXES] for n in names},
+    }
+    out = teachers_dir(cfg) / "soft_labels.parquet"
+    main_write(write_keyed_table, out, soft, meta)
+    extra_paths = [teachers_dir(cfg) / n / "extra.parquet" for n in names]
+    if cfg.teachers.predict_extra and cfg.data.extra and all(p.is_file() for p in extra_paths):
+        ex = [read_keyed_table(p)[0] for p in extra_paths]
+        ex_ids = ex[0]["id"]
+        ex_logits = [ex_ids.to_frame().merge(e, on="id", how="left")[list(LOGIT_NAMES)].to_numpy(dtype=np.float64) for e in ex]
+        main_write(write_keyed_table, teachers_dir(cfg) / "soft_labels_extra.parquet", _soft_label_frame(ex_ids, names, ex_logits, weights, T),
+                          {**meta, "rows": "data.extra pseudo-labels (no labels: metrics are those of the training OOF)"})
+    rows = [(n, float(w), per_teacher[n]) for n, w in zip(names, weights)] + [("ENSEMBLE", None, ensemble)]
+    print(format_table(rows))
+    print(f"soft labels: {out} (weights={cfg.teachers.combine.weights}, T={T})")
+    return meta
+
+
+def run_teachers(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
+    """Run every teacher k-fold (resumable per fold), then combine into soft labels. Returns the soft-label meta."""
+    _check_names(cfg)
+    t0 = time.time()
+    data = load_training_data(cfg)
+    tdir = teachers_dir(cfg)
+    tdir.mkdir(parents=True, exist_ok=True)
+    main_write(write_resolved, cfg, tdir)
+    extra = _load_extra(cfg, data.frame["id"])
+    fault = FaultInjector()
+    oofs: dict[str, pd.DataFrame] = {}
+    for t in cfg.teachers.models:
+        if t.source == "logits":
+            oofs[t.name] = _offline_teacher(cfg, t, data)
+        else:
+            oofs[t.name] = _model_teacher(cfg, t, data, extra, force=force, fault=fault)
+    hashes = {"data": data.data_hash, "folds": data.folds_hash,
+              **{f"teacher:{t.name}": teacher_config_hash(cfg, t) for t in cfg.teachers.models}}
+    meta = combine_teachers(cfg, data, oofs, hashes)
+    print(f"teachers done in {time.time() - t0:.1f}s")
+    return meta
+

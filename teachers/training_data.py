@@ -1,0 +1,61 @@
+"""The labelled training frame every model stage uses: read, seeded subset, folds joined, hashes.
+
+Teachers and student read the same rows and the same folds file, so their OOF predictions line up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from arena_kd.config import PipelineConfig
+from arena_kd.errors import UserError
+from arena_kd.io import file_hash, frame_hash
+
+DATA_HASH_COLUMNS = ["id", "prompt", "response_a", "response_b", "label"]
+
+
+@dataclass
+class TrainingData:
+    frame: pd.DataFrame  # canonical columns + fold (int), labelled rows only
+    data_hash: str  # content hash of the rows used
+    folds_hash: str  # hash of the folds file
+    folds_path: Path
+
+
+def subset_rows(df: pd.DataFrame, max_rows: int | None, seed: int) -> pd.DataFrame:
+    """The first ``max_rows`` rows after a seeded shuffle (all rows, original order, when None)."""
+    if max_rows is None or max_rows >= len(df):
+        return df.reset_index(drop=True)
+    order = np.random.default_rng(seed).permutation(len(df))[:max_rows]
+    return df.iloc[np.sort(order)].reset_index(drop=True)
+
+
+def load_training_data(cfg: PipelineConfig) -> TrainingData:
+    """Read ``data.train`` (validated canonical table), keep labelled rows, subset, attach the shared folds."""
+    from data.folds import make_or_load_folds
+    from data.readers import read_pairs
+
+    df = read_pairs(cfg.data.train, fmt=cfg.data.format, seed=cfg.seed)
+    df = df[df["label"].notna()].reset_index(drop=True)
+    if df.empty:
+        raise UserError(f"{cfg.data.train}: no labelled rows to train on")
+    df = subset_rows(df, cfg.data.max_rows, cfg.seed)
+    folds_path = cfg.folds_path()
+    folds = make_or_load_folds(df, folds_path, cfg.folds.n_folds, cfg.seed)
+    folds = folds.assign(id=folds["id"].astype(str))[["id", "fold"]]
+    frame = df.merge(folds, on="id", how="left", validate="one_to_one")
+    missing = frame["fold"].isna()
+    if missing.any():
+        ex = ", ".join(frame.loc[missing, "id"].head(5))
+        raise UserError(f"{folds_path}: {int(missing.sum())} training ids have no fold (e.g. {ex}); delete the folds file to rebuild it")
+    frame["fold"] = frame["fold"].astype(int)
+    return TrainingData(
+        frame=frame,
+        data_hash=frame_hash(frame, DATA_HASH_COLUMNS),
+        folds_hash=file_hash(folds_path),
+        folds_path=Path(folds_path),
+    )

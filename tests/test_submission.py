@@ -1,0 +1,379 @@
+"""submission/: time budget, validation, fallbacks, swap symmetry, the whole run on CPU.
+
+The student and the stacker are fakes with the real interfaces (``StudentBackend.lengths/predict``,
+``Stacker.predict/predict_features_only``), both deliberately position-biased so that the A/B
+handling of the submission code is what makes the output symmetric. The fakes are installed by
+the ``artifacts`` fixture; to run the same tests on real smoke artifacts, make that fixture run
+the smoke pipeline (teachers → distill → stack on configs/smoke.yaml) and skip the monkeypatching.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from arena_kd import LABELS
+from arena_kd.config import load_config
+from arena_kd.errors import UserError
+from submission import run as run_mod
+from submission.budget import Deadline, Governor, parse_time_budget
+from submission.student_pass import run_student_pass
+from submission.validate import validate_submission, write_submission
+
+ROOT = Path(__file__).resolve().parents[1]
+N_ROWS = 24
+
+
+class FakeClock:
+    """Deterministic clock: time only moves when the fakes say so."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _text_len(turns) -> int:
+    return sum(len(t) for t in turns)
+
+
+class FakeBackend:
+    """Student stand-in: logits from response lengths with a +0.7 bias to whichever answer is shown first.
+
+    Costs ``sec_per_token`` per processed token on the fake clock; can fail on the k-th call.
+    """
+
+    n_devices = 1
+    render = {"max_length": 96, "truncation": "budget", "prompt_fraction": 0.2}
+
+    def __init__(self, clock: FakeClock, sec_per_token: float = 0.0, oom_on_call: int | None = None, crash_on_call: int | None = None):
+        self.clock, self.spt = clock, sec_per_token
+        self.calls: list[dict] = []
+        self.oom_on_call, self.crash_on_call = oom_on_call, crash_on_call
+
+    def lengths(self, df: pd.DataFrame, max_length: int) -> np.ndarray:
+        n = [(_text_len(p) + _text_len(a) + _text_len(b)) // 4 + 8 for p, a, b in zip(df["prompt"], df["response_a"], df["response_b"])]
+        return np.minimum(np.asarray(n, dtype=np.int64), max_length)
+
+    @staticmethod
+    def _logits(first, second) -> np.ndarray:
+        la = np.array([np.log1p(_text_len(t)) for t in first])
+        lb = np.array([np.log1p(_text_len(t)) for t in second])
+        return np.stack([la - lb + 0.7, lb - la, np.zeros_like(la) - 0.2], axis=1).astype(np.float32)
+
+    def predict(self, df, *, max_length, tta, tokens_per_batch, max_batch_size):
+        k = len(self.calls)
+        self.calls.append({"rows": len(df), "max_length": max_length, "tta": tta, "tokens_per_batch": tokens_per_batch})
+        if self.oom_on_call == k:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if self.crash_on_call == k:
+            raise ValueError("kernel exploded")
+        tokens = float(self.lengths(df, max_length).sum()) * (2 if tta else 1)
+        self.clock.t += tokens * self.spt
+        orig = self._logits(df["response_a"], df["response_b"])
+        swap = self._logits(df["response_b"], df["response_a"])[:, [1, 0, 2]] if tta else None
+        return orig, swap
+
+
+class FakeStacker:
+    """Stacker stand-in: softmax of (student mean logits + length feature), with its own +0.2 A bias."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    @staticmethod
+    def _feature(df):
+        la = np.array([np.log1p(_text_len(t)) for t in df["response_a"]])
+        lb = np.array([np.log1p(_text_len(t)) for t in df["response_b"]])
+        return np.stack([0.5 * (la - lb) + 0.2, 0.5 * (lb - la), np.zeros_like(la)], axis=1)
+
+    @staticmethod
+    def _softmax(z):
+        z = z - z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+
+    def predict(self, df, student):
+        self.calls += 1
+        z = self._feature(df)
+        if student is not None:
+            s = student["orig"] if student.get("swap") is None else (student["orig"] + student["swap"]) / 2
+            z = z + s
+        return self._softmax(z)
+
+    def predict_features_only(self, df):
+        return self.predict(df, None)
+
+
+@pytest.fixture()
+def artifacts(tmp_path, monkeypatch):
+    """A config + test file + sample submission; the student and stacker are fakes (see module docstring)."""
+    src = pd.read_csv(ROOT / "data/sample/test.csv", dtype={"id": str}).head(N_ROWS)
+    test = tmp_path / "input" / "test.csv"
+    test.parent.mkdir()
+    src.to_csv(test, index=False)
+    # sample submission in a different order than the test file
+    pd.DataFrame({"id": src["id"][::-1], **{c: 1 / 3 for c in LABELS}}).to_csv(test.with_name("sample_submission.csv"), index=False)
+    cfg = load_config(ROOT / "configs/smoke.yaml", [f"workdir={tmp_path / 'work'}", f"data.test={test}",
+                                                    f"data.sample_submission={test.with_name('sample_submission.csv')}",
+                                                    f"data.train={ROOT / 'data/sample/train.csv'}"])
+    clock = FakeClock()
+    state = {"clock": clock, "backend": FakeBackend(clock), "stacker": FakeStacker(), "student_error": None}
+
+    def fake_load_student(export_dir, **kw):
+        if state["student_error"]:
+            raise state["student_error"]
+        return state["backend"]
+
+    monkeypatch.setattr(run_mod, "load_student", fake_load_student)
+    monkeypatch.setattr(run_mod, "load_stacker_or_none", lambda d: state["stacker"])
+    state.update(cfg=cfg, test=test, src=src, out=tmp_path / "out" / "submission.csv")
+    return state
+
+
+def _read(out: Path) -> pd.DataFrame:
+    return pd.read_csv(out, dtype={"id": str})
+
+
+def _assert_valid(out: Path, ids: list[str]) -> pd.DataFrame:
+    sub = _read(out)
+    assert list(sub.columns) == ["id", *LABELS]
+    assert sub["id"].tolist() == ids
+    p = sub[list(LABELS)].to_numpy()
+    assert np.isfinite(p).all() and (p > 0).all() and (p < 1).all()
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-6)
+    return sub
+
+
+# --------------------------------------------------------------------------- time budget
+
+
+@pytest.mark.parametrize("text,seconds", [("30600", 30600), ("8h30m", 30600), ("45m", 2700), ("90s", 90),
+                                          ("1h5m10s", 3910), ("2.5h", 9000), (" 10M ", 600), (120, 120)])
+def test_parse_time_budget(text, seconds):
+    assert parse_time_budget(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "abc", "8x", "30m8h", "1h1h", "-5", "0", "0s", "h", "1h 2", True])
+def test_parse_time_budget_refuses(text):
+    with pytest.raises(UserError, match="--time-budget"):
+        parse_time_budget(text)
+
+
+def test_governor_thresholds():
+    clock = FakeClock()
+    gov = Governor(Deadline(1000.0, clock), reserve_s=100.0, safety=1.0)
+    gov.record(pass_tokens=10.0, seconds=10.0)  # 1 s / token
+    rem = {"tta": 400.0, "single": 400.0, "short": 300.0}
+    nxt = {"tta": 50.0, "single": 50.0, "short": 40.0}
+    assert gov.choose(rem, nxt) == "tta"  # 800 s <= 900 s left after the reserve
+    clock.t += 200  # 700 left after reserve
+    assert gov.choose(rem, nxt) == "single"  # tta 800 > 700, single 400 fits
+    clock.t += 350  # 350 left
+    assert gov.choose(rem, nxt) == "short"  # single 400 > 350, short 300 fits
+    clock.t += 100  # 250 left: short for all rows (300) does not fit, but the next chunk (40) does
+    assert gov.choose(rem, nxt) == "short"
+    clock.t += 230  # 20 left: not even the next chunk
+    assert gov.choose(rem, nxt) is None
+    gov2 = Governor(Deadline(1000.0, clock), reserve_s=0.0, safety=1.0, allow_tta=False)
+    assert gov2.choose(rem, nxt) == "single"  # tta disabled by config
+
+
+def test_student_pass_degrades_under_pressure():
+    """With a real chunk loop and a clock driven by the work done, the modes only get cheaper and every row is accounted for."""
+    clock = FakeClock()
+    df = _canonical(40)
+    backend = FakeBackend(clock, sec_per_token=0.01)
+    tokens = backend.lengths(df, 96)
+    full_tta = 2 * tokens.sum() * 0.01
+    gov = Governor(Deadline(0.55 * full_tta, clock), reserve_s=0.0, safety=1.0)
+    res = run_student_pass(backend, df, gov, max_length=96, degraded_max_length=32, tokens_per_batch=1024,
+                           max_batch_size=8, chunk_rows=8, progress=False)
+    modes = [c["mode"] for c in res.chunks]
+    rank = {"tta": 0, "single": 1, "short": 2}
+    assert modes[0] == "tta" and "tta" in modes and len(set(modes)) >= 2
+    assert all(rank[a] <= rank[b] for a, b in zip(modes, modes[1:])), modes
+    assert clock.t - gov.deadline.start <= gov.deadline.budget_s + 1e-9
+    ran = np.array([m is not None for m in res.mode])
+    assert np.isfinite(res.orig[ran]).all() and np.isnan(res.orig[~ran]).all()
+    is_tta = np.array([m == "tta" for m in res.mode])
+    assert np.isfinite(res.swap[is_tta]).all() and np.isnan(res.swap[~is_tta]).all()
+    assert set(res.max_length[[m == "short" for m in res.mode]]) <= {32}
+    # longest rows first: every row run is at least as long as every row not reached
+    if (~ran).any():
+        assert tokens[ran].min() >= tokens[~ran].max()
+
+
+def test_student_pass_retries_out_of_memory_with_smaller_batches():
+    clock = FakeClock()
+    backend = FakeBackend(clock, oom_on_call=0)
+    gov = Governor(Deadline(1e6, clock), reserve_s=0.0)
+    res = run_student_pass(backend, _canonical(6), gov, max_length=96, degraded_max_length=32, tokens_per_batch=1024,
+                           max_batch_size=8, chunk_rows=64, progress=False)
+    assert res.error is None and all(m == "tta" for m in res.mode)
+    assert backend.calls[1]["tokens_per_batch"] == 512
+
+
+def test_student_pass_crash_keeps_finished_rows():
+    clock = FakeClock()
+    backend = FakeBackend(clock, crash_on_call=1)
+    gov = Governor(Deadline(1e6, clock), reserve_s=0.0)
+    res = run_student_pass(backend, _canonical(20), gov, max_length=96, degraded_max_length=32, tokens_per_batch=1024,
+                           max_batch_size=8, chunk_rows=8, progress=False)
+    assert "kernel exploded" in res.error
+    assert sum(m == "tta" for m in res.mode) == 2  # the warm-up chunk (8 // 4 rows) survived
+    assert sum(m is None for m in res.mode) == 18
+
+
+def _canonical(n: int) -> pd.DataFrame:
+    from data.readers import read_pairs
+
+    return read_pairs(ROOT / "data/sample/test.csv").head(n).reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _good_frame(ids):
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(3), size=len(ids))
+    return pd.DataFrame({"id": ids, **{c: p[:, k] for k, c in enumerate(LABELS)}})
+
+
+def test_validate_clips_renormalises_and_orders():
+    ids = ["3", "1", "2"]
+    df = pd.DataFrame({"id": ["1", "2", "3"], LABELS[0]: [1.0, 0.5, 0.2], LABELS[1]: [0.0, 0.5, 0.3], LABELS[2]: [0.0, 0.0, 0.5]})
+    out = validate_submission(df, ids, eps=1e-3)
+    assert out["id"].tolist() == ids
+    p = out[list(LABELS)].to_numpy()
+    assert (p > 0).all() and (p < 1).all()
+    np.testing.assert_allclose(p.sum(axis=1), 1.0)
+    assert p[1, 1] == pytest.approx(1e-3 / (1 + 2e-3 - 1e-3), rel=1e-6)  # row '1': [1,0,0] → clipped, renormalised
+
+
+@pytest.mark.parametrize("breakage,match", [
+    (lambda d: d.assign(**{LABELS[1]: [np.nan] + d[LABELS[1]].tolist()[1:]}), "row 0, column 'winner_model_b'.*not finite"),
+    (lambda d: d.iloc[1:], "missing"),
+    (lambda d: pd.concat([d, d.iloc[[2]]]), "row 5, column 'id'.*more than once"),
+    (lambda d: d.assign(**{LABELS[0]: d[LABELS[0]] + 0.1}), "sum to"),
+    (lambda d: d.assign(**{LABELS[2]: -d[LABELS[2]]}), "outside"),
+    (lambda d: pd.concat([d, d.iloc[[0]].assign(id="zz")]), "row 5, column 'id': id 'zz' is not a test id"),
+    (lambda d: d.drop(columns=[LABELS[2]]), "column 'winner_tie': column is missing"),
+])
+def test_validation_refuses_broken_frames_and_keeps_existing_file(tmp_path, breakage, match):
+    ids = ["a", "b", "c", "d", "e"]
+    out = tmp_path / "submission.csv"
+    write_submission(out, _good_frame(ids), ids, eps=1e-6)
+    before = out.read_bytes()
+    with pytest.raises(UserError, match=match):
+        write_submission(out, breakage(_good_frame(ids)), ids, eps=1e-6)
+    assert out.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["submission.csv"]  # no temp file left behind
+
+
+# --------------------------------------------------------------------------- whole run
+
+
+def test_submission_end_to_end(artifacts):
+    res = run_mod.run_submission(artifacts["cfg"], out=str(artifacts["out"]), progress=False, clock=artifacts["clock"])
+    ids = artifacts["src"]["id"].tolist()[::-1]  # sample_submission order
+    _assert_valid(artifacts["out"], ids)
+    paths = pd.read_csv(artifacts["out"].with_name("submission.paths.csv"), dtype={"id": str})
+    assert len(paths) == N_ROWS and set(paths["head"]) == {"stacker"} and set(paths["student"]) == {"tta"}
+    assert res.counts == {"stacker+tta": N_ROWS}
+    summary = json.loads(artifacts["out"].with_name("submission.run.json").read_text())
+    assert summary["counts"] == {"stacker+tta": N_ROWS} and summary["student_error"] is None
+    assert artifacts["out"].with_name("submission.config.resolved.yaml").is_file()
+
+
+def test_submission_is_swap_symmetric(artifacts, tmp_path):
+    """Swapping A and B in the test file swaps the A/B output columns (despite biased fakes)."""
+    cfg = artifacts["cfg"]
+    run_mod.run_submission(cfg, out=str(artifacts["out"]), progress=False)
+    swapped = artifacts["src"].rename(columns={"response_a": "response_b", "response_b": "response_a"})
+    sw_test = tmp_path / "swapped" / "test.csv"
+    sw_test.parent.mkdir()
+    swapped.to_csv(sw_test, index=False)
+    sw_out = tmp_path / "swapped" / "submission.csv"
+    run_mod.run_submission(cfg, test=str(sw_test), out=str(sw_out), progress=False)
+    a = _read(artifacts["out"]).set_index("id")
+    b = _read(sw_out).set_index("id").loc[a.index]
+    diff = np.abs(a[LABELS[0]].to_numpy() - b[LABELS[1]].to_numpy()).mean() + np.abs(a[LABELS[1]].to_numpy() - b[LABELS[0]].to_numpy()).mean()
+    assert diff / 2 < 0.02
+    np.testing.assert_allclose(a[LABELS[2]], b[LABELS[2]], atol=0.02)
+    # sanity: the fakes are biased, so this is the code's doing: the A column is not simply equal to B's
+    assert np.abs(a[LABELS[0]] - a[LABELS[1]]).mean() > 0.01
+
+
+def test_tiny_budget_forces_features_only(artifacts):
+    """The features-only pass 'takes' 50 s of a 60 s budget: no time for the student; the file is still valid."""
+    clock, stacker = artifacts["clock"], artifacts["stacker"]
+    orig = stacker.predict_features_only
+
+    def slow(df):
+        clock.t += 25.0  # called twice (both orientations)
+        return orig(df)
+
+    stacker.predict_features_only = slow
+    res = run_mod.run_submission(artifacts["cfg"], out=str(artifacts["out"]), time_budget="60s", progress=False, clock=clock)
+    _assert_valid(artifacts["out"], artifacts["src"]["id"].tolist()[::-1])
+    assert res.counts == {"features_only+none": N_ROWS}
+    assert artifacts["backend"].calls == []
+    assert clock.t - 1000.0 <= 60.0
+
+
+def test_budget_runs_out_midway(artifacts):
+    """The student is slow: some rows get it, the rest are left to the features-only stacker, inside the budget."""
+    backend, clock = artifacts["backend"], artifacts["clock"]
+    backend.spt = 0.05
+    cfg = artifacts["cfg"].model_copy(deep=True)
+    cfg.submission.reserve_s = 1.0
+    cfg.submission.chunk_rows = 4
+    df = _canonical(N_ROWS)
+    full = 2 * backend.lengths(df, 96).sum() * backend.spt
+    res = run_mod.run_submission(cfg, out=str(artifacts["out"]), time_budget=str(0.5 * full), progress=False, clock=clock)
+    _assert_valid(artifacts["out"], artifacts["src"]["id"].tolist()[::-1])
+    assert res.counts.get("features_only+none", 0) > 0
+    assert sum(v for k, v in res.counts.items() if k.startswith("stacker+")) > 0
+    assert clock.t - 1000.0 <= 0.5 * full
+
+
+def test_student_load_failure_still_writes(artifacts):
+    artifacts["student_error"] = OSError("export.json not found")
+    res = run_mod.run_submission(artifacts["cfg"], out=str(artifacts["out"]), progress=False)
+    _assert_valid(artifacts["out"], artifacts["src"]["id"].tolist()[::-1])
+    assert res.counts == {"features_only+none": N_ROWS}
+    assert "export.json" in json.loads(artifacts["out"].with_name("submission.run.json").read_text())["student_error"]
+
+
+def test_no_student_no_stacker_uses_symmetric_prior(artifacts, monkeypatch):
+    artifacts["student_error"] = RuntimeError("no export")
+    monkeypatch.setattr(run_mod, "load_stacker_or_none", lambda d: None)
+    res = run_mod.run_submission(artifacts["cfg"], out=str(artifacts["out"]), progress=False)
+    sub = _assert_valid(artifacts["out"], artifacts["src"]["id"].tolist()[::-1])
+    assert res.counts == {"prior+none": N_ROWS}
+    p = sub[list(LABELS)].to_numpy()
+    assert np.allclose(p, p[0]) and p[0, 0] == pytest.approx(p[0, 1])
+    labels = pd.read_csv(ROOT / "data/sample/train.csv").filter(like="winner_tie")
+    if len(labels.columns):  # the sample's tie rate, not uniform
+        assert p[0, 2] == pytest.approx(labels.iloc[:, 0].mean(), abs=0.02)
+
+
+def test_student_without_stacker_uses_student_probabilities(artifacts, monkeypatch):
+    monkeypatch.setattr(run_mod, "load_stacker_or_none", lambda d: None)
+    res = run_mod.run_submission(artifacts["cfg"], out=str(artifacts["out"]), progress=False)
+    _assert_valid(artifacts["out"], artifacts["src"]["id"].tolist()[::-1])
+    assert res.counts == {"student_softmax+tta": N_ROWS}
+
+
+def test_sample_submission_with_other_ids_is_refused(artifacts):
+    ss = artifacts["test"].with_name("sample_submission.csv")
+    pd.DataFrame({"id": ["x1", "x2"], **{c: 1 / 3 for c in LABELS}}).to_csv(ss, index=False)
+    with pytest.raises(UserError, match="sample_submission.csv: ids do not match"):
+        run_mod.run_submission(artifacts["cfg"], out=str(artifacts["out"]), progress=False)
+    assert not artifacts["out"].exists()
