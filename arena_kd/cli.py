@@ -40,9 +40,10 @@ def teachers(config: str = ConfigOpt, set: Optional[List[str]] = SetOpt, force: 
 
     Outputs: <workdir>/teachers/<name>/oof.parquet (+meta.json), <workdir>/teachers/soft_labels.parquet. Resumable per fold.
     """
+    cfg = _cfg(config, set)  # config errors first: fast, and before any heavy import
     from teachers.run import run_teachers
 
-    run_teachers(_cfg(config, set), force=force)
+    run_teachers(cfg, force=force)
 
 
 @app.command()
@@ -51,9 +52,10 @@ def distill(config: str = ConfigOpt, set: Optional[List[str]] = SetOpt, force: b
 
     Outputs: <workdir>/student/oof.parquet (+meta), <workdir>/student/export/ (everything `submission` needs).
     """
+    cfg = _cfg(config, set)
     from student.run import run_distill
 
-    run_distill(_cfg(config, set), force=force)
+    run_distill(cfg, force=force)
 
 
 @app.command()
@@ -62,9 +64,10 @@ def stack(config: str = ConfigOpt, set: Optional[List[str]] = SetOpt, force: boo
 
     Outputs: <workdir>/stacking/ (LightGBM text models, temperature.json, report.md + PNGs).
     """
+    cfg = _cfg(config, set)
     from stacking.run import run_stacking
 
-    run_stacking(_cfg(config, set), force=force)
+    run_stacking(cfg, force=force)
 
 
 @app.command()
@@ -79,9 +82,10 @@ def submission(
 
     Always writes a valid file inside the time budget, degrading (no TTA, shorter inputs, features-only) when needed.
     """
+    cfg = _cfg(config, set)
     from submission.run import run_submission
 
-    run_submission(_cfg(config, set), test=test, out=out, time_budget=time_budget)
+    run_submission(cfg, test=test, out=out, time_budget=time_budget)
 
 
 @app.command()
@@ -114,17 +118,19 @@ def plan(
     hardware: str = typer.Option("t4x2", "--hardware", help="t4x2 | a100 | h100"),
 ) -> None:
     """Estimate wall time and GPU memory of every stage for this config on the given hardware; say if it fits 9 h."""
+    cfg = _cfg(config, set)
     from submission.plan import run_plan
 
-    run_plan(_cfg(config, set), test=test, hardware=hardware)
+    run_plan(cfg, test=test, hardware=hardware)
 
 
 @app.command("all")
 def run_all(config: str = ConfigOpt, set: Optional[List[str]] = SetOpt, force: bool = ForceOpt) -> None:
     """Run teachers → distill → stack → submission, then write <workdir>/report.md."""
+    cfg = _cfg(config, set)
     from arena_kd.pipeline import run_pipeline
 
-    run_pipeline(_cfg(config, set), force=force)
+    run_pipeline(cfg, force=force)
 
 
 def main() -> None:
@@ -137,14 +143,13 @@ def main() -> None:
     except (typer.Exit, SystemExit) as exc:  # --help etc.
         code = getattr(exc, "exit_code", getattr(exc, "code", 0))
         sys.exit(code or 0)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(2)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(130)
+    except Exception as exc:  # click usage errors (typer may vendor click as typer._click: match by shape)
+        if type(exc).__module__.endswith("click.exceptions"):
+            if hasattr(exc, "show"):  # ClickException: usage errors, missing options, bad values
+                exc.show()
+                sys.exit(2)
+            if type(exc).__name__ == "Abort":
+                sys.exit(130)
         raise
 
 

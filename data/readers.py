@@ -19,6 +19,7 @@ Everything read is validated (see :mod:`data.validate`); problems raise a one-li
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 import sys
@@ -68,8 +69,7 @@ def _read_csv(path: Path, stats: ValidationStats) -> RawTable:
     except UnicodeDecodeError:
         # undecodable bytes become lone surrogates, repaired (and counted) per field below
         text = raw.decode("utf-8", "surrogateescape").lstrip("\ufeff")
-    lines = text.splitlines(keepends=True)
-    reader = csv.reader(lines)
+    reader = csv.reader(io.StringIO(text, newline=""))  # only \n, \r\n, \r end lines (not U+2028 etc.)
     try:
         header = next(reader)
     except StopIteration:
@@ -114,18 +114,21 @@ def _read_json(path: Path, stats: ValidationStats) -> RawTable:
                 raise data_error(path, i, None, f"expected a JSON object, got {type(obj).__name__}")
             records.append(obj)
             wheres.append(str(i))
-    else:  # JSON lines
-        for lineno, line in enumerate(text.splitlines(), 1):
+    else:  # JSON lines: row = n-th object, line = physical line (they differ when blank lines are present)
+        n = 0
+        for lineno, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 etc. may sit inside strings
             if not line.strip():
                 continue
+            n += 1
+            where = row_label(n, lineno)
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise data_error(path, lineno, None, f"line is not valid JSON ({exc.msg} at char {exc.pos})") from None
+                raise data_error(path, where, None, f"not valid JSON ({exc.msg} at char {exc.pos})") from None
             if not isinstance(obj, dict):
-                raise data_error(path, lineno, None, f"expected a JSON object per line, got {type(obj).__name__}")
+                raise data_error(path, where, None, f"expected a JSON object per line, got {type(obj).__name__}")
             records.append(obj)
-            wheres.append(str(lineno))
+            wheres.append(where)
     columns: list[str] = []
     for r in records[:1000]:
         for k in r:
@@ -140,7 +143,8 @@ def _read_parquet(path: Path, stats: ValidationStats) -> RawTable:
     except Exception as exc:  # pyarrow raises several types for corrupt files
         raise UserError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
     records = df.to_dict("records")
-    return RawTable(path, list(map(str, df.columns)), records, [str(i) for i in range(1, len(df) + 1)], stats)
+    wheres = [f"{i + 1} (index {i})" for i in range(len(df))]  # 1-based row, and pandas' 0-based position
+    return RawTable(path, list(map(str, df.columns)), records, wheres, stats)
 
 
 def read_raw(path: str | Path) -> RawTable:
@@ -384,7 +388,7 @@ def _pairs(table: RawTable, seed: int) -> list[dict]:
         if pc is not None and pr is not None and len(pc) != len(pr):
             raise data_error(path, where, "rejected", f"turn counts differ: chosen has {len(pc)} user turns, rejected {len(pr)}")
         # single answers to a multi-turn prompt: earlier turns unknown -> answer the last turn
-        for name, side in (("chosen", chosen), ("rejected", rejected)):
+        for side in (chosen, rejected):
             if len(side) < len(prompt) and len(side) == 1:
                 side[:0] = [""] * (len(prompt) - 1)
         check_turn_counts(prompt, chosen, rejected, path, where)

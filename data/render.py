@@ -72,6 +72,10 @@ def chat_wrap(tokenizer) -> tuple[list[int], list[int]]:
 
         raise UserError(f"render.template=chat: tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template; use template: blocks")
     text = tokenizer.apply_chat_template([{"role": "user", "content": _SENTINEL}], tokenize=False, add_generation_prompt=True)
+    if _SENTINEL not in text:
+        from arena_kd.errors import UserError
+
+        raise UserError(f"render.template=chat: the chat template of {getattr(tokenizer, 'name_or_path', '')!r} does not keep the message text verbatim; use template: blocks")
     pre, _, post = text.partition(_SENTINEL)
     # the template's own text carries its special tokens (e.g. '<bos>', '<|im_start|>'): parse them as specials
     pre_ids = tokenizer(pre, add_special_tokens=False)["input_ids"] if pre else []

@@ -13,6 +13,7 @@ Columns (pandas DataFrame, one row per pair):
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 CANONICAL_COLUMNS = ("id", "prompt", "response_a", "response_b", "label", "source", "model_a", "model_b")
@@ -32,11 +33,26 @@ def make_frame(rows: list[dict] | pd.DataFrame) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
+def swap_logits(x):
+    """Swap the A and B entries (index 0 and 1 of the last axis) of a logit/probability array of shape (..., 3)."""
+    arr = np.array(x, copy=True)
+    if arr.dtype.kind != "f":
+        arr = arr.astype(np.float64)
+    arr[..., [0, 1]] = arr[..., [1, 0]]
+    return arr
+
+
 def swap_frame(df: pd.DataFrame) -> pd.DataFrame:
-    """A/B swap: exchange responses and model names, swap the label (tie stays tie)."""
+    """A/B swap: exchange responses, model names and every other ``<x>_a``/``<x>_b`` column pair; swap the label
+    (tie stays tie) and ``teacher_logits`` (index 0 <-> 1 of the last axis, shapes (3,) or (k, 3))."""
     out = df.copy()
-    out["response_a"], out["response_b"] = df["response_b"], df["response_a"]
-    out["model_a"], out["model_b"] = df["model_b"], df["model_a"]
-    lab = df["label"]
-    out["label"] = lab.where(lab.isna() | (lab == 2), 1 - lab).astype("Int8")
+    for col in df.columns:
+        if isinstance(col, str) and col.endswith("_a") and (col[:-2] + "_b") in df.columns:
+            other = col[:-2] + "_b"
+            out[col], out[other] = df[other].to_numpy(), df[col].to_numpy()
+    if "label" in df.columns:
+        lab = df["label"].astype("Int8")
+        out["label"] = lab.where(lab.isna() | (lab == 2), 1 - lab).astype("Int8")
+    if "teacher_logits" in df.columns:
+        out["teacher_logits"] = [None if v is None else swap_logits(v) for v in df["teacher_logits"]]
     return out

@@ -39,6 +39,7 @@ class ValidationStats:
     empty_prompts: int = 0  # rows whose prompt is empty in every turn
     rows_with_null_turns: int = 0
     examples: dict[str, list[str]] = field(default_factory=dict)  # kind -> first few row locations
+    _null_rows: set = field(default_factory=set, repr=False)
 
     def note(self, kind: str, where: str, limit: int = 3) -> None:
         ex = self.examples.setdefault(kind, [])
@@ -46,7 +47,7 @@ class ValidationStats:
             ex.append(where)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
 
 
 def row_label(row: int, line: int | None = None) -> str:
@@ -83,7 +84,8 @@ def clean_turns(turns: list, stats: ValidationStats, path, where: str, column: s
             stats.repaired_unicode += 1
             stats.note("repaired_unicode", f"row {where}, column '{column}'")
         out.append(t)
-    if had_null:
+    if had_null and where not in stats._null_rows:
+        stats._null_rows.add(where)
         stats.rows_with_null_turns += 1
     return out
 

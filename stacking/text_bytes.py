@@ -8,7 +8,8 @@ is punctuation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -31,41 +32,58 @@ class ByteDocs:
     buf: np.ndarray
     starts: np.ndarray
     ends: np.ndarray
+    encoded: list[bytes] | None = field(default=None, repr=False)
 
     @classmethod
     def from_texts(cls, texts: list[str]) -> "ByteDocs":
-        encoded = [t.encode("utf-8", "replace") for t in texts]
+        return cls.from_encoded([t.encode("utf-8", "replace") for t in texts])
+
+    @classmethod
+    def from_encoded(cls, encoded: list[bytes]) -> "ByteDocs":
         lens = np.fromiter((len(b) for b in encoded), dtype=np.int64, count=len(encoded))
         starts = np.zeros(len(encoded), dtype=np.int64)
         if len(encoded) > 1:
             starts[1:] = np.cumsum(lens[:-1] + 1)
         buf = np.frombuffer(b"\n".join(encoded) + b"\n", dtype=np.uint8)
-        return cls(buf=buf, starts=starts, ends=starts + lens)
+        return cls(buf=buf, starts=starts, ends=starts + lens, encoded=encoded)
 
     @property
     def n_docs(self) -> int:
         return len(self.starts)
 
     def doc_of_position(self) -> np.ndarray:
-        """int64[total]: index of the document each byte belongs to (separators belong to the preceding doc)."""
-        marks = np.zeros(len(self.buf), dtype=np.int64)
+        """int32[total]: index of the document each byte belongs to (separators belong to the preceding doc)."""
+        return self._doc_of_position
+
+    @cached_property
+    def _doc_of_position(self) -> np.ndarray:
+        marks = np.zeros(len(self.buf), dtype=np.int32)
         marks[self.starts[1:]] = 1
-        return np.cumsum(marks)
+        return np.cumsum(marks, dtype=np.int32)
 
     def segment_sum(self, mask: np.ndarray) -> np.ndarray:
-        """int64[n]: per-document count of True positions of a bool[total] mask."""
-        cs = np.zeros(len(mask) + 1, dtype=np.int64)
-        np.cumsum(mask, out=cs[1:])
-        return cs[self.ends] - cs[self.starts]
+        """float64[n]: per-document count of True positions of a bool[total] mask (separators must be False)."""
+        if self.n_docs == 0:
+            return np.zeros(0)
+        # every document owns at least its separator byte, so the reduceat segments are never empty
+        return np.add.reduceat(mask, self.starts, dtype=np.int64).astype(np.float64)
 
     def word_bytes(self) -> np.ndarray:
-        return _WORD[self.buf]
+        return self._word
 
     def blank_bytes(self) -> np.ndarray:
-        return _WS[self.buf]
+        return self._blank
 
     def digit_bytes(self) -> np.ndarray:
         return _DIGIT[self.buf]
+
+    @cached_property
+    def _word(self) -> np.ndarray:
+        return _WORD[self.buf]
+
+    @cached_property
+    def _blank(self) -> np.ndarray:
+        return _WS[self.buf]
 
 
 def run_starts(mask: np.ndarray) -> np.ndarray:
@@ -77,14 +95,8 @@ def run_starts(mask: np.ndarray) -> np.ndarray:
 
 def truncated(docs: ByteDocs, max_bytes: int) -> ByteDocs:
     """The same documents cut to their first ``max_bytes`` bytes (a cut UTF-8 character is harmless for hashing)."""
-    if len(docs.ends) == 0 or int((docs.ends - docs.starts).max()) <= max_bytes:
+    if docs.n_docs == 0 or int((docs.ends - docs.starts).max()) <= max_bytes:
         return docs
-    new_lens = np.minimum(docs.ends - docs.starts, max_bytes)
-    doc = docs.doc_of_position()
-    offset = np.arange(len(docs.buf), dtype=np.int64) - docs.starts[doc]
-    keep = (offset < new_lens[doc]) | (offset == docs.ends[doc] - docs.starts[doc])  # text bytes + the separator
-    buf = np.ascontiguousarray(docs.buf[keep])
-    starts = np.zeros(len(new_lens), dtype=np.int64)
-    if len(new_lens) > 1:
-        starts[1:] = np.cumsum(new_lens[:-1] + 1)
-    return ByteDocs(buf=buf, starts=starts, ends=starts + new_lens)
+    if docs.encoded is not None:
+        return ByteDocs.from_encoded([b[:max_bytes] for b in docs.encoded])
+    return ByteDocs.from_encoded([docs.buf[s : min(e, s + max_bytes)].tobytes() for s, e in zip(docs.starts, docs.ends)])

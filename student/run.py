@@ -149,8 +149,8 @@ def _final_stage(cfg, frame: pd.DataFrame, hashes: dict[str, str], loss_fn, *, f
     return adapter, in_memory, fhashes
 
 
-def _free(*objs) -> None:
-    del objs
+def _free() -> None:
+    """Collect garbage and return cached GPU memory (after dropping the last reference to a model)."""
     gc.collect()
     try:
         import torch
@@ -161,7 +161,8 @@ def _free(*objs) -> None:
         pass
 
 
-def _export_stage(cfg, frame: pd.DataFrame, adapter: Path, in_memory, fhashes: dict[str, str], *, force: bool) -> Path:
+def _export_stage(cfg, frame: pd.DataFrame, adapter: Path, holder: list, fhashes: dict[str, str], *, force: bool) -> Path:
+    """Reference logits from the trained model, then merged (or base + adapter) export. ``holder[0]``: (model, tokenizer) or None."""
     from llm.loading import load_classifier
 
     from student.export import load_settings, save_export
@@ -176,6 +177,7 @@ def _export_stage(cfg, frame: pd.DataFrame, adapter: Path, in_memory, fhashes: d
         if done.get("hashes") == ehashes:
             print(f"[student] export: up to date ({edir}), skipped")
             return edir
+    in_memory = holder.pop() if holder else None
     if in_memory is None:
         model, tokenizer, _ = load_classifier(s.model, training=False, workdir=cfg.workdir, adapter=str(adapter))
     else:
@@ -193,9 +195,8 @@ def _export_stage(cfg, frame: pd.DataFrame, adapter: Path, in_memory, fhashes: d
         reference = pd.DataFrame({"id": ref_rows["id"].astype(str).to_numpy(), "input_ids": [list(map(int, r)) for r in ids]})
         for j, c in enumerate(LOGIT_NAMES):
             reference[c] = ref[:, j]
-    _free(model)
-    in_memory = None
-    model = None
+    del model, in_memory
+    _free()
     # reload the base unquantized in the export dtype and fold the adapter in
     mcfg = s.model.model_copy(update={"quantization": "none", "dtype": s.export_dtype})
     full, tok, info = load_classifier(mcfg, training=False, workdir=cfg.workdir, adapter=str(adapter) if s.export_merged else None)
@@ -257,6 +258,8 @@ def run_distill(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
         summary["oof_rows"] = len(oof)
     if s.final != "none":
         adapter, in_memory, fhashes = _final_stage(cfg, frame, hashes, loss_fn, force=force)
-        summary["export_dir"] = str(main_write(_export_stage, cfg, frame, adapter, in_memory, fhashes, force=force))
+        holder = [in_memory]  # the export stage takes the trained model out of here and frees it
+        del in_memory
+        summary["export_dir"] = str(main_write(_export_stage, cfg, frame, adapter, holder, fhashes, force=force))
     print(f"[student] done in {time.time() - t0:.1f}s")
     return summary

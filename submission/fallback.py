@@ -21,12 +21,18 @@ SWAP_AB = [1, 0, 2]
 """Column permutation that exchanges the A and B classes (tie stays)."""
 
 
-def load_stacker_or_none(stack_dir: str | Path):
-    """``stacking.predict.load_stacker(stack_dir)``, or None (logged) when it is missing or broken."""
+def load_stacker_or_none(stack_dir: str | Path, embedding_model: str | None = None):
+    """``stacking.predict.load_stacker(stack_dir)``, or None (logged) when it is missing or broken.
+
+    ``embedding_model`` (the config's stacking.embedding_model) relocates the trained stacker's sentence
+    embedder, e.g. to a folder inside the Kaggle artifacts dataset.
+    """
     try:
+        from arena_kd.io import resolve_path
         from stacking.predict import load_stacker
 
-        return load_stacker(str(stack_dir))
+        kw = {"embedding_model": resolve_path(embedding_model)} if embedding_model else {}
+        return load_stacker(str(stack_dir), **kw)
     except Exception as exc:  # noqa: BLE001 - a missing stacker must not stop the submission
         log.warning("stacker not usable (%s: %s); falling back", type(exc).__name__, exc)
         return None

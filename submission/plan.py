@@ -39,9 +39,12 @@ SAMPLE_ROWS = 4000
 """Rows tokenised to measure a file's length distribution (scaled to the full row count)."""
 TEMPLATE_TOKENS = 16
 """Headers and special tokens the renderer adds around the three fields (data/render.py)."""
-SUBMISSION_OVERHEAD_S = {"load": 360.0, "stacker": 180.0, "stacker_embeddings": 600.0}
-"""Assumed fixed submission costs: reading + quantising the export on each GPU, the features/stacker pass
-(MiniLM embeddings add ~10 min for 25k rows on T4, per configs/kaggle-gemma2.yaml)."""
+LOAD_GIB_PER_S = 0.15
+"""Assumed: reading the export from a Kaggle dataset and quantising it while loading, GiB of export per second
+(one copy per GPU, loaded one after the other)."""
+STACKER_S_PER_ROW = {"features": 0.005, "embeddings": 0.024}
+"""Assumed seconds per test row of the stacker pass: TF-IDF/length features on CPU; MiniLM embeddings on a T4
+(~10 min for 25k rows, per configs/kaggle-gemma2.yaml)."""
 
 
 # --------------------------------------------------------------------------- token counts
@@ -151,7 +154,8 @@ def resolve_arch(model: ModelConfig) -> tuple[str, Arch | None, str]:
         intermediate=int(cfg.get("intermediate_size", 4 * hidden)), vocab=int(cfg.get("vocab_size", 32000)),
         params=None, tied_embeddings=bool(cfg.get("tie_word_embeddings", True)),
     )
-    return model.backbone.split("/")[-1] or model.backbone, arch, source
+    display = model.backbone.removeprefix("pkg://")
+    return display, arch, source
 
 
 # --------------------------------------------------------------------------- hardware calibration
@@ -340,6 +344,7 @@ class PlanResult:
     token_source: str
     suggestions: list[str]
     notes: list[str]
+    overhead_s: tuple[float, float] = (0.0, 0.0)  # (load, stacker) seconds of the Kaggle submission
 
     def table(self) -> pd.DataFrame:
         return pd.DataFrame([e.row() for e in self.estimates])
@@ -355,11 +360,18 @@ def _submission_estimate(cfg: PipelineConfig, arch: Arch, name: str, hw_key: str
                               tokens_per_batch=p.tokens_per_batch, max_batch_size=p.max_batch_size, calib=calib)
 
 
-def _submission_total(est: Estimate, cfg: PipelineConfig) -> float | None:
+def _submission_overhead(cfg: PipelineConfig, arch: Arch, rows: float, hw_key: str = "t4x2") -> tuple[float, float]:
+    """(load seconds, stacker seconds) of a submission run, from the assumed rates above."""
+    export_gib = weight_gib(arch, cfg.student.export_dtype)
+    load = HARDWARE[hw_key].gpus * export_gib / LOAD_GIB_PER_S
+    stacker = rows * (STACKER_S_PER_ROW["features"] + (STACKER_S_PER_ROW["embeddings"] if cfg.stacking.embedding_model else 0.0))
+    return load, stacker
+
+
+def _submission_total(est: Estimate, cfg: PipelineConfig, arch: Arch) -> float | None:
     if est.seconds is None:
         return None
-    stacker = SUBMISSION_OVERHEAD_S["stacker_embeddings" if cfg.stacking.embedding_model else "stacker"]
-    return est.seconds + SUBMISSION_OVERHEAD_S["load"] + stacker
+    return est.seconds + sum(_submission_overhead(cfg, arch, est.rows))
 
 
 def build_plan(cfg: PipelineConfig, test: str | None = None, hardware: str = "t4x2", calibration: dict | None = None) -> PlanResult:
@@ -442,7 +454,7 @@ def build_plan(cfg: PipelineConfig, test: str | None = None, hardware: str = "t4
                                           max_batch_size=s.predict.max_batch_size, calib=calib))
         est.append(_submission_estimate(cfg, arch, name, hardware, test_len, calib))
         t4 = _submission_estimate(cfg, arch, name, "t4x2", test_len, calib)
-        submission_t4 = _submission_total(t4, cfg)
+        submission_t4 = _submission_total(t4, cfg, arch)
         budget_s = parse_time_budget(cfg.submission.time_budget, "submission.time_budget")
         limit = min(KAGGLE_LIMIT_H * 3600, budget_s)
         fits = submission_t4 is not None and submission_t4 <= limit
@@ -460,12 +472,13 @@ def build_plan(cfg: PipelineConfig, test: str | None = None, hardware: str = "t4
             if sub.predict.tta:
                 options.append((f"drop TTA and max length {sub.degraded_max_length}", {"tta": False, "max_length": sub.degraded_max_length}))
             for text, change in options:
-                total = _submission_total(_submission_estimate(cfg, arch, name, "t4x2", test_len, calib, **change), cfg)
+                total = _submission_total(_submission_estimate(cfg, arch, name, "t4x2", test_len, calib, **change), cfg, arch)
                 ok = total is not None and total <= limit
                 suggestions.append(f"{text}: {format_seconds(total) if total is not None else 'does not fit in memory'}{' — fits' if ok else ''}")
             suggestions.append("a smaller student (e.g. fewer layers / a 2B model) or fewer test rows is the last resort; "
                                "the time budget degrades automatically at run time (tta → shorter → features-only)")
-    return PlanResult(hardware, est, submission_t4, fits, token_source, suggestions, notes)
+    overhead = _submission_overhead(cfg, arch, test_len.rows) if arch is not None else (0.0, 0.0)
+    return PlanResult(hardware, est, submission_t4, fits, token_source, suggestions, notes, overhead)
 
 
 def run_plan(cfg: PipelineConfig, test: str | None = None, hardware: str = "t4x2") -> PlanResult:
@@ -482,7 +495,7 @@ def run_plan(cfg: PipelineConfig, test: str | None = None, hardware: str = "t4x2
     if res.submission_t4_s is not None:
         budget = cfg.submission.time_budget
         verdict = "FITS" if res.fits_kaggle else "DOES NOT FIT"
-        print(f"Kaggle submission on 2x T4 (incl. ~{format_seconds(SUBMISSION_OVERHEAD_S['load'])} loading and the stacker): "
+        print(f"Kaggle submission on 2x T4 (incl. ~{format_seconds(res.overhead_s[0])} loading, ~{format_seconds(res.overhead_s[1])} stacker): "
               f"{format_seconds(res.submission_t4_s)} — {verdict} the {KAGGLE_LIMIT_H:g} h limit / time_budget {budget}")
     elif res.fits_kaggle is False:
         print("Kaggle submission on 2x T4: the student DOES NOT FIT in T4 memory at this precision")

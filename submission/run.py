@@ -33,8 +33,8 @@ from arena_kd.errors import UserError
 from arena_kd.io import atomic_write_csv, atomic_write_json
 from submission.budget import Deadline, Governor, format_seconds, parse_time_budget
 from submission.fallback import class_prior, load_stacker_or_none, stacker_probs, student_softmax
-from submission.student_pass import StudentPass, run_student_pass
-from submission.validate import write_submission
+from submission.student_pass import StudentPass, free_cuda, run_student_pass
+from submission.validate import valid_rows, write_submission
 
 log = logging.getLogger("arena_kd.submission")
 
@@ -68,9 +68,9 @@ def load_student(export_dir, *, quantization, dtype, devices=None):
 
 
 def _read_test(path: str) -> pd.DataFrame:
-    from data.readers import read_pairs
+    from submission.read_test import read_test_pairs
 
-    return read_pairs(path)
+    return read_test_pairs(path)
 
 
 def _sample_submission_path(cfg: PipelineConfig, test: str | None) -> Path | None:
@@ -139,7 +139,7 @@ def run_submission(
     log.info("%d test rows from %s; budget %s; output %s", n, test_path, format_seconds(budget_s), out_path)
 
     # 1. the answer that needs no student, written at once ------------------------------------
-    stacker = load_stacker_or_none(stack_dir)
+    stacker = load_stacker_or_none(stack_dir, cfg.stacking.embedding_model)
     head = np.full(n, "prior", dtype=object)
     t0 = clock()
     probs = None
@@ -179,9 +179,11 @@ def run_submission(
                 tokens_per_batch=sub.predict.tokens_per_batch, max_batch_size=sub.predict.max_batch_size,
                 chunk_rows=sub.chunk_rows, progress=progress,
             )
-            del backend
+            del backend  # free the GPUs for the stacker's embedder, if any
+            free_cuda()
 
     # 3. student rows through the stacker ---------------------------------------------------
+    fallback_probs, fallback_head = probs.copy(), head.copy()
     for tta in (True, False):
         sel = np.flatnonzero([(m == "tta") == tta and m is not None for m in spass.mode])
         if not len(sel):
@@ -197,7 +199,13 @@ def run_submission(
                 head[sel] = "student_softmax"
         except Exception as exc:  # noqa: BLE001
             log.error("stacker on student logits failed (%s: %s); %d rows keep the fallback", type(exc).__name__, exc, len(sel))
-            spass.mode[sel] = None
+            spass.mode[sel], spass.max_length[sel] = None, 0
+    bad = np.flatnonzero(~valid_rows(probs))
+    if len(bad):  # e.g. NaN logits from an fp16 overflow: those rows keep the answer written in step 1
+        log.error("%d row(s) got invalid probabilities from the student path (e.g. id %s); they keep the fallback",
+                  len(bad), df["id"].iloc[bad[0]])
+        probs[bad], head[bad] = fallback_probs[bad], fallback_head[bad]
+        spass.mode[bad], spass.max_length[bad] = None, 0
 
     # 4. validate, write, log ----------------------------------------------------------------
     written = write_submission(out_path, _frame(df["id"], probs), ids, sub.clip_eps)

@@ -57,7 +57,11 @@ def _is_oom(exc: BaseException) -> bool:
     return "out of memory" in str(exc).lower()
 
 
-def _free_cuda() -> None:
+def free_cuda() -> None:
+    """Return cached CUDA memory after a failure or when the student is done (no-op on CPU)."""
+    import gc
+
+    gc.collect()
     try:
         import torch
 
@@ -114,7 +118,7 @@ def run_student_pass(
                     break
                 except Exception as exc:  # noqa: BLE001 - any failure must still end in a valid file
                     if _is_oom(exc) and attempt < MAX_OOM_RETRIES and tpb > length:
-                        _free_cuda()
+                        free_cuda()
                         tpb, mbs = max(length, tpb // 2), max(1, mbs // 2)
                         log.warning("out of memory: retrying the chunk with tokens_per_batch=%d, max_batch_size=%d", tpb, mbs)
                         continue

@@ -30,6 +30,15 @@ def clip_and_renormalise(probs: np.ndarray, eps: float) -> np.ndarray:
     return p / p.sum(axis=1, keepdims=True)
 
 
+def valid_rows(probs: np.ndarray) -> np.ndarray:
+    """bool[n]: rows of probs [n, 3] that pass validation (finite, within [0, 1], summing to 1)."""
+    p = np.asarray(probs, dtype=np.float64)
+    ok = np.isfinite(p).all(axis=1) & ((p >= 0) & (p <= 1)).all(axis=1)
+    with np.errstate(invalid="ignore"):
+        ok &= np.abs(p.sum(axis=1) - 1.0) <= SUM_TOLERANCE
+    return ok
+
+
 def validate_submission(df: pd.DataFrame, expected_ids: Sequence[str], eps: float, name: str = "submission") -> pd.DataFrame:
     """Checked, clipped, renormalised copy of ``df`` in the order of ``expected_ids``.
 

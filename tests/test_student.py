@@ -225,3 +225,46 @@ def test_load_export_errors(tmp_path):
 
     with pytest.raises(UserError, match="export.json missing"):
         load_export(tmp_path)
+
+
+# --------------------------------------------------------------------------- real llm/ engine (tiny models)
+
+
+def test_real_teachers_distill_export_roundtrip(tmp_path):
+    """teachers → distill (alpha 0.5, final=full) → export; the export reloads to the trained model's logits."""
+    from llm.predict import predict_logits
+
+    from student.export import load_export, verify_export
+
+    cfg = load_config(SMOKE, [f"workdir={tmp_path / 'work'}", "data.max_rows=24", "student.reference_rows=6"])
+    trun.run_teachers(cfg)
+    summary = srun.run_distill(cfg)
+    oof, meta = read_keyed_table(tmp_path / "work" / "student" / "oof.parquet")
+    assert len(oof) == 24 and np.isfinite(oof[["logit_a", "swap_logit_tie"]].to_numpy()).all()
+    export = Path(summary["export_dir"])
+    assert (export / "export.json").is_file() and (export / "tokenizer").is_dir()
+    model, tok, settings = load_export(export, quantization="none", dtype="fp32", device="cpu")
+    # stated tolerance: 1e-4 on logits, fp32 export reloaded in fp32
+    assert verify_export(export, model=model)["max_abs_logit_diff"] < 1e-4
+    ref, _ = read_keyed_table(export / "reference_logits.parquet")
+    from teachers.training_data import load_training_data
+
+    frame = load_training_data(cfg).frame.set_index("id").loc[ref["id"]].reset_index()
+    r = settings["render"]
+    got = predict_logits(model, tok, frame, max_length=r["max_length"], truncation=r["truncation"], prompt_fraction=r["prompt_fraction"],
+                         tokens_per_batch=1024, max_batch_size=4)
+    assert np.abs(got - ref[["logit_a", "logit_b", "logit_tie"]].to_numpy()).max() < 1e-4
+    # stated tolerance for 8-bit reload: probabilities within 0.05 (tiny random models)
+    assert verify_export(export, quantization="8bit", dtype="fp32", device="cpu")["max_abs_prob_diff"] < 0.05
+
+
+def test_real_alpha_zero_fold_soup(tmp_path):
+    """The hard-label-only ablation with the same command, final = average of the fold adapters."""
+    from student.export import verify_export
+
+    cfg = load_config(SMOKE, [f"workdir={tmp_path / 'work'}", "data.max_rows=24", "student.distill.alpha=0",
+                              "student.final=fold_soup", "student.reference_rows=4"])
+    summary = srun.run_distill(cfg)
+    assert summary["hashes"]["soft_labels"] == "unused"
+    assert (tmp_path / "work" / "student" / "final" / "final.json").is_file()
+    assert verify_export(summary["export_dir"], dtype="fp32", device="cpu")["max_abs_logit_diff"] < 1e-4

@@ -81,16 +81,17 @@ class FakeBackend:
 
 
 class FakeStacker:
-    """Stacker stand-in: softmax of (student mean logits + length feature), with its own +0.2 A bias."""
+    """Stacker stand-in: softmax of (student mean logits + length feature); ``bias`` adds a preference for A
+    (0 = symmetric by construction, like stacking.predict; > 0 needs submission.swap_average)."""
 
-    def __init__(self) -> None:
+    def __init__(self, bias: float = 0.0) -> None:
         self.calls = 0
+        self.bias = bias
 
-    @staticmethod
-    def _feature(df):
+    def _feature(self, df):
         la = np.array([np.log1p(_text_len(t)) for t in df["response_a"]])
         lb = np.array([np.log1p(_text_len(t)) for t in df["response_b"]])
-        return np.stack([0.5 * (la - lb) + 0.2, 0.5 * (lb - la), np.zeros_like(la)], axis=1)
+        return np.stack([0.5 * (la - lb) + self.bias, 0.5 * (lb - la), np.zeros_like(la)], axis=1)
 
     @staticmethod
     def _softmax(z):
@@ -131,7 +132,7 @@ def artifacts(tmp_path, monkeypatch):
         return state["backend"]
 
     monkeypatch.setattr(run_mod, "load_student", fake_load_student)
-    monkeypatch.setattr(run_mod, "load_stacker_or_none", lambda d: state["stacker"])
+    monkeypatch.setattr(run_mod, "load_stacker_or_none", lambda d, e=None: state["stacker"])
     state.update(cfg=cfg, test=test, src=src, out=tmp_path / "out" / "submission.csv")
     return state
 
@@ -291,9 +292,13 @@ def test_submission_end_to_end(artifacts):
     assert artifacts["out"].with_name("submission.config.resolved.yaml").is_file()
 
 
-def test_submission_is_swap_symmetric(artifacts, tmp_path):
-    """Swapping A and B in the test file swaps the A/B output columns (despite biased fakes)."""
-    cfg = artifacts["cfg"]
+@pytest.mark.parametrize("stacker_bias,swap_average", [(0.0, False), (0.3, True)])
+def test_submission_is_swap_symmetric(artifacts, tmp_path, stacker_bias, swap_average):
+    """Swapping A and B in the test file swaps the A/B output columns. The fake student prefers whichever answer
+    is shown first, so only correct TTA handling makes this pass; a biased stacker needs swap_average."""
+    cfg = artifacts["cfg"].model_copy(deep=True)
+    cfg.submission.swap_average = swap_average
+    artifacts["stacker"].bias = stacker_bias
     run_mod.run_submission(cfg, out=str(artifacts["out"]), progress=False)
     swapped = artifacts["src"].rename(columns={"response_a": "response_b", "response_b": "response_a"})
     sw_test = tmp_path / "swapped" / "test.csv"
@@ -316,7 +321,7 @@ def test_tiny_budget_forces_features_only(artifacts):
     orig = stacker.predict_features_only
 
     def slow(df):
-        clock.t += 25.0  # called twice (both orientations)
+        clock.t += 50.0  # the features pass eats most of the 60 s budget
         return orig(df)
 
     stacker.predict_features_only = slow
@@ -353,7 +358,7 @@ def test_student_load_failure_still_writes(artifacts):
 
 def test_no_student_no_stacker_uses_symmetric_prior(artifacts, monkeypatch):
     artifacts["student_error"] = RuntimeError("no export")
-    monkeypatch.setattr(run_mod, "load_stacker_or_none", lambda d: None)
+    monkeypatch.setattr(run_mod, "load_stacker_or_none", lambda d, e=None: None)
     res = run_mod.run_submission(artifacts["cfg"], out=str(artifacts["out"]), progress=False)
     sub = _assert_valid(artifacts["out"], artifacts["src"]["id"].tolist()[::-1])
     assert res.counts == {"prior+none": N_ROWS}
@@ -365,7 +370,7 @@ def test_no_student_no_stacker_uses_symmetric_prior(artifacts, monkeypatch):
 
 
 def test_student_without_stacker_uses_student_probabilities(artifacts, monkeypatch):
-    monkeypatch.setattr(run_mod, "load_stacker_or_none", lambda d: None)
+    monkeypatch.setattr(run_mod, "load_stacker_or_none", lambda d, e=None: None)
     res = run_mod.run_submission(artifacts["cfg"], out=str(artifacts["out"]), progress=False)
     _assert_valid(artifacts["out"], artifacts["src"]["id"].tolist()[::-1])
     assert res.counts == {"student_softmax+tta": N_ROWS}
@@ -377,3 +382,67 @@ def test_sample_submission_with_other_ids_is_refused(artifacts):
     with pytest.raises(UserError, match="sample_submission.csv: ids do not match"):
         run_mod.run_submission(artifacts["cfg"], out=str(artifacts["out"]), progress=False)
     assert not artifacts["out"].exists()
+
+
+def test_malformed_test_rows_are_repaired_not_fatal(artifacts):
+    """A hidden test set cannot be fixed by the user: bad rows are repaired (and logged), every id is answered."""
+    src = artifacts["src"].copy()
+    src.loc[3, "response_a"] = "not json at all"
+    src.loc[5, "prompt"] = '["one", "two"]'  # two prompt turns, one response turn
+    src.loc[7, "response_b"] = None
+    src.to_csv(artifacts["test"], index=False)
+    from data.readers import read_pairs
+
+    with pytest.raises(UserError):
+        read_pairs(artifacts["test"])  # the strict reader refuses the file...
+    res = run_mod.run_submission(artifacts["cfg"], out=str(artifacts["out"]), progress=False)
+    _assert_valid(artifacts["out"], artifacts["src"]["id"].tolist()[::-1])  # ...the submission still answers every id
+    assert res.counts == {"stacker+tta": N_ROWS}
+
+
+def test_rows_dealt_across_devices_come_back_in_order():
+    """Two 'GPUs': rows are dealt round-robin, each copy sees its share, logits return in the input order."""
+    from submission.student_infer import StudentBackend, StudentReplica
+
+    class Recording(StudentBackend):
+        seen: dict[str, list[str]] = {}
+
+        def _one(self, replica, df, *, max_length, tta, tokens_per_batch, max_batch_size):
+            self.seen[replica.device] = df["id"].tolist()
+            v = df["id"].astype(float).to_numpy()[:, None] * np.ones((1, 3), dtype=np.float32)
+            return v.astype(np.float32), (v + 0.5).astype(np.float32) if tta else None
+
+    backend = Recording([StudentReplica(None, None, "cuda:0"), StudentReplica(None, None, "cuda:1")], {})
+    df = pd.DataFrame({"id": [str(i) for i in range(7)]})
+    orig, swap = backend.predict(df, max_length=64, tta=True, tokens_per_batch=256, max_batch_size=4)
+    assert Recording.seen == {"cuda:0": ["0", "2", "4", "6"], "cuda:1": ["1", "3", "5"]}
+    np.testing.assert_array_equal(orig[:, 0], np.arange(7))
+    np.testing.assert_array_equal(swap[:, 2], np.arange(7) + 0.5)
+    assert backend.predict(df, max_length=64, tta=False, tokens_per_batch=256, max_batch_size=4)[1] is None
+
+
+def test_cli_bad_time_budget_is_one_line_exit_2(monkeypatch, capsys):
+    from arena_kd import cli
+
+    monkeypatch.setattr("sys.argv", ["arena-kd", "submission", "--config", str(ROOT / "configs/smoke.yaml"), "--time-budget", "8x"])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --time-budget: '8x' is not a time budget (use e.g. 30600, 8h30m, 45m, 90s)"]
+
+
+def test_nan_student_logits_fall_back_per_row(artifacts):
+    """Rows whose student logits are NaN (fp16 overflow, say) keep the features-only answer; the rest use the student."""
+    backend = artifacts["backend"]
+    real_predict = backend.predict
+
+    def nan_first_row(df, **kw):
+        orig, swap = real_predict(df, **kw)
+        orig[0] = np.nan
+        return orig, swap
+
+    backend.predict = nan_first_row
+    res = run_mod.run_submission(artifacts["cfg"], out=str(artifacts["out"]), progress=False)
+    _assert_valid(artifacts["out"], artifacts["src"]["id"].tolist()[::-1])
+    assert res.counts["features_only+none"] >= 1 and res.counts["stacker+tta"] >= N_ROWS - 4

@@ -210,3 +210,49 @@ def test_cli_reports_coverage_error_in_one_line(tmp_path, fake, monkeypatch, cap
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "empty.csv: 24 of 24 training ids have no teacher logits" in err[0]
+
+
+def test_predict_extra_pseudo_labels(tmp_path, fake):
+    from data.readers import read_pairs
+
+    extra_src = ROOT / "data" / "sample" / "test.csv"
+    cfg = _cfg(tmp_path, "teachers.predict_extra=true", f"data.extra=[{extra_src}]")
+    trun.run_teachers(cfg)
+    want = set(read_pairs(extra_src)["id"].astype(str))
+    soft, meta = read_keyed_table(tmp_path / "work" / "teachers" / "soft_labels_extra.parquet")
+    assert set(soft["id"]) == want and {"t_tiny-llama_a", "logit_tie"} <= set(soft.columns)
+    per, pmeta = read_keyed_table(tmp_path / "work" / "teachers" / "tiny-gemma2" / "extra.parquet")
+    assert set(per["id"]) == want and pmeta["folds"] == [0, 1]
+    assert np.allclose(np.exp(soft[["logit_a", "logit_b", "logit_tie"]].to_numpy()).sum(1), 1, atol=1e-5)
+
+
+def test_smoke_real_engine_two_teachers(tmp_path, capsys):
+    """configs/smoke.yaml through the real llm/ engine: 2 tiny teachers x 2 folds, then a rerun that skips every fold."""
+    cfg = _cfg(tmp_path)
+    meta = trun.run_teachers(cfg)
+    work = tmp_path / "work"
+    for name in ("tiny-gemma2", "tiny-llama"):
+        oof, ometa = read_keyed_table(work / "teachers" / name / "oof.parquet")
+        assert len(oof) == 24 and np.isfinite(oof[["logit_a", "logit_b", "logit_tie"]].to_numpy()).all()
+        assert 0 < ometa["overall"]["log_loss"] < 5 and ometa["wall_time_s"] > 0
+        fold, fmeta = read_keyed_table(work / "teachers" / name / "fold0.parquet")
+        # TTA: avg is the mean log-softmax of the two orientations
+        from scipy.special import log_softmax
+
+        o = log_softmax(fold[["orig_logit_a", "orig_logit_b", "orig_logit_tie"]].to_numpy(np.float64), axis=1)
+        s = log_softmax(fold[["swap_logit_a", "swap_logit_b", "swap_logit_tie"]].to_numpy(np.float64), axis=1)
+        avg = log_softmax(fold[["logit_a", "logit_b", "logit_tie"]].to_numpy(np.float64), axis=1)
+        assert np.allclose(log_softmax((o + s) / 2, axis=1), avg, atol=1e-4)
+    assert not list(work.rglob("checkpoint-*"))
+    before = _outputs(work)
+    capsys.readouterr()
+    trun.run_teachers(cfg)  # everything done: every fold skipped, same files
+    assert capsys.readouterr().out.count("skipped") == 4
+    for name, blob in _outputs(work).items():
+        pd.testing.assert_frame_equal(pd.read_parquet(work / name), pd.read_parquet(io_bytes(before[name])))
+
+
+def io_bytes(blob: bytes):
+    import io
+
+    return io.BytesIO(blob)

@@ -1,0 +1,488 @@
+"""Load any HF backbone (decoder or encoder) as a 3-class preference classifier.
+
+``load_tokenizer`` resolves the tokenizer (folder / hub id / ``pkg://`` / GGUF / ``bpe:<vocab>``
+trained on the training texts). ``load_classifier`` builds ``AutoModelForSequenceClassification``
+with ``num_labels=3`` and applies, in order: dtype and quantization rules, Gemma2 attention and
+softcapping rules, pad token, head re-initialisation, k-bit preparation and LoRA (training), or
+an adapter (inference). The returned ``info`` dict records every choice needed to reload the
+model identically (see :func:`load_classifier`).
+
+Padding side: **right** everywhere (train and predict). HF sequence-classification heads pool the
+last non-pad token, which is correct for either side; with right padding real tokens keep
+positions ``0..n-1`` and never attend to padding, and ``llm.batching.collate`` also passes
+explicit position ids so a left-padded tokenizer gives the same logits (tested).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from arena_kd.config import ModelConfig
+from arena_kd.errors import UserError
+from arena_kd.io import atomic_path, atomic_write_json, resolve_path
+
+log = logging.getLogger(__name__)
+
+NUM_LABELS = 3
+PADDING_SIDE = "right"
+HEAD_NAMES = ("score", "classifier")  # decoder heads are `score`, encoder heads `classifier`
+BPE_SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")
+INFO_FILE = "llm_info.json"
+
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+def _texts_hash(texts: list[str]) -> str:
+    h = hashlib.sha256()
+    for t in texts:
+        b = t.encode("utf-8", "surrogatepass")
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    return h.hexdigest()[:16]
+
+
+def _parse_bpe(spec: str) -> int:
+    try:
+        vocab = int(spec.split(":", 1)[1])
+    except (IndexError, ValueError):
+        raise UserError(f"model.tokenizer: '{spec}' must be 'bpe:<vocab size>' (e.g. bpe:400)") from None
+    if not 64 <= vocab <= 1_000_000:
+        raise UserError(f"model.tokenizer: '{spec}': vocab size must be in [64, 1000000]")
+    return vocab
+
+
+def train_bpe_tokenizer(texts: list[str], vocab_size: int, out_dir: str | Path):
+    """Train a deterministic byte-level BPE (Llama-like: BOS-adding post-processor, pad/bos/eos/unk) and save it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=list(BPE_SPECIALS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", bos)])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+        padding_side=PADDING_SIDE,
+    )
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
+    fast.save_pretrained(str(tmp))
+    if out_dir.exists():  # another process won the race: keep theirs (identical: training is deterministic)
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        os.replace(tmp, out_dir)
+    return fast
+
+
+def _tokenizer_source(model_cfg: ModelConfig) -> tuple[str, str | None]:
+    """(path or hub id, gguf_file) the tokenizer comes from."""
+    src = model_cfg.tokenizer or model_cfg.backbone
+    gguf = model_cfg.gguf_file if model_cfg.tokenizer is None else None
+    return resolve_path(src), gguf
+
+
+def load_tokenizer(model_cfg: ModelConfig, workdir: str | Path, train_texts: list[str] | None = None):
+    """The tokenizer of ``model_cfg``, right-padded, with a pad token.
+
+    ``tokenizer: "bpe:<vocab>"`` trains a byte-level BPE on ``train_texts`` (deterministic) and caches it
+    under ``<workdir>/tokenizers/bpe-<vocab>-<hash of texts>/``. Without ``train_texts`` the newest cached
+    BPE of that vocab size is reused (inference after training).
+    """
+    from transformers import AutoTokenizer
+
+    spec = model_cfg.tokenizer
+    if spec is not None and spec.startswith("bpe:"):
+        vocab = _parse_bpe(spec)
+        root = Path(workdir) / "tokenizers"
+        if train_texts is not None:
+            texts = [t for t in train_texts if isinstance(t, str)]
+            if not texts:
+                raise UserError(f"model.tokenizer={spec}: no training texts to learn the BPE from")
+            d = root / f"bpe-{vocab}-{_texts_hash(texts)}"
+            if not (d / "tokenizer.json").is_file():
+                d.parent.mkdir(parents=True, exist_ok=True)
+                train_bpe_tokenizer(texts, vocab, d)
+        else:
+            found = sorted(root.glob(f"bpe-{vocab}-*/tokenizer.json"), key=lambda p: p.stat().st_mtime)
+            if not found:
+                raise UserError(f"model.tokenizer={spec}: no trained BPE under {root} and no training texts given")
+            d = found[-1].parent
+        tok = AutoTokenizer.from_pretrained(str(d))
+    else:
+        src, gguf = _tokenizer_source(model_cfg)
+        kw: dict[str, Any] = {}
+        if gguf:
+            kw["gguf_file"] = gguf
+        if model_cfg.revision and not Path(src).exists():
+            kw["revision"] = model_cfg.revision
+        try:
+            tok = AutoTokenizer.from_pretrained(src, **kw)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"model.tokenizer: cannot load tokenizer from '{src}': {str(exc).splitlines()[0]}") from None
+    ensure_pad_token(tok)
+    tok.padding_side = PADDING_SIDE
+    return tok
+
+
+def ensure_pad_token(tokenizer) -> None:
+    """Set a pad token when missing: unk, else eos (pooling reads the last non-pad token, consistently in train and predict)."""
+    if tokenizer.pad_token_id is not None:
+        return
+    for name in ("unk_token", "eos_token", "bos_token"):
+        tok = getattr(tokenizer, name, None)
+        if tok is not None:
+            tokenizer.pad_token = tok
+            log.info("tokenizer has no pad token: using %s %r", name, tok)
+            return
+    tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    log.warning("tokenizer had no pad/unk/eos token: added '<pad>' (embeddings resized)")
+
+
+# --------------------------------------------------------------------------- device / dtype
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device={device}: CUDA is not available on this machine")
+    return dev
+
+
+def resolve_dtype(requested: str, device: torch.device, training: bool) -> torch.dtype:
+    """dtype rules: auto = bf16 on bf16 GPUs, fp16 on other GPUs (T4), fp32 on CPU; impossible combinations refused."""
+    if device.type == "cuda":
+        bf16_ok = torch.cuda.is_bf16_supported(including_emulation=False) if _emulation_kw() else torch.cuda.is_bf16_supported()
+        if requested == "auto":
+            return torch.bfloat16 if bf16_ok else torch.float16
+        if requested == "bf16" and not bf16_ok:
+            name = torch.cuda.get_device_name(device)
+            raise UserError(f"model.dtype=bf16: GPU '{name}' has no bf16 support; use dtype: fp16 (or auto)")
+        return _DTYPES[requested]
+    if requested == "auto":
+        return torch.float32
+    if requested == "fp16" and training:
+        raise UserError("model.dtype=fp16: fp16 training needs a GPU (no CPU grad scaler); use dtype: fp32 or bf16 on CPU")
+    return _DTYPES[requested]
+
+
+def _emulation_kw() -> bool:
+    import inspect
+
+    return "including_emulation" in inspect.signature(torch.cuda.is_bf16_supported).parameters
+
+
+# --------------------------------------------------------------------------- backbone config
+
+
+def _model_type(model_cfg: ModelConfig, base_config) -> str:
+    return str(getattr(base_config, "model_type", "") or "")
+
+
+def resolve_attention(model_type: str, requested: str, disable_softcapping: bool, device: torch.device) -> str | None:
+    """Attention implementation passed to HF (None = HF's default, sdpa where supported).
+
+    Gemma2: transformers 5 declares ``_supports_sdpa = False`` for Gemma2 (sdpa has no logit
+    softcapping), so sdpa is refused even with softcapping disabled; eager is the default; flash
+    attention 2 (which implements softcapping) only on CUDA.
+    """
+    if model_type in ("gemma2", "gemma3", "gemma3_text"):
+        if requested == "auto":
+            return "eager"
+        if requested == "sdpa":
+            hint = " (disable_softcapping does not change this: transformers has no sdpa path for Gemma2)" if disable_softcapping else ""
+            raise UserError(f"model.attn_implementation=sdpa: {model_type} needs eager (or flash_attention_2 on GPU) because of attention softcapping{hint}")
+    if requested == "flash_attention_2" and device.type != "cuda":
+        raise UserError("model.attn_implementation=flash_attention_2 needs a CUDA GPU; use eager or auto")
+    return None if requested == "auto" else requested
+
+
+def random_backbone_dir(model_cfg: ModelConfig, vocab_size: int, pad_token_id: int | None, workdir: str | Path) -> Path:
+    """Build (once) and save a seeded random backbone from ``random_init``; returns its folder.
+
+    Saving it makes random backbones behave like any pretrained folder: quantization works through
+    ``from_pretrained`` and a frozen base is identical when an adapter is loaded later.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    ri = dict(model_cfg.random_init or {})
+    if "model_type" not in ri:
+        raise UserError("model.random_init: needs 'model_type' (e.g. gemma2, llama, bert) when backbone is 'random'")
+    seed = int(ri.pop("seed", 0))
+    model_type = ri.pop("model_type")
+    key = json.dumps({"model_type": model_type, "seed": seed, "vocab": vocab_size, "pad": pad_token_id, **ri}, sort_keys=True)
+    d = Path(workdir) / "random_backbones" / f"{model_type}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    if (d / "config.json").is_file():
+        return d
+    try:
+        config = AutoConfig.for_model(model_type, vocab_size=vocab_size, pad_token_id=pad_token_id, num_labels=NUM_LABELS, **ri)
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"model.random_init: {str(exc).splitlines()[0]}") from None
+    if model_type.startswith("gemma"):
+        config._attn_implementation = "eager"
+    gen = torch.random.fork_rng(devices=[])
+    with gen:
+        torch.manual_seed(seed)
+        model = AutoModelForSequenceClassification.from_config(config)
+    d.parent.mkdir(parents=True, exist_ok=True)
+    tmp = d.with_name(d.name + f".tmp{os.getpid()}")
+    model.save_pretrained(str(tmp))
+    if not (d / "config.json").is_file():
+        os.replace(tmp, d)
+    return d
+
+
+# --------------------------------------------------------------------------- quantization
+
+
+def quantization_config(kind: str, compute_dtype: torch.dtype):
+    """BitsAndBytesConfig for '8bit' / '4bit' (NF4, double quant, compute + storage dtype); None for 'none'.
+
+    The classification head is never quantized (it is trained / saved in full precision).
+    """
+    if kind == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if kind == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(HEAD_NAMES))
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_quant_storage=compute_dtype,
+        llm_int8_skip_modules=list(HEAD_NAMES),
+    )
+
+
+# --------------------------------------------------------------------------- model
+
+
+def classification_head(model) -> torch.nn.Module | None:
+    """The final classification Linear (``score`` or ``classifier[.out_proj]``) of an HF model (peft-wrapped or not)."""
+    base = model
+    for name in HEAD_NAMES:
+        mod = getattr(base, name, None)
+        if mod is None:
+            continue
+        if isinstance(mod, torch.nn.Linear):
+            return mod
+        if isinstance(getattr(mod, "out_proj", None), torch.nn.Linear):  # RoBERTa/DeBERTa-style heads
+            return mod.out_proj
+        linears = [m for m in mod.modules() if isinstance(m, torch.nn.Linear)]
+        if linears:
+            return linears[-1]
+    return None
+
+
+def reinit_head(model, std: float, seed: int | None = None) -> None:
+    """Re-initialise the classification head: weight ~ N(0, std), bias 0."""
+    head = classification_head(model)
+    if head is None:
+        raise UserError(f"{type(model).__name__}: no classification head ('score' or 'classifier') to initialise")
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(0 if seed is None else int(seed))
+    with torch.no_grad():
+        w = torch.randn(head.weight.shape, generator=gen, dtype=torch.float32) * std
+        head.weight.copy_(w.to(head.weight.dtype))
+        if head.bias is not None:
+            head.bias.zero_()
+
+
+def _backbone_source(model_cfg: ModelConfig, tokenizer, workdir) -> str:
+    if model_cfg.backbone == "random":
+        return str(random_backbone_dir(model_cfg, len(tokenizer), tokenizer.pad_token_id, workdir))
+    src = resolve_path(model_cfg.backbone)
+    return src
+
+
+def _adapter_kind(adapter: str | Path) -> str:
+    p = Path(adapter)
+    if (p / "adapter_config.json").is_file():
+        return "lora"
+    if (p / "config.json").is_file():
+        return "full"
+    raise UserError(f"{p}: not an adapter folder (no adapter_config.json) nor a model folder (no config.json)")
+
+
+def load_classifier(
+    model_cfg: ModelConfig,
+    *,
+    training: bool,
+    workdir: str | Path,
+    adapter: str | Path | None = None,
+    device: str | torch.device | None = None,
+    tokenizer=None,
+    train_texts: list[str] | None = None,
+    seed: int | None = None,
+):
+    """(model, tokenizer, info) for ``model_cfg``.
+
+    training=True: k-bit preparation (quantized bases), fresh head (``head_init_std``, seeded by
+    ``seed``), LoRA adapters (or full fine-tuning when ``lora.enabled`` is false).
+    training=False: eval mode; ``adapter`` (a LoRA adapter folder, or a full model folder saved by
+    full fine-tuning) is loaded onto the (possibly quantized) base.
+
+    ``info`` keys: backbone, source, revision, gguf_file, model_type, dtype, quantization,
+    attn_implementation, disable_softcapping, padding_side, pad_token_id, device, lora, adapter,
+    trainable_params, total_params, trainable_fraction.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    dev = resolve_device(device)
+    dtype = resolve_dtype(model_cfg.dtype, dev, training)
+    if model_cfg.quantization != "none" and dtype == torch.float16 and dev.type == "cpu":
+        raise UserError(f"model.quantization={model_cfg.quantization} with dtype=fp16 is not supported on CPU; use fp32 or bf16")
+    adapter_kind = _adapter_kind(adapter) if adapter is not None else None
+    if tokenizer is None:
+        if adapter is not None and (Path(adapter) / "tokenizer.json").is_file() and (model_cfg.tokenizer or "").startswith("bpe:"):
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(str(adapter))
+            ensure_pad_token(tokenizer)
+            tokenizer.padding_side = PADDING_SIDE
+        else:
+            tokenizer = load_tokenizer(model_cfg, workdir, train_texts)
+    tokenizer.padding_side = PADDING_SIDE
+
+    source = str(adapter) if adapter_kind == "full" else _backbone_source(model_cfg, tokenizer, workdir)
+    is_local = Path(source).exists()
+    common: dict[str, Any] = {}
+    if model_cfg.gguf_file and adapter_kind != "full":
+        common["gguf_file"] = model_cfg.gguf_file
+    if model_cfg.revision and not is_local:
+        common["revision"] = model_cfg.revision
+    try:
+        config = AutoConfig.from_pretrained(source, **common)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"model.backbone: cannot load '{source}': {str(exc).splitlines()[0]}") from None
+    model_type = _model_type(model_cfg, config)
+    attn = resolve_attention(model_type, model_cfg.attn_implementation, model_cfg.disable_softcapping, dev)
+    config.num_labels = NUM_LABELS
+    config.id2label = {0: "model_a", 1: "model_b", 2: "tie"}
+    config.label2id = {v: k for k, v in config.id2label.items()}
+    config.pad_token_id = tokenizer.pad_token_id
+    softcap_before = getattr(config, "attn_logit_softcapping", None)
+    if model_cfg.disable_softcapping:
+        if not hasattr(config, "attn_logit_softcapping"):
+            raise UserError(f"model.disable_softcapping: {model_type} has no attention softcapping")
+        config.attn_logit_softcapping = None
+    if hasattr(config, "use_cache"):
+        config.use_cache = False
+
+    qconf = quantization_config(model_cfg.quantization, dtype)
+    kwargs: dict[str, Any] = dict(config=config, dtype=dtype, **common)
+    if attn is not None:
+        kwargs["attn_implementation"] = attn
+    if qconf is not None:
+        kwargs["quantization_config"] = qconf
+        kwargs["device_map"] = {"": dev.index if dev.type == "cuda" and dev.index is not None else (0 if dev.type == "cuda" else "cpu")}
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(source, **kwargs)
+    except (OSError, ValueError, ImportError) as exc:
+        raise UserError(f"model.backbone: cannot load '{source}' as a classifier ({model_cfg.quantization}, {_DTYPE_NAMES.get(dtype)}): {str(exc).splitlines()[0]}") from None
+    if len(tokenizer) > model.config.vocab_size:
+        model.resize_token_embeddings(len(tokenizer))
+    if qconf is None:
+        model.to(dev)
+    model.config.pad_token_id = tokenizer.pad_token_id
+
+    from llm import lora as lora_mod
+
+    if training:
+        if adapter is None:
+            reinit_head(model, model_cfg.head_init_std, seed)
+        if qconf is not None:
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=model_cfg.gradient_checkpointing,
+                gradient_checkpointing_kwargs={"use_reentrant": False},
+            )
+        if model_cfg.lora.enabled:
+            if adapter_kind == "lora":
+                model = lora_mod.load_adapter(model, adapter, trainable=True)
+            else:
+                model = lora_mod.apply_lora(model, model_cfg.lora)
+        if dtype == torch.float16:  # GradScaler needs fp32 master copies of the trained weights
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.data = p.data.float()
+        model.train()
+    else:
+        if adapter_kind == "lora":
+            model = lora_mod.load_adapter(model, adapter, trainable=False)
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+
+    trainable, total = lora_mod.count_parameters(model)
+    info = {
+        "backbone": model_cfg.backbone,
+        "source": source,
+        "revision": model_cfg.revision,
+        "gguf_file": model_cfg.gguf_file,
+        "tokenizer": model_cfg.tokenizer,
+        "model_type": model_type,
+        "dtype": _DTYPE_NAMES.get(dtype, str(dtype)),
+        "quantization": model_cfg.quantization,
+        "attn_implementation": getattr(model.config, "_attn_implementation", None) or attn,
+        "disable_softcapping": bool(model_cfg.disable_softcapping),
+        "attn_logit_softcapping": getattr(model.config, "attn_logit_softcapping", None),
+        "attn_logit_softcapping_original": softcap_before,
+        "padding_side": PADDING_SIDE,
+        "pad_token_id": tokenizer.pad_token_id,
+        "pooling": "last_non_pad" if getattr(model.config, "is_decoder", False) or model_type not in _ENCODER_TYPES else "first_token",
+        "device": str(dev),
+        "lora": model_cfg.lora.model_dump(mode="json") if model_cfg.lora.enabled else None,
+        "adapter": str(adapter) if adapter is not None else None,
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_fraction": trainable / max(total, 1),
+        "head_init_std": model_cfg.head_init_std,
+    }
+    if training:
+        log.info("trainable parameters: %d / %d (%.4f%%)", trainable, total, 100 * trainable / max(total, 1))
+        print(f"[llm] trainable parameters: {trainable:,} / {total:,} ({100 * trainable / max(total, 1):.3f}%)")
+    return model, tokenizer, info
+
+
+_ENCODER_TYPES = {"bert", "roberta", "deberta", "deberta-v2", "distilbert", "electra", "xlm-roberta", "modernbert", "mpnet"}
+
+
+def write_info(out_dir: str | Path, info: dict[str, Any]) -> Path:
+    """Write ``info`` as ``<out_dir>/llm_info.json`` (atomic)."""
+    return atomic_write_json(Path(out_dir) / INFO_FILE, info)
+
+
+def read_info(folder: str | Path) -> dict[str, Any] | None:
+    p = Path(folder) / INFO_FILE
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+__all__ = [
+    "load_tokenizer", "load_classifier", "train_bpe_tokenizer", "ensure_pad_token", "resolve_dtype",
+    "resolve_device", "resolve_attention", "quantization_config", "reinit_head", "classification_head",
+    "random_backbone_dir", "write_info", "read_info", "PADDING_SIDE", "NUM_LABELS", "atomic_path",
+]

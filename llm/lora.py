@@ -1,0 +1,154 @@
+"""LoRA through peft: attach, save/load (safetensors), merge, and average fold adapters (fold soup)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from arena_kd.config import LoraConfig as LoraSettings
+from arena_kd.errors import UserError
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+_CARRIED_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "llm_info.json")
+
+
+def apply_lora(model, settings: LoraSettings):
+    """Wrap ``model`` with fresh LoRA adapters (task SEQ_CLS: the score/classifier head is trained and saved in full)."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    cfg = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=settings.target_modules,
+    )
+    try:
+        return get_peft_model(model, cfg)
+    except ValueError as exc:
+        raise UserError(f"model.lora.target_modules={settings.target_modules!r}: {str(exc).splitlines()[0]}") from None
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts; 4-bit packed weights are counted at their logical size."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        t, a = model.get_nb_trainable_parameters()
+        return int(t), int(a)
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel()
+        if p.__class__.__name__ == "Params4bit":
+            n *= 2
+        total += n
+        if p.requires_grad:
+            trainable += n
+    return trainable, total
+
+
+def _swap_into(tmp: Path, out: Path) -> None:
+    """Move the finished folder ``tmp`` onto ``out`` (replacing an older one)."""
+    if out.exists():
+        old = out.with_name(out.name + f".old{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def save_adapter(model, out_dir: str | Path, tokenizer=None, info: dict | None = None) -> Path:
+    """Save the LoRA adapter (or the full model when there is no adapter) as safetensors, atomically.
+
+    The tokenizer and ``info`` (llm_info.json) go into the same folder so it reloads on its own.
+    """
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(tmp))
+    if info is not None:
+        (tmp / "llm_info.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
+    _swap_into(tmp, out)
+    return out
+
+
+def load_adapter(base_model, adapter_dir: str | Path, trainable: bool = False):
+    """Load a saved LoRA adapter onto ``base_model`` (quantized or not)."""
+    from peft import PeftModel
+
+    d = Path(adapter_dir)
+    if not (d / ADAPTER_CONFIG).is_file():
+        raise UserError(f"{d}: no {ADAPTER_CONFIG} (not a LoRA adapter folder)")
+    return PeftModel.from_pretrained(base_model, str(d), is_trainable=trainable)
+
+
+def merge_and_unload(model):
+    """Fold the LoRA weights into the base and return the plain HF model (no-op for models without adapters).
+
+    Merging into a 4-bit/8-bit base rounds the merged weights to the quantized grid; merge into an
+    unquantized base (reload with quantization='none') for an exact export.
+    """
+    if hasattr(model, "merge_and_unload"):
+        return model.merge_and_unload()
+    return model
+
+
+def _read_adapter(d: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    from safetensors.torch import load_file
+
+    if not (d / ADAPTER_CONFIG).is_file() or not (d / ADAPTER_WEIGHTS).is_file():
+        raise UserError(f"{d}: not a saved LoRA adapter ({ADAPTER_CONFIG} + {ADAPTER_WEIGHTS} expected)")
+    return json.loads((d / ADAPTER_CONFIG).read_text()), load_file(str(d / ADAPTER_WEIGHTS))
+
+
+_SHAPE_KEYS = ("r", "lora_alpha", "target_modules", "modules_to_save", "task_type", "base_model_name_or_path", "use_dora", "use_rslora")
+
+
+def average_adapters(dirs: list[str | Path], out_dir: str | Path) -> Path:
+    """Fold soup: the element-wise mean of k adapters' LoRA A, LoRA B and ``modules_to_save`` (score head) weights.
+
+    This averages A and B *separately* (mean(A) @ mean(B) != mean(A @ B)), which is what the 1st
+    place of LMSYS did with its fold adapters; it works because the folds share an initialisation
+    seed and stay close. All adapters must have the same LoRA config and the same tensors. The
+    first adapter's config, tokenizer and llm_info.json are copied alongside. Written atomically.
+    """
+    from safetensors.torch import save_file
+
+    dirs = [Path(d) for d in dirs]
+    if not dirs:
+        raise UserError("average_adapters: no adapter folders given")
+    cfg0, acc = _read_adapter(dirs[0])
+    acc = {k: v.double().clone() for k, v in acc.items()}
+    dtypes = {k: v.dtype for k, v in _read_adapter(dirs[0])[1].items()}
+    for d in dirs[1:]:
+        cfg, w = _read_adapter(d)
+        for key in _SHAPE_KEYS:
+            if cfg.get(key) != cfg0.get(key) and key != "base_model_name_or_path":
+                raise UserError(f"{d}: adapter config '{key}'={cfg.get(key)!r} differs from {dirs[0]} ({cfg0.get(key)!r})")
+        if set(w) != set(acc):
+            raise UserError(f"{d}: adapter tensors differ from {dirs[0]} ({len(set(w) ^ set(acc))} names not shared)")
+        for k, v in w.items():
+            if v.shape != acc[k].shape:
+                raise UserError(f"{d}: tensor {k} has shape {tuple(v.shape)}, {dirs[0]} has {tuple(acc[k].shape)}")
+            acc[k] += v.double()
+    mean = {k: (v / len(dirs)).to(dtypes[k]).contiguous() for k, v in acc.items()}
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(mean, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    (tmp / ADAPTER_CONFIG).write_text(json.dumps(cfg0, indent=2, sort_keys=True) + "\n")
+    for name in _CARRIED_FILES:
+        if (dirs[0] / name).is_file():
+            shutil.copy2(dirs[0] / name, tmp / name)
+    (tmp / "soup.json").write_text(json.dumps({"averaged": [str(d) for d in dirs]}, indent=2) + "\n")
+    _swap_into(tmp, out)
+    return out

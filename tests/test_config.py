@@ -1,0 +1,93 @@
+"""Config validation: every shipped config parses; bad keys/values fail with one line naming file and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from arena_kd.config import PipelineConfig, apply_overrides, load_config, write_resolved
+from arena_kd.errors import UserError
+
+CONFIGS = sorted(Path("configs").glob("*.yaml"))
+
+
+def test_configs_found():
+    names = {p.name for p in CONFIGS}
+    assert {"smoke.yaml", "demo.yaml", "kaggle-gemma2.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_config_parses(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, PipelineConfig)
+    assert cfg.folds.n_folds >= 2 and cfg.workdir
+    # round trip: the resolved config is itself a valid config
+    again = PipelineConfig.model_validate(yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
+    assert again == cfg
+
+
+def _write(tmp_path, text: str) -> Path:
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+BASE = """
+workdir: runs/t
+data: {train: data/sample/train.csv}
+student:
+  model: {backbone: random, random_init: {model_type: llama}}
+"""
+
+
+def test_unknown_key_one_line(tmp_path):
+    p = _write(tmp_path, BASE + "stacking: {num_leafs: 7}\n")
+    with pytest.raises(UserError) as e:
+        load_config(p)
+    assert str(e.value) == f"{p}: stacking.num_leafs: unknown key"
+
+
+def test_bad_range_and_type(tmp_path):
+    p = _write(tmp_path, BASE + "folds: {n_folds: 1}\n")
+    with pytest.raises(UserError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert msg.startswith(f"{p}: folds.n_folds: ") and "greater than or equal to 2" in msg and "\n" not in msg
+    p = _write(tmp_path, BASE + "render: {truncation: middle}\n")
+    with pytest.raises(UserError, match=r"render.truncation: Input should be 'budget', 'left' or 'keep_last_turns'"):
+        load_config(p)
+
+
+def test_missing_required_and_bad_yaml(tmp_path):
+    p = _write(tmp_path, "workdir: x\n")
+    with pytest.raises(UserError, match=r"c.yaml: data: required key is missing"):
+        load_config(p)
+    p = _write(tmp_path, "workdir: [unclosed\n")
+    with pytest.raises(UserError, match=r"c.yaml: line \d+ invalid YAML"):
+        load_config(p)
+    with pytest.raises(UserError, match="config file not found"):
+        load_config(tmp_path / "none.yaml")
+
+
+def test_set_overrides_including_list_index():
+    cfg = load_config("configs/smoke.yaml", ["seed=7", "render.max_length=128", "teachers.models.1.weight=2.5", "data.extra=[a.csv, b.csv]", "folds.file=null"])
+    assert cfg.seed == 7 and cfg.render.max_length == 128
+    assert cfg.teachers.models[1].weight == 2.5 and cfg.teachers.models[0].weight is None
+    assert cfg.data.extra == ["a.csv", "b.csv"] and cfg.folds.file is None
+    with pytest.raises(UserError, match="teachers.models.9.weight: no list item '9'"):
+        load_config("configs/smoke.yaml", ["teachers.models.9.weight=1"])
+    with pytest.raises(UserError, match="not of the form dotted.key=value"):
+        load_config("configs/smoke.yaml", ["seed"])
+    with pytest.raises(UserError, match=r"smoke.yaml: render.max_length: .*greater than or equal to 16"):
+        load_config("configs/smoke.yaml", ["render.max_length=3"])
+    with pytest.raises(UserError, match=r"smoke.yaml: render.colour: unknown key"):
+        load_config("configs/smoke.yaml", ["render.colour=red"])
+    assert apply_overrides({"a": {"b": 1}}, ["a.c=x"]) == {"a": {"b": 1, "c": "x"}}
+
+
+def test_write_resolved(tmp_path):
+    cfg = load_config("configs/smoke.yaml", ["seed=3"])
+    path = write_resolved(cfg, tmp_path / "stage")
+    assert load_config(path) == cfg

@@ -1,0 +1,153 @@
+"""llm.train: overfitting, pluggable loss + teacher logits, swap augmentation, grad-accum equivalence, resume, quantized bases."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from arena_kd.config import RenderConfig, TrainConfig
+from arena_kd.errors import UserError
+from llm.predict import predict_logits
+from llm.train import PairCollator, train_classifier
+
+RENDER = RenderConfig(max_length=96)
+
+
+def _tc(**kw) -> TrainConfig:
+    base = dict(epochs=1, batch_size=4, grad_accum=1, learning_rate=5e-3, warmup_ratio=0.0, logging_steps=1,
+                swap_augmentation="none", group_by_length=True)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _lora_state(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().float().clone() for k, v in model.named_parameters() if v.requires_grad}
+
+
+def test_overfits_a_small_batch(tiny_llama_cfg, tiny_pairs, tmp_path):
+    df = tiny_pairs.head(8)
+    res = train_classifier(tiny_llama_cfg, _tc(epochs=12, batch_size=8, learning_rate=2e-2, swap_augmentation="both"),
+                           RENDER, df, df, tmp_path / "run", seed=0, workdir=tmp_path, progress=False)
+    log = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in log if "loss" in r]
+    assert losses[0] > 0.9  # ~ln 3 at the start (fresh head)
+    assert min(losses[-3:]) < 0.35 * losses[0], losses
+    assert res.metrics["eval_log_loss"] < 0.4
+    assert any("loss_ce" in r for r in log) and any("eval_log_loss" in r for r in log)
+    assert (res.adapter_dir / "adapter_model.safetensors").is_file()
+    assert json.loads((res.adapter_dir / "llm_info.json").read_text())["padding_side"] == "right"
+
+
+def test_loss_fn_sees_teacher_logits_and_both_orientations(tiny_gemma2_cfg, tiny_pairs, tmp_path):
+    df = tiny_pairs.head(4).copy()
+    teach = np.arange(4 * 2 * 3, dtype=np.float32).reshape(4, 2, 3)
+    df["teacher_logits"] = list(teach)
+    seen = []
+
+    def loss_fn(logits, batch):
+        seen.append({k: v.detach().clone() for k, v in batch.items()})
+        ce = torch.nn.functional.cross_entropy(logits, batch["labels"])
+        kl = (logits.log_softmax(-1) - batch["teacher_logits"].mean(1).log_softmax(-1)).pow(2).mean()
+        return ce + 0.1 * kl, {"ce": float(ce), "kl": float(kl)}
+
+    train_classifier(tiny_gemma2_cfg, _tc(batch_size=4, swap_augmentation="both", group_by_length=False), RENDER, df, None,
+                     tmp_path / "run", seed=0, workdir=tmp_path, loss_fn=loss_fn, progress=False)
+    b = seen[0]
+    assert b["labels"].shape == (8,) and b["teacher_logits"].shape == (8, 2, 3)
+    lab, t = b["labels"].numpy(), b["teacher_logits"].numpy()
+    # rows come as (orig, swapped) pairs: label 0<->1 (tie stays), teacher index 0<->1 on the last axis
+    for i in range(0, 8, 2):
+        assert lab[i + 1] == {0: 1, 1: 0, 2: 2}[int(lab[i])]
+        np.testing.assert_array_equal(t[i + 1], t[i][:, [1, 0, 2]])
+    log = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss_kl" in r and "loss_ce" in r for r in log)
+
+
+def test_random_swap_is_seeded_per_row_and_epoch():
+    items = [{"row": i, "ids": [1, 2, 3 + i], "ids_swapped": [1, 3 + i, 2], "label": i % 3, "teacher": None} for i in range(64)]
+    c = PairCollator(pad_token_id=0, padding_side="right", swap="random", seed=7, position_ids=True)
+    a = c(items)
+    again = PairCollator(pad_token_id=0, padding_side="right", swap="random", seed=7, position_ids=True)(items)
+    assert torch.equal(a["input_ids"], again["input_ids"])
+    flipped = (a["input_ids"][:, 1] != 2).numpy()
+    assert 10 < flipped.sum() < 54  # about half
+    lab = a["labels"].numpy()
+    for i in range(64):
+        want = i % 3 if not flipped[i] or i % 3 == 2 else 1 - i % 3
+        assert lab[i] == want
+    c.epoch = 1
+    assert not torch.equal(c(items)["input_ids"], a["input_ids"])
+
+
+@pytest.mark.parametrize("rows,small,big", [(4, (2, 2), (4, 1)), (3, (2, 2), (3, 1))])
+def test_grad_accumulation_matches_one_big_batch(tiny_llama_cfg, tiny_pairs, tmp_path, rows, small, big):
+    """One SGD step: batch 2 x accum 2 == batch 4 x accum 1 (and uneven micro-batches 2+1 == 3), via num_items_in_batch."""
+    df = tiny_pairs.head(rows)
+    states, losses = [], []
+    for bs, ga in (small, big):
+        out = tmp_path / f"b{bs}a{ga}"
+        res = train_classifier(tiny_llama_cfg, _tc(batch_size=bs, grad_accum=ga, optim="sgd", learning_rate=0.5, max_grad_norm=1e9,
+                                                   group_by_length=False, max_steps=1),
+                               RENDER, df, None, out, seed=0, workdir=tmp_path, progress=False)
+        states.append(_lora_state(res.model))
+        losses.append([json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][0]["loss"])
+    for k in states[0]:
+        np.testing.assert_allclose(states[0][k].numpy(), states[1][k].numpy(), atol=2e-6, rtol=1e-5, err_msg=k)
+    lora_b = [k for k in states[0] if "lora_B" in k]
+    assert lora_b and all(float(states[0][k].abs().max()) > 0 for k in lora_b)  # the step moved the (zero-initialised) B
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+class _StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt("simulated interruption")
+
+
+def test_resume_from_checkpoint_reaches_the_same_weights(tiny_gemma2_cfg, tiny_pairs, tmp_path):
+    df = tiny_pairs.head(12)
+    tc = _tc(epochs=2, batch_size=4, swap_augmentation="random", save_steps=2, group_by_length=True)
+    full = train_classifier(tiny_gemma2_cfg, tc, RENDER, df, None, tmp_path / "full", seed=3, workdir=tmp_path, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(tiny_gemma2_cfg, tc, RENDER, df, None, tmp_path / "cut", seed=3, workdir=tmp_path, progress=False,
+                         callbacks=[_StopAt(5)])
+    assert (tmp_path / "cut" / "checkpoints" / "checkpoint-4").is_dir()
+    assert not (tmp_path / "cut" / "train_result.json").exists()
+    resumed = train_classifier(tiny_gemma2_cfg, tc, RENDER, df, None, tmp_path / "cut", seed=3, workdir=tmp_path, progress=False)
+    assert resumed.metrics["resumed_from"].endswith("checkpoint-4")
+    a, b = _lora_state(full.model), _lora_state(resumed.model)
+    assert a.keys() == b.keys() and a
+    for k in a:
+        np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), atol=1e-6, rtol=1e-5, err_msg=k)
+    # a finished run with the same settings is reloaded, not retrained
+    again = train_classifier(tiny_gemma2_cfg, tc, RENDER, df, None, tmp_path / "cut", seed=3, workdir=tmp_path, progress=False)
+    assert again.metrics["global_step"] == resumed.metrics["global_step"]
+    np.testing.assert_allclose(predict_logits(again.model, again.tokenizer, df, max_length=96, progress=False),
+                               predict_logits(resumed.model, resumed.tokenizer, df, max_length=96, progress=False), atol=1e-6)
+
+
+@pytest.mark.parametrize("quant", ["4bit", "8bit"])
+def test_quantized_base_trains_a_step_and_predicts_on_cpu(tiny_llama_cfg, tiny_pairs, tmp_path, quant):
+    cfg = tiny_llama_cfg.model_copy(update={"quantization": quant})
+    df = tiny_pairs.head(4)
+    res = train_classifier(cfg, _tc(max_steps=2, batch_size=2), RENDER, df, None, tmp_path / "run", seed=0, workdir=tmp_path, progress=False)
+    assert res.info["quantization"] == quant
+    layer = res.model.get_base_model().model.layers[0].self_attn.q_proj.base_layer
+    assert type(layer).__name__ == ("Linear4bit" if quant == "4bit" else "Linear8bitLt")
+    out = predict_logits(res.model, res.tokenizer, df, max_length=96, progress=False)
+    assert out.shape == (4, 3) and np.isfinite(out).all()
+    assert res.metrics["global_step"] == 2 and np.isfinite(res.metrics["train_loss"])
+
+
+def test_missing_label_in_training_rows_is_a_user_error(tiny_llama_cfg, tiny_pairs, tmp_path):
+    df = tiny_pairs.head(4).copy()
+    df.loc[2, "label"] = None
+    with pytest.raises(UserError, match=r"row 2, column 'label'"):
+        train_classifier(tiny_llama_cfg, _tc(max_steps=1), RENDER, df, None, tmp_path / "run", seed=0, workdir=tmp_path, progress=False)

@@ -1,0 +1,113 @@
+"""End to end: `arena-kd all` on the smoke config (tiny random models) — every stage, the report, the submission."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from arena_kd.config import load_config
+from arena_kd.pipeline import format_table, hard_student_config, length_only_lgbm, run_pipeline
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("pipeline") / "work"
+    cfg = load_config(
+        ROOT / "configs" / "smoke.yaml",
+        [f"workdir={work}", f"data.extra=[{ROOT / 'data/sample/test.csv'}]", "teachers.predict_extra=true"],
+    )
+    report = run_pipeline(cfg)
+    return cfg, report
+
+
+def test_pipeline_writes_every_artifact(smoke_run):
+    cfg, _ = smoke_run
+    w = cfg.workdir_path
+    for rel in [
+        "folds.csv",
+        "teachers/soft_labels.parquet",
+        "teachers/tiny-gemma2/oof.parquet",
+        "teachers/tiny-llama/extra.parquet",
+        "student/oof.parquet",
+        "student/export/export.json",
+        "stacking/temperature.json",
+        "submission.csv",
+        "report.md",
+        "report.json",
+        "report_logloss.png",
+        "config.resolved.yaml",
+    ]:
+        assert (w / rel).is_file(), rel
+
+
+def test_report_covers_every_stage_with_finite_numbers(smoke_run):
+    cfg, report = smoke_run
+    names = [r["stage"] for r in report["rows"]]
+    for expected in ["uniform (1/3 each)", "class prior (train frequencies)", "length-only LightGBM",
+                     "teacher tiny-gemma2", "teacher tiny-llama", "teacher ensemble",
+                     "student, hard labels only (alpha=0), TTA", "student, distilled, TTA",
+                     "stacker (before temperature)", "stacker + temperature", "submission.csv (final)"]:
+        assert expected in names, expected
+    for r in report["rows"]:
+        assert r["log_loss"] is not None and np.isfinite(r["log_loss"]), r
+        assert 0.0 <= r["accuracy"] <= 1.0
+    uniform = next(r for r in report["rows"] if r["stage"].startswith("uniform"))
+    assert uniform["log_loss"] == pytest.approx(np.log(3), abs=1e-9)
+    stages = [s["stage"] for s in report["stages"]]
+    assert stages[:2] == ["teachers", "distill"] and "submission" in stages
+    assert all(s["seconds"] > 0 and s["peak_rss_mib"] > 0 for s in report["stages"])
+    on_disk = json.loads((cfg.workdir_path / "report.json").read_text())
+    assert on_disk["rows"] == json.loads(json.dumps(report["rows"]))
+
+
+def test_submission_is_valid_and_in_sample_order(smoke_run):
+    cfg, _ = smoke_run
+    sub = pd.read_csv(cfg.workdir_path / "submission.csv", dtype={"id": str})
+    sample = pd.read_csv(ROOT / "data/sample/sample_submission.csv", dtype={"id": str})
+    assert sub["id"].tolist() == sample["id"].tolist()
+    p = sub[["winner_model_a", "winner_model_b", "winner_tie"]].to_numpy()
+    assert np.isfinite(p).all() and (p > 0).all() and (p < 1).all()
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_hard_student_config_is_the_alpha0_ablation(tmp_path):
+    cfg = load_config(ROOT / "configs" / "smoke.yaml", [f"workdir={tmp_path}"])
+    hard = hard_student_config(cfg)
+    assert hard.student.distill.alpha == 0.0
+    assert hard.folds_path() == cfg.folds_path()
+    assert hard.workdir_path != cfg.workdir_path
+    assert hard.student.model == cfg.student.model
+
+
+def test_length_only_baseline_learns_the_longer_answer_wins_signal():
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(600):
+        la, lb = rng.integers(1, 80, size=2)
+        label = 0 if la > lb + 5 else 1 if lb > la + 5 else 2
+        rows.append({"id": str(i), "prompt": ["q"], "response_a": ["w " * la], "response_b": ["w " * lb], "label": label})
+    from data.schema import make_frame
+
+    df = make_frame(rows)
+    train, test = df.iloc[:450].reset_index(drop=True), df.iloc[450:].reset_index(drop=True)
+    p = length_only_lgbm(train, test, seed=0)
+    from arena_kd.metrics import log_loss
+
+    y = test["label"].to_numpy(dtype=np.int64)
+    assert log_loss(y, p) < 0.5 * np.log(3)
+    # position-symmetric by construction: the swapped test set swaps the A/B columns
+    from data.schema import swap_frame
+
+    ps = length_only_lgbm(train, swap_frame(test), seed=0)
+    np.testing.assert_allclose(ps[:, [1, 0, 2]], p, atol=1e-9)
+
+
+def test_format_table_marks_missing_values():
+    text = format_table([{"stage": "x", "log_loss": None, "accuracy": None, "note": "no test predictions"}])
+    assert "| x | — | — | no test predictions |" in text
