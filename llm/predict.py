@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from llm.batching import accepts_position_ids, collate, token_budget_batches
+from llm.loading import PADDING_SIDE
 
 SWAP_COLUMNS = [1, 0, 2]
 
@@ -123,7 +124,7 @@ def predict_logits(
     local = logits_for_ids(
         model, seqs, tokenizer.pad_token_id,
         tokens_per_batch=tokens_per_batch, max_batch_size=max_batch_size,
-        padding_side=getattr(tokenizer, "padding_side", "right") or "right",
+        padding_side=PADDING_SIDE,  # the engine's side, as in training (encoders pool the first token: never left)
         progress=progress and rank == 0, desc="predict (swapped)" if swap else "predict",
     )
     if world > 1:

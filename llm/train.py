@@ -296,9 +296,49 @@ def _settings_hash(model_cfg, train_cfg, render_cfg, train_df, eval_df, seed, lo
         "teacher": hashlib.sha256(np.ascontiguousarray(np.stack([np.asarray(v, dtype=np.float32) for v in train_df["teacher_logits"]])).tobytes()).hexdigest()[:16]
         if "teacher_logits" in train_df.columns and len(train_df) else None,
         "eval_rows": frame_hash(eval_df, [c for c in ("id",) if c in eval_df.columns]) if eval_df is not None and len(eval_df) else "",
-        "loss_fn": getattr(loss_fn, "__qualname__", type(loss_fn).__name__) if loss_fn is not None else "ce",
+        "loss_fn": loss_key(loss_fn),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def loss_key(loss_fn) -> str:
+    """Identity of a loss for resume decisions: ``cache_key`` attribute if set, else module + qualname + simple closure values."""
+    if loss_fn is None:
+        return "ce"
+    key = getattr(loss_fn, "cache_key", None)
+    if key is not None:
+        return str(key)
+    parts = [getattr(loss_fn, "__module__", ""), getattr(loss_fn, "__qualname__", type(loss_fn).__name__)]
+    for cell in getattr(loss_fn, "__closure__", None) or ():
+        try:
+            v = cell.cell_contents
+        except ValueError:  # empty cell
+            continue
+        if isinstance(v, (int, float, str, bool, type(None), tuple, list, dict)):
+            parts.append(repr(v))
+        elif isinstance(v, np.ndarray) or torch.is_tensor(v):
+            parts.append(hashlib.sha256(np.asarray(v.cpu() if torch.is_tensor(v) else v).tobytes()).hexdigest()[:12])
+    return "|".join(parts)
+
+
+def _checkpoints_for(ckpt_dir: Path, settings: str) -> Path | None:
+    """Latest resumable checkpoint written with the same settings; stale ones (other settings) are removed."""
+    import shutil
+
+    import os
+
+    marker = ckpt_dir / "settings.json"
+    if int(os.environ.get("RANK", "0")) != 0:  # the main process cleans up; the others only look
+        return _latest_checkpoint(ckpt_dir) if marker.is_file() and json.loads(marker.read_text()).get("settings") == settings else None
+    if ckpt_dir.is_dir() and (not marker.is_file() or json.loads(marker.read_text()).get("settings") != settings):
+        stale = list(ckpt_dir.glob("checkpoint-*"))
+        if stale:
+            print(f"[llm] {ckpt_dir}: {len(stale)} checkpoint(s) from other settings removed (not resumable)")
+        for p in stale:
+            shutil.rmtree(p, ignore_errors=True)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(marker, {"settings": settings})
+    return _latest_checkpoint(ckpt_dir)
 
 
 def _latest_checkpoint(ckpt_dir: Path) -> Path | None:
@@ -331,7 +371,7 @@ def train_classifier(
     """
     from transformers import set_seed
 
-    from llm.loading import load_classifier, read_info
+    from llm.loading import load_classifier
     from llm.lora import save_adapter
 
     out = Path(out_dir)
@@ -417,7 +457,7 @@ def train_classifier(
         loss_fn=loss_fn,
         lengths=data.lengths,
     )
-    ckpt = _latest_checkpoint(out / "checkpoints") if resume else None
+    ckpt = _checkpoints_for(out / "checkpoints", settings) if resume else None
     if ckpt is not None:
         print(f"[llm] resuming from {ckpt}")
     t0 = time.time()

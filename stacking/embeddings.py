@@ -17,6 +17,7 @@ import pandas as pd
 from arena_kd.io import atomic_write_parquet, resolve_path
 
 log = logging.getLogger(__name__)
+SHARD_TEXTS = 1024
 
 
 def text_key(text: str) -> str:
@@ -84,13 +85,15 @@ class SentenceEmbedder:
         for k, t in zip(keys, texts):
             if t.strip() and k not in self._cache and k not in missing:
                 missing[k] = t
-        if missing:
-            log.info("embedding %d new texts with %s", len(missing), self.model_spec)
-            vecs = self._embed(list(missing.values()))
-            new = dict(zip(missing.keys(), vecs))
+        items = list(missing.items())
+        for start in range(0, len(items), SHARD_TEXTS):  # one shard per block: an interrupted run keeps finished blocks
+            block = dict(items[start : start + SHARD_TEXTS])
+            log.info("embedding %d new texts with %s", len(block), self.model_spec)
+            vecs = self._embed(list(block.values()))
+            new = dict(zip(block.keys(), vecs))
             self._cache.update(new)
             if self.cache_dir is not None:
-                shard = pd.DataFrame(np.stack(list(new.values())), columns=[f"e{i}" for i in range(vecs.shape[1])])
+                shard = pd.DataFrame(vecs, columns=[f"e{i}" for i in range(vecs.shape[1])])
                 shard.insert(0, "hash", list(new.keys()))
                 name = hashlib.sha1("".join(sorted(new)).encode()).hexdigest()[:16]
                 atomic_write_parquet(self.cache_dir / f"part-{name}.parquet", shard)

@@ -45,6 +45,12 @@ REFUSAL_PHRASES = (
     "sorry", "apologi", "i cannot", "i can't", "i can not", "unable to", "not able to", "as an ai",
     "language model", "not appropriate", "i won't",
 )
+# phrases grouped under a substring they all contain: the group is scanned only when the anchor occurs
+_REFUSAL_GROUPS = tuple(
+    (anchor, tuple(p for p in REFUSAL_PHRASES if anchor in p))
+    for anchor in ("sorry", "apologi", "i can", "able to", "as an ai", "language model", "not appropriate", "i won't")
+)
+assert sorted(p for _, g in _REFUSAL_GROUPS for p in g) == sorted(REFUSAL_PHRASES)
 _HEADER = re.compile(r"^[ \t]{0,3}#{1,6}[ \t]", re.M)
 _LIST_ITEM = re.compile(r"^[ \t]*(?:[-*+\u2022]|\d{1,3}[.)])[ \t]", re.M)
 _CLASSES = ("a", "b", "tie")
@@ -55,27 +61,31 @@ CHUNK_ROWS = 2048
 # --------------------------------------------------------------------------- texts
 
 
+def _is_turn_list(v) -> bool:
+    return isinstance(v, (list, tuple, np.ndarray))
+
+
 def join_turns(turns) -> str:
-    """A field's turns as one text (blank line between turns); None / missing turns become ''."""
-    if turns is None or (isinstance(turns, float) and np.isnan(turns)):
-        return ""
+    """A field's turns as one text (blank line between turns); None / NA / non-text turns become ''."""
     if isinstance(turns, str):
         return turns
+    if not _is_turn_list(turns):
+        return ""
     return "\n\n".join(t for t in turns if isinstance(t, str))
 
 
 def _turn_info(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """(turn count int64[n], has-null bool[n]): a null field or any null turn counts as null."""
+    """(turn count int64[n], has-null bool[n]): a missing field or any non-text turn counts as null."""
     turns = np.zeros(len(series), dtype=np.int64)
     null = np.zeros(len(series), dtype=bool)
     for i, v in enumerate(series):
-        if v is None or isinstance(v, float):
-            null[i] = True
-        elif isinstance(v, str):
+        if isinstance(v, str):
             turns[i] = 1
-        else:
+        elif _is_turn_list(v):
             turns[i] = len(v)
             null[i] = any(not isinstance(t, str) for t in v)
+        else:
+            null[i] = True
     return turns, null
 
 
@@ -97,9 +107,17 @@ def text_stats(texts: list[str], docs: ByteDocs) -> dict[str, np.ndarray]:
         "urls": np.array([t.count("http://") + t.count("https://") for t in texts], np.float64),
         "questions": np.array([t.count("?") + t.count("\uff1f") for t in texts], np.float64),
     }
-    lowered = [t.lower() for t in texts]
-    out["refusals"] = np.array([sum(t.count(p) for p in REFUSAL_PHRASES) for t in lowered], np.float64)
+    out["refusals"] = np.array([_count_refusals(t.lower()) for t in texts], np.float64)
     return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
+
+
+def _count_refusals(lowered: str) -> int:
+    """Occurrences of REFUSAL_PHRASES in a lower-cased text."""
+    n = 0
+    for anchor, phrases in _REFUSAL_GROUPS:
+        if anchor in lowered:
+            n += sum(lowered.count(p) for p in phrases) if len(phrases) > 1 else lowered.count(anchor)
+    return n
 
 
 def _chunks(n: int, size: int = CHUNK_ROWS) -> Iterator[slice]:
@@ -215,8 +233,11 @@ def compute_features(
         return _text_features(chunk_texts, chunk_turns, tfidf)
 
     # numpy releases the GIL, so two threads overlap one chunk's array work with another's string work
-    with ThreadPoolExecutor(max_workers=max(1, n_threads)) as pool:
-        parts = list(pool.map(one_chunk, _chunks(n)))
+    if n_threads <= 1:
+        parts = [one_chunk(s) for s in _chunks(n)]
+    else:
+        with ThreadPoolExecutor(max_workers=n_threads) as pool:
+            parts = list(pool.map(one_chunk, _chunks(n)))
     if parts:
         cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     else:

@@ -29,10 +29,20 @@ def _logits_to_probs(df: pd.DataFrame, cols: list[str]) -> np.ndarray:
     return softmax(df[cols].to_numpy(dtype=np.float64))
 
 
+def fold_prior(labels: np.ndarray, folds: np.ndarray) -> np.ndarray:
+    """float64[n,3]: each row gets the class frequencies of the other folds (an honest constant baseline)."""
+    y = np.asarray(labels, dtype=np.int64)
+    out = np.empty((len(y), 3))
+    for k in np.unique(folds):
+        rest = y[folds != k] if (folds != k).any() else y
+        out[folds == k] = (np.bincount(rest, minlength=3) + 1.0) / (len(rest) + 3.0)
+    return out
+
+
 def stage_rows(workdir: str | Path) -> list[dict]:
     """[{stage, rows, log_loss, accuracy, note}] on the stacker's OOF rows, from the files under ``workdir``.
 
-    Stages (each only when its file exists): teacher ensemble OOF, student OOF (orig), student + TTA (avg),
+    Stages (each only when its file exists): class prior (reference), teacher ensemble OOF, student OOF (orig), student + TTA (avg),
     stacker, stacker + temperature, features-only (+ temperature)."""
     wd = Path(workdir)
     oof, _ = read_keyed_table(wd / "stacking" / "oof.parquet")
@@ -55,6 +65,7 @@ def stage_rows(workdir: str | Path) -> list[dict]:
                 rows.append(_row("student OOF (orig)", y, _logits_to_probs(m, orig)))
             rows.append(_row("student + TTA (avg)", y, _logits_to_probs(m, ["logit_a", "logit_b", "logit_tie"])))
     y = oof["label"].to_numpy()
+    rows.insert(0, _row("class prior (reference)", y, fold_prior(y, oof["fold"].to_numpy()), "label frequencies of the other folds"))
     for prefix, stage in (("stacker_raw", "stacker"), ("stacker", "stacker + temperature"),
                           ("features_only_raw", "features-only"), ("features_only", "features-only + temperature")):
         cols = prob_columns(prefix)
@@ -82,8 +93,9 @@ def reliability_bins(labels: np.ndarray, probs: np.ndarray, n_bins: int = 10) ->
 
 
 def _save_fig(fig, path: Path) -> None:
+    fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=90)
 
 
 def plot_reliability(labels: np.ndarray, before: np.ndarray, after: np.ndarray, path: Path, title: str) -> None:
@@ -112,7 +124,7 @@ def plot_importance(importance: pd.DataFrame, path: Path, title: str, top: int =
     import matplotlib.pyplot as plt
 
     imp = importance.head(top).iloc[::-1]
-    fig, ax = plt.subplots(figsize=(7, 0.28 * len(imp) + 1.2))
+    fig, ax = plt.subplots(figsize=(7, 0.25 * len(imp) + 1.2))
     ax.barh(imp["feature"], imp["gain"])
     ax.set_xlabel("total gain")
     ax.set_title(title)

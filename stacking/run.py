@@ -6,6 +6,7 @@ Outputs under ``<workdir>/stacking/``:
   stacker_fold<k>.txt, stacker_full.txt          student-logit stacker (fold models + the full model used to predict)
   features_only_fold<k>.txt, features_only_full.txt   the fallback without the student
   temperature.json                     fitted temperatures per model
+  features.json                        feature list of each model
   oof.parquet (+meta)                  id, fold, label, <model>_raw_{a,b,tie}, <model>_{a,b,tie} (calibrated)
   stacker.json                         manifest: feature lists, model files, temperatures, input hash (written last)
   report.md, *.png, config.resolved.yaml
@@ -39,7 +40,6 @@ FORMAT_VERSION = 1
 LOGITS = ("logit_a", "logit_b", "logit_tie")
 ORIG = ("orig_logit_a", "orig_logit_b", "orig_logit_tie")
 SWAP = ("swap_logit_a", "swap_logit_b", "swap_logit_tie")
-EMBEDDING_MAX_LENGTH = 256
 
 
 def stack_dir(cfg: PipelineConfig) -> Path:
@@ -154,7 +154,7 @@ def run_stacking(cfg: PipelineConfig, force: bool = False) -> dict:
     if sc.embedding_model:
         from stacking.embeddings import SentenceEmbedder
 
-        embedder = SentenceEmbedder(sc.embedding_model, batch_size=sc.embedding_batch_size, max_length=EMBEDDING_MAX_LENGTH,
+        embedder = SentenceEmbedder(sc.embedding_model, batch_size=sc.embedding_batch_size, max_length=sc.embedding_max_length,
                                     cache_dir=cfg.workdir_path / "cache" / "embeddings")
     feats = compute_features(frame, student=student, embedder=embedder, tfidf=tfidf)
     write_keyed_table(out / "features.parquet", pd.concat([frame[["id"]], feats], axis=1), {"input_hash": input_hash, "rows": len(frame)})
@@ -163,7 +163,7 @@ def run_stacking(cfg: PipelineConfig, force: bool = False) -> dict:
     y = frame["label"].astype(int).to_numpy()
     folds = frame["fold"].astype(int).to_numpy()
     models: dict[str, dict | None] = {"stacker": None, "features_only": None}
-    files = ["tfidf.json", "tfidf_idf.parquet", "temperature.json", "oof.parquet", "report.md"]
+    files = ["tfidf.json", "tfidf_idf.parquet", "temperature.json", "features.json", "oof.parquet", "report.md"]
     oof = pd.DataFrame({"id": frame["id"].astype(str), "fold": folds, "label": y})
     temps: dict[str, dict] = {}
     importances: dict[str, pd.DataFrame] = {}
@@ -194,13 +194,14 @@ def run_stacking(cfg: PipelineConfig, force: bool = False) -> dict:
             notes.append("stacking.enabled=false: the 'stacker' is the student's TTA probabilities with a temperature")
 
     atomic_write_json(out / "temperature.json", temps)
+    atomic_write_json(out / "features.json", {name: (spec or {}).get("features", []) for name, spec in models.items()})
     write_keyed_table(out / "oof.parquet", oof, {"input_hash": input_hash, "models": list(temps)})
     _, stages = write_report(cfg.workdir_path, importances, temps, notes)
     manifest = {
         "version": FORMAT_VERSION,
         "input_hash": input_hash,
         "models": models,
-        "embedding": {"model": sc.embedding_model, "max_length": EMBEDDING_MAX_LENGTH, "batch_size": sc.embedding_batch_size} if sc.embedding_model else None,
+        "embedding": {"model": sc.embedding_model, "max_length": sc.embedding_max_length, "batch_size": sc.embedding_batch_size} if sc.embedding_model else None,
         "rows": len(frame),
         "files": sorted(set(files)),
         "stages": stages,

@@ -116,4 +116,7 @@ def make_loss_fn(
         )
         return total, {k: float(v.detach()) for k, v in terms.items()}
 
+    # the settings are part of the name, so a trainer that keys its resume on the loss name sees a change
+    w = None if teacher_weights is None else [round(float(x), 6) for x in teacher_weights]
+    loss_fn.__qualname__ = f"distillation_loss(alpha={alpha},T={temperature},ls={label_smoothing},w={w})"
     return loss_fn

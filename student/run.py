@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,8 @@ def _final_stage(cfg, frame: pd.DataFrame, hashes: dict[str, str], loss_fn, *, f
         if Path(done["adapter_dir"]).exists():
             print(f"[student] final ({s.final}): done earlier, skipped")
             return Path(done["adapter_dir"]), None, fhashes
+    if force and fdir.exists():
+        main_write(shutil.rmtree, fdir, ignore_errors=True)
     t0 = time.time()
     in_memory = None
     if s.final == "full":
@@ -191,7 +194,7 @@ def _export_stage(cfg, frame: pd.DataFrame, adapter: Path, holder: list, fhashes
         from data.render import render_batch
 
         rs = render_settings(cfg)
-        ids = render_batch(ref_rows, tokenizer, rs["max_length"], rs["truncation"], rs["prompt_fraction"])
+        ids = render_batch(ref_rows, tokenizer, rs["max_length"], rs["truncation"], rs["prompt_fraction"], template=rs["template"])
         reference = pd.DataFrame({"id": ref_rows["id"].astype(str).to_numpy(), "input_ids": [list(map(int, r)) for r in ids]})
         for j, c in enumerate(LOGIT_NAMES):
             reference[c] = ref[:, j]

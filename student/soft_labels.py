@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from arena_kd.errors import UserError
-from arena_kd.io import file_hash, read_keyed_table
+from arena_kd.io import frame_hash, read_keyed_table
 from teachers.offline import LOGIT_NAMES, check_coverage
 
 _PER_TEACHER = re.compile(r"^t_(.+)_a$")
@@ -27,7 +27,7 @@ class SoftLabels:
     per_teacher: np.ndarray | None  # float32 [n,k,3] or None when the file has no per-teacher columns
     teacher_names: list[str]
     teacher_weights: list[float] | None  # sidecar weights of the per-teacher columns (normalised), if known
-    file_hash: str
+    file_hash: str  # content hash of the table (all columns)
     path: Path
 
 
@@ -62,7 +62,7 @@ def load_soft_labels(path: str | Path, ids: pd.Series) -> SoftLabels:
         if all(n in w for n in names):
             arr = np.asarray([float(w[n]) for n in names])
             weights = (arr / arr.sum()).tolist() if arr.sum() > 0 else None
-    return SoftLabels(combined, per, names, weights, file_hash(path), path)
+    return SoftLabels(combined, per, names, weights, frame_hash(df), path)  # content hash: independent of the Parquet writer
 
 
 def attach_teacher_logits(frame: pd.DataFrame, soft: SoftLabels, per_teacher: bool) -> pd.DataFrame:

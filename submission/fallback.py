@@ -62,9 +62,9 @@ def class_prior(train_path: str | None) -> tuple[np.ndarray, str]:
     prior has no position preference), or uniform when the file cannot be read."""
     if train_path and Path(train_path).is_file():
         try:
-            from data.readers import read_pairs
+            from data.readers import read_labels  # Kaggle layout: only the id and winner columns are parsed
 
-            labels = read_pairs(train_path)["label"].dropna().astype(int).to_numpy()
+            labels = read_labels(train_path)["label"].dropna().astype(int).to_numpy()
             if len(labels):
                 counts = np.bincount(labels, minlength=3).astype(np.float64)[:3]
                 ab = (counts[0] + counts[1]) / 2.0

@@ -52,12 +52,14 @@ class SubmissionResult:
 
 
 def _ensure_console_logging() -> None:
+    """Show the run's log lines on stderr unless the caller configured logging already."""
     root = logging.getLogger("arena_kd")
+    if root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
     if not root.handlers and not logging.getLogger().handlers:
         h = logging.StreamHandler(sys.stderr)
         h.setFormatter(logging.Formatter("[%(asctime)s submission] %(message)s", "%H:%M:%S"))
         root.addHandler(h)
-    root.setLevel(logging.INFO)
 
 
 def load_student(export_dir, *, quantization, dtype, devices=None):

@@ -10,7 +10,6 @@ length-sorted batches), and returns the logits in the chunk's order.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,12 +29,6 @@ def visible_devices() -> list[str]:
     if torch.cuda.is_available() and torch.cuda.device_count() > 0:
         return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     return ["cpu"]
-
-
-def _accepts(fn, name: str) -> bool:
-    """Whether ``fn`` takes keyword ``name`` (directly or through **kwargs)."""
-    params = inspect.signature(fn).parameters
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 @dataclass
@@ -59,32 +52,27 @@ class StudentBackend:
     def n_devices(self) -> int:
         return len(self.replicas)
 
-    def _render_kwargs(self, fn) -> dict[str, Any]:
-        """truncation / prompt_fraction from the export (+ template where ``fn`` takes it), as the student was trained."""
-        kw: dict[str, Any] = {
+    def _render_kwargs(self) -> dict[str, Any]:
+        """truncation / prompt_fraction / template from the export: render exactly as the student was trained."""
+        return {
             "truncation": self.render.get("truncation", "budget"),
             "prompt_fraction": self.render.get("prompt_fraction", 0.2),
+            "template": self.render.get("template", "blocks"),
         }
-        if "template" in self.render and _accepts(fn, "template"):
-            kw["template"] = self.render["template"]
-        return kw
 
     def lengths(self, df: pd.DataFrame, max_length: int) -> np.ndarray:
         """int64[n]: rendered token count of every row at ``max_length`` (exact, same renderer as predict)."""
         from data.render import render_batch
 
-        ids = render_batch(df, self.tokenizer, max_length=max_length, **self._render_kwargs(render_batch))
+        ids = render_batch(df, self.tokenizer, max_length=max_length, **self._render_kwargs())
         return np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
 
     def _one(self, replica: StudentReplica, df: pd.DataFrame, *, max_length: int, tta: bool,
              tokens_per_batch: int, max_batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
         from llm.predict import predict_logits, predict_tta
 
-        fn = predict_tta if tta else predict_logits
         kw = dict(max_length=max_length, tokens_per_batch=tokens_per_batch, max_batch_size=max_batch_size,
-                  **self._render_kwargs(fn))
-        if _accepts(fn, "progress"):
-            kw["progress"] = False
+                  progress=False, **self._render_kwargs())
         if tta:
             out = predict_tta(replica.model, replica.tokenizer, df, **kw)
             return np.asarray(out["orig"], dtype=np.float32), np.asarray(out["swap"], dtype=np.float32)
@@ -121,10 +109,19 @@ def load_student(export_dir: str | Path, *, quantization: str, dtype: str, devic
         quantization = "none"
     replicas: list[StudentReplica] = []
     render: dict[str, Any] = {}
+    first_error: Exception | None = None
     for dev in devices:
-        model, tokenizer, settings = load_export(str(export_dir), quantization=quantization, dtype=dtype, device=dev)
+        try:
+            model, tokenizer, settings = load_export(str(export_dir), quantization=quantization, dtype=dtype, device=dev)
+        except Exception as exc:  # noqa: BLE001 - a copy that does not load only costs its GPU's share
+            first_error = first_error or exc
+            log.error("student did not load on %s (%s: %s)%s", dev, type(exc).__name__, exc,
+                      "; carrying on with the others" if len(devices) > 1 else "")
+            continue
         model.eval()
         render = dict(settings.get("render", {}))
         replicas.append(StudentReplica(model, tokenizer, dev))
         log.info("student loaded on %s (quantization=%s, dtype=%s)", dev, quantization, dtype)
+    if not replicas:
+        raise first_error  # type: ignore[misc]
     return StudentBackend(replicas, render)

@@ -22,6 +22,7 @@ def predict_rows(model, tokenizer, df: pd.DataFrame, predict_cfg: PredictConfig,
         max_length=predict_cfg.max_length or render_cfg.max_length,
         truncation=render_cfg.truncation,
         prompt_fraction=render_cfg.prompt_fraction,
+        template=render_cfg.template,
         tokens_per_batch=predict_cfg.tokens_per_batch,
         max_batch_size=predict_cfg.max_batch_size,
     )

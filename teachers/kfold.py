@@ -91,8 +91,8 @@ def tta_frame(ids: pd.Series, fold: int, tta: dict[str, np.ndarray]) -> pd.DataF
 
 
 def remove_checkpoints(out_dir: str | Path) -> None:
-    """Delete HF Trainer ``checkpoint-*`` folders under ``out_dir`` (keeps disk small; adapters stay)."""
-    for ck in Path(out_dir).glob("checkpoint-*"):
+    """Delete HF Trainer checkpoints (``checkpoints/``, ``checkpoint-*``) under ``out_dir`` (keeps disk small; adapters stay)."""
+    for ck in [*Path(out_dir).glob("checkpoint-*"), *Path(out_dir).glob("checkpoints")]:
         if ck.is_dir():
             shutil.rmtree(ck, ignore_errors=True)
 
@@ -133,6 +133,8 @@ def run_folds(
         train_df = frame.loc[~mask].reset_index(drop=True)
         valid_df = frame.loc[mask].reset_index(drop=True)
         fold_dir = stage_dir / f"fold{k}"
+        if force and fold_dir.exists():  # --force: no stale adapter / checkpoint may be picked up by the trainer's own resume
+            main_write(shutil.rmtree, fold_dir, ignore_errors=True)
         log(f"[{label}] fold {k}: training on {len(train_df)} rows, predicting {len(valid_df)}")
         t0 = time.time()
         tta, extra = fit_predict(k, train_df, valid_df, fold_dir)

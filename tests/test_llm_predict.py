@@ -18,9 +18,17 @@ ROOT = Path(__file__).resolve().parents[1]
 KW = dict(max_length=96, truncation="budget", prompt_fraction=0.2, progress=False)
 
 
-@pytest.fixture(scope="module", params=["gemma2", "llama"])
+TINY_BERT = {"model_type": "bert", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+             "max_position_embeddings": 128}
+
+
+@pytest.fixture(scope="module", params=["gemma2", "llama", "bert"])
 def tiny_model(request, tiny_gemma2_cfg, tiny_llama_cfg, tmp_path_factory):
-    cfg = tiny_gemma2_cfg if request.param == "gemma2" else tiny_llama_cfg
+    """Decoders (last-token pooling) and an encoder (first-token pooling)."""
+    if request.param == "bert":
+        cfg = tiny_llama_cfg.model_copy(update={"random_init": TINY_BERT})
+    else:
+        cfg = tiny_gemma2_cfg if request.param == "gemma2" else tiny_llama_cfg
     wd = tmp_path_factory.mktemp(f"wd-{request.param}")
     model, tok, info = load_classifier(cfg, training=False, workdir=wd)
     return model, tok, info, cfg, wd
@@ -70,7 +78,7 @@ def test_sorted_budgeted_prediction_equals_one_by_one(tiny_model, tiny_pairs):
 
 
 def test_padding_side_and_batch_composition_do_not_change_logits(tiny_model, tiny_pairs):
-    model, tok, *_ = tiny_model
+    model, tok, info, *_ = tiny_model
     seqs = render_batch(tiny_pairs, tok, 96, "budget", 0.2)
     pad = tok.pad_token_id
     alone = logits_for_ids(model, seqs, pad, tokens_per_batch=1, max_batch_size=1)
@@ -82,6 +90,9 @@ def test_padding_side_and_batch_composition_do_not_change_logits(tiny_model, tin
     mixed = logits_for_ids(model, pair, pad, tokens_per_batch=10_000, max_batch_size=2, padding_side="left")
     assert len(seqs[order[-1]]) - len(seqs[order[0]]) > 10
     np.testing.assert_allclose(right, alone, atol=1e-5, rtol=0)
+    if info["pooling"] == "first_token":  # encoders pool the first position: only right padding is valid (the engine's side)
+        assert not np.allclose(left, alone, atol=1e-5)
+        return
     np.testing.assert_allclose(left, alone, atol=1e-5, rtol=0)
     np.testing.assert_allclose(mixed, alone[[order[0], order[-1]]], atol=1e-5, rtol=0)
 

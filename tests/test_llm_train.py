@@ -52,7 +52,7 @@ def test_loss_fn_sees_teacher_logits_and_both_orientations(tiny_gemma2_cfg, tiny
         seen.append({k: v.detach().clone() for k, v in batch.items()})
         ce = torch.nn.functional.cross_entropy(logits, batch["labels"])
         kl = (logits.log_softmax(-1) - batch["teacher_logits"].mean(1).log_softmax(-1)).pow(2).mean()
-        return ce + 0.1 * kl, {"ce": float(ce), "kl": float(kl)}
+        return ce + 0.1 * kl, {"ce": float(ce.detach()), "kl": float(kl.detach())}
 
     train_classifier(tiny_gemma2_cfg, _tc(batch_size=4, swap_augmentation="both", group_by_length=False), RENDER, df, None,
                      tmp_path / "run", seed=0, workdir=tmp_path, loss_fn=loss_fn, progress=False)
@@ -120,6 +120,13 @@ def test_resume_from_checkpoint_reaches_the_same_weights(tiny_gemma2_cfg, tiny_p
                          callbacks=[_StopAt(5)])
     assert (tmp_path / "cut" / "checkpoints" / "checkpoint-4").is_dir()
     assert not (tmp_path / "cut" / "train_result.json").exists()
+    # checkpoints of other settings are never resumed
+    import shutil
+
+    shutil.copytree(tmp_path / "cut", tmp_path / "other")
+    changed = train_classifier(tiny_gemma2_cfg, tc.model_copy(update={"learning_rate": 1e-3}), RENDER, df, None, tmp_path / "other",
+                               seed=3, workdir=tmp_path, progress=False)
+    assert changed.metrics["resumed_from"] is None and changed.metrics["global_step"] == 6
     resumed = train_classifier(tiny_gemma2_cfg, tc, RENDER, df, None, tmp_path / "cut", seed=3, workdir=tmp_path, progress=False)
     assert resumed.metrics["resumed_from"].endswith("checkpoint-4")
     a, b = _lora_state(full.model), _lora_state(resumed.model)
@@ -135,7 +142,7 @@ def test_resume_from_checkpoint_reaches_the_same_weights(tiny_gemma2_cfg, tiny_p
 
 @pytest.mark.parametrize("quant", ["4bit", "8bit"])
 def test_quantized_base_trains_a_step_and_predicts_on_cpu(tiny_llama_cfg, tiny_pairs, tmp_path, quant):
-    cfg = tiny_llama_cfg.model_copy(update={"quantization": quant})
+    cfg = tiny_llama_cfg.model_copy(update={"quantization": quant, "gradient_checkpointing": True})
     df = tiny_pairs.head(4)
     res = train_classifier(cfg, _tc(max_steps=2, batch_size=2), RENDER, df, None, tmp_path / "run", seed=0, workdir=tmp_path, progress=False)
     assert res.info["quantization"] == quant
@@ -144,6 +151,14 @@ def test_quantized_base_trains_a_step_and_predicts_on_cpu(tiny_llama_cfg, tiny_p
     out = predict_logits(res.model, res.tokenizer, df, max_length=96, progress=False)
     assert out.shape == (4, 3) and np.isfinite(out).all()
     assert res.metrics["global_step"] == 2 and np.isfinite(res.metrics["train_loss"])
+    b = [v for k, v in res.model.named_parameters() if "lora_B" in k]
+    assert b and all(float(v.detach().abs().max()) > 0 for v in b)  # gradients flowed through the checkpointed k-bit base
+    # the saved adapter loads onto a freshly quantized base for inference and gives the same logits
+    from llm.loading import load_classifier
+
+    model, tok, info = load_classifier(cfg, training=False, workdir=tmp_path, adapter=res.adapter_dir)
+    assert info["quantization"] == quant
+    np.testing.assert_allclose(predict_logits(model, tok, df, max_length=96, progress=False), out, atol=1e-5)
 
 
 def test_missing_label_in_training_rows_is_a_user_error(tiny_llama_cfg, tiny_pairs, tmp_path):

@@ -108,3 +108,9 @@ def test_loss_fn_wrapper_reads_batch():
     hard_only = make_loss_fn(alpha=0.0)
     loss0, _ = hard_only(s, {"labels": y})
     assert loss0.item() == pytest.approx(F.cross_entropy(s, y).item(), abs=1e-6)
+
+
+def test_loss_fn_name_carries_its_settings():
+    # llm.train keys its own resume on the loss name: different settings must give different names
+    names = {make_loss_fn(alpha=a, temperature=t).__qualname__ for a, t in ((0.5, 1.0), (0.7, 1.0), (0.5, 2.0))}
+    assert len(names) == 3

@@ -165,3 +165,26 @@ def test_allocate_properties():
             assert (a >= 1 or n[1] == 0) and (b >= 1 or n[2] == 0)
             if sum(n) <= avail:
                 assert (p, a, b) == n
+
+
+@pytest.mark.parametrize("style", ["llama", "bert"])
+def test_encode_texts_matches_the_hf_wrapper(toks, style):
+    tok = tiny_bpe(style)
+    tok.backend_tokenizer.enable_truncation(8)  # a tokenizer.json may ship with truncation on
+    texts = ["hello <s> world [CLS] x", LONG, "", "the sea"]
+    ref = tok(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    tok.backend_tokenizer.enable_truncation(8)
+    tok.backend_tokenizer.encode_special_tokens = False
+    assert render.encode_texts(tok, texts) == ref
+    assert len(ref[1]) > 8 and tok.backend_tokenizer.encode_special_tokens is False  # state restored
+    assert tok("<s>", add_special_tokens=False)["input_ids"] == [tok.convert_tokens_to_ids("<s>")]
+
+
+def test_cut_text_never_splits_words():
+    text = "alpha beta gamma delta " * 10
+    cut = render._cut_text(text, 30, keep_end=False)
+    assert text.startswith(cut) and len(cut) <= 30 and text[len(cut)].isspace()
+    cut = render._cut_text(text, 30, keep_end=True)
+    assert text.endswith(cut) and len(cut) <= 30 and cut[0].isspace()
+    assert render._cut_text("x" * 100, 30, keep_end=False) is None  # one long word: tokenised whole
+    assert render._cut_text("x" * 100, 30, keep_end=True) is None

@@ -135,11 +135,11 @@ def test_chunking_and_threads_do_not_change_features(monkeypatch):
     pd.testing.assert_frame_equal(compute_features(df, tfidf=tfidf, n_threads=2), ref)
 
 
-def test_sentence_embedder_mean_pooling_and_cache(tmp_path):
+def _tiny_encoder(tmp_path):
+    """(folder, model, tokenizer) of a 1-layer, 16-wide random BERT with a byte-level BPE tokenizer."""
     import torch
     from transformers import BertConfig, BertModel
 
-    from stacking.embeddings import SentenceEmbedder
     from _data_fixtures import tiny_bpe
 
     tok = tiny_bpe("bert")
@@ -149,7 +149,21 @@ def test_sentence_embedder_mean_pooling_and_cache(tmp_path):
                                  intermediate_size=32, max_position_embeddings=64)).eval()
     model.save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
+    return model_dir, model, tok
 
+
+def test_sentence_embedder_mean_pooling_and_cache(tmp_path, monkeypatch):
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from stacking.embeddings import SentenceEmbedder
+    from _data_fixtures import tiny_bpe
+
+    model_dir, model, tok = _tiny_encoder(tmp_path)
+
+    import stacking.embeddings as E
+
+    monkeypatch.setattr(E, "SHARD_TEXTS", 1)  # one cache shard per text: resumable mid-way
     texts = ["hello world", "", "the sea is wide and blue", "hello world"]
     emb = SentenceEmbedder(str(model_dir), batch_size=2, max_length=32, cache_dir=tmp_path / "cache")
     v = emb.encode(texts)
@@ -165,4 +179,29 @@ def test_sentence_embedder_mean_pooling_and_cache(tmp_path):
     again = SentenceEmbedder(str(model_dir), batch_size=2, max_length=32, cache_dir=tmp_path / "cache")
     np.testing.assert_array_equal(again.encode(texts), v)
     assert again._model is None
-    assert list((tmp_path / "cache").rglob("part-*.parquet"))
+    assert len(list((tmp_path / "cache").rglob("part-*.parquet"))) == 2  # two distinct non-empty texts
+
+
+def test_missing_fields_and_parquet_arrays_are_handled():
+    df = make_frame([
+        {"id": "n0", "prompt": np.array(["hi there"], dtype=object), "response_a": None, "response_b": pd.NA, "label": 0},
+        {"id": "n1", "prompt": ["hi"], "response_a": np.array(["yes", None], dtype=object), "response_b": ["no"], "label": 1},
+    ])
+    f = compute_features(df)
+    assert f[["a_null", "b_null", "a_empty", "b_empty"]].iloc[0].tolist() == [1, 1, 1, 1]
+    assert f.loc[0, "a_turns"] == 0 and f.loc[0, "p_words"] == 2
+    assert (f.loc[1, "a_null"], f.loc[1, "a_turns"], f.loc[1, "a_chars"]) == (1, 2, 3)
+
+
+@pytest.mark.gpu
+def test_sentence_embedder_cuda_matches_cpu(tmp_path):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from stacking.embeddings import SentenceEmbedder
+
+    model_dir, _, _ = _tiny_encoder(tmp_path)
+    texts = ["hello world", "the sea is wide and blue", "", "a dog"]
+    cpu = SentenceEmbedder(str(model_dir), batch_size=3, max_length=32, device="cpu").encode(texts)
+    gpu = SentenceEmbedder(str(model_dir), batch_size=3, max_length=32, device="cuda").encode(texts)
+    np.testing.assert_allclose(gpu, cpu, atol=1e-4)

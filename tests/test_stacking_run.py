@@ -62,6 +62,10 @@ def test_run_stacking_with_student_resume_and_predict(tmp_path, capsys):
     frame = _training_frame(cfg)
     student = _fake_student(frame)
     _write_student_oof(cfg, frame, student)
+    soft = pd.DataFrame({"id": frame["id"]})
+    for i, c in enumerate(("a", "b", "tie")):
+        soft[f"logit_{c}"] = np.log(np.full(len(frame), 1 / 3))
+    write_keyed_table(cfg.workdir_path / "teachers" / "soft_labels.parquet", soft, {})
     manifest = run_stacking(cfg)
     out = cfg.workdir_path / "stacking"
     printed = capsys.readouterr().out
@@ -76,7 +80,8 @@ def test_run_stacking_with_student_resume_and_predict(tmp_path, capsys):
     oof, _ = read_keyed_table(out / "oof.parquet")
     assert len(oof) == len(frame) and not oof.filter(like="stacker_").isna().any().any()
     rows = {r["stage"]: r for r in stage_rows(cfg.workdir_path)}
-    assert set(rows) == {"student OOF (orig)", "student + TTA (avg)", "stacker", "stacker + temperature", "features-only", "features-only + temperature"}
+    assert rows["teacher ensemble OOF"]["log_loss"] == pytest.approx(np.log(3))
+    assert set(rows) == {"class prior (reference)", "teacher ensemble OOF", "student OOF (orig)", "student + TTA (avg)", "stacker", "stacker + temperature", "features-only", "features-only + temperature"}
     assert rows["stacker"]["log_loss"] < np.log(3) and rows["stacker + temperature"]["log_loss"] <= rows["stacker"]["log_loss"] + 1e-12
     assert "Reliability diagram" in (out / "report.md").read_text()
 

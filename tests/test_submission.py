@@ -446,3 +446,24 @@ def test_nan_student_logits_fall_back_per_row(artifacts):
     res = run_mod.run_submission(artifacts["cfg"], out=str(artifacts["out"]), progress=False)
     _assert_valid(artifacts["out"], artifacts["src"]["id"].tolist()[::-1])
     assert res.counts["features_only+none"] >= 1 and res.counts["stacker+tta"] >= N_ROWS - 4
+
+
+def test_load_student_keeps_the_copies_that_load(monkeypatch):
+    """A GPU whose copy fails to load (out of memory, say) only costs its share; no copy at all re-raises."""
+    import student.export as export_mod
+    from submission.student_infer import load_student
+
+    class M:
+        def eval(self):
+            return self
+
+    def fake_load_export(export_dir, *, quantization, dtype, device):
+        if device == "cuda:1":
+            raise RuntimeError("CUDA out of memory")
+        return M(), "tok", {"render": {"max_length": 64}}
+
+    monkeypatch.setattr(export_mod, "load_export", fake_load_export)
+    backend = load_student("x", quantization="8bit", dtype="fp16", devices=["cuda:0", "cuda:1"])
+    assert [r.device for r in backend.replicas] == ["cuda:0"] and backend.render == {"max_length": 64}
+    with pytest.raises(RuntimeError, match="out of memory"):
+        load_student("x", quantization="8bit", dtype="fp16", devices=["cuda:1"])

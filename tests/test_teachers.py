@@ -5,7 +5,6 @@ the real llm/ engine on the tiny random models of configs/smoke.yaml.
 """
 
 import hashlib
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +44,7 @@ class FakeTrainer:
 
     def __call__(self, model_cfg, train_cfg, predict_cfg, render_cfg, train_df, valid_df, out_dir, *, seed, workdir, loss_fn=None, also_predict=None):
         self.calls.append((model_cfg.random_init["model_type"], seed, len(train_df)))
-        Path(out_dir, "checkpoint-1").mkdir(parents=True, exist_ok=True)  # must be cleaned up
+        Path(out_dir, "checkpoints", "checkpoint-1").mkdir(parents=True, exist_ok=True)  # must be cleaned up
         lg = _fake_logits(valid_df["id"], model_cfg.random_init["model_type"] + train_cfg.model_dump_json())
         tta = {"orig": lg + 0.1, "swap": lg - 0.1, "avg": lg}
         extra = None if also_predict is None else {k: _fake_logits(also_predict["id"], "x") for k in ("orig", "swap", "avg")}
@@ -73,7 +72,7 @@ def test_kfold_outputs_and_soft_labels(tmp_path, fake, capsys):
     assert len(oof) == 24 and oof["id"].is_unique and set(oof["fold"]) == {0, 1}
     assert set(ometa["hashes"]) == {"config", "data", "folds"} and set(ometa["per_fold"]) == {"0", "1"}
     assert ometa["backbone"] == "random" and ometa["quantization"] == "none" and ometa["predict_max_length"] == 96
-    assert not list(work.rglob("checkpoint-*")), "fold checkpoints must be deleted"
+    assert not list(work.rglob("checkpoint*")), "fold checkpoints must be deleted"
     soft, smeta = read_keyed_table(work / "teachers" / "soft_labels.parquet")
     assert {"t_tiny-gemma2_a", "t_tiny-llama_tie"} <= set(soft.columns)
     assert np.allclose(np.exp(soft[["logit_a", "logit_b", "logit_tie"]].to_numpy()).sum(1), 1, atol=1e-5)
@@ -226,11 +225,16 @@ def test_predict_extra_pseudo_labels(tmp_path, fake):
     assert np.allclose(np.exp(soft[["logit_a", "logit_b", "logit_tie"]].to_numpy()).sum(1), 1, atol=1e-5)
 
 
-def test_smoke_real_engine_two_teachers(tmp_path, capsys):
+def shared_smoke_cfg(tmp_path_factory, *sets):
+    """Smoke config whose workdir is shared by the real-engine tests of this session (teachers resume, so they train once)."""
+    work = tmp_path_factory.getbasetemp() / "shared-smoke" / "work"
+    return load_config(SMOKE, [f"workdir={work}", "data.max_rows=24", *sets]), work
+
+
+def test_smoke_real_engine_two_teachers(tmp_path_factory, capsys):
     """configs/smoke.yaml through the real llm/ engine: 2 tiny teachers x 2 folds, then a rerun that skips every fold."""
-    cfg = _cfg(tmp_path)
-    meta = trun.run_teachers(cfg)
-    work = tmp_path / "work"
+    cfg, work = shared_smoke_cfg(tmp_path_factory)
+    trun.run_teachers(cfg)
     for name in ("tiny-gemma2", "tiny-llama"):
         oof, ometa = read_keyed_table(work / "teachers" / name / "oof.parquet")
         assert len(oof) == 24 and np.isfinite(oof[["logit_a", "logit_b", "logit_tie"]].to_numpy()).all()
