@@ -178,7 +178,8 @@ def _student_test(export_dir: Path, test: pd.DataFrame, cfg: PipelineConfig) -> 
     r = settings["render"]
     p = cfg.student.predict
     out = predict_tta(model, tokenizer, test, max_length=r["max_length"], truncation=r["truncation"],
-                      prompt_fraction=r["prompt_fraction"], tokens_per_batch=p.tokens_per_batch,
+                      prompt_fraction=r["prompt_fraction"], template=r.get("template", "blocks"),
+                      tokens_per_batch=p.tokens_per_batch,
                       max_batch_size=p.max_batch_size)
     del model
     return out

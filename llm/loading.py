@@ -84,13 +84,20 @@ def train_bpe_tokenizer(texts: list[str], vocab_size: int, out_dir: str | Path):
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
     fast.save_pretrained(str(tmp))
-    if out_dir.exists():  # another process won the race: keep theirs (identical: training is deterministic)
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)
+    _publish_dir(tmp, out_dir)
     return fast
+
+
+def _publish_dir(tmp: Path, final: Path) -> None:
+    """Rename a finished folder into place; if another process got there first keep theirs (contents are deterministic)."""
+    import shutil
+
+    try:
+        if final.exists():
+            raise FileExistsError(final)
+        os.replace(tmp, final)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _tokenizer_source(model_cfg: ModelConfig) -> tuple[str, str | None]:
@@ -250,8 +257,7 @@ def random_backbone_dir(model_cfg: ModelConfig, vocab_size: int, pad_token_id: i
     d.parent.mkdir(parents=True, exist_ok=True)
     tmp = d.with_name(d.name + f".tmp{os.getpid()}")
     model.save_pretrained(str(tmp))
-    if not (d / "config.json").is_file():
-        os.replace(tmp, d)
+    _publish_dir(tmp, d)
     return d
 
 
@@ -347,9 +353,10 @@ def load_classifier(
     training=False: eval mode; ``adapter`` (a LoRA adapter folder, or a full model folder saved by
     full fine-tuning) is loaded onto the (possibly quantized) base.
 
-    ``info`` keys: backbone, source, revision, gguf_file, model_type, dtype, quantization,
-    attn_implementation, disable_softcapping, padding_side, pad_token_id, device, lora, adapter,
-    trainable_params, total_params, trainable_fraction.
+    ``info`` keys: backbone, source, revision, gguf_file, tokenizer, model_type, dtype, quantization,
+    attn_implementation, disable_softcapping, attn_logit_softcapping(_original), padding_side,
+    pad_token_id, pooling, device, lora, adapter, trainable_params, total_params, trainable_fraction,
+    head_init_std.
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 

@@ -363,11 +363,14 @@ def train_classifier(
     device: str | None = None,
     progress: bool = True,
     callbacks: list | None = None,
+    tokenizer_texts: list[str] | None = None,
 ) -> TrainResult:
     """Fine-tune ``model_cfg`` on ``train_df`` (evaluating on ``eval_df``); returns the adapter, metrics and the model.
 
     resume=True: a finished run with the same settings (``train_result.json``) is reloaded instead of
     retrained; an interrupted run continues from its latest checkpoint under ``out_dir/checkpoints``.
+    ``tokenizer_texts``: texts a ``bpe:`` tokenizer is trained on (default: this frame's texts); pass the whole
+    data set's texts so every fold shares one tokenizer (needed for fold-soup averaging).
     """
     from transformers import set_seed
 
@@ -381,6 +384,10 @@ def train_classifier(
         raise UserError(f"{out}: no training rows")
     max_length = train_cfg.max_length or render_cfg.max_length
     settings = _settings_hash(model_cfg, train_cfg, render_cfg, train_df, eval_df, seed, loss_fn)
+    if tokenizer_texts is not None:
+        from llm.loading import _texts_hash
+
+        settings = hashlib.sha256(f"{settings}:{_texts_hash([t for t in tokenizer_texts if isinstance(t, str)])}".encode()).hexdigest()[:16]
     done = out / RESULT_FILE
     adapter_dir = out / "adapter"
     if resume and done.is_file():
@@ -392,7 +399,8 @@ def train_classifier(
 
     set_seed(seed)
     model, tokenizer, info = load_classifier(
-        model_cfg, training=True, workdir=workdir, device=device, train_texts=frame_texts(train_df), seed=seed
+        model_cfg, training=True, workdir=workdir, device=device,
+        train_texts=list(tokenizer_texts) if tokenizer_texts is not None else frame_texts(train_df), seed=seed
     )
     rc = render_cfg
     where = str(out)

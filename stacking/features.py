@@ -51,8 +51,10 @@ _REFUSAL_GROUPS = tuple(
     for anchor in ("sorry", "apologi", "i can", "able to", "as an ai", "language model", "not appropriate", "i won't")
 )
 assert sorted(p for _, g in _REFUSAL_GROUPS for p in g) == sorted(REFUSAL_PHRASES)
-_HEADER = re.compile(r"^[ \t]{0,3}#{1,6}[ \t]", re.M)
-_LIST_ITEM = re.compile(r"^[ \t]*(?:[-*+\u2022]|\d{1,3}[.)])[ \t]", re.M)
+# line-start patterns written as "\n<pattern>" and matched on "\n" + text: the literal "\n" prefix lets the regex
+# engine jump between newlines instead of trying every position (3-4x faster than re.M with "^")
+_HEADER = re.compile(r"\n[ \t]{0,3}#{1,6}[ \t]")
+_LIST_ITEM = re.compile(r"\n[ \t]*(?:[-*+\u2022]|\d{1,3}[.)])[ \t]")
 _CLASSES = ("a", "b", "tie")
 _SOURCES = ("orig", "swap", "avg")
 CHUNK_ROWS = 2048
@@ -100,8 +102,8 @@ def text_stats(texts: list[str], docs: ByteDocs) -> dict[str, np.ndarray]:
         "tokens": docs.segment_sum(run_starts(word)) + docs.segment_sum(punct),
         "newlines": docs.segment_sum(docs.buf == 10) - 1.0,  # minus the separator
         "digits": docs.segment_sum(docs.digit_bytes()),
-        "headers": np.array([len(_HEADER.findall(t)) if "#" in t else 0 for t in texts], np.float64),
-        "list_items": np.array([len(_LIST_ITEM.findall(t)) for t in texts], np.float64),
+        "headers": np.array([len(_HEADER.findall("\n" + t)) if "#" in t else 0 for t in texts], np.float64),
+        "list_items": np.array([len(_LIST_ITEM.findall("\n" + t)) for t in texts], np.float64),
         "bold": np.array([t.count("**") // 2 for t in texts], np.float64),
         "code_blocks": np.array([t.count("```") // 2 for t in texts], np.float64),
         "urls": np.array([t.count("http://") + t.count("https://") for t in texts], np.float64),

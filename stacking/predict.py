@@ -55,8 +55,9 @@ class Stacker:
         """The feature table exactly as at training time (same TF-IDF fit and embedding model)."""
         return compute_features(df, student=student, embedder=self.embedder, tfidf=self.tfidf)
 
-    def predict_from_features(self, feats: pd.DataFrame, which: str, student: dict | None = None) -> np.ndarray:
-        """Calibrated probabilities float64[n,3] of model ``which`` ('stacker' or 'features_only') on a feature table."""
+    def predict_from_features(self, feats: pd.DataFrame, which: str, student: dict | None = None, calibrate: bool = True) -> np.ndarray:
+        """Probabilities float64[n,3] of model ``which`` ('stacker' or 'features_only') on a feature table;
+        ``calibrate=False`` skips the temperature (for reports)."""
         model = self.models.get(which)
         if model is None:
             raise UserError(f"{self.stack_dir / MANIFEST}: no '{which}' model in this stacker folder")
@@ -69,23 +70,26 @@ class Stacker:
             if missing:
                 raise UserError(f"{self.stack_dir / MANIFEST}: feature(s) {', '.join(missing[:5])} missing at prediction time")
             raw = predict_symmetric(model.booster, feats[model.features])
-        return apply_temperature(raw, model.temperature)
+        return apply_temperature(raw, model.temperature) if calibrate else raw
 
-    def predict(self, df: pd.DataFrame, student: dict | None = None) -> np.ndarray:
+    def predict(self, df: pd.DataFrame, student: dict | None = None, *, calibrate: bool = True) -> np.ndarray:
         """float64[n,3] (A wins, B wins, tie): the student stacker when ``student`` is given, else the features-only one."""
         if student is None or not self.has_student_model:
             if student is not None:
                 log.warning("%s has no student stacker (trained without student OOF); using the features-only model", self.stack_dir)
-            return self.predict_features_only(df)
-        return self.predict_from_features(self.features(df, student), "stacker", student)
+            return self.predict_features_only(df, calibrate=calibrate)
+        return self.predict_from_features(self.features(df, student), "stacker", student, calibrate=calibrate)
 
-    def predict_features_only(self, df: pd.DataFrame) -> np.ndarray:
+    def predict_features_only(self, df: pd.DataFrame, *, calibrate: bool = True) -> np.ndarray:
         """float64[n,3] from length/structure/similarity features alone (no student logits needed)."""
-        return self.predict_from_features(self.features(df, None), "features_only")
+        return self.predict_from_features(self.features(df, None), "features_only", calibrate=calibrate)
 
 
 def load_stacker(stack_dir: str | Path, *, embedding_model: str | None = None, embedding_cache_dir: str | Path | None = None, device: str | None = None) -> Stacker:
-    """Load ``<workdir>/stacking``. ``embedding_model`` overrides the trained one's path (same model, other location)."""
+    """Load ``<workdir>/stacking``. ``embedding_model`` overrides the trained one's path (same model, other location).
+
+    Embeddings are always cached in memory for the Stacker's lifetime; ``embedding_cache_dir`` also keeps them on disk
+    (None by default, so a read-only artifacts folder works)."""
     d = Path(stack_dir)
     path = d / MANIFEST
     if not path.is_file():

@@ -166,3 +166,36 @@ def test_missing_label_in_training_rows_is_a_user_error(tiny_llama_cfg, tiny_pai
     df.loc[2, "label"] = None
     with pytest.raises(UserError, match=r"row 2, column 'label'"):
         train_classifier(tiny_llama_cfg, _tc(max_steps=1), RENDER, df, None, tmp_path / "run", seed=0, workdir=tmp_path, progress=False)
+
+
+def test_length_grouped_sampler_is_seeded_per_epoch_and_groups_lengths():
+    from llm.train import EpochLengthGroupedSampler
+
+    lengths = list(np.random.default_rng(0).integers(5, 500, size=40))
+    s = EpochLengthGroupedSampler(8, lengths, seed=1)
+    e0 = list(s)
+    assert sorted(e0) == list(range(40)) and list(EpochLengthGroupedSampler(8, lengths, seed=1)) == e0
+    s.set_epoch(1)
+    e1 = list(s)
+    assert e1 != e0
+    s.set_epoch(0)
+    assert list(s) == e0  # a resumed run replays the epoch's order
+    assert lengths[e0[0]] == max(lengths)  # the longest row comes first (an OOM shows up at once)
+    for k in range(0, 40, 8):  # each megabatch (batch x accum rows) is sorted by length (HF swaps only the first row)
+        mb = [lengths[i] for i in e0[k + 1 : k + 8]]
+        assert mb == sorted(mb, reverse=True)
+
+
+def test_bpe_tokenizer_texts_can_be_shared_across_folds(tiny_llama_cfg, tiny_pairs, tmp_path):
+    from llm.train import frame_texts
+
+    cfg = tiny_llama_cfg.model_copy(update={"tokenizer": "bpe:300"})
+    texts = frame_texts(tiny_pairs)
+    tc = _tc(max_steps=1)
+    a = train_classifier(cfg, tc, RENDER, tiny_pairs.head(8), None, tmp_path / "f0", seed=0, workdir=tmp_path, progress=False,
+                         tokenizer_texts=texts)
+    b = train_classifier(cfg, tc, RENDER, tiny_pairs.iloc[8:16], None, tmp_path / "f1", seed=0, workdir=tmp_path, progress=False,
+                         tokenizer_texts=texts)
+    c = train_classifier(cfg, tc, RENDER, tiny_pairs.iloc[8:16], None, tmp_path / "f2", seed=0, workdir=tmp_path, progress=False)
+    assert a.tokenizer.get_vocab() == b.tokenizer.get_vocab()
+    assert c.tokenizer.get_vocab() != a.tokenizer.get_vocab()  # default: the fold's own texts

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from arena_kd import LABELS
 from arena_kd.config import load_config
 from arena_kd.pipeline import format_table, hard_student_config, length_only_lgbm, run_pipeline
 
@@ -111,3 +113,43 @@ def test_length_only_baseline_learns_the_longer_answer_wins_signal():
 def test_format_table_marks_missing_values():
     text = format_table([{"stage": "x", "log_loss": None, "accuracy": None, "note": "no test predictions"}])
     assert "| x | — | — | no test predictions |" in text
+
+
+# submission on the real smoke artifacts (no fakes): swap symmetry, tiny budget, broken student
+
+
+def _probs(path):
+    return pd.read_csv(path, dtype={"id": str}).set_index("id")
+
+
+def test_smoke_submission_valid_and_swap_symmetric(smoke_run, tmp_path):
+    smoke, _ = smoke_run
+    from submission.run import run_submission
+
+    res = run_submission(smoke, out=str(tmp_path / "a.csv"), progress=False)
+    assert res.counts == {"stacker+tta": 496}
+    a = _probs(tmp_path / "a.csv")
+    assert a.index.tolist() == pd.read_csv(ROOT / "data/sample/sample_submission.csv", dtype={"id": str})["id"].tolist()
+    p = a[list(LABELS)].to_numpy()
+    assert np.isfinite(p).all() and (p > 0).all() and (p < 1).all() and np.allclose(p.sum(1), 1)
+    test = pd.read_csv(ROOT / "data/sample/test.csv")
+    test.rename(columns={"response_a": "response_b", "response_b": "response_a"}).to_csv(tmp_path / "test.csv", index=False)
+    run_submission(smoke, test=str(tmp_path / "test.csv"), out=str(tmp_path / "b.csv"), progress=False)
+    b = _probs(tmp_path / "b.csv").loc[a.index]
+    assert np.abs(a[LABELS[0]].to_numpy() - b[LABELS[1]].to_numpy()).mean() < 0.02
+    assert np.abs(a[LABELS[2]].to_numpy() - b[LABELS[2]].to_numpy()).mean() < 0.02
+
+
+def test_smoke_tiny_budget_and_broken_student(smoke_run, tmp_path):
+    smoke, _ = smoke_run
+    from submission.run import run_submission
+
+    assert run_submission(smoke, out=str(tmp_path / "c.csv"), time_budget="1s", progress=False).counts == {"features_only+none": 496}
+    broken = tmp_path / "export"
+    shutil.copytree(smoke.workdir_path / "student/export", broken)
+    (broken / "model" / "config.json").write_text("{not json")
+    cfg = smoke.model_copy(deep=True)
+    cfg.submission.student_dir = str(broken)
+    res = run_submission(cfg, out=str(tmp_path / "d.csv"), progress=False)
+    assert res.counts == {"features_only+none": 496}
+    assert len(_probs(tmp_path / "d.csv")) == 496

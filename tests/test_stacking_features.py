@@ -205,3 +205,13 @@ def test_sentence_embedder_cuda_matches_cpu(tmp_path):
     cpu = SentenceEmbedder(str(model_dir), batch_size=3, max_length=32, device="cpu").encode(texts)
     gpu = SentenceEmbedder(str(model_dir), batch_size=3, max_length=32, device="cuda").encode(texts)
     np.testing.assert_allclose(gpu, cpu, atol=1e-4)
+
+
+def test_markdown_line_patterns():
+    from stacking.features import text_stats
+    from stacking.text_bytes import ByteDocs
+
+    texts = ["- a\n- b\n  * c\n1. x\n12) y\n\u2022 z\nnot-a-list\n1.5 no", "#no\n# yes\n   ## yes\n    # no\n####### no\ntext # no"]
+    st = text_stats(texts, ByteDocs.from_texts(texts))
+    assert st["list_items"].tolist() == [6, 0]
+    assert st["headers"].tolist() == [0, 2]

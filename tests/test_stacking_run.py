@@ -99,6 +99,10 @@ def test_run_stacking_with_student_resume_and_predict(tmp_path, capsys):
     assert p.shape == (30, 3) and np.allclose(p.sum(1), 1.0)
     np.testing.assert_allclose(stacker.predict(swap_frame(test), swap_student(st)), p[:, [1, 0, 2]], atol=1e-6)
     np.testing.assert_array_equal(load_stacker(out).predict(test, st), p)
+    from stacking.calibration import apply_temperature
+
+    raw = stacker.predict(test, st, calibrate=False)
+    np.testing.assert_allclose(apply_temperature(raw, manifest["models"]["stacker"]["temperature"]), p, rtol=1e-12)
     fo = stacker.predict_features_only(test)
     np.testing.assert_array_equal(stacker.predict(test, None), fo)
     assert not np.allclose(fo, p)
