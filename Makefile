@@ -20,7 +20,7 @@ export TOKENIZERS_PARALLELISM := false
 SET_ARGS := $(foreach s,$(SET),--set $(s))
 ARENA := $(BIN)/arena-kd
 
-.PHONY: setup setup-demo test teachers distill stack submission all bench clean help
+.PHONY: setup setup-demo test teachers distill stack submission all plan bench clean help
 
 help:
 	@echo "make all | test | setup | teachers | distill | stack | submission | bench | clean   (CONFIG=$(CONFIG))"
@@ -60,6 +60,9 @@ submission: setup-demo
 
 all: setup-demo
 	$(ARENA) all --config $(CONFIG) $(SET_ARGS)
+
+plan: setup
+	$(ARENA) plan --config $(CONFIG) $(SET_ARGS) $(if $(TEST),--test $(TEST)) --hardware $(or $(HARDWARE),t4x2)
 
 bench: setup-demo
 	$(BIN)/python benchmarks/run_all.py

@@ -66,6 +66,11 @@ class LoraConfig(_Strict):
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="Modules that get adapters; 'all-linear' = every attention and MLP projection."
     )
+    top_layers: int | None = Field(
+        None, ge=1, le=1024,
+        description="Adapters only in the last N transformer layers (null = all). Backward then stops at layer L-N: "
+        "much cheaper training (CPU demo), less capacity.",
+    )
 
 
 class ModelConfig(_Strict):

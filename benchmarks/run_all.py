@@ -27,6 +27,7 @@ BENCHMARKS = [
     ("render.py", []),
     ("features.py", []),
     ("padding.py", []),
+    ("submission_budget.py", []),
     ("cpu_throughput.py", []),
     ("gpu_throughput.py", []),
 ]

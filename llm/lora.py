@@ -26,12 +26,37 @@ def apply_lora(model, settings: LoraSettings):
         r=settings.r,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
-        target_modules=settings.target_modules,
+        target_modules=_target_modules(model, settings),
+        layers_to_transform=_top_layers(model, settings.top_layers),
     )
     try:
         return get_peft_model(model, cfg)
     except ValueError as exc:
         raise UserError(f"model.lora.target_modules={settings.target_modules!r}: {str(exc).splitlines()[0]}") from None
+
+
+def _target_modules(model, settings: LoraSettings):
+    """peft refuses 'all-linear' together with layers_to_transform: spell out the layers' linear projections then."""
+    if settings.top_layers is None or settings.target_modules != "all-linear":
+        return settings.target_modules
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, mod in model.named_modules()
+        if isinstance(mod, torch.nn.Linear) and ".layers." in f".{name}"
+    }
+    if not names:
+        raise UserError("model.lora.top_layers: found no linear projections inside '<...>.layers.<i>' modules")
+    return sorted(names)
+
+
+def _top_layers(model, n: int | None) -> list[int] | None:
+    """Indices of the last ``n`` transformer layers (peft ``layers_to_transform``), or None for all."""
+    if n is None:
+        return None
+    total = getattr(model.config, "num_hidden_layers", None)
+    if not total:
+        raise UserError(f"model.lora.top_layers={n}: the backbone config has no num_hidden_layers")
+    return list(range(max(0, total - n), total))
 
 
 def count_parameters(model) -> tuple[int, int]:

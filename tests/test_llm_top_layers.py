@@ -1,0 +1,51 @@
+"""lora.top_layers: adapters only in the last N layers (cheap CPU training for the demo)."""
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, LlamaConfig
+
+from arena_kd.config import LoraConfig
+from arena_kd.errors import UserError
+from llm.lora import apply_lora
+
+
+def _model(layers=4):
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                      num_attention_heads=2, num_key_value_heads=1, num_labels=3, pad_token_id=0)
+    return AutoModelForSequenceClassification.from_config(cfg)
+
+
+def _trainable_layers(model):
+    return sorted({int(n.split(".layers.")[1].split(".")[0]) for n, p in model.named_parameters()
+                   if p.requires_grad and ".layers." in n})
+
+
+def test_top_layers_limits_adapters_and_keeps_the_head():
+    m = apply_lora(_model(), LoraConfig(r=4, alpha=8, top_layers=1))
+    assert _trainable_layers(m) == [3]
+    names = [n for n, p in m.named_parameters() if p.requires_grad]
+    assert any("score" in n for n in names)
+    assert any("mlp.down_proj.lora_A" in n for n in names) and any("self_attn.q_proj.lora_B" in n for n in names)
+
+
+def test_all_layers_by_default():
+    m = apply_lora(_model(), LoraConfig(r=4, alpha=8))
+    assert _trainable_layers(m) == [0, 1, 2, 3]
+
+
+def test_top_layers_stops_backward_below_the_adapted_layers():
+    m = apply_lora(_model(), LoraConfig(r=4, alpha=8, top_layers=2))
+    needs_grad = {}
+    layers = m.base_model.model.model.layers
+    for i, layer in enumerate(layers):
+        layer.register_forward_hook(lambda mod, inp, out, i=i: needs_grad.__setitem__(i, (out[0] if isinstance(out, tuple) else out).requires_grad))
+    out = m(input_ids=torch.randint(1, 100, (2, 8)), labels=torch.tensor([0, 2]))
+    out.loss.backward()
+    # layers 0-1 have no trainable parameters and no grad-requiring input: autograd never walks through them
+    assert needs_grad == {0: False, 1: False, 2: True, 3: True}
+
+
+def test_top_layers_more_than_the_model_has_means_all():
+    m = apply_lora(_model(3), LoraConfig(r=4, alpha=8, top_layers=10))
+    assert _trainable_layers(m) == [0, 1, 2]
