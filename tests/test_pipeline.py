@@ -15,14 +15,21 @@ from arena_kd.config import load_config
 from arena_kd.pipeline import format_table, hard_student_config, length_only_lgbm, run_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
+TEST_ROWS = 96
 
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
-    work = tmp_path_factory.mktemp("pipeline") / "work"
+    base = tmp_path_factory.mktemp("pipeline")
+    work = base / "work"
+    # the first TEST_ROWS rows of the sample's test split (the whole split costs minutes on CPU)
+    for name in ("test.csv", "test_labels.csv", "sample_submission.csv"):
+        pd.read_csv(ROOT / "data/sample" / name).head(TEST_ROWS).to_csv(base / name, index=False)
     cfg = load_config(
         ROOT / "configs" / "smoke.yaml",
-        [f"workdir={work}", f"data.extra=[{ROOT / 'data/sample/test.csv'}]", "teachers.predict_extra=true"],
+        [f"workdir={work}", f"data.test={base / 'test.csv'}", f"data.test_labels={base / 'test_labels.csv'}",
+         f"data.sample_submission={base / 'sample_submission.csv'}",
+         f"data.extra=[{base / 'test.csv'}]", "teachers.predict_extra=true"],
     )
     report = run_pipeline(cfg)
     return cfg, report
@@ -71,7 +78,8 @@ def test_report_covers_every_stage_with_finite_numbers(smoke_run):
 def test_submission_is_valid_and_in_sample_order(smoke_run):
     cfg, _ = smoke_run
     sub = pd.read_csv(cfg.workdir_path / "submission.csv", dtype={"id": str})
-    sample = pd.read_csv(ROOT / "data/sample/sample_submission.csv", dtype={"id": str})
+    sample = pd.read_csv(cfg.data.sample_submission, dtype={"id": str})
+    assert len(sample) == TEST_ROWS
     assert sub["id"].tolist() == sample["id"].tolist()
     p = sub[["winner_model_a", "winner_model_b", "winner_tie"]].to_numpy()
     assert np.isfinite(p).all() and (p > 0).all() and (p < 1).all()
@@ -127,12 +135,12 @@ def test_smoke_submission_valid_and_swap_symmetric(smoke_run, tmp_path):
     from submission.run import run_submission
 
     res = run_submission(smoke, out=str(tmp_path / "a.csv"), progress=False)
-    assert res.counts == {"stacker+tta": 496}
+    assert res.counts == {"stacker+tta": TEST_ROWS}
     a = _probs(tmp_path / "a.csv")
-    assert a.index.tolist() == pd.read_csv(ROOT / "data/sample/sample_submission.csv", dtype={"id": str})["id"].tolist()
+    assert a.index.tolist() == pd.read_csv(smoke.data.sample_submission, dtype={"id": str})["id"].tolist()
     p = a[list(LABELS)].to_numpy()
     assert np.isfinite(p).all() and (p > 0).all() and (p < 1).all() and np.allclose(p.sum(1), 1)
-    test = pd.read_csv(ROOT / "data/sample/test.csv")
+    test = pd.read_csv(smoke.data.test)
     test.rename(columns={"response_a": "response_b", "response_b": "response_a"}).to_csv(tmp_path / "test.csv", index=False)
     run_submission(smoke, test=str(tmp_path / "test.csv"), out=str(tmp_path / "b.csv"), progress=False)
     b = _probs(tmp_path / "b.csv").loc[a.index]
@@ -144,12 +152,12 @@ def test_smoke_tiny_budget_and_broken_student(smoke_run, tmp_path):
     smoke, _ = smoke_run
     from submission.run import run_submission
 
-    assert run_submission(smoke, out=str(tmp_path / "c.csv"), time_budget="1s", progress=False).counts == {"features_only+none": 496}
+    assert run_submission(smoke, out=str(tmp_path / "c.csv"), time_budget="1s", progress=False).counts == {"features_only+none": TEST_ROWS}
     broken = tmp_path / "export"
     shutil.copytree(smoke.workdir_path / "student/export", broken)
     (broken / "model" / "config.json").write_text("{not json")
     cfg = smoke.model_copy(deep=True)
     cfg.submission.student_dir = str(broken)
     res = run_submission(cfg, out=str(tmp_path / "d.csv"), progress=False)
-    assert res.counts == {"features_only+none": 496}
-    assert len(_probs(tmp_path / "d.csv")) == 496
+    assert res.counts == {"features_only+none": TEST_ROWS}
+    assert len(_probs(tmp_path / "d.csv")) == TEST_ROWS
