@@ -26,6 +26,7 @@ from arena_kd.errors import UserError
 from teachers.dist import main_write
 from arena_kd.io import atomic_write_json, read_keyed_table, write_keyed_table
 from arena_kd.metrics import accuracy, log_loss, softmax
+from llm.train import frame_texts
 from student.export import render_settings
 from student.losses import make_loss_fn
 from student.soft_labels import SoftLabels, attach_teacher_logits, load_soft_labels
@@ -70,6 +71,7 @@ def _oof_stage(cfg, data: TrainingData, frame: pd.DataFrame, soft: SoftLabels | 
         tta, meta, _ = train_and_predict(
             s.model, s.train, s.predict, cfg.render, train_df, valid_df, fold_dir,
             seed=cfg.seed + k, workdir=cfg.workdir, loss_fn=loss_fn,
+            tokenizer_texts=frame_texts(data.frame),
         )
         return tta, meta
 
@@ -128,7 +130,8 @@ def _final_stage(cfg, frame: pd.DataFrame, hashes: dict[str, str], loss_fn, *, f
 
         print(f"[student] final: training on all {len(frame)} rows")
         eval_df = frame.head(min(len(frame), 64)).reset_index(drop=True)  # no held-out rows exist in full mode
-        result = train_classifier(s.model, s.train, cfg.render, frame, eval_df, fdir / "run", seed=cfg.seed, workdir=cfg.workdir, loss_fn=loss_fn)
+        result = train_classifier(s.model, s.train, cfg.render, frame, eval_df, fdir / "run", seed=cfg.seed, workdir=cfg.workdir, loss_fn=loss_fn,
+                                  tokenizer_texts=frame_texts(frame))
         adapter = Path(result.adapter_dir)
         in_memory = (result.model, result.tokenizer)
         from teachers.kfold import remove_checkpoints

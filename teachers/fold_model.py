@@ -46,6 +46,7 @@ def train_and_predict(
     workdir: str | Path,
     loss_fn: Callable | None = None,
     also_predict: pd.DataFrame | None = None,
+    tokenizer_texts: list[str] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any], Any]:
     """Fine-tune on ``train_df`` (eval on ``valid_df``), predict ``valid_df`` with TTA.
 
@@ -54,7 +55,8 @@ def train_and_predict(
     from llm.train import train_classifier
 
     result = train_classifier(
-        model_cfg, train_cfg, render_cfg, train_df, valid_df, out_dir, seed=seed, workdir=workdir, loss_fn=loss_fn
+        model_cfg, train_cfg, render_cfg, train_df, valid_df, out_dir, seed=seed, workdir=workdir, loss_fn=loss_fn,
+        tokenizer_texts=tokenizer_texts,  # one bpe: tokenizer for every fold (fold soup needs a shared vocabulary)
     )
     model, tokenizer = result.model, result.tokenizer
     if hasattr(model, "eval"):

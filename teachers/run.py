@@ -26,6 +26,7 @@ from teachers.dist import main_write
 from arena_kd.io import file_hash, read_keyed_table, write_keyed_table
 from arena_kd.metrics import accuracy, log_loss
 from teachers.combine import combine_logits, resolve_weights, teacher_probs, temper_logits
+from llm.train import frame_texts
 from teachers.fold_model import train_and_predict
 from teachers.kfold import FaultInjector, check_hashes, fold_metrics, run_folds
 from teachers.offline import LOGIT_NAMES, align_logits, read_teacher_logits
@@ -87,6 +88,7 @@ def _model_teacher(cfg: PipelineConfig, t: TeacherConfig, data: TrainingData, ex
         tta, meta, extra_pred = train_and_predict(
             t.model, t.train, t.predict, cfg.render, train_df, valid_df, fold_dir,
             seed=cfg.seed + k, workdir=cfg.workdir, also_predict=extra,
+            tokenizer_texts=frame_texts(data.frame),
         )
         if extra_pred is not None:  # written before the fold file, so a finished fold always has its extra file
             from teachers.kfold import tta_frame

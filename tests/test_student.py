@@ -38,7 +38,7 @@ class FakeTrainer:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, model_cfg, train_cfg, predict_cfg, render_cfg, train_df, valid_df, out_dir, *, seed, workdir, loss_fn=None, also_predict=None):
+    def __call__(self, model_cfg, train_cfg, predict_cfg, render_cfg, train_df, valid_df, out_dir, *, seed, workdir, loss_fn=None, also_predict=None, tokenizer_texts=None):
         tl = train_df["teacher_logits"].iloc[0] if "teacher_logits" in train_df.columns else None
         self.calls.append({"rows": len(train_df), "teacher_shape": None if tl is None else np.asarray(tl).shape, "loss_fn": loss_fn})
         if loss_fn is not None:  # the loss the student trains with works on a batch built from the frame

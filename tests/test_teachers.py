@@ -42,7 +42,7 @@ class FakeTrainer:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, model_cfg, train_cfg, predict_cfg, render_cfg, train_df, valid_df, out_dir, *, seed, workdir, loss_fn=None, also_predict=None):
+    def __call__(self, model_cfg, train_cfg, predict_cfg, render_cfg, train_df, valid_df, out_dir, *, seed, workdir, loss_fn=None, also_predict=None, tokenizer_texts=None):
         self.calls.append((model_cfg.random_init["model_type"], seed, len(train_df)))
         Path(out_dir, "checkpoints", "checkpoint-1").mkdir(parents=True, exist_ok=True)  # must be cleaned up
         lg = _fake_logits(valid_df["id"], model_cfg.random_init["model_type"] + train_cfg.model_dump_json())
