@@ -85,6 +85,10 @@ class ModelConfig(_Strict):
     quantization: Literal["none", "8bit", "4bit"] = Field("none", description="bitsandbytes base quantization. 4bit = NF4 double-quant (QLoRA); 8bit is faster and better than 4bit on T4 for inference.")
     attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = Field("auto", description="auto: eager for Gemma2 (softcapping), sdpa otherwise.")
     disable_softcapping: bool = Field(False, description="Gemma2: turn attention logit softcapping off (3rd place gained from it).")
+    num_layers: int | None = Field(
+        None, ge=1, le=1024,
+        description="Keep only the first N transformer layers of the backbone (layer-pruned student: faster, weaker); null = all.",
+    )
     gradient_checkpointing: bool = Field(True, description="Trade ~30% compute for much less activation memory.")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings.")
     head_init_std: float = Field(0.02, gt=0, le=1, description="Std of the re-initialised 3-way classification head.")

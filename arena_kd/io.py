@@ -91,6 +91,21 @@ def read_keyed_table(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     return df, meta
 
 
+def jsonable(obj: Any) -> Any:
+    """Metrics/metadata → plain JSON types (numpy and torch scalars unwrapped, small tensors as lists, rest as str)."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, (int, float, str, bool)) or obj is None:
+        return obj
+    if hasattr(obj, "numel") and hasattr(obj, "tolist"):  # torch tensor
+        return obj.item() if obj.numel() == 1 else obj.tolist()
+    if hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:  # numpy scalar
+        return obj.item()
+    return str(obj)
+
+
 def file_hash(path: str | Path, n: int = 16) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -319,6 +320,44 @@ def reinit_head(model, std: float, seed: int | None = None) -> None:
             head.bias.zero_()
 
 
+def dequantized_gguf(source: str, gguf_file: str, workdir: str | Path) -> Path:
+    """Plain safetensors copy of a GGUF checkpoint under ``<workdir>/gguf/<name>-<hash>/`` (built once, atomically)."""
+    from transformers import AutoModelForCausalLM
+
+    gguf_path = Path(source) / gguf_file
+    key = hashlib.sha256(f"{gguf_path.resolve()}:{gguf_path.stat().st_size if gguf_path.exists() else 0}".encode()).hexdigest()[:12]
+    final = Path(workdir) / "gguf" / f"{Path(gguf_file).stem}-{key}"
+    if (final / "config.json").is_file():
+        return final
+    try:
+        lm = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=torch.float32)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"model.gguf_file: cannot load '{gguf_path}': {str(exc).splitlines()[0]}") from None
+    if hasattr(lm.config, "quantization_config"):
+        del lm.config.quantization_config
+    lm.hf_quantizer = None
+    lm.is_quantized = False
+    tmp = final.with_name(final.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    lm.save_pretrained(tmp)
+    _publish_dir(tmp, final)
+    return final
+
+
+def _prune_layers(config, num_layers: int | None) -> None:
+    """Keep the first ``num_layers`` transformer layers (layer pruning): the rest are never loaded."""
+    if num_layers is None:
+        return
+    total = getattr(config, "num_hidden_layers", None)
+    if total is None:
+        raise UserError(f"model.num_layers={num_layers}: the backbone config has no num_hidden_layers")
+    if num_layers > total:
+        raise UserError(f"model.num_layers={num_layers}: the backbone has only {total} layers")
+    config.num_hidden_layers = num_layers
+    if isinstance(getattr(config, "layer_types", None), list):  # per-layer attention kinds (Gemma2, Llama in transformers 5)
+        config.layer_types = config.layer_types[:num_layers]
+
+
 def _backbone_source(model_cfg: ModelConfig, tokenizer, workdir) -> str:
     if model_cfg.backbone == "random":
         return str(random_backbone_dir(model_cfg, len(tokenizer), tokenizer.pad_token_id, workdir))
@@ -380,7 +419,9 @@ def load_classifier(
     is_local = Path(source).exists()
     common: dict[str, Any] = {}
     if model_cfg.gguf_file and adapter_kind != "full":
-        common["gguf_file"] = model_cfg.gguf_file
+        # dequantise once into a plain HF folder: later loads take seconds, and HF Trainer refuses GGUF-flagged models
+        source = str(dequantized_gguf(source, model_cfg.gguf_file, workdir))
+        is_local = True
     if model_cfg.revision and not is_local:
         common["revision"] = model_cfg.revision
     try:
@@ -400,6 +441,7 @@ def load_classifier(
         config.attn_logit_softcapping = None
     if hasattr(config, "use_cache"):
         config.use_cache = False
+    _prune_layers(config, model_cfg.num_layers)
 
     qconf = quantization_config(model_cfg.quantization, dtype)
     kwargs: dict[str, Any] = dict(config=config, dtype=dtype, **common)

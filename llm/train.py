@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from arena_kd.io import jsonable
 from arena_kd.config import ModelConfig, RenderConfig, TrainConfig
 from arena_kd.errors import UserError
 from arena_kd.io import atomic_write_json
@@ -483,7 +484,7 @@ def train_classifier(
     info = {**info, "max_length": max_length, "render": rc.model_dump(mode="json"), "seed": seed}
     if trainer.is_world_process_zero():
         save_adapter(model, adapter_dir, tokenizer, info)
-        atomic_write_json(done, {"settings": settings, "metrics": _jsonable(metrics), "adapter_dir": str(adapter_dir)})
+        atomic_write_json(done, {"settings": settings, "metrics": jsonable(metrics), "adapter_dir": str(adapter_dir)})
     return TrainResult(adapter_dir, metrics, model, tokenizer, info)
 
 
@@ -491,15 +492,3 @@ def _render(df: pd.DataFrame, tokenizer, max_length: int, rc: RenderConfig, swap
     from data.render import render_batch
 
     return render_batch(df, tokenizer, max_length, rc.truncation, rc.prompt_fraction, swap=swap, template=rc.template)
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if torch.is_tensor(obj):
-        return obj.item() if obj.numel() == 1 else obj.tolist()
-    return obj

@@ -8,6 +8,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from arena_kd.io import jsonable
 from arena_kd.config import ModelConfig, PredictConfig, RenderConfig, TrainConfig
 
 
@@ -65,18 +66,6 @@ def train_and_predict(
     extra = predict_rows(model, tokenizer, also_predict, predict_cfg, render_cfg) if also_predict is not None and len(also_predict) else None
     meta = {
         "adapter_dir": str(result.adapter_dir) if result.adapter_dir is not None else None,
-        "train_metrics": _jsonable(result.metrics),
+        "train_metrics": jsonable(result.metrics),
     }
     return tta, meta, extra
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, (int, float, str, bool)) or obj is None:
-        return obj
-    return str(obj)

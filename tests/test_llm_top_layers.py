@@ -49,3 +49,24 @@ def test_top_layers_stops_backward_below_the_adapted_layers():
 def test_top_layers_more_than_the_model_has_means_all():
     m = apply_lora(_model(3), LoraConfig(r=4, alpha=8, top_layers=10))
     assert _trainable_layers(m) == [0, 1, 2]
+
+
+def test_num_layers_prunes_a_pretrained_backbone(tmp_path):
+    """model.num_layers keeps the first N layers of a saved backbone, with the same weights as the full model."""
+    from arena_kd.config import ModelConfig
+    from llm.loading import load_classifier
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({"[PAD]": 0, "[UNK]": 1, "a": 2, "b": 3}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]")
+    full = _model(4)
+    full.save_pretrained(tmp_path / "m")
+    fast.save_pretrained(tmp_path / "m")
+    cfg = ModelConfig(backbone=str(tmp_path / "m"), num_layers=2, lora={"enabled": False}, gradient_checkpointing=False)
+    pruned, _, _ = load_classifier(cfg, training=False, workdir=tmp_path / "w")
+    assert pruned.config.num_hidden_layers == 2 and len(pruned.model.layers) == 2
+    torch.testing.assert_close(pruned.model.layers[1].mlp.up_proj.weight, full.model.layers[1].mlp.up_proj.weight)
+    with pytest.raises(UserError, match="only 4 layers"):
+        load_classifier(ModelConfig(backbone=str(tmp_path / "m"), num_layers=9), training=False, workdir=tmp_path / "w")
