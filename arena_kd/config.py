@@ -106,7 +106,7 @@ class TrainConfig(_Strict):
     swap_augmentation: Literal["none", "random", "both"] = Field(
         "both", description="none; random: each row swapped with p=0.5; both: both orientations in the same step (+0.003 reported)."
     )
-    eval_steps: int = Field(0, ge=0, description="Evaluate on the held-out fold every N steps (0 = at the end only).")
+    eval_steps: int = Field(0, ge=0, description="Trainer evaluation on the held-out fold every N steps (0 = none: the fold is predicted with TTA after training anyway).")
     logging_steps: int = Field(10, ge=1, description="Log metrics every N steps.")
     save_steps: int = Field(0, ge=0, description="Checkpoint every N steps for resume (0 = no intermediate checkpoints).")
     group_by_length: bool = Field(True, description="Length-grouped batches: less padding, faster.")

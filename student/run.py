@@ -129,7 +129,8 @@ def _final_stage(cfg, frame: pd.DataFrame, hashes: dict[str, str], loss_fn, *, f
         from llm.train import train_classifier
 
         print(f"[student] final: training on all {len(frame)} rows")
-        eval_df = frame.head(min(len(frame), 64)).reset_index(drop=True)  # no held-out rows exist in full mode
+        # no held-out rows exist in full mode: evaluate (on training rows, a sanity check) only when asked to
+        eval_df = frame.head(min(len(frame), 64)).reset_index(drop=True) if s.train.eval_steps else None
         result = train_classifier(s.model, s.train, cfg.render, frame, eval_df, fdir / "run", seed=cfg.seed, workdir=cfg.workdir, loss_fn=loss_fn,
                                   tokenizer_texts=frame_texts(frame))
         adapter = Path(result.adapter_dir)

@@ -55,8 +55,11 @@ def train_and_predict(
     """
     from llm.train import train_classifier
 
+    # The held-out fold is predicted (with TTA) right below; an end-of-training Trainer evaluation on the same
+    # rows would only repeat that work, so the Trainer evaluates only when periodic evaluation is asked for.
+    eval_df = valid_df if train_cfg.eval_steps else None
     result = train_classifier(
-        model_cfg, train_cfg, render_cfg, train_df, valid_df, out_dir, seed=seed, workdir=workdir, loss_fn=loss_fn,
+        model_cfg, train_cfg, render_cfg, train_df, eval_df, out_dir, seed=seed, workdir=workdir, loss_fn=loss_fn,
         tokenizer_texts=tokenizer_texts,  # one bpe: tokenizer for every fold (fold soup needs a shared vocabulary)
     )
     model, tokenizer = result.model, result.tokenizer
