@@ -1,7 +1,6 @@
 """student/: soft-label join, k-fold OOF, resume, alpha=0 ablation, export save/reload (full precision and 8/4-bit)."""
 
 import copy
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from arena_kd.config import load_config
 from arena_kd.errors import UserError
 from arena_kd.io import read_keyed_table
 from teachers.kfold import FAULT_ENV, InjectedFault
+from _fakes import fake_logits
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -24,12 +24,6 @@ def _cfg(tmp_path, *sets):
     return load_config(SMOKE, [f"workdir={tmp_path / 'work'}", "data.max_rows=24", "student.final=none", *sets])
 
 
-def _fake_logits(ids, name):
-    out = np.empty((len(ids), 3), dtype=np.float32)
-    for i, x in enumerate(ids):
-        h = hashlib.sha256(f"{name}:{x}".encode()).digest()
-        out[i] = np.frombuffer(h[:12], dtype=np.uint32) / 2**32 * 4 - 2
-    return out
 
 
 class FakeTrainer:
@@ -48,7 +42,7 @@ class FakeTrainer:
                 batch["teacher_logits"] = torch.tensor(np.stack(train_df["teacher_logits"].iloc[:4].to_list()))
             loss, terms = loss_fn(torch.zeros(4, 3), batch)
             assert torch.isfinite(loss) and set(terms) == {"ce", "kl"}
-        lg = _fake_logits(valid_df["id"], model_cfg.random_init["model_type"])
+        lg = fake_logits(valid_df["id"], model_cfg.random_init["model_type"])
         return {"orig": lg + 0.1, "swap": lg - 0.1, "avg": lg}, {"adapter_dir": str(out_dir), "train_metrics": {}}, None
 
 

@@ -4,7 +4,6 @@ Most tests replace the llm fine-tuning of one fold by a deterministic fake (fast
 the real llm/ engine on the tiny random models of configs/smoke.yaml.
 """
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from arena_kd.metrics import log_loss, softmax
 from teachers.combine import fit_weights, mixture_log_loss, teacher_probs
 from teachers.kfold import FAULT_ENV, InjectedFault
 from teachers.offline import read_teacher_logits
+from _fakes import fake_logits
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -28,12 +28,6 @@ def _cfg(tmp_path, *sets):
     return load_config(SMOKE, [f"workdir={tmp_path / 'work'}", "data.max_rows=24", *sets])
 
 
-def _fake_logits(ids, name: str) -> np.ndarray:
-    out = np.empty((len(ids), 3), dtype=np.float32)
-    for i, x in enumerate(ids):
-        h = hashlib.sha256(f"{name}:{x}".encode()).digest()
-        out[i] = np.frombuffer(h[:12], dtype=np.uint32) / 2**32 * 4 - 2
-    return out
 
 
 class FakeTrainer:
@@ -45,9 +39,9 @@ class FakeTrainer:
     def __call__(self, model_cfg, train_cfg, predict_cfg, render_cfg, train_df, valid_df, out_dir, *, seed, workdir, loss_fn=None, also_predict=None, tokenizer_texts=None):
         self.calls.append((model_cfg.random_init["model_type"], seed, len(train_df)))
         Path(out_dir, "checkpoints", "checkpoint-1").mkdir(parents=True, exist_ok=True)  # must be cleaned up
-        lg = _fake_logits(valid_df["id"], model_cfg.random_init["model_type"] + train_cfg.model_dump_json())
+        lg = fake_logits(valid_df["id"], model_cfg.random_init["model_type"] + train_cfg.model_dump_json())
         tta = {"orig": lg + 0.1, "swap": lg - 0.1, "avg": lg}
-        extra = None if also_predict is None else {k: _fake_logits(also_predict["id"], "x") for k in ("orig", "swap", "avg")}
+        extra = None if also_predict is None else {k: fake_logits(also_predict["id"], "x") for k in ("orig", "swap", "avg")}
         return tta, {"adapter_dir": str(out_dir), "train_metrics": {}}, extra
 
 
@@ -139,7 +133,7 @@ def test_offline_logits_teacher_and_coverage(tmp_path, fake):
     from teachers.training_data import load_training_data
 
     ids = load_training_data(_cfg(tmp_path)).frame["id"]
-    probs = softmax(_fake_logits(ids, "offline"))
+    probs = softmax(fake_logits(ids, "offline"))
     good = tmp_path / "offline.csv"
     pd.DataFrame({"id": ids, "winner_model_a": probs[:, 0], "winner_model_b": probs[:, 1], "winner_tie": probs[:, 2]}).to_csv(good, index=False)
     trun.run_teachers(_offline_cfg(tmp_path, good))
@@ -149,7 +143,7 @@ def test_offline_logits_teacher_and_coverage(tmp_path, fake):
     assert np.allclose(np.exp(got), probs, atol=1e-5)
 
     missing = tmp_path / "missing.parquet"
-    lg = _fake_logits(ids, "offline")
+    lg = fake_logits(ids, "offline")
     pd.DataFrame({"id": ids[3:], "logit_a": lg[3:, 0], "logit_b": lg[3:, 1], "logit_tie": lg[3:, 2]}).to_parquet(missing)
     with pytest.raises(UserError, match=r"missing.parquet: 3 of 24 training ids have no teacher logits \(e\.g\. "):
         trun.run_teachers(_offline_cfg(tmp_path, missing))
