@@ -31,7 +31,7 @@ from student.export import render_settings
 from student.losses import make_loss_fn
 from student.soft_labels import SoftLabels, attach_teacher_logits, load_soft_labels
 from teachers.fold_model import train_and_predict
-from teachers.kfold import ORIG_COLUMNS, SWAP_COLUMNS, FaultInjector, check_hashes, fold_path, run_folds
+from teachers.kfold import ORIG_COLUMNS, SWAP_COLUMNS, FaultInjector, check_hashes, fold_path, model_meta, run_folds
 from teachers.offline import LOGIT_NAMES
 from teachers.training_data import TrainingData, load_training_data
 
@@ -92,12 +92,7 @@ def _oof_stage(cfg, data: TrainingData, frame: pd.DataFrame, soft: SoftLabels | 
     _print_compare("overall", overall, t_overall)
     meta = {
         "stage": "student",
-        "backbone": s.model.backbone,
-        "revision": s.model.revision,
-        "quantization": s.model.quantization,
-        "train_max_length": s.train.max_length or cfg.render.max_length,
-        "predict_max_length": s.predict.max_length or cfg.render.max_length,
-        "tta": s.predict.tta,
+        **model_meta(s.model, s.train, s.predict, cfg.render),
         "distill": s.distill.model_dump(mode="json"),
         "hashes": hashes,
         "per_fold": per_fold,

@@ -74,6 +74,19 @@ def fold_is_done(path: Path, hashes: dict[str, str], force: bool) -> bool:
     return True
 
 
+def model_meta(model_cfg, train_cfg, predict_cfg, render_cfg) -> dict[str, Any]:
+    """What an OOF sidecar records about the model that produced it (shared by teachers and student)."""
+    return {
+        "backbone": model_cfg.backbone,
+        "revision": model_cfg.revision,
+        "gguf_file": model_cfg.gguf_file,
+        "quantization": model_cfg.quantization,
+        "train_max_length": train_cfg.max_length or render_cfg.max_length,
+        "predict_max_length": predict_cfg.max_length or render_cfg.max_length,
+        "tta": predict_cfg.tta,
+    }
+
+
 def fold_metrics(labels: np.ndarray, logits: np.ndarray) -> dict[str, float]:
     """Log loss + accuracy of [n,3] logits against int labels."""
     p = softmax(logits)

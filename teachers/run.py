@@ -28,7 +28,7 @@ from arena_kd.metrics import accuracy, log_loss
 from teachers.combine import combine_logits, resolve_weights, teacher_probs, temper_logits
 from llm.train import frame_texts
 from teachers.fold_model import train_and_predict
-from teachers.kfold import FaultInjector, check_hashes, fold_metrics, run_folds
+from teachers.kfold import FaultInjector, check_hashes, fold_metrics, model_meta, run_folds
 from teachers.offline import LOGIT_NAMES, align_logits, read_teacher_logits
 from teachers.training_data import TrainingData, load_training_data
 
@@ -108,13 +108,7 @@ def _model_teacher(cfg: PipelineConfig, t: TeacherConfig, data: TrainingData, ex
     meta = {
         "teacher": t.name,
         "source": "model",
-        "backbone": t.model.backbone,
-        "revision": t.model.revision,
-        "gguf_file": t.model.gguf_file,
-        "quantization": t.model.quantization,
-        "train_max_length": t.train.max_length or cfg.render.max_length,
-        "predict_max_length": t.predict.max_length or cfg.render.max_length,
-        "tta": t.predict.tta,
+        **model_meta(t.model, t.train, t.predict, cfg.render),
         "hashes": hashes,
         "per_fold": per_fold,
         "overall": _overall(data.frame, oof),
