@@ -265,10 +265,12 @@ def random_backbone_dir(model_cfg: ModelConfig, vocab_size: int, pad_token_id: i
 # --------------------------------------------------------------------------- quantization
 
 
-def quantization_config(kind: str, compute_dtype: torch.dtype):
+def quantization_config(kind: str, compute_dtype: torch.dtype, storage_dtype: torch.dtype | None = None):
     """BitsAndBytesConfig for '8bit' / '4bit' (NF4, double quant, compute + storage dtype); None for 'none'.
 
-    The classification head is never quantized (it is trained / saved in full precision).
+    The classification head is never quantized (it is trained / saved in full precision). ``storage_dtype``
+    (default: the compute dtype) is the dtype the packed 4-bit bytes are stored as; under FSDP it must equal the
+    dtype of the other sharded parameters (``llm.placement.sharded_storage_dtype``).
     """
     if kind == "none":
         return None
@@ -281,9 +283,26 @@ def quantization_config(kind: str, compute_dtype: torch.dtype):
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=compute_dtype,
-        bnb_4bit_quant_storage=compute_dtype,
+        bnb_4bit_quant_storage=storage_dtype or compute_dtype,
         llm_int8_skip_modules=list(HEAD_NAMES),
     )
+
+
+def keep_bnb_4bit_layout_on_cpu(model) -> int:
+    """Stop bitsandbytes from repacking 4-bit weights for its AVX512-BF16 CPU kernel; returns the layers touched.
+
+    bitsandbytes (0.50.2 measured) repacks a ``Linear4bit`` the first time it runs in eval mode without grad on a
+    CPU with AVX512-BF16. The repack (a) crashes on layers narrower than the quantization block
+    ("shape '[32, 0]' is invalid", seen on the tiny test models) and (b) stores the block scales in bf16, so the
+    same weights predict differently after training than during it. CPU runs are for tests and rehearsals, where
+    agreement with the trained model matters more than the kernel's speed; CUDA is untouched.
+    """
+    touched = 0
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+            touched += 1
+    return touched
 
 
 # --------------------------------------------------------------------------- model
@@ -443,21 +462,27 @@ def load_classifier(
         config.use_cache = False
     _prune_layers(config, model_cfg.num_layers)
 
-    qconf = quantization_config(model_cfg.quantization, dtype)
-    kwargs: dict[str, Any] = dict(config=config, dtype=dtype, **common)
+    from llm.placement import placement_kwargs, sharded_storage_dtype, sharding_launch
+
+    sharded = sharding_launch() if training else None  # FSDP / ZeRO-3: the Trainer shards what is loaded here
+    load_dtype = sharded_storage_dtype(dtype) if sharded else dtype
+    qconf = quantization_config(model_cfg.quantization, dtype, storage_dtype=load_dtype)
+    kwargs: dict[str, Any] = dict(config=config, dtype=load_dtype, **common)
     if attn is not None:
         kwargs["attn_implementation"] = attn
     if qconf is not None:
         kwargs["quantization_config"] = qconf
-        kwargs["device_map"] = {"": (dev.index or 0) if dev.type == "cuda" else "cpu"}
+    kwargs.update(placement_kwargs(model_cfg.device_map, model_cfg.max_memory, dev, qconf is not None))
     try:
         model = AutoModelForSequenceClassification.from_pretrained(source, **kwargs)
     except (OSError, ValueError, ImportError) as exc:
         raise UserError(f"model.backbone: cannot load '{source}' as a classifier ({model_cfg.quantization}, {_DTYPE_NAMES.get(dtype)}): {str(exc).splitlines()[0]}") from None
     if len(tokenizer) > model.config.vocab_size:
         model.resize_token_embeddings(len(tokenizer))
-    if qconf is None:
+    if "device_map" not in kwargs:
         model.to(dev)
+    elif dev.type == "cpu" and qconf is not None:
+        keep_bnb_4bit_layout_on_cpu(model)
     model.config.pad_token_id = tokenizer.pad_token_id
 
     from llm import lora as lora_mod
@@ -465,7 +490,7 @@ def load_classifier(
     if training:
         if adapter is None:
             reinit_head(model, model_cfg.head_init_std, seed)
-        if qconf is not None:
+        if qconf is not None and not sharded:  # sharded QLoRA: no fp32 upcast (FSDP needs one dtype), see llm.placement
             from peft import prepare_model_for_kbit_training
 
             model = prepare_model_for_kbit_training(
@@ -476,8 +501,8 @@ def load_classifier(
             if adapter_kind == "lora":
                 model = lora_mod.load_adapter(model, adapter, trainable=True)
             else:
-                model = lora_mod.apply_lora(model, model_cfg.lora)
-        if dtype == torch.float16:  # GradScaler needs fp32 master copies of the trained weights
+                model = lora_mod.apply_lora(model, model_cfg.lora, autocast_adapter_dtype=not sharded)
+        if dtype == torch.float16 and not sharded:  # GradScaler needs fp32 master copies of the trained weights
             for p in model.parameters():
                 if p.requires_grad:
                     p.data = p.data.float()
@@ -507,6 +532,7 @@ def load_classifier(
         "pad_token_id": tokenizer.pad_token_id,
         "pooling": "last_non_pad" if getattr(model.config, "is_decoder", False) or model_type not in _ENCODER_TYPES else "first_token",
         "device": str(dev),
+        "placement": describe_placement(model, dev, sharded),
         "lora": model_cfg.lora.model_dump(mode="json") if model_cfg.lora.enabled else None,
         "adapter": str(adapter) if adapter is not None else None,
         "trainable_params": trainable,
@@ -518,6 +544,19 @@ def load_classifier(
         log.info("trainable parameters: %d / %d (%.4f%%)", trainable, total, 100 * trainable / max(total, 1))
         print(f"[llm] trainable parameters: {trainable:,} / {total:,} ({100 * trainable / max(total, 1):.3f}%)")
     return model, tokenizer, info
+
+
+def describe_placement(model, dev: torch.device, sharded: str | None) -> str:
+    """'single', 'fsdp' / 'zero3' (sharded by the launch), or 'auto: cuda:0=20, cuda:1=21' (modules per device)."""
+    if sharded:
+        return sharded
+    hf_map = getattr(model, "hf_device_map", None)
+    if isinstance(hf_map, dict) and len(set(map(str, hf_map.values()))) > 1:
+        counts: dict[str, int] = {}
+        for d in hf_map.values():
+            counts[str(d)] = counts.get(str(d), 0) + 1
+        return "auto: " + ", ".join(f"{d}={n}" for d, n in sorted(counts.items()))
+    return "single"
 
 
 _ENCODER_TYPES = {"bert", "roberta", "deberta", "deberta-v2", "distilbert", "electra", "xlm-roberta", "modernbert", "mpnet"}
@@ -535,6 +574,6 @@ def read_info(folder: str | Path) -> dict[str, Any] | None:
 
 __all__ = [
     "load_tokenizer", "load_classifier", "train_bpe_tokenizer", "ensure_pad_token", "resolve_dtype",
-    "resolve_device", "resolve_attention", "quantization_config", "reinit_head", "classification_head",
+    "resolve_device", "resolve_attention", "quantization_config", "keep_bnb_4bit_layout_on_cpu", "reinit_head", "classification_head",
     "random_backbone_dir", "write_info", "read_info", "PADDING_SIDE", "NUM_LABELS", "atomic_path",
 ]

@@ -181,6 +181,10 @@ def load_export(export_dir: str | Path, *, quantization: str = "none", dtype: st
     model = AutoModelForSequenceClassification.from_pretrained(export_dir / "model", **kwargs)
     if quantization == "none":
         model = model.to(device)
+    elif str(device).startswith("cpu"):
+        from llm.loading import keep_bnb_4bit_layout_on_cpu
+
+        keep_bnb_4bit_layout_on_cpu(model)
     if not settings.get("merged", True):
         from peft import PeftModel
 
