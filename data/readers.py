@@ -22,7 +22,6 @@ import csv
 import io
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -43,6 +42,7 @@ from data.validate import (
     require_columns,
     row_label,
 )
+from data.text import decode_bytes, raise_csv_field_limit
 
 WINNER_COLUMNS = ["winner_model_a", "winner_model_b", "winner_tie"]
 ARENA_WINNERS = {"model_a": 0, "model_b": 1, "tie": 2, "tie (bothbad)": 2}
@@ -62,13 +62,10 @@ class RawTable:
 
 
 def _read_csv(path: Path, stats: ValidationStats) -> RawTable:
-    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        # undecodable bytes become lone surrogates, repaired (and counted) per field below
-        text = raw.decode("utf-8", "surrogateescape").lstrip("\ufeff")
+    raise_csv_field_limit()
+    # UTF-8 (BOM dropped); stray undecodable bytes become lone surrogates, repaired (and counted) per field
+    # below; a file with no UTF-8 at all is read as cp1252 / latin-1 (data.text.decode_bytes)
+    text, _ = decode_bytes(path.read_bytes())
     reader = csv.reader(io.StringIO(text, newline=""))  # only \n, \r\n, \r end lines (not U+2028 etc.)
     try:
         header = next(reader)
@@ -418,8 +415,12 @@ def read_pairs(path: str | Path, fmt: str = "auto", seed: int = 0) -> pd.DataFra
     else:
         rows = _pairs(table, seed)
     check_unique_ids([r["id"] for r in rows], table.wheres, table.path)
-    for r in rows:
-        r["source"] = table.path.stem
+    # a `source` column (e.g. the sample's mtbench_human / hh_harmless) is kept per row; rows without one
+    # (and files without the column) get the file's stem, so mixed training files keep their origins apart
+    has_source = "source" in table.columns
+    for r, rec, where in zip(rows, table.records, table.wheres):
+        src = _text(rec.get("source"), table.stats, table.path, where, "source") if has_source else None
+        r["source"] = src.strip() if src and src.strip() else table.path.stem
     df = make_frame(rows)
     table.stats.rows = len(df)
     df.attrs["validation"] = table.stats.as_dict()

@@ -24,8 +24,7 @@ import numpy as np
 import pandas as pd
 
 from arena_kd.errors import UserError, data_error
-
-REPLACEMENT = "\ufffd"
+from data.text import REPLACEMENT, repair_text  # noqa: F401 - the one text repair, shared with the tolerant test reader
 
 
 @dataclass
@@ -53,17 +52,6 @@ class ValidationStats:
 def row_label(row: int, line: int | None = None) -> str:
     """'17 (line 18)' for CSV records, '17' otherwise; used as the `row` of data_error."""
     return f"{row} (line {line})" if line is not None else str(row)
-
-
-def repair_text(s: str) -> tuple[str, bool]:
-    """Replace lone surrogates (from JSON escapes or undecodable bytes) by U+FFFD. Returns (text, repaired)."""
-    try:
-        s.encode("utf-8")
-        return s, False
-    except UnicodeEncodeError:
-        # surrogatepass keeps valid pairs together; lone halves become U+FFFD on decode
-        fixed = s.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
-        return fixed, True
 
 
 def clean_turns(turns: list, stats: ValidationStats, path, where: str, column: str) -> list[str]:

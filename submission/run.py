@@ -10,12 +10,19 @@ Order of work, chosen so that a valid file exists as early as possible and whate
 4. the stacker (with the student's logits) on every row the student reached; the file is
    validated again and replaced atomically.
 
-Each row's path is written to ``<out stem>.paths.csv`` (id, student mode, max_length, head) and
-counted on the console; a summary goes to ``<out stem>.run.json`` next to the resolved config.
+Each row's path is written to ``<out stem>.paths.csv`` (id, student mode, max_length, head, and the
+reason when a row did not get the student) and counted on the console; a summary goes to
+``<out stem>.run.json`` (counts, reasons, non-finite logit rows, test-file repairs) next to the resolved config.
+
+Nothing about the test file's contents can stop the run (:mod:`submission.read_test` repairs it, and
+the student only loses the rows it fails on); only a broken environment — no readable test file or
+``id`` column, an unwritable output — ends in a one-line error.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import sys
 import time
@@ -33,7 +40,7 @@ from arena_kd.errors import UserError
 from arena_kd.io import atomic_write_csv, atomic_write_json
 from submission.budget import Deadline, Governor, format_seconds, parse_time_budget
 from submission.fallback import class_prior, load_stacker_or_none, stacker_probs, student_softmax
-from submission.student_pass import StudentPass, free_cuda, run_student_pass
+from submission.student_pass import StudentPass, free_cuda, run_student_pass, short_reason
 from submission.validate import valid_rows, write_submission
 
 log = logging.getLogger("arena_kd.submission")
@@ -46,7 +53,7 @@ the student alone (no stacker available), or the class prior (neither)."""
 @dataclass
 class SubmissionResult:
     out: Path
-    paths: pd.DataFrame  # id, student, max_length, head
+    paths: pd.DataFrame  # id, student, max_length, head, reason
     counts: dict[str, int]
     seconds: float
 
@@ -93,14 +100,26 @@ def submission_ids(df: pd.DataFrame, sample_path: Path | None) -> list[str]:
     test_ids = df["id"].astype(str).tolist()
     if sample_path is None:
         return test_ids
-    sample = pd.read_csv(sample_path, dtype={"id": str}, usecols=lambda c: c == "id")
-    if "id" not in sample.columns:
-        raise UserError(f"{sample_path}: column 'id' is missing")
-    ids = sample["id"].astype(str).str.strip().tolist()
+    ids = read_id_column(sample_path)
     if set(ids) != set(test_ids) or len(ids) != len(test_ids):
         missing = sorted(set(test_ids) - set(ids))[:1] or sorted(set(ids) - set(test_ids))[:1]
         raise UserError(f"{sample_path}: ids do not match the test file ({len(ids)} vs {len(test_ids)} rows; e.g. id '{missing[0] if missing else '?'}')")
     return ids
+
+
+def read_id_column(path: Path) -> list[str]:
+    """The ``id`` column of a CSV file, decoded like the test file (UTF-8, BOM, cp1252/latin-1; any field size)."""
+    from data.text import decode_bytes, raise_csv_field_limit, repair_text
+
+    raise_csv_field_limit()
+    text, _ = decode_bytes(Path(path).read_bytes())
+    rows = csv.reader(io.StringIO(text, newline=""), strict=False)
+    header = [h.strip().lstrip("\ufeff") for h in next(rows, [])]
+    if "id" not in header:
+        raise UserError(f"{path}: column 'id' is missing")
+    k = header.index("id")
+    ids = [repair_text(r[k].strip())[0] for r in rows if len(r) > k and r[k].strip()]
+    return list(dict.fromkeys(ids))  # a repeated id once, like the test reader
 
 
 def _frame(ids: pd.Series, probs: np.ndarray) -> pd.DataFrame:
@@ -134,80 +153,96 @@ def run_submission(
     stack_dir = Path(sub.stack_dir) if sub.stack_dir else wd / "stacking"
 
     df = _read_test(str(test_path))
-    if len(df) == 0:
-        raise UserError(f"{test_path}: no rows")
     ids = submission_ids(df, _sample_submission_path(cfg, test))
     n = len(df)
+    if n == 0:  # nothing to answer: a header-only file is the valid submission
+        log.warning("%s: no data rows; writing a header-only %s", test_path, out_path)
     log.info("%d test rows from %s; budget %s; output %s", n, test_path, format_seconds(budget_s), out_path)
 
     # 1. the answer that needs no student, written at once ------------------------------------
-    stacker = load_stacker_or_none(stack_dir, cfg.stacking.embedding_model)
+    stacker = load_stacker_or_none(stack_dir, cfg.stacking.embedding_model) if n else None
     head = np.full(n, "prior", dtype=object)
     t0 = clock()
-    probs = None
+    prior, source = class_prior(cfg.data.train)
+    probs = np.tile(prior, (n, 1))
     if stacker is not None:
         try:
-            probs = stacker_probs(stacker, df, None, sub.swap_average)
-            head[:] = "features_only"
+            fo = np.asarray(stacker_probs(stacker, df, None, sub.swap_average), dtype=np.float64)
+            ok = valid_rows(fo) if fo.shape == probs.shape else np.zeros(n, dtype=bool)
+            probs[ok], head[ok] = fo[ok], "features_only"
+            if not ok.all():
+                log.error("features-only stacker gave invalid probabilities for %d row(s); they use the %s", int((~ok).sum()), source)
         except Exception as exc:  # noqa: BLE001
-            log.warning("features-only stacker failed (%s: %s); using the class prior", type(exc).__name__, exc)
-    if probs is None:
-        prior, source = class_prior(cfg.data.train)
+            log.warning("features-only stacker failed (%s); using the class prior", short_reason(exc))
+    if (head == "prior").any():
         log.info("fallback answer: %s = %s", source, np.round(prior, 4).tolist())
-        probs = np.tile(prior, (n, 1))
     fallback_seconds = clock() - t0
     write_submission(out_path, _frame(df["id"], probs), ids, sub.clip_eps)
-    log.info("provisional %s written (%s, %s)", out_path, head[0], format_seconds(fallback_seconds))
+    log.info("provisional %s written (%s, %s)", out_path, head[0] if n else "empty", format_seconds(fallback_seconds))
 
     # 2. the student under the budget ----------------------------------------------------------
     reserve = sub.reserve_s + 1.5 * fallback_seconds
     governor = Governor(deadline, reserve_s=reserve, safety=sub.safety_factor, allow_tta=sub.predict.tta)
     spass = StudentPass.empty(n)
-    if deadline.remaining() <= reserve:
-        spass.error = "no time left for the student"
-        log.warning("time budget: %s left, %s reserved — skipping the student", format_seconds(deadline.remaining()), format_seconds(reserve))
-    else:
-        try:
-            backend = load_student(student_dir, quantization=sub.quantization, dtype=sub.dtype, devices=devices)
-        except Exception as exc:  # noqa: BLE001 - any load failure → fallback for every row
-            backend = None
-            spass.error = f"student failed to load: {type(exc).__name__}: {exc}"
-            log.error("%s — every row uses the fallback", spass.error)
-        if backend is not None:
-            max_length = sub.predict.max_length or backend.render.get("max_length") or cfg.render.max_length
-            spass = run_student_pass(
-                backend, df, governor,
-                max_length=int(max_length), degraded_max_length=sub.degraded_max_length,
-                tokens_per_batch=sub.predict.tokens_per_batch, max_batch_size=sub.predict.max_batch_size,
-                chunk_rows=sub.chunk_rows, progress=progress,
-            )
-            del backend  # free the GPUs for the stacker's embedder, if any
-            free_cuda()
-
-    # 3. student rows through the stacker ---------------------------------------------------
     fallback_probs, fallback_head = probs.copy(), head.copy()
-    for tta in (True, False):
-        sel = np.flatnonzero([(m == "tta") == tta and m is not None for m in spass.mode])
-        if not len(sel):
-            continue
-        orig = spass.orig[sel]
-        swap = spass.swap[sel] if tta else None
-        try:
-            if stacker is not None:
-                probs[sel] = stacker_probs(stacker, df.iloc[sel].reset_index(drop=True), {"orig": orig, "swap": swap}, sub.swap_average)
-                head[sel] = "stacker"
-            else:
-                probs[sel] = student_softmax(orig, swap)
-                head[sel] = "student_softmax"
-        except Exception as exc:  # noqa: BLE001
-            log.error("stacker on student logits failed (%s: %s); %d rows keep the fallback", type(exc).__name__, exc, len(sel))
-            spass.mode[sel], spass.max_length[sel] = None, 0
-    bad = np.flatnonzero(~valid_rows(probs))
-    if len(bad):  # e.g. NaN logits from an fp16 overflow: those rows keep the answer written in step 1
-        log.error("%d row(s) got invalid probabilities from the student path (e.g. id %s); they keep the fallback",
-                  len(bad), df["id"].iloc[bad[0]])
-        probs[bad], head[bad] = fallback_probs[bad], fallback_head[bad]
-        spass.mode[bad], spass.max_length[bad] = None, 0
+    try:
+        if n == 0:
+            pass
+        elif deadline.remaining() <= reserve:
+            spass.error = "no time left for the student"
+            log.warning("time budget: %s left, %s reserved — skipping the student", format_seconds(deadline.remaining()), format_seconds(reserve))
+        else:
+            try:
+                backend = load_student(student_dir, quantization=sub.quantization, dtype=sub.dtype, devices=devices)
+            except Exception as exc:  # noqa: BLE001 - any load failure → fallback for every row
+                backend = None
+                spass.error = f"student failed to load: {short_reason(exc)}"
+                log.error("%s — every row uses the fallback", spass.error)
+            if backend is not None:
+                max_length = sub.predict.max_length or backend.render.get("max_length") or cfg.render.max_length
+                spass = run_student_pass(
+                    backend, df, governor,
+                    max_length=int(max_length), degraded_max_length=sub.degraded_max_length,
+                    tokens_per_batch=sub.predict.tokens_per_batch, max_batch_size=sub.predict.max_batch_size,
+                    chunk_rows=sub.chunk_rows, progress=progress,
+                )
+                del backend  # free the GPUs for the stacker's embedder, if any
+                free_cuda()
+
+        # 3. student rows through the stacker (only rows with finite logits: see student_pass) ---------
+        for tta in (True, False):
+            sel = np.flatnonzero([(m == "tta") == tta and m is not None for m in spass.mode])
+            if not len(sel):
+                continue
+            orig = spass.orig[sel]
+            swap = spass.swap[sel] if tta else None
+            try:
+                if stacker is not None:
+                    probs[sel] = stacker_probs(stacker, df.iloc[sel].reset_index(drop=True), {"orig": orig, "swap": swap}, sub.swap_average)
+                    head[sel] = "stacker"
+                else:
+                    probs[sel] = student_softmax(orig, swap)
+                    head[sel] = "student_softmax"
+            except Exception as exc:  # noqa: BLE001
+                why = short_reason(exc)
+                log.error("stacker on student logits failed (%s); %d rows keep the fallback", why, len(sel))
+                probs[sel], head[sel] = fallback_probs[sel], fallback_head[sel]
+                spass.drop(sel, f"stacker on student logits failed: {why}")
+        bad = np.flatnonzero(~valid_rows(probs))
+        if len(bad):  # a stacker that returns garbage: those rows keep the answer written in step 1
+            log.error("%d row(s) got invalid probabilities from the student path (e.g. id %s); they keep the fallback",
+                      len(bad), df["id"].iloc[bad[0]])
+            probs[bad], head[bad] = fallback_probs[bad], fallback_head[bad]
+            spass.drop(bad, "invalid probabilities from the student path")
+    except Exception as exc:  # noqa: BLE001 - whatever broke, the step-1 answers stand for every row
+        why = short_reason(exc)
+        log.error("student path failed (%s); every row keeps the fallback", why)
+        probs, head = fallback_probs.copy(), fallback_head.copy()
+        spass.drop(np.arange(n), f"student path failed: {why}")
+        spass.error = spass.error or why
+    no_student = np.array([m is None for m in spass.mode], dtype=bool)
+    missing_reason = no_student & np.array([r is None for r in spass.reason], dtype=bool)
+    spass.reason[missing_reason] = spass.error or "student not run"
 
     # 4. validate, write, log ----------------------------------------------------------------
     written = write_submission(out_path, _frame(df["id"], probs), ids, sub.clip_eps)
@@ -216,19 +251,25 @@ def run_submission(
         "student": [m if m is not None else "none" for m in spass.mode],
         "max_length": spass.max_length,
         "head": head,
+        "reason": [r if r is not None else "" for r in spass.reason],
     })
     stem = out_path.with_name(out_path.stem)
     atomic_write_csv(f"{stem}.paths.csv", paths)
     counts = {f"{h}+{s}": int(c) for (h, s), c in Counter(zip(paths["head"], paths["student"])).items()}
+    reasons = {r: int(c) for r, c in Counter(r for r in spass.reason if r is not None).most_common()}
     seconds = deadline.elapsed()
     atomic_write_json(f"{stem}.run.json", {
         "rows": n, "test": str(test_path), "budget_s": budget_s, "elapsed_s": round(seconds, 3),
         "fallback_seconds": round(fallback_seconds, 3), "reserve_s": round(reserve, 3),
-        "counts": counts, "student_error": spass.error, "chunks": spass.chunks, "governor": governor.history,
+        "counts": counts, "fallback_reasons": reasons, "nonfinite_logit_rows": spass.nonfinite_rows,
+        "test_repairs": df.attrs.get("repairs", {}), "student_error": spass.error, "chunks": spass.chunks,
+        "governor": governor.history,
     })
     write_resolved(cfg, out_path.parent, name=f"{out_path.stem}.config.resolved.yaml")
     log.info("wrote %s (%d rows) in %s; paths: %s", out_path, len(written), format_seconds(seconds),
              ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+    for r, c in list(reasons.items())[:5]:
+        log.warning("%d row(s) without the student: %s", c, r)
     if spass.error:
         log.warning("student: %s", spass.error)
     return SubmissionResult(out=out_path, paths=paths, counts=counts, seconds=seconds)

@@ -227,8 +227,26 @@ def test_student_pass_crash_keeps_finished_rows():
     res = run_student_pass(backend, _canonical(20), gov, max_length=96, degraded_max_length=32, tokens_per_batch=1024,
                            max_batch_size=8, chunk_rows=8, progress=False)
     assert "kernel exploded" in res.error
-    assert sum(m == "tta" for m in res.mode) == 2  # the warm-up chunk (8 // 4 rows) survived
-    assert sum(m is None for m in res.mode) == 18
+    # only the failed chunk (call 1: the 8 rows after the 2-row warm-up) loses the student; the next chunks run
+    assert sum(m == "tta" for m in res.mode) == 12
+    lost = [i for i, m in enumerate(res.mode) if m is None]
+    assert len(lost) == 8 and all(res.reason[i] == "student chunk failed: ValueError: kernel exploded" for i in lost)
+    assert all(r is None for m, r in zip(res.mode, res.reason) if m is not None)
+
+
+def test_student_pass_gives_up_after_consecutive_failed_chunks():
+    """A dead GPU fails every chunk: after MAX_CONSECUTIVE_FAILURES the rest is not tried, every row has a reason."""
+    from submission.student_pass import MAX_CONSECUTIVE_FAILURES
+
+    clock = FakeClock()
+    backend = FakeBackend(clock)
+    backend.predict = lambda df, **kw: (_ for _ in ()).throw(RuntimeError("CUDA error: device-side assert triggered"))
+    gov = Governor(Deadline(1e6, clock), reserve_s=0.0)
+    res = run_student_pass(backend, _canonical(20), gov, max_length=96, degraded_max_length=32, tokens_per_batch=1024,
+                           max_batch_size=8, chunk_rows=4, progress=False)
+    assert all(m is None for m in res.mode)
+    assert len(res.chunks) == MAX_CONSECUTIVE_FAILURES
+    assert sum(str(r).startswith("not reached: student given up") for r in res.reason) == 20 - 1 - 4 * (MAX_CONSECUTIVE_FAILURES - 1)
 
 
 def _canonical(n: int) -> pd.DataFrame:
