@@ -92,6 +92,27 @@ class ModelConfig(_Strict):
     gradient_checkpointing: bool = Field(True, description="Trade ~30% compute for much less activation memory.")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings.")
     head_init_std: float = Field(0.02, gt=0, le=1, description="Std of the re-initialised 3-way classification head.")
+    device_map: Literal["single", "auto"] = Field(
+        "single",
+        description="single: the whole model on this process's device (one GPU per process under accelerate/torchrun; "
+        "data parallel or FSDP by the launch config). auto: one process spreads the layers over every visible GPU "
+        "(then CPU) with accelerate's device_map='auto', for a teacher bigger than one card; only one GPU computes at a "
+        "time (slow), and it is refused under a multi-process launch (accelerate cannot train or shard such a model).",
+    )
+    max_memory: dict[str, str] | None = Field(
+        None,
+        description="With device_map=auto: memory cap per device, e.g. {'0': '70GiB', '1': '70GiB', 'cpu': '200GiB'} "
+        "(GPU index or 'cpu' -> size). Leave headroom for activations: the caps bound the weights only. null = accelerate's default (~90% of each GPU).",
+    )
+
+    @model_validator(mode="after")
+    def _placement(self) -> "ModelConfig":
+        if self.max_memory is not None and self.device_map != "auto":
+            raise ValueError("max_memory is only used with device_map: auto")
+        for key in self.max_memory or {}:
+            if not (key.isdigit() or key in ("cpu", "disk")):
+                raise ValueError(f"max_memory key '{key}' must be a GPU index ('0', '1', ...) or 'cpu'")
+        return self
 
 
 class TrainConfig(_Strict):

@@ -423,24 +423,27 @@ def load_classifier(
     if model_cfg.quantization != "none" and dtype == torch.float16 and dev.type == "cpu":
         raise UserError(f"model.quantization={model_cfg.quantization} with dtype=fp16 is not supported on CPU; use fp32 or bf16")
     adapter_kind = _adapter_kind(adapter) if adapter is not None else None
-    if tokenizer is None:
-        if adapter is not None and (Path(adapter) / "tokenizer.json").is_file() and (model_cfg.tokenizer or "").startswith("bpe:"):
-            from transformers import AutoTokenizer
+    from llm.placement import main_process_first
 
-            tokenizer = AutoTokenizer.from_pretrained(str(adapter))
-            ensure_pad_token(tokenizer)
-            tokenizer.padding_side = PADDING_SIDE
-        else:
-            tokenizer = load_tokenizer(model_cfg, workdir, train_texts)
-    tokenizer.padding_side = PADDING_SIDE
+    with main_process_first():  # caches (bpe tokenizer, random backbone, GGUF copy) are built once, by the main process
+        if tokenizer is None:
+            if adapter is not None and (Path(adapter) / "tokenizer.json").is_file() and (model_cfg.tokenizer or "").startswith("bpe:"):
+                from transformers import AutoTokenizer
 
-    source = str(adapter) if adapter_kind == "full" else _backbone_source(model_cfg, tokenizer, workdir)
-    is_local = Path(source).exists()
-    common: dict[str, Any] = {}
-    if model_cfg.gguf_file and adapter_kind != "full":
-        # dequantise once into a plain HF folder: later loads take seconds, and HF Trainer refuses GGUF-flagged models
-        source = str(dequantized_gguf(source, model_cfg.gguf_file, workdir))
-        is_local = True
+                tokenizer = AutoTokenizer.from_pretrained(str(adapter))
+                ensure_pad_token(tokenizer)
+                tokenizer.padding_side = PADDING_SIDE
+            else:
+                tokenizer = load_tokenizer(model_cfg, workdir, train_texts)
+        tokenizer.padding_side = PADDING_SIDE
+
+        source = str(adapter) if adapter_kind == "full" else _backbone_source(model_cfg, tokenizer, workdir)
+        is_local = Path(source).exists()
+        common: dict[str, Any] = {}
+        if model_cfg.gguf_file and adapter_kind != "full":
+            # dequantise once into a plain HF folder: later loads take seconds, and HF Trainer refuses GGUF-flagged models
+            source = str(dequantized_gguf(source, model_cfg.gguf_file, workdir))
+            is_local = True
     if model_cfg.revision and not is_local:
         common["revision"] = model_cfg.revision
     try:

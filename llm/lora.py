@@ -17,8 +17,12 @@ ADAPTER_CONFIG = "adapter_config.json"
 _CARRIED_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "llm_info.json")
 
 
-def apply_lora(model, settings: LoraSettings):
-    """Wrap ``model`` with fresh LoRA adapters (task SEQ_CLS: the score/classifier head is trained and saved in full)."""
+def apply_lora(model, settings: LoraSettings, autocast_adapter_dtype: bool = True):
+    """Wrap ``model`` with fresh LoRA adapters (task SEQ_CLS: the score/classifier head is trained and saved in full).
+
+    ``autocast_adapter_dtype=False`` keeps the adapters in the base's dtype instead of fp32 (sharded QLoRA: FSDP
+    needs one dtype per flattened group; see llm.placement).
+    """
     from peft import LoraConfig, TaskType, get_peft_model
 
     cfg = LoraConfig(
@@ -30,7 +34,7 @@ def apply_lora(model, settings: LoraSettings):
         layers_to_transform=_top_layers(model, settings.top_layers),
     )
     try:
-        return get_peft_model(model, cfg)
+        return get_peft_model(model, cfg, autocast_adapter_dtype=autocast_adapter_dtype)
     except ValueError as exc:
         raise UserError(f"model.lora.target_modules={settings.target_modules!r}: {str(exc).splitlines()[0]}") from None
 
@@ -86,16 +90,20 @@ def _swap_into(tmp: Path, out: Path) -> None:
         os.replace(tmp, out)
 
 
-def save_adapter(model, out_dir: str | Path, tokenizer=None, info: dict | None = None) -> Path:
+def save_adapter(model, out_dir: str | Path, tokenizer=None, info: dict | None = None, state_dict: dict | None = None) -> Path:
     """Save the LoRA adapter (or the full model when there is no adapter) as safetensors, atomically.
 
-    The tokenizer and ``info`` (llm_info.json) go into the same folder so it reloads on its own.
+    The tokenizer and ``info`` (llm_info.json) go into the same folder so it reloads on its own. ``state_dict``:
+    weights gathered from a sharded model (FSDP), saved instead of the model's own (local shards) tensors.
     """
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), safe_serialization=True)
+    if state_dict is not None:
+        model.save_pretrained(str(tmp), safe_serialization=True, state_dict=state_dict)
+    else:
+        model.save_pretrained(str(tmp), safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(tmp))
     if info is not None:

@@ -3,6 +3,11 @@
 Data parallelism: when torch.distributed is initialised (``accelerate launch``, ``torchrun`` or a
 gloo group), process r predicts rows r, r+W, r+2W, ... and the shards are gathered back into
 input order on every process, so every process returns the full [n,3] array.
+
+Sharded models (FSDP after training under an FSDP launch): every forward is a collective (each layer's weights
+are all-gathered), so every rank must run the same number of forwards. Ranks whose shard makes fewer batches run
+one-token dummy batches until all ranks have run as many as the busiest (``lockstep_world``); their outputs are
+dropped. Without this a rank with one batch fewer would leave the others waiting in an all-gather forever.
 """
 
 from __future__ import annotations
@@ -39,7 +44,28 @@ def model_device(model) -> torch.device:
     return torch.device("cpu")
 
 
-@torch.inference_mode()
+def lockstep_world(model) -> int:
+    """World size of the process group ``model`` is sharded over (FSDP1 or FSDP2); 1 for an unsharded model."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
+        return 1
+    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+
+    if any(isinstance(m, (FSDPModule, FullyShardedDataParallel)) for m in model.modules()):
+        return dist.get_world_size()
+    return 1
+
+
+def _pad_to_busiest_rank(batches: list) -> list:
+    """``batches`` + None entries (dummy forwards) up to the largest batch count of any rank (a collective)."""
+    import torch.distributed as dist
+
+    count = torch.tensor([len(batches)], dtype=torch.long)
+    dist.all_reduce(count, op=dist.ReduceOp.MAX)
+    return list(batches) + [None] * (int(count.item()) - len(batches))
+
+
 def logits_for_ids(
     model,
     sequences: list[list[int]],
@@ -51,12 +77,26 @@ def logits_for_ids(
     progress: bool = False,
     desc: str = "predict",
 ) -> np.ndarray:
-    """float32[len(sequences), num_labels] logits for already rendered ``sequences``, in their order."""
+    """float32[len(sequences), num_labels] logits for already rendered ``sequences``, in their order.
+
+    A sharded model runs in lockstep with the other ranks (see the module doc), also with no sequences here.
+    """
     n = len(sequences)
-    if n == 0:
+    lockstep = lockstep_world(model) > 1
+    if n == 0 and not lockstep:
         return np.zeros((0, 3), dtype=np.float32)
     lengths = [len(s) for s in sequences]
-    batches = token_budget_batches(lengths, tokens_per_batch, max_batch_size)
+    batches = token_budget_batches(lengths, tokens_per_batch, max_batch_size) if n else []
+    if lockstep:
+        batches = _pad_to_busiest_rank(batches)
+    # inference_mode tensors cannot enter FSDP's all-gathers; no_grad is enough there
+    with torch.no_grad() if lockstep else torch.inference_mode():
+        out = _run_batches(model, sequences, batches, pad_token_id, padding_side, progress, desc)
+    return out if out is not None else np.zeros((0, 3), dtype=np.float32)
+
+
+def _run_batches(model, sequences, batches, pad_token_id, padding_side, progress, desc) -> np.ndarray | None:
+    n = len(sequences)
     device = model_device(model)
     use_pos = accepts_position_ids(model)
     out: np.ndarray | None = None
@@ -69,6 +109,10 @@ def logits_for_ids(
     model.eval()
     try:
         for idx in it:
+            if idx is None:  # dummy forward: keeps a sharded model's collectives in step with busier ranks
+                dummy = collate([[pad_token_id]], pad_token_id, padding_side, with_position_ids=use_pos)
+                model(**{k: v.to(device) for k, v in dummy.items()})
+                continue
             batch = collate([sequences[i] for i in idx], pad_token_id, padding_side, with_position_ids=use_pos)
             batch = {k: v.to(device) for k, v in batch.items()}
             logits = model(**batch).logits.float().cpu().numpy()

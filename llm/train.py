@@ -398,6 +398,11 @@ def train_classifier(
             print(f"[llm] {out}: finished earlier with the same settings; loaded {adapter_dir}")
             return TrainResult(adapter_dir, rec.get("metrics", {}), model, tok, info)
 
+    from llm.loading import resolve_device
+    from llm.placement import check_sharded_training, launch_world_size, start_launch_state
+
+    check_sharded_training(model_cfg, train_cfg.optim, train_cfg.save_steps)
+    start_launch_state(on_cpu=resolve_device(device).type == "cpu")  # process group up before loading (main-first caches)
     set_seed(seed)
     model, tokenizer, info = load_classifier(
         model_cfg, training=True, workdir=workdir, device=device,
@@ -454,6 +459,8 @@ def train_classifier(
         train_sampling_strategy="group_by_length" if train_cfg.group_by_length else "random",
         dataloader_num_workers=0,
         disable_tqdm=not progress,
+        # under a launch: keep the process state started above (gloo on CPU; the FSDP rehearsal label, llm.placement)
+        accelerator_config={"use_configured_state": True} if launch_world_size() > 1 else None,
     )
     trainer = ClassifierTrainer(
         model=model,
@@ -482,10 +489,29 @@ def train_classifier(
     model = trainer.model
     model.eval()
     info = {**info, "max_length": max_length, "render": rc.model_dump(mode="json"), "seed": seed}
+    gathered = _gathered_trainable_state(trainer)  # a collective under FSDP: every rank takes part
     if trainer.is_world_process_zero():
-        save_adapter(model, adapter_dir, tokenizer, info)
+        save_adapter(trainer.accelerator.unwrap_model(model), adapter_dir, tokenizer, info, state_dict=gathered)
         atomic_write_json(done, {"settings": settings, "metrics": jsonable(metrics), "adapter_dir": str(adapter_dir)})
     return TrainResult(adapter_dir, metrics, model, tokenizer, info)
+
+
+def _gathered_trainable_state(trainer) -> dict | None:
+    """Full (unsharded) trained weights of an FSDP-wrapped model on rank 0 ({} elsewhere); None when not sharded.
+
+    Every rank must call it (the shards are gathered). Only trainable tensors (LoRA, score head) are gathered: the
+    frozen 4-bit base is the checkpoint it was loaded from. Always a full state dict, whatever the launch's
+    ``fsdp_state_dict_type`` (which governs the resumable checkpoints): prediction, fold soup and export read the
+    adapter as one file.
+    """
+    if not getattr(trainer, "is_fsdp_enabled", False):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    if trainer.accelerator.is_fsdp2:
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+        return get_model_state_dict(trainer.model, options=opts)
+    return trainer.accelerator.get_state_dict(trainer.model)  # FSDP1: accelerate gathers a full state dict on rank 0
 
 
 def _render(df: pd.DataFrame, tokenizer, max_length: int, rc: RenderConfig, swap: bool) -> list[list[int]]:

@@ -1,7 +1,8 @@
 """Multi-process awareness for runs under ``accelerate launch`` / ``torchrun``.
 
-Every process trains (HF Trainer does data parallelism); only the main process (RANK 0) writes
-artifacts, and the others wait at a barrier so that they read what it wrote.
+Every process trains (HF Trainer: data parallel, or FSDP under an FSDP launch config); only the main process
+(RANK 0) writes artifacts, and the others wait at a barrier so that they read what it wrote. ``start`` brings the
+process group up at the beginning of a stage, so the first barrier (folds file, resolved config) already holds.
 """
 
 from __future__ import annotations
@@ -15,6 +16,24 @@ def world_size() -> int:
 
 def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def start() -> None:
+    """Start the launch's process group (gloo when CUDA is absent) before the stage's first write; no-op alone."""
+    if world_size() <= 1:
+        return
+    import torch
+
+    from llm.placement import start_launch_state
+
+    start_launch_state(on_cpu=not torch.cuda.is_available())
+
+
+def main_first():
+    """Context: the main process runs the block first (e.g. creates the folds file), then the others (they read it)."""
+    from llm.placement import main_process_first
+
+    return main_process_first()
 
 
 def barrier() -> None:

@@ -22,6 +22,7 @@ import pandas as pd
 
 from arena_kd.config import PipelineConfig, TeacherConfig, write_resolved
 from arena_kd.errors import UserError
+from teachers import dist
 from teachers.dist import main_write
 from arena_kd.io import file_hash, read_keyed_table, write_keyed_table
 from arena_kd.metrics import accuracy, log_loss
@@ -227,7 +228,9 @@ def run_teachers(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
     """Run every teacher k-fold (resumable per fold), then combine into soft labels. Returns the soft-label meta."""
     _check_names(cfg)
     t0 = time.time()
-    data = load_training_data(cfg)
+    dist.start()  # multi-process launch: the group is up before the first write
+    with dist.main_first():  # rank 0 creates the folds file, the others read it
+        data = load_training_data(cfg)
     tdir = teachers_dir(cfg)
     tdir.mkdir(parents=True, exist_ok=True)
     main_write(write_resolved, cfg, tdir)
