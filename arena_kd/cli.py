@@ -115,13 +115,16 @@ def plan(
     config: str = ConfigOpt,
     set: Optional[List[str]] = SetOpt,
     test: Optional[str] = typer.Option(None, "--test", help="Test CSV whose token counts drive the estimate; default data.test."),
-    hardware: str = typer.Option("t4x2", "--hardware", help="t4x2 | a100 | h100"),
+    hardware: str = typer.Option("t4x2", "--hardware", help="t4x2 | t4x1 | l4 | a100-40 | a100-80 | h100 | h200"),
+    calibration: Optional[List[str]] = typer.Option(None, "--calibration", help="GPU results file written by benchmarks/gpu_check.sh (repeatable); shipped files are read anyway."),
+    test_chars: Optional[float] = typer.Option(None, "--test-chars-per-row", help="Mean characters of a hidden-test row; default: the competition's ~3,100 when the test file stands in for more rows; 0: the file's own lengths."),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as one JSON object (stages with low_s/expected_s/high_s and sources, budget_s, verdict)."),
 ) -> None:
-    """Estimate wall time and GPU memory of every stage for this config on the given hardware; say if it fits 9 h."""
+    """Estimate wall time (low/expected/high) and GPU memory of every stage; say if the Kaggle submission fits its budget."""
     cfg = _cfg(config, set)
     from submission.plan import run_plan
 
-    run_plan(cfg, test=test, hardware=hardware)
+    run_plan(cfg, test=test, hardware=hardware, as_json=as_json, calibration_files=calibration, test_chars=test_chars)
 
 
 @app.command("all")

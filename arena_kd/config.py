@@ -315,7 +315,21 @@ def apply_overrides(d: dict[str, Any], overrides: list[str], source: str = "--se
     return d
 
 
-def _format_error(path: str, err: ValidationError) -> str:
+def unalias(node: Any) -> Any:
+    """A copy of a loaded YAML tree in which no two places share an object.
+
+    YAML anchors/aliases (``model: *tiny_gemma2``) load as one shared dict, so editing one place would edit
+    every alias (``--set student.train.epochs=7`` would retrain the teachers too). ``copy.deepcopy`` keeps the
+    sharing (its memo), hence this plain recursive copy.
+    """
+    if isinstance(node, dict):
+        return {k: unalias(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [unalias(v) for v in node]
+    return node
+
+
+def _format_error(path: str, err: ValidationError, overrides: list[str] | None = None) -> str:
     e = err.errors()[0]
     loc = ".".join(str(x) for x in e["loc"]) or "<root>"
     msg = e["msg"]
@@ -324,6 +338,11 @@ def _format_error(path: str, err: ValidationError) -> str:
     elif e["type"] == "missing":
         msg = "required key is missing"
     more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    # name the --set that put the bad value there (the last one wins, as when applying them)
+    for item in reversed(overrides or []):
+        key = item.split("=", 1)[0].strip()
+        if loc == key or loc.startswith(key + "."):
+            return f"--set {item}: {loc}: {msg}{more}"
     return f"{path}: {loc}: {msg}{more}"
 
 
@@ -340,11 +359,11 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
         raise UserError(f"{p}:{where} invalid YAML: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(raw, dict):
         raise UserError(f"{p}: top level must be a mapping of sections")
-    raw = apply_overrides(raw, overrides or [])
+    raw = apply_overrides(unalias(raw), overrides or [])
     try:
         return PipelineConfig.model_validate(raw)
     except ValidationError as err:
-        raise UserError(_format_error(str(p), err)) from None
+        raise UserError(_format_error(str(p), err, overrides)) from None
 
 
 def write_resolved(cfg: PipelineConfig, out_dir: str | Path, name: str = "config.resolved.yaml") -> Path:

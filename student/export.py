@@ -126,14 +126,27 @@ def save_export(
     return export_dir
 
 
+def read_json_record(path: str | Path, remedy: str) -> dict[str, Any]:
+    """A stage's JSON record (final.json, export.json) as a dict; a truncated, non-UTF-8 or non-object file raises
+    one UserError line naming the file, why, and ``remedy`` (e.g. "rerun with --force to redo the final stage")."""
+    path = Path(path)
+    try:
+        done = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(done, dict):
+            raise ValueError(f"holds a JSON {type(done).__name__}, not an object")
+        return done
+    except json.JSONDecodeError as exc:
+        why = f"invalid JSON: {exc.msg} at line {exc.lineno}"
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+    raise UserError(f"{path}: unreadable {path.name} ({why}); {remedy}")
+
+
 def read_export_settings(export_dir: str | Path) -> dict[str, Any]:
     path = Path(export_dir) / "export.json"
     if not path.is_file():
         raise UserError(f"{path}: not a student export (export.json missing) — run `arena-kd distill` first")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: unreadable export.json ({exc.msg})") from None
+    return read_json_record(path, "rerun `arena-kd distill --force` to export again")
 
 
 def _resolve_dtype(dtype: str, device: str) -> torch.dtype:

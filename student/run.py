@@ -111,9 +111,11 @@ def _final_stage(cfg, frame: pd.DataFrame, hashes: dict[str, str], loss_fn, *, f
     fhashes = {**hashes, "final": s.final}
     record = fdir / "final.json"
     if record.is_file() and not force:
-        done = json.loads(record.read_text())
+        from student.export import read_json_record
+
+        done = read_json_record(record, "rerun `arena-kd distill --force` to redo the final stage")
         check_hashes(record, done, fhashes)
-        if Path(done["adapter_dir"]).exists():
+        if done.get("adapter_dir") and Path(done["adapter_dir"]).exists():
             print(f"[student] final ({s.final}): done earlier, skipped")
             return Path(done["adapter_dir"]), None, fhashes
     if force and fdir.exists():
@@ -175,7 +177,13 @@ def _export_stage(cfg, frame: pd.DataFrame, adapter: Path, holder: list, fhashes
     ehashes = {**fhashes, "export": _sha({"dtype": s.export_dtype, "merged": s.export_merged, "render": render_settings(cfg), "ref": s.reference_rows})}
     ej = edir / "export.json"
     if ej.is_file() and not force:
-        done = json.loads(ej.read_text())
+        from student.export import read_json_record
+
+        try:
+            done = read_json_record(ej, "redoing the export")
+        except UserError as exc:  # the export is replaced as a whole: nothing is lost by redoing it
+            print(f"[student] {exc}")
+            done = {}
         if done.get("hashes") == ehashes:
             print(f"[student] export: up to date ({edir}), skipped")
             return edir

@@ -63,13 +63,24 @@ def check_hashes(path: str | Path, meta: dict[str, Any], hashes: dict[str, str])
             )
 
 
-def fold_is_done(path: Path, hashes: dict[str, str], force: bool) -> bool:
-    """True when the fold file exists and was written with the same hashes; refuses mismatches unless force."""
+def fold_is_done(path: Path, hashes: dict[str, str], force: bool, log: Callable[[str], None] = print) -> bool:
+    """True when the fold file exists and was written with the same hashes; refuses mismatches unless force.
+
+    A fold file or sidecar that cannot be read (a killed copy, a full disk) is not done: one line says so
+    and the fold is redone (its outputs are replaced atomically).
+    """
     if not path.is_file() or force:
         return False
     if not sidecar_path(path).is_file():
         return False  # an orphan Parquet without its sidecar: redo the fold
-    _, meta = read_keyed_table(path)
+    try:
+        _, meta = read_keyed_table(path)
+        if not isinstance(meta, dict):
+            raise ValueError(f"sidecar holds a {type(meta).__name__}, not an object")
+    except Exception as exc:  # noqa: BLE001 - pyarrow / json raise many types for a truncated file
+        detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        log(f"{path}: unreadable fold file or sidecar ({type(exc).__name__}: {detail}); redoing the fold")
+        return False
     check_hashes(path, meta, hashes)
     return True
 
@@ -137,7 +148,7 @@ def run_folds(
     out = []
     for k in sorted(int(f) for f in frame["fold"].unique()):
         path = fold_path(stage_dir, k)
-        if fold_is_done(path, hashes, force):
+        if fold_is_done(path, hashes, force, log):
             df, meta = read_keyed_table(path)
             log(f"[{label}] fold {k}: done earlier ({path}), skipped — log loss {meta['metrics']['log_loss']:.4f}")
             out.append(df)
