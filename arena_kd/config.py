@@ -342,7 +342,7 @@ def _format_error(path: str, err: ValidationError, overrides: list[str] | None =
     for item in reversed(overrides or []):
         key = item.split("=", 1)[0].strip()
         if loc == key or loc.startswith(key + "."):
-            return f"--set {item}: {loc}: {msg}{more}"
+            return f"{path}: {loc}: {msg}{more} (from --set {item})"
     return f"{path}: {loc}: {msg}{more}"
 
 

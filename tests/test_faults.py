@@ -51,7 +51,7 @@ def test_bad_set_value_is_reported_under_the_key_the_user_wrote(override, key):
     with pytest.raises(UserError) as exc:
         load_config(SMOKE, [override])
     msg = str(exc.value)
-    assert msg.startswith(f"--set {override}: {key}: ") and "\n" not in msg
+    assert msg.startswith(f"{SMOKE}: {key}: ") and msg.endswith(f"(from --set {override})") and "\n" not in msg
     assert "teachers" not in msg
 
 
