@@ -52,6 +52,9 @@ GEMMA2_9B = dict(num_hidden_layers=42, hidden_size=3584, num_attention_heads=16,
 TINY = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=2, num_key_value_heads=1, head_dim=32,
             intermediate_size=128, vocab_size=512, query_pre_attn_scalar=32, sliding_window=64)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+REHEARSAL_MODULES = ("transformers", "peft", "accelerate", "bitsandbytes", "typer", "pydantic", "yaml", "pandas",
+                     "pyarrow", "lightgbm", "scipy", "sklearn")
+"""What the project's pipeline imports (pyproject dependencies): checked before the rehearsal so a gap is named."""
 
 
 def _sync(dev: torch.device) -> None:
@@ -127,12 +130,12 @@ def load_precision(kw: dict, state: dict, precision: str, dev: torch.device, com
         return model.to(dev, DTYPES[precision]).eval()
     import bitsandbytes as bnb
 
-    model.to(compute)  # norms, embeddings, head: 16-bit as bitsandbytes leaves them (copies; master untouched)
+    swapped = []
     for parent in list(model.model.layers.modules()):
         for name, child in list(parent.named_children()):
             if not isinstance(child, torch.nn.Linear):
                 continue
-            w = child.weight.data
+            w = child.weight.data  # the bf16 master, on the CPU; bnb quantises it on its way to the GPU
             if precision == "8bit":
                 new = bnb.nn.Linear8bitLt(child.in_features, child.out_features, bias=child.bias is not None,
                                           has_fp16_weights=False, threshold=6.0)
@@ -142,6 +145,11 @@ def load_precision(kw: dict, state: dict, precision: str, dev: torch.device, com
                                         compute_dtype=compute, quant_type="nf4", compress_statistics=True)
                 new.weight = bnb.nn.Params4bit(w.to(compute), requires_grad=False, quant_type="nf4", compress_statistics=True)
             setattr(parent, name, new)
+            swapped.append(new)
+    quantized = {id(m.weight) for m in swapped}
+    for p in model.parameters():  # embeddings, norms, head: 16-bit as bitsandbytes leaves them (copies; master untouched)
+        if id(p) not in quantized and p.is_floating_point():
+            p.data = p.data.to(compute)
     model.to(dev)  # bnb quantises while moving to CUDA
     model.is_loaded_in_8bit, model.is_loaded_in_4bit = precision == "8bit", precision == "4bit"  # peft picks its bnb LoRA layers
     return model.eval()
@@ -246,14 +254,23 @@ def rehearsal(dev: torch.device, dry_run: bool, timeout_s: int) -> list[dict]:
         why = "dry run on CPU: the rehearsal needs CUDA (its CPU path is tests/test_pipeline.py)"
         return [{"name": n, "status": "skipped", "seconds": 0.0, "detail": why}
                 for n in ("rehearsal: smoke pipeline on CUDA", "rehearsal: pytest -m gpu")]
-    arena = str(Path(sys.executable).with_name("arena-kd"))
+    import importlib.util
+
     work = tempfile.mkdtemp(prefix="gpu_check_")
     sets = ["workdir=" + work, "student.model.dtype=fp16", "student.train.optim=paged_adamw_8bit", "student.export_dtype=fp16",
             "teachers.models.0.train.optim=paged_adamw_8bit", "teachers.models.0.model.dtype=fp16"]
-    cmds = [("rehearsal: smoke pipeline on CUDA", [arena, "all", "--config", "configs/smoke.yaml", *sum((["--set", s] for s in sets), [])]),
-            ("rehearsal: pytest -m gpu", [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "tests"])]
+    cmds = [("rehearsal: smoke pipeline on CUDA", REHEARSAL_MODULES,
+             [sys.executable, "-m", "arena_kd.cli", "all", "--config", "configs/smoke.yaml", *sum((["--set", s] for s in sets), [])]),
+            ("rehearsal: pytest -m gpu", (*REHEARSAL_MODULES, "pytest"),
+             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "tests"])]
     steps = []
-    for name, cmd in cmds:
+    for name, needs, cmd in cmds:
+        missing = [m for m in needs if importlib.util.find_spec(m) is None]
+        if missing:
+            steps.append({"name": name, "status": "skipped", "seconds": 0.0,
+                          "detail": f"not installed here: {', '.join(missing)} (bring wheels: gpu_check.sh --fetch-wheels)"})
+            print(f"  {name}: skipped ({steps[-1]['detail']})", flush=True)
+            continue
         t0 = time.perf_counter()
         try:
             p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
@@ -289,9 +306,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-batch", type=int, default=2)
     ap.add_argument("--lora-r", type=int, default=64)
     ap.add_argument("--rehearsal", action="store_true", help="also run the smoke pipeline and the GPU tests on CUDA")
-    ap.add_argument("--rehearsal-timeout", type=int, default=180)
+    ap.add_argument("--rehearsal-timeout", type=int, default=180, help="seconds per rehearsal step (at most half what --budget-s leaves)")
+    ap.add_argument("--budget-s", type=float, default=None, help="whole-run budget: the rehearsal steps shrink to fit it")
     ap.add_argument("--out", default=None, help="results file (default submission/calibration_data/<card>-<date>.json)")
     a = ap.parse_args(argv)
+    started = time.perf_counter()
 
     if a.dry_run:
         dev, shape = torch.device("cpu"), dict(TINY)
@@ -312,6 +331,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device: {card}; Gemma2-9B shape, {layers}/{full} layers; compute {compute}", flush=True)
     skipped: list[dict] = []
     records: list[Record] = []
+    steps: list[dict] = []
+    date = now_utc()
+    slug = "".join(c if c.isalnum() else "-" for c in card.lower()).strip("-")
+    out = Path(a.out) if a.out else ROOT / "submission" / "calibration_data" / f"{slug}-{date[:10]}.json"
+    print(f"results file: {out}", flush=True)
+
+    def save() -> None:  # after every measurement: a window that ends early still leaves a readable file
+        write_results(out, Results(card=card, date=date, records=records, card_memory_gib=card_gib, dry_run=a.dry_run,
+                                   gpu_count=torch.cuda.device_count() if dev.type == "cuda" else 0,
+                                   software=_software(), skipped=skipped, steps=steps))
+
     t0 = time.perf_counter()
     kw, state = build_master(shape, layers, dev)
     print(f"  built random weights once in {time.perf_counter() - t0:.1f}s ({_gib(sum(v.numel() * 2 for v in state.values())):.1f} GiB bf16, in CPU memory)", flush=True)
@@ -331,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
             skipped.append({"what": f"{prec} inference", "why": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"})
             print(f"  {prec} inference skipped: {skipped[-1]['why']}", flush=True)
         model = None
+        save()
     if bnb_why:
         skipped.append({"what": "QLoRA step", "why": bnb_why})
     else:
@@ -345,12 +376,11 @@ def main(argv: list[str] | None = None) -> int:
         model = None
     del state
     _reset(dev)
-    steps = rehearsal(dev, a.dry_run, a.rehearsal_timeout) if a.rehearsal or a.dry_run else []
-    res = Results(card=card, date=now_utc(), records=records, gpu_count=torch.cuda.device_count() if dev.type == "cuda" else 0,
-                  card_memory_gib=card_gib, dry_run=a.dry_run, software=_software(), skipped=skipped, steps=steps)
-    slug = "".join(c if c.isalnum() else "-" for c in card.lower()).strip("-")
-    out = Path(a.out) if a.out else ROOT / "submission" / "calibration_data" / f"{slug}-{res.date[:10]}.json"
-    write_results(out, res)
+    save()
+    if a.rehearsal or a.dry_run:
+        left = a.budget_s - (time.perf_counter() - started) if a.budget_s else float("inf")
+        steps += rehearsal(dev, a.dry_run, int(max(10, min(a.rehearsal_timeout, (left - 10) / 2))))
+        save()
     for s in skipped:
         print(f"  skipped: {s['what']}: {s['why']}")
     print(f"wrote {out} ({len(records)} records, {len(skipped)} skipped) in {time.perf_counter() - t0:.0f}s")

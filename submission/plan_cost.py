@@ -133,6 +133,14 @@ def efficiency(hw_key: str, precision: str, mode: str, calib: dict[tuple[str, st
     return table[precision]
 
 
+def _transferred(eff: Efficiency, name: str) -> Efficiency:
+    """Say so when a figure measured on one model (the public runs and the GPU check use Gemma2-9B) stands for another."""
+    if name == "gemma2-9b" or not eff.source.startswith(("public", "calibrated")):
+        return eff
+    return Efficiency(eff.low, eff.expected, eff.high,
+                      f"{eff.source}; measured on Gemma2-9B, applied to {name} per FLOP (assumption)")
+
+
 def forward_flops(arch: Arch, lengths: Lengths, max_length: int, passes: float, which: str = "expected") -> tuple[float, float]:
     """(tokens, FLOPs) of ``passes`` forward passes over every row at ``max_length``."""
     tokens = lengths.tokens(max_length, which) * passes
@@ -173,6 +181,7 @@ def estimate_inference(stage: str, name: str, arch: Arch, hw_key: str, *, quanti
     if n_par == 1 and hw.gpus > 1 and mem > hw.usable_gib:
         mem = mem / hw.gpus
     eff = efficiency(hw_key, prec, "inference", calib or {})
+    eff = _transferred(eff, name)
     notes.insert(0, f"efficiency {eff.low:.3f}/{eff.expected:.3f}/{eff.high:.3f} of {hw.peak_tflops_fp16:g} TFLOPS; "
                     f"mean {lengths.mean(max_length):.0f} tokens/row at max_length {max_length}")
     if prec == "bf16" and not hw.bf16:
@@ -202,7 +211,7 @@ def estimate_training(stage: str, name: str, arch: Arch, hw_key: str, *, model: 
     mem = (frozen + trainable * state_bytes / 2**30 + ALLOCATOR_SLACK_GIB
            + activation_gib(arch, batch_size * seq, batch_size, seq, True, model.gradient_checkpointing, uses_eager(model)))
     n_par, where = placement(mem, hw)
-    eff = efficiency(hw_key, prec, "train", calib or {})
+    eff = _transferred(efficiency(hw_key, prec, "train", calib or {}), name)
     notes = [f"efficiency {eff.low:.3f}/{eff.expected:.3f}/{eff.high:.3f} of {hw.peak_tflops_fp16:g} TFLOPS",
              f"train FLOPs = {factor:g} x forward (assumption, specs.TRAIN_FLOPS_FACTOR)"]
     sources = [f"throughput: {eff.source}", f"tokens: {lengths.source}", f"memory: {hw.memory_source}"]
