@@ -65,12 +65,22 @@ def _demo_section() -> str:
 
 
 def _gpu_section() -> str:
-    files = sorted((ROOT / "benchmarks").glob("gpu_results*.json"))
+    """The GPU results files the planner reads (submission/calibration_data/, schema in submission/calibration.py)."""
+    from submission.calibration import read_results, shipped_files
+
+    files = shipped_files()
     if not files:
-        return "No GPU run recorded yet: run `python benchmarks/gpu_throughput.py` on a GPU and commit its JSON.\n"
+        return "No GPU run recorded yet: run `bash benchmarks/gpu_check.sh` on a GPU and commit its JSON.\n"
     parts = []
     for f in files:
-        parts.append(f"### {f.name}\n\n```json\n{f.read_text().strip()}\n```\n")
+        r = read_results(f)
+        lines = [f"### {f.name}: {r.card}, {r.date}\n", "| kind | precision | tokens | tokens/s (full depth) | peak GiB (full depth) |", "|---|---|---|---|---|"]
+        for rec in r.records:
+            peak = f"{rec.peak_gib_full:.1f}" if rec.peak_gib_full is not None else "n/a"
+            lines.append(f"| {rec.kind} | {rec.precision} | {rec.seq_len} | {rec.tokens_per_s_full:,.0f} | {peak} |")
+        lines += [f"- skipped {s['what']}: {s['why']}" for s in r.skipped]
+        lines += [f"- {s['name']}: {s['status']} ({s['seconds']} s)" for s in r.steps]
+        parts.append("\n".join(lines) + "\n")
     return "\n".join(parts)
 
 
