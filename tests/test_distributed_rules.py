@@ -1,0 +1,151 @@
+"""Scale-out rules that need no second process: shipped accelerate configs, sharded-QLoRA loading, placements, refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from arena_kd.config import ModelConfig
+from arena_kd.errors import UserError
+from llm import placement
+from llm.loading import load_classifier
+from llm.predict import predict_logits
+
+ACCEL = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
+TINY = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "num_key_value_heads": 1}
+
+
+def _launch_env(monkeypatch, world: int = 2, fsdp: bool = False) -> None:
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    if fsdp:
+        monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    else:
+        monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+
+
+@pytest.mark.parametrize("path", sorted(ACCEL.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_accelerate_configs_are_valid_for_accelerate(path):
+    """accelerate's own loader accepts every file (it refuses unknown keys); the program, not the launch, picks precision."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    cfg = load_config_from_file(str(path))
+    raw = yaml.safe_load(path.read_text())
+    assert raw["mixed_precision"] == "no" and raw["use_cpu"] is False  # use_cpu: true would start one process
+    fsdp = raw.get("fsdp_config") or {}
+    if fsdp.get("fsdp_cpu_ram_efficient_loading"):
+        assert fsdp["fsdp_sync_module_states"] is True  # accelerate refuses the one without the other at launch
+    if fsdp.get("fsdp_version") == 1:
+        assert fsdp["fsdp_use_orig_params"] is False  # peft FSDP-QLoRA docs
+    if path.name.endswith("-cpu.yaml") or path.name == "cpu-2proc.yaml":
+        # the multi-process launcher path (not MULTI_CPU, which accelerate 1.15 sends to its single-process launcher)
+        assert cfg.num_processes == 2 and str(cfg.distributed_type).split(".")[-1] in ("MULTI_GPU", "FSDP")
+        assert fsdp.get("fsdp_version", 2) == 2  # FSDP1 needs an accelerator device
+
+
+def test_expected_accelerate_configs_are_shipped():
+    names = {p.name for p in ACCEL.glob("*.yaml")}
+    assert {"multi-gpu.yaml", "multinode.yaml", "fsdp-qlora.yaml", "cpu-2proc.yaml", "fsdp-qlora-cpu.yaml"} <= names
+
+
+def test_sharding_launch_is_read_from_the_launcher_environment(monkeypatch):
+    _launch_env(monkeypatch, world=1, fsdp=True)
+    assert placement.sharding_launch() is None  # one process: nothing to shard over
+    _launch_env(monkeypatch, world=2, fsdp=True)
+    assert placement.sharding_launch() == "fsdp"
+    _launch_env(monkeypatch, world=2)
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    assert placement.sharding_launch() == "zero3"
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
+    assert placement.sharding_launch() is None  # ZeRO-2 keeps full weights on every rank
+
+
+def test_sharded_storage_dtype_follows_the_peft_rule():
+    assert placement.sharded_storage_dtype(torch.bfloat16) == torch.bfloat16
+    assert placement.sharded_storage_dtype(torch.float16) == torch.float32  # fp16 mixed precision: fp32 storage
+    assert placement.sharded_storage_dtype(torch.float32) == torch.float32
+
+
+def _cfg(**kw) -> ModelConfig:
+    base = dict(backbone="random", tokenizer="bpe:400", random_init=TINY, gradient_checkpointing=False,
+                lora={"r": 4, "alpha": 8, "dropout": 0.0})
+    return ModelConfig(**{**base, **kw})
+
+
+TEXTS = ["the good answer is clear", "a bad answer is wrong", "same same", "question: where is paris?"] * 20
+
+
+def test_sharded_qlora_keeps_one_dtype_and_skips_kbit_preparation(monkeypatch, tmp_path):
+    """Under an FSDP launch every parameter (4-bit storage, norms, embeddings, LoRA, head) is bf16: FSDP can shard
+    them together. Without the launch prepare_model_for_kbit_training upcasts to fp32 (mixed dtypes)."""
+    cfg = _cfg(dtype="bf16", quantization="4bit")
+    _launch_env(monkeypatch, fsdp=True)  # no process group: main-process-first is a no-op here
+    model, _, info = load_classifier(cfg, training=True, workdir=tmp_path, train_texts=TEXTS, seed=0)
+    assert info["placement"] == "fsdp"
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    weight = model.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight
+    assert type(weight).__name__ == "Params4bit" and weight.quant_storage == torch.bfloat16
+    _launch_env(monkeypatch, world=1)
+    model, _, info = load_classifier(cfg, training=True, workdir=tmp_path, train_texts=TEXTS, seed=0)
+    assert info["placement"] == "single"
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+
+
+def test_refused_under_a_sharded_launch_with_one_line(monkeypatch):
+    _launch_env(monkeypatch, fsdp=True)
+    for cfg, optim, save_steps, words in [
+        (_cfg(quantization="4bit"), "paged_adamw_8bit", 100, ("paged_adamw_8bit", "save_steps=100", "fsdp")),
+        (_cfg(quantization="8bit"), "adamw_torch", 0, ("8bit", "fsdp")),
+    ]:
+        with pytest.raises(UserError) as exc:
+            placement.check_sharded_training(cfg, optim, save_steps)
+        assert "\n" not in str(exc.value) and all(w in str(exc.value) for w in words)
+    placement.check_sharded_training(_cfg(quantization="4bit"), "paged_adamw_8bit", 0)  # no checkpoints: allowed
+    placement.check_sharded_training(_cfg(quantization="4bit"), "adamw_torch", 100)
+    _launch_env(monkeypatch)  # data parallel: every rank holds the full model, nothing to refuse
+    placement.check_sharded_training(_cfg(quantization="8bit"), "paged_adamw_8bit", 100)
+
+
+def test_device_map_auto_is_refused_under_a_multi_process_launch(monkeypatch, tmp_path):
+    _launch_env(monkeypatch, world=2)
+    with pytest.raises(UserError) as exc:
+        load_classifier(_cfg(device_map="auto"), training=False, workdir=tmp_path, train_texts=TEXTS)
+    msg = str(exc.value)
+    assert msg.startswith("model.device_map=auto") and "2-process launch" in msg and "\n" not in msg
+
+
+def test_device_map_auto_config_validation():
+    assert _cfg(device_map="auto", max_memory={"0": "20GiB", "1": "20GiB", "cpu": "64GiB"}).max_memory["cpu"] == "64GiB"
+    with pytest.raises(ValueError, match="only used with device_map: auto"):
+        _cfg(max_memory={"0": "20GiB"})
+    with pytest.raises(ValueError, match="GPU index"):
+        _cfg(device_map="auto", max_memory={"cuda0": "20GiB"})
+    kw = placement.placement_kwargs("auto", {"0": "20GiB", "cpu": "64GiB"}, torch.device("cpu"), quantized=False)
+    assert kw == {"device_map": "auto", "max_memory": {0: "20GiB", "cpu": "64GiB"}}  # accelerate wants int GPU keys
+
+
+def test_device_map_auto_in_one_process_predicts_like_single_placement(monkeypatch, tmp_path, tiny_pairs):
+    """On a CPU-only machine auto places everything on the CPU: same logits as the default placement (the GPU split
+    itself is tests/test_distributed_gpu.py)."""
+    from transformers import AutoModelForSequenceClassification
+
+    _launch_env(monkeypatch, world=1)
+    one, tok, _ = load_classifier(_cfg(), training=False, workdir=tmp_path, train_texts=TEXTS)
+    seen = []
+    real = AutoModelForSequenceClassification.from_pretrained.__func__
+
+    def spy(cls, *a, **kw):
+        seen.append({"device_map": kw.get("device_map"), "max_memory": dict(kw.get("max_memory") or {})})  # copy: HF converts it in place
+        return real(cls, *a, **kw)
+
+    monkeypatch.setattr(AutoModelForSequenceClassification, "from_pretrained", classmethod(spy))
+    auto, tok2, info = load_classifier(_cfg(device_map="auto", max_memory={"cpu": "8GiB"}), training=False, workdir=tmp_path, train_texts=TEXTS)
+    assert seen == [{"device_map": "auto", "max_memory": {"cpu": "8GiB"}}]
+    assert info["placement"] == "single"  # one device (the CPU) holds every module
+    kw = dict(max_length=96, progress=False)
+    np.testing.assert_allclose(predict_logits(auto, tok2, tiny_pairs, **kw), predict_logits(one, tok, tiny_pairs, **kw), atol=1e-5)
