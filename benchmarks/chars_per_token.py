@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import base64
 import importlib.util
-import json
 import sys
 from pathlib import Path
 
@@ -44,19 +43,13 @@ def llama3_encoder(model_file: Path | None):
 
 
 def fields(path: Path) -> list[str]:
-    """The three fields of every row, turns joined as the planner joins them (submission/plan.py natural_lengths)."""
-    import pandas as pd
+    """The three fields of every row exactly as the planner measures them (submission/plan_lengths.py, the
+    renderer's turn joining)."""
+    sys.path.insert(0, str(ROOT))
+    from data.readers import read_pairs
+    from submission.plan_lengths import _fields
 
-    df = pd.read_csv(path)
-    out = []
-    for col in ("prompt", "response_a", "response_b"):
-        for cell in df[col]:
-            try:
-                turns = json.loads(cell)
-            except (TypeError, ValueError):
-                turns = [cell]
-            out.append("\n\n".join(t for t in (turns if isinstance(turns, list) else [turns]) if isinstance(t, str)))
-    return out
+    return _fields(read_pairs(path))
 
 
 def main() -> int:

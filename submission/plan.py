@@ -190,7 +190,7 @@ def _test_lengths(cfg: PipelineConfig, test: str | None, tokenizer, token_source
                      f"rescaled x{scale:.2f} to {target:,.0f} chars/row for the {rows:,} planned rows ({why}; "
                      "--test-chars-per-row 0 keeps the file's lengths)")
         src = f"{token_source}; rows rescaled to {target:,.0f} chars ({why.split(':')[0]})"
-    return measure_lengths(source_df, rows, tokenizer, src, cfg.seed, scale), train_df
+    return measure_lengths(source_df, rows, tokenizer, src, cfg.seed, scale, cfg.render.template), train_df
 
 
 def build_plan(cfg: PipelineConfig, test: str | None = None, hardware: str = KAGGLE_HW, calibration: dict | None = None,
@@ -209,7 +209,7 @@ def build_plan(cfg: PipelineConfig, test: str | None = None, hardware: str = KAG
     test_len, train_df = _test_lengths(cfg, test, tokenizer, token_source, test_chars, notes)
     if train_df is not None:
         train_rows = min(len(train_df), cfg.data.max_rows or len(train_df))
-        train_len = measure_lengths(train_df, train_rows, tokenizer, token_source, cfg.seed)
+        train_len = measure_lengths(train_df, train_rows, tokenizer, token_source, cfg.seed, template=cfg.render.template)
     else:
         notes.append(f"training file {cfg.data.train} not readable: assuming {KAGGLE_TRAIN_ROWS:,} rows (Kaggle train.csv) "
                      "with the test set's lengths")

@@ -87,8 +87,11 @@ def local_tokenizer(cfg: PipelineConfig):
 
 
 def _fields(df: pd.DataFrame) -> list[str]:
-    """prompt, response_a, response_b of every row (all turns), column-major."""
-    return ["\n\n".join(x for x in (t or []) if isinstance(x, str)) for col in ("prompt", "response_a", "response_b") for t in df[col]]
+    """prompt, response_a, response_b of every row, turns joined as the renderer joins them, column-major."""
+    from data.render import join_turns
+
+    multi = [len(p or []) > 1 for p in df["prompt"]]
+    return [join_turns(t, 1, m) for col in ("prompt", "response_a", "response_b") for t, m in zip(df[col], multi)]
 
 
 def row_chars(df: pd.DataFrame) -> np.ndarray:
@@ -98,24 +101,35 @@ def row_chars(df: pd.DataFrame) -> np.ndarray:
     return per.reshape(3, len(df)).sum(axis=0)
 
 
-def natural_lengths(df: pd.DataFrame, tokenizer, chars_per_token: float = CHARS_PER_TOKEN, scale: float = 1.0) -> np.ndarray:
-    """int64[n]: tokens of prompt + both responses (all turns) + the template, uncapped.
+UNCAPPED = 1_000_000
+"""Render budget that cuts nothing: the planner caps the natural lengths at each stage's max_length itself."""
 
-    ``scale`` stretches every row's content (not the template) — for a sample that stands in for longer rows."""
-    n = len(df)
+
+def natural_lengths(df: pd.DataFrame, tokenizer, chars_per_token: float = CHARS_PER_TOKEN, scale: float = 1.0,
+                    template: str = "blocks") -> np.ndarray:
+    """int64[n]: uncapped length of every row as the student will see it.
+
+    With a tokenizer: the rows rendered by ``data.render.render_batch`` (headers, turn markers, the tokenizer's own
+    special tokens or chat template) with a budget that cuts nothing. Without: characters / ``chars_per_token`` +
+    ``TEMPLATE_TOKENS``. ``scale`` stretches every row's content (not the template), for a sample that stands in
+    for longer rows."""
     if tokenizer is None:
         content = np.ceil(row_chars(df) * scale / chars_per_token)
-    else:
-        ids = tokenizer(_fields(df), add_special_tokens=False)["input_ids"]
-        per = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-        content = per.reshape(3, n).sum(axis=0) * scale
-    return np.round(content).astype(np.int64) + TEMPLATE_TOKENS
+        return content.astype(np.int64) + TEMPLATE_TOKENS
+    from data.render import render_batch
+
+    ids = render_batch(df, tokenizer, max_length=UNCAPPED, truncation="budget", prompt_fraction=0.5, template=template)
+    total = np.fromiter((len(x) for x in ids), dtype=np.float64, count=len(ids))
+    if scale == 1.0:
+        return total.astype(np.int64)
+    return np.round((total - TEMPLATE_TOKENS) * scale + TEMPLATE_TOKENS).astype(np.int64)
 
 
-def measure_lengths(df: pd.DataFrame, rows: int, tokenizer, source: str, seed: int, scale: float = 1.0) -> Lengths:
+def measure_lengths(df: pd.DataFrame, rows: int, tokenizer, source: str, seed: int, scale: float = 1.0,
+                    template: str = "blocks") -> Lengths:
     """:class:`Lengths` of (a sample of) ``df`` standing for ``rows`` rows, with the proxy's range when untokenised."""
     s = df if len(df) <= SAMPLE_ROWS else df.sample(n=SAMPLE_ROWS, random_state=seed)
-    mid = natural_lengths(s, tokenizer, scale=scale)
+    mid = natural_lengths(s, tokenizer, scale=scale, template=template)
     if tokenizer is not None:
         return Lengths(mid, rows, source)
     low = natural_lengths(s, None, CHARS_PER_TOKEN_RANGE[1], scale)

@@ -93,11 +93,11 @@ ARCH_ALIASES: dict[str, tuple[str, ...]] = {
 
 # --------------------------------------------------------------------------- token counts
 
-CHARS_PER_TOKEN = 4.49
+CHARS_PER_TOKEN = 4.34
 CHARS_PER_TOKEN_SOURCE = (
     "measured 2026-11-27 with the Llama-3 tokenizer shipped in PyPI llama-models 0.3.0 (tiktoken BPE, 128k) on the "
-    "shared real data mtbench_human.csv + hh_harmless.csv: 4,655,832 chars / 1,037,571 tokens "
-    "(benchmarks/chars_per_token.py); a PROXY for the student's own tokenizer")
+    "shared real data mtbench_human.csv + hh_harmless.csv, fields joined as the renderer joins turns: "
+    "4,764,819 chars / 1,097,935 tokens (benchmarks/chars_per_token.py); a PROXY for the student's own tokenizer")
 CHARS_PER_TOKEN_RANGE = (3.9, 4.7)
 """Assumption around the proxy: (more tokens, fewer tokens). Arena rows carry code and non-English text that
 tokenise worse than MT-Bench/HH English (3.9); Gemma-2's 256k vocabulary packs a little more than Llama-3's (4.7)."""

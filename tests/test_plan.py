@@ -13,6 +13,7 @@ from arena_kd.config import load_config
 from arena_kd.errors import UserError
 from submission.plan import VERDICTS, build_plan, resolve_arch, run_plan, verdict
 from submission.plan_cost import estimate_inference, weight_gib
+from data.render import TURN_SEP
 from submission.plan_lengths import TEMPLATE_TOKENS, Lengths, natural_lengths
 from submission.specs import ARCHS, CHARS_PER_TOKEN, HARDWARE, PUBLIC_T4_RUNS
 
@@ -62,7 +63,7 @@ def test_t4_estimates_reproduce_the_public_runs():
     assert four.seconds[0] / 3600 == pytest.approx(3.0, rel=0.03) and four.seconds[2] / 3600 == pytest.approx(5.0, rel=0.03)
     assert eight.seconds[1] / 3600 == pytest.approx(4.5, rel=0.03)
     per_t4 = four.tokens / four.seconds[1] / 2
-    assert 550 < per_t4 < 720  # public-facts arithmetic: ~680 at 4 chars/token, ~600 at the measured 4.49
+    assert 550 < per_t4 < 720  # public-facts arithmetic: ~680 at 4 chars/token, ~620 at the measured 4.34
     assert any("public run" in s for s in four.sources)
 
 
@@ -85,10 +86,38 @@ def test_verdict_thresholds():
 
 
 def test_token_counts_fall_back_to_the_measured_proxy_ratio():
-    df = pd.DataFrame({"prompt": [["a" * 449]], "response_a": [["b" * 898]], "response_b": [["c" * 449, "d" * 447]]})
-    chars = 449 + 898 + 449 + 2 + 447  # turns joined by a blank line
+    """No tokenizer: characters of the fields as the renderer joins them (turn markers included) / 4.34 + template."""
+    df = pd.DataFrame({"prompt": [["a" * 400, "b" * 49]], "response_a": [["c" * 898, "d"]], "response_b": [["e" * 449, "f" * 447]]})
+    marks = 2 * len("[turn 1] ") + len(TURN_SEP)  # per field: two turn markers and one separator
+    chars = 400 + 49 + 898 + 1 + 449 + 447 + 3 * marks
     assert natural_lengths(df, None)[0] == int(np.ceil(chars / CHARS_PER_TOKEN)) + TEMPLATE_TOKENS
     assert natural_lengths(df, None, scale=2.0)[0] == int(np.ceil(2 * chars / CHARS_PER_TOKEN)) + TEMPLATE_TOKENS
+
+
+def test_token_counts_with_a_tokenizer_are_the_rendered_rows(tmp_path):
+    """With the student's tokenizer the planner counts exactly what data.render feeds the model (uncut)."""
+    from data.render import render_batch
+
+    tok = _bpe_tokenizer()
+    df = pd.read_csv(ROOT / "data/sample/test.csv").head(12)
+    from data.readers import read_pairs
+
+    df.to_csv(tmp_path / "t.csv", index=False)
+    pairs = read_pairs(tmp_path / "t.csv")
+    got = natural_lengths(pairs, tok)
+    want = [len(x) for x in render_batch(pairs, tok, max_length=10**6)]
+    assert list(got) == want
+    assert (np.minimum(got, 96) == [len(x) for x in render_batch(pairs, tok, max_length=96)]).sum() >= 10
+
+
+def _bpe_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel()
+    tok.train_from_iterator(["hello world"] * 10, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>"]))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
 
 
 def _kaggle_plan(capsys, config="configs/kaggle-gemma2.yaml", extra=(), **kw):
@@ -104,14 +133,14 @@ def test_kaggle_gemma2_plan_is_consistent_with_the_public_runs(capsys):
     assert any(s.startswith("teacher gemma2-27b: train") for s in stages) and "student: train (5 folds)" in stages
     student = res.submission[1]
     assert student.stage == "submission: student inference" and student.rows == 25_000 and student.passes == 2
-    assert 640 < student.tokens / 25_000 / 2 < 720  # ~3,100 chars/row / 4.49 chars/token, capped at 2000
+    assert 640 < student.tokens / 25_000 / 2 < 720  # ~3,100 chars/row / 4.34 chars/token, capped at 2000
     assert 8.0 * 3600 < res.total[1] < 9.5 * 3600 and res.verdict == "does_not_fit"
     alts = {a["name"].split(" (")[0]: a for a in res.alternatives}
     no_tta = alts["drop TTA"]
     assert 4.0 * 3600 < no_tta["expected_s"] < 5.0 * 3600 and no_tta["verdict"] == "fits"
     assert alts["4-bit weights"]["expected_s"] < res.total[1]  # public: 4-bit ~4 h vs 8-bit 4.5 h
     assert "with TTA" in out and "DOES NOT FIT" in out and "drop TTA" in out and "sources:" in out
-    assert "rescaled" in out and "characters / 4.49" in out
+    assert "rescaled" in out and f"characters / {CHARS_PER_TOKEN}" in out
     for e in res.estimates + res.submission:  # every figure cites its source
         assert e.sources and all(s.strip() for s in e.sources), e.stage
         if e.seconds:
@@ -162,14 +191,8 @@ def test_test_lengths_rescaled_only_when_the_file_stands_in(capsys):
 
 def test_plan_uses_a_local_tokenizer_when_available(tmp_path):
     """The smoke config's student tokenizer is trained at run time; a saved export tokenizer is picked up."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel()
-    tok.train_from_iterator(["hello world"] * 10, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>"]))
     export = tmp_path / "work" / "student" / "export"
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>").save_pretrained(export)
+    _bpe_tokenizer().save_pretrained(export)
     for name in ("train", "test"):  # 40 rows each: tokenising is the slow part
         pd.read_csv(ROOT / f"data/sample/{name}.csv").head(40).to_csv(tmp_path / f"{name}.csv", index=False)
     cfg = load_config(ROOT / "configs/smoke.yaml", [f"workdir={tmp_path / 'work'}", f"data.train={tmp_path / 'train.csv'}",
