@@ -114,8 +114,9 @@ def repair_record(rec: dict[str, Any]) -> tuple[dict[str, list[str]], list[str]]
     return fields, kinds
 
 
-def _csv_records(path: Path) -> tuple[list[str], list[dict[str, Any]], Counter]:
-    """Header and records of a CSV file, decoded like the strict reader, any field size, ragged rows fixed."""
+def _csv_records(path: Path) -> tuple[list[str], list[dict[str, Any]], Counter, dict[str, int]]:
+    """Header, records, problem counts and each problem's first data row of a CSV file, decoded like the strict
+    reader, any field size, ragged rows padded / cut."""
     raise_csv_field_limit()
     text, encoding = decode_bytes(path.read_bytes())
     if encoding not in ("utf-8", "utf-8-sig"):
@@ -125,7 +126,7 @@ def _csv_records(path: Path) -> tuple[list[str], list[dict[str, Any]], Counter]:
         header = [repair_text(h.strip().lstrip("\ufeff"))[0] for h in next(reader)]
     except StopIteration:
         raise UserError(f"{path}: empty file (no header row)") from None
-    records, problems = [], Counter()
+    records, problems, first = [], Counter(), {}
     while True:
         try:
             fields = next(reader)
@@ -133,24 +134,26 @@ def _csv_records(path: Path) -> tuple[list[str], list[dict[str, Any]], Counter]:
             break
         except csv.Error as exc:  # the reader resumes at the next line
             problems["unreadable CSV record (skipped)"] += 1
+            first.setdefault("unreadable CSV record (skipped)", len(records) + 1)
             log.warning("%s: line %d: unreadable CSV record skipped (%s)", path, reader.line_num, exc)
             continue
         if not fields or (len(fields) == 1 and not fields[0].strip()):
             continue  # blank line
         if len(fields) != len(header):
             problems["wrong field count"] += 1
+            first.setdefault("wrong field count", len(records) + 1)
             fields = (fields + [""] * len(header))[: len(header)]
         records.append(dict(zip(header, fields)))
-    return header, records, problems
+    return header, records, problems, first
 
 
-def _records(path: Path) -> tuple[list[str], list[dict[str, Any]], Counter]:
+def _records(path: Path) -> tuple[list[str], list[dict[str, Any]], Counter, dict[str, int]]:
     if path.suffix.lower() == ".csv":
         return _csv_records(path)
     from data.readers import read_raw
 
     table = read_raw(path)
-    return list(table.columns), table.records, Counter()
+    return list(table.columns), table.records, Counter(), {}
 
 
 def tolerant_kaggle_frame(path: str | Path) -> pd.DataFrame:
@@ -163,14 +166,14 @@ def tolerant_kaggle_frame(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: test file not found")
-    header, records, repairs = _records(path)
+    header, records, repairs, first_row = _records(path)
     if "id" not in header:
         raise UserError(f"{path}: column 'id' is missing (Kaggle test layout: {', '.join(KAGGLE_COLUMNS)})")
     absent = [c for c in TURN_COLUMNS if c not in header]
     if absent:
         repairs[f"column(s) {', '.join(absent)} missing (read as empty)"] = len(records)
         log.error("%s: column(s) %s missing; every row is answered from the columns that exist", path, ", ".join(absent))
-    rows, seen, first_row = [], set(), {}
+    rows, seen = [], set()
     for i, rec in enumerate(records, 1):
         raw_id = rec.get("id")
         if isinstance(raw_id, float) and raw_id.is_integer():
