@@ -177,7 +177,10 @@ def run_submission(
     if (head == "prior").any():
         log.info("fallback answer: %s = %s", source, np.round(prior, 4).tolist())
     fallback_seconds = clock() - t0
-    write_submission(out_path, _frame(df["id"], probs), ids, sub.clip_eps)
+    try:
+        write_submission(out_path, _frame(df["id"], probs), ids, sub.clip_eps)
+    except OSError as exc:  # a broken environment, not the data: the one failure left, in one line
+        raise UserError(f"{out_path}: cannot write the submission ({exc.strerror or exc}: {exc.filename or out_path})") from None
     log.info("provisional %s written (%s, %s)", out_path, head[0] if n else "empty", format_seconds(fallback_seconds))
 
     # 2. the student under the budget ----------------------------------------------------------

@@ -353,3 +353,17 @@ def test_cli_exit_0_on_a_defective_file_without_artifacts(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     _assert_valid(out, _ids(rows))
     assert set(_paths(out)["head"]) == {"prior"}
+
+
+def test_unwritable_output_is_one_line(run, tmp_path, export):  # noqa: F811
+    """A broken environment is the one failure left: an output whose folder cannot be created → one UserError line."""
+    from arena_kd.errors import UserError
+
+    cfg, _, _ = export
+    rows = _rows(4)
+    path = _write(tmp_path / "test.csv", rows)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(UserError, match=r"a-file/submission.csv: cannot write the submission \(") as exc:
+        run_mod.run_submission(cfg, test=str(path), out=str(blocker / "submission.csv"), progress=False)
+    assert "\n" not in str(exc.value)
