@@ -1,7 +1,7 @@
 """GPU throughput of a Gemma2-9B-shaped classifier with random weights (no download), for the planner's calibration.
 
     .venv/bin/python benchmarks/gpu_throughput.py [--layers N|auto] [--seqs 1024 2000] [--precisions bf16 fp16 8bit 4bit]
-        [--batch-tokens 8192] [--steps 2] [--train-seq 1024] [--train-batch 2] [--lora-r 64] [--rehearsal]
+        [--batch-tokens 8192] [--steps 2] [--train-seq 1024] [--train-batch 2] [--lora-r 64] [--rehearsal] [--tiny]
         [--out submission/calibration_data/<card>-<date>.json]
     .venv/bin/python benchmarks/gpu_throughput.py --dry-run --out /tmp/r.json    # tiny shapes on CPU: the logic, not figures
 
@@ -248,9 +248,9 @@ def _print(r: Record) -> None:
           f"(full depth {r.tokens_per_s_full:,.0f})  {mem}", flush=True)
 
 
-def rehearsal(dev: torch.device, dry_run: bool, timeout_s: int) -> list[dict]:
+def rehearsal(dev: torch.device, timeout_s: int) -> list[dict]:
     """The smoke pipeline on CUDA (fp16 autocast, paged 8-bit AdamW, fp16 export), then the GPU-marked tests."""
-    if dry_run or dev.type != "cuda":
+    if dev.type != "cuda":
         why = "dry run on CPU: the rehearsal needs CUDA (its CPU path is tests/test_pipeline.py)"
         return [{"name": n, "status": "skipped", "seconds": 0.0, "detail": why}
                 for n in ("rehearsal: smoke pipeline on CUDA", "rehearsal: pytest -m gpu")]
@@ -297,6 +297,7 @@ def _software() -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dry-run", action="store_true", help="tiny shapes on CPU: checks the script, measures nothing real")
+    ap.add_argument("--tiny", action="store_true", help="tiny shapes on CUDA (the GPU test): checks the CUDA paths in seconds")
     ap.add_argument("--layers", default="auto", help="decoder layers to build (auto: 42 with >= 60 GiB of GPU memory, else 8)")
     ap.add_argument("--seqs", type=int, nargs="+", default=[1024, 2000])
     ap.add_argument("--precisions", nargs="+", default=["bf16", "fp16", "8bit", "4bit"], choices=["bf16", "fp16", "8bit", "4bit"])
@@ -312,16 +313,16 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     started = time.perf_counter()
 
-    if a.dry_run:
-        dev, shape = torch.device("cpu"), dict(TINY)
-        a.seqs = sorted({min(s // 32, 64) for s in a.seqs})  # 1024, 2000 -> 32, 62: two short lengths
-        a.train_seq, a.batch_tokens, a.lora_r, a.steps = min(a.train_seq, 64), min(a.batch_tokens, 256), min(a.lora_r, 8), 1
-    elif not torch.cuda.is_available():
+    if not a.dry_run and not torch.cuda.is_available():
         print("gpu_throughput: no CUDA device visible; nothing measured (run benchmarks/gpu_check.sh on a GPU machine).")
         return 0
-    else:
-        dev, shape = torch.device("cuda"), dict(GEMMA2_9B)
-    card = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu (dry run)"
+    dev = torch.device("cpu" if a.dry_run else "cuda")
+    a.dry_run = a.dry_run or a.tiny  # tiny figures never calibrate the planner
+    shape = dict(TINY if a.dry_run else GEMMA2_9B)
+    if a.dry_run:
+        a.seqs = sorted({min(s // 32, 64) for s in a.seqs})  # 1024, 2000 -> 32, 62: two short lengths
+        a.train_seq, a.batch_tokens, a.lora_r, a.steps = min(a.train_seq, 64), min(a.batch_tokens, 256), min(a.lora_r, 8), 1
+    card = torch.cuda.get_device_name(dev) + (" (tiny)" if a.tiny else "") if dev.type == "cuda" else "cpu (dry run)"
     card_gib = _gib(torch.cuda.get_device_properties(dev).total_memory) if dev.type == "cuda" else None
     full = shape["num_hidden_layers"]
     layers = (full if (card_gib or 0) >= 60 or a.dry_run else 8) if a.layers == "auto" else min(int(a.layers), full)
@@ -377,9 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     del state
     _reset(dev)
     save()
-    if a.rehearsal or a.dry_run:
+    if a.rehearsal or dev.type == "cpu":  # on CPU: named as skipped
         left = a.budget_s - (time.perf_counter() - started) if a.budget_s else float("inf")
-        steps += rehearsal(dev, a.dry_run, int(max(10, min(a.rehearsal_timeout, (left - 10) / 2))))
+        steps += rehearsal(dev, int(max(10, min(a.rehearsal_timeout, (left - 10) / 2))))
         save()
     for s in skipped:
         print(f"  skipped: {s['what']}: {s['why']}")

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from arena_kd.config import load_config
 from arena_kd.errors import UserError
@@ -73,6 +74,7 @@ def test_old_or_broken_results_files_are_refused_in_one_line(tmp_path):
         read_results(bad)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present: this would measure for real")
 def test_gpu_throughput_without_cuda_measures_nothing(tmp_path, capsys):
     out = tmp_path / "r.json"
     assert _bench().main(["--out", str(out)]) == 0
@@ -97,3 +99,17 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     assert "already installed" in p.stderr + p.stdout and f"wrote {out}" in p.stdout
     calib, notes = load_calibration([out])
     assert calib == {} and any("dry run" in n and "not used" in n for n in notes)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_throughput_tiny_on_cuda(tmp_path):
+    """The CUDA paths in seconds: 16-bit casts, bnb 8-bit/4-bit swaps, peak memory, the QLoRA step with paged AdamW."""
+    out = tmp_path / "tiny.json"
+    assert _bench().main(["--tiny", "--out", str(out)]) == 0
+    res = read_results(out)
+    assert res.dry_run and "(tiny)" in res.card
+    assert all(r.peak_gib is not None and r.peak_gib > 0 for r in res.records)
+    assert {r.precision for r in res.records if r.kind == "inference"} >= {"fp16", "8bit", "4bit"}, res.skipped
+    assert any(r.kind == "train_step" for r in res.records), res.skipped
+    assert not any("AdamW" in s["what"] for s in res.skipped), res.skipped
