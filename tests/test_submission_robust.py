@@ -367,3 +367,21 @@ def test_unwritable_output_is_one_line(run, tmp_path, export):  # noqa: F811
     with pytest.raises(UserError, match=r"a-file/submission.csv: cannot write the submission \(") as exc:
         run_mod.run_submission(cfg, test=str(path), out=str(blocker / "submission.csv"), progress=False)
     assert "\n" not in str(exc.value)
+
+
+def test_a_broken_tokenizer_is_given_up_quickly():
+    """When every row fails to render (the tokenizer itself is broken) the bisection stops early: a bounded number
+    of calls, every row carries the reason, none is left without one."""
+    from submission.student_pass import lengths_isolating_failures
+
+    calls = []
+
+    class Broken:
+        def lengths(self, df, max_length):
+            calls.append(len(df))
+            raise OSError("tokenizer.json is corrupt")
+
+    df = pd.DataFrame({"id": [str(i) for i in range(5000)]})
+    lens, failed = lengths_isolating_failures(Broken(), df, 64)
+    assert sorted(failed) == list(range(5000)) and len(calls) < 5000 // 4
+    assert set(failed.values()) == {"rendering/tokenizing failed: OSError: tokenizer.json is corrupt"}
