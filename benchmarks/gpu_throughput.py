@@ -138,12 +138,14 @@ def load_precision(kw: dict, state: dict, precision: str, dev: torch.device, com
             w = child.weight.data  # the bf16 master, on the CPU; bnb quantises it on its way to the GPU
             if precision == "8bit":
                 new = bnb.nn.Linear8bitLt(child.in_features, child.out_features, bias=child.bias is not None,
-                                          has_fp16_weights=False, threshold=6.0)
+                                          has_fp16_weights=False, threshold=6.0, device="meta")  # meta: no init work
                 new.weight = bnb.nn.Int8Params(w.to(torch.float16), requires_grad=False, has_fp16_weights=False)
             else:
                 new = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
-                                        compute_dtype=compute, quant_type="nf4", compress_statistics=True)
+                                        compute_dtype=compute, quant_type="nf4", compress_statistics=True, device="meta")
                 new.weight = bnb.nn.Params4bit(w.to(compute), requires_grad=False, quant_type="nf4", compress_statistics=True)
+            if child.bias is not None:
+                new.bias = torch.nn.Parameter(child.bias.data.to(compute), requires_grad=False)
             setattr(parent, name, new)
             swapped.append(new)
     quantized = {id(m.weight) for m in swapped}
