@@ -33,7 +33,7 @@ def process_group() -> tuple[int, int]:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by accelerate/torchrun: let accelerate set up the group
         from accelerate import PartialState
 
-        st = PartialState()
+        st = PartialState(cpu=not torch.cuda.is_available())  # CPU: gloo (without cpu=True each process is alone)
         return st.process_index, st.num_processes
     return 0, 1
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"
@@ -32,7 +33,7 @@ LN3 = math.log(3)
 
 
 def _teacher(batch_size: int, quantization: str = "none", hidden: int = 32, **predict) -> str:
-    """One tiny random Llama teacher as a YAML flow mapping for --set teachers.models=[...]."""
+    """One tiny random Llama teacher as a YAML flow list (the config's teachers.models)."""
     pred = ", ".join(f"{k}: {v}" for k, v in predict.items())
     return (
         "[{name: tiny-llama, model: {backbone: random, tokenizer: 'bpe:400', quantization: " + quantization + ", "
@@ -52,14 +53,21 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _sets(workdir: Path, folds: Path | None, teacher: str) -> list[str]:
-    folds_set = ["--set", f"folds.file={folds}"] if folds is not None else []
-    return ["--set", f"workdir={workdir}", *folds_set, "--set", f"teachers.models={teacher}"]
+def _config(workdir: Path, folds: Path | None, teacher: str) -> Path:
+    """configs/smoke.yaml with only the one teacher (and no optional extra teacher passes), written next to workdir."""
+    raw = yaml.safe_load(SMOKE.read_text())
+    raw["workdir"] = str(workdir)
+    raw["teachers"] = {"models": yaml.safe_load(teacher), "combine": raw["teachers"].get("combine", {})}
+    if folds is not None:
+        raw.setdefault("folds", {})["file"] = str(folds)
+    path = workdir.with_name(workdir.name + ".yaml")
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
 
 
 def _launch(config: str, record: Path, workdir: Path, folds: Path | None, teacher: str) -> dict[int, dict]:
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCEL / config), str(PROBE), str(record),
-           "teachers", "--config", str(SMOKE), *_sets(workdir, folds, teacher)]
+           "teachers", "--config", str(_config(workdir, folds, teacher))]
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return {r: json.loads((record / f"rank{r}.json").read_text()) for r in (0, 1)}
@@ -116,8 +124,8 @@ def test_data_parallel_two_cpu_processes_match_one_process(tmp_path, balanced_fo
     assert any(w.endswith("fold1.parquet") for w in _writes_under(rec[0], tmp_path / "dp"))
     _check_fold_files(tmp_path / "dp", balanced_folds)
 
-    single = subprocess.run([sys.executable, "-m", "arena_kd.cli", "teachers", "--config", str(SMOKE),
-                             *_sets(tmp_path / "one", balanced_folds, _teacher(batch_size=8))],
+    single = subprocess.run([sys.executable, "-m", "arena_kd.cli", "teachers", "--config",
+                             str(_config(tmp_path / "one", balanced_folds, _teacher(batch_size=8)))],
                             cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]
     dp, dp_meta = _read_oof(tmp_path / "dp")
@@ -156,7 +164,7 @@ def test_fsdp_qlora_two_cpu_processes_shard_train_and_predict_in_lockstep(tmp_pa
     _check_fold_files(wd, None)
 
     # the adapter gathered from the shards, reloaded in this (single) process, predicts what the sharded model did
-    cfg = load_config(SMOKE, _sets(wd, None, teacher)[1::2])
+    cfg = load_config(_config(wd, None, teacher))
     t = cfg.teachers.models[0]
     data = load_training_data(cfg)
     from arena_kd.io import read_keyed_table
