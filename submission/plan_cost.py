@@ -110,7 +110,10 @@ def placement(mem_gib: float, hw: Hardware) -> tuple[int, str]:
     if mem_gib <= hw.usable_gib:
         return hw.gpus, (f"data-parallel x{hw.gpus}" if hw.gpus > 1 else "one GPU")
     if mem_gib <= hw.usable_gib * hw.gpus:
-        return 1, f"split over {hw.gpus} GPUs (device_map), no data parallelism"
+        # what llm/placement.py does with model.device_map: auto (one process, one GPU computing at a time). FSDP
+        # (configs/accelerate/fsdp-qlora.yaml) also splits training state but is not modelled here: a 4-bit model is
+        # loaded whole on every GPU before it is sharded (teachers/README.md)
+        return 1, f"split over {hw.gpus} GPUs in one process (set model.device_map: auto), no data parallelism"
     return 0, "DOES NOT FIT"
 
 
