@@ -163,18 +163,19 @@ def run_submission(
     stacker = load_stacker_or_none(stack_dir, cfg.stacking.embedding_model) if n else None
     head = np.full(n, "prior", dtype=object)
     t0 = clock()
-    prior, source = class_prior(cfg.data.train)
-    probs = np.tile(prior, (n, 1))
+    probs = np.full((n, 3), np.nan)
     if stacker is not None:
         try:
             fo = np.asarray(stacker_probs(stacker, df, None, sub.swap_average), dtype=np.float64)
             ok = valid_rows(fo) if fo.shape == probs.shape else np.zeros(n, dtype=bool)
             probs[ok], head[ok] = fo[ok], "features_only"
             if not ok.all():
-                log.error("features-only stacker gave invalid probabilities for %d row(s); they use the %s", int((~ok).sum()), source)
+                log.error("features-only stacker gave invalid probabilities for %d row(s); they use the class prior", int((~ok).sum()))
         except Exception as exc:  # noqa: BLE001
             log.warning("features-only stacker failed (%s); using the class prior", short_reason(exc))
-    if (head == "prior").any():
+    if (head == "prior").any():  # read the training labels only when some row needs them
+        prior, source = class_prior(cfg.data.train)
+        probs[head == "prior"] = prior
         log.info("fallback answer: %s = %s", source, np.round(prior, 4).tolist())
     fallback_seconds = clock() - t0
     try:
@@ -221,7 +222,7 @@ def run_submission(
             swap = spass.swap[sel] if tta else None
             try:
                 if stacker is not None:
-                    probs[sel] = stacker_probs(stacker, df.iloc[sel].reset_index(drop=True), {"orig": orig, "swap": swap}, sub.swap_average)
+                    probs[sel] = stacker_probs(stacker, df.iloc[sel].reset_index(drop=True), {"orig": orig, "swap": swap, "max_length": spass.max_length[sel]}, sub.swap_average)
                     head[sel] = "stacker"
                 else:
                     probs[sel] = student_softmax(orig, swap)

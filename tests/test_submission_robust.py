@@ -385,3 +385,28 @@ def test_a_broken_tokenizer_is_given_up_quickly():
     lens, failed = lengths_isolating_failures(Broken(), df, 64)
     assert sorted(failed) == list(range(5000)) and len(calls) < 5000 // 4
     assert set(failed.values()) == {"rendering/tokenizing failed: OSError: tokenizer.json is corrupt"}
+
+
+def test_invalid_features_only_rows_get_the_prior(run, tmp_path):
+    """A features-only stacker that returns NaN for some rows (and then fails on the student's logits): those rows
+    get the class prior, the others keep the features-only answer; the file is valid throughout."""
+    stacker = run.stacker
+    real_predict = stacker.predict
+
+    def nan_rows(df):
+        p = real_predict(df, None)
+        p[:2] = np.nan
+        return p
+
+    def broken_with_student(df, student):
+        raise ValueError("stacker broke")
+
+    stacker.predict_features_only = nan_rows
+    stacker.predict = broken_with_student
+    rows = _rows(8)
+    res, summary, out = run(_write(tmp_path / "test.csv", rows))
+    sub = _assert_valid(out, _ids(rows))
+    assert res.counts == {"prior+none": 2, "features_only+none": 6}
+    assert summary["fallback_reasons"] == {"stacker on student logits failed: ValueError: stacker broke": 8}
+    p = sub[list(LABELS)].to_numpy()
+    assert np.allclose(p[0], p[1]) and p[0, 0] == pytest.approx(p[0, 1])  # the A/B-pooled prior
