@@ -315,7 +315,7 @@ def _corrupt(rows, rng) -> list[list[str]]:
     return rows
 
 
-@pytest.mark.parametrize("seed", range(20))
+@pytest.mark.parametrize("seed", range(12))
 def test_randomly_corrupted_cells_always_give_a_valid_file(run, tmp_path, seed):
     """Seeded: 1-5 random defects in random cells of 8 real rows, a random encoding and line ending; every time a
     valid file with every id, and every row either scored by the student or given a reason."""
