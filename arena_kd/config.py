@@ -193,9 +193,17 @@ class StudentConfig(_Strict):
     distill: DistillConfig = Field(default_factory=DistillConfig, description="Distillation loss.")
     oof: bool = Field(True, description="Train k fold students for honest OOF logits (needed by the stacker).")
     final: Literal["full", "fold_soup", "none"] = Field("full", description="Final model: retrain on all rows, average the fold LoRAs (1st place), or skip.")
+    soup: Literal["exact", "average"] = Field(
+        "exact",
+        description="With final=fold_soup: exact = the fold adapters side by side along the rank axis, each B scaled by 1/k "
+        "(merged delta = mean of the fold deltas exactly; rank k*r until merged, same merged size); average = element-wise mean "
+        "of A and B (1st place; mean(B)@mean(A) != mean(B@A), close only for folds that stay near their shared init). "
+        "Measured drifts from the fold-model mean: README 'Fold soup'.",
+    )
     export_dtype: Literal["fp16", "bf16", "fp32"] = Field("fp16", description="dtype of the merged export (fp16 for T4).")
     export_merged: bool = Field(True, description="Merge LoRA into the base for export (else base + adapter).")
-    reference_rows: int = Field(16, ge=0, le=4096, description="Training rows whose trained-model logits are stored in the export as a self-check for loaders (0 = none).")
+    reference_rows: int = Field(16, ge=0, le=4096, description="Training rows whose trained-model probabilities (fold soup: the mean of the fold models') "
+                                "are stored in the export; the export is verified against them at export and at the start of submission (0 = no check).")
 
 
 class StackingConfig(_Strict):
@@ -252,6 +260,15 @@ class PipelineConfig(_Strict):
         if not v.strip():
             raise ValueError("must not be empty")
         return v
+
+    @model_validator(mode="after")
+    def _one_temperature_owner(self) -> "PipelineConfig":
+        """The soft-label temperature (teachers.combine) and the KD temperature (student.distill) would compound."""
+        tc, td = self.teachers.combine.temperature, self.student.distill.temperature
+        if tc != 1.0 and td != 1.0 and self.student.distill.alpha > 0:
+            raise ValueError(f"teachers.combine.temperature={tc:g} and student.distill.temperature={td:g} compound (the student would "
+                             "learn teacher labels tempered twice); set one of them to 1")
+        return self
 
     # convenience -----------------------------------------------------------------------
     @property
@@ -346,9 +363,7 @@ def _format_error(path: str, err: ValidationError, overrides: list[str] | None =
     return f"{path}: {loc}: {msg}{more}"
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
-    """Read, override and validate a YAML config; one-line UserError on any problem."""
-    p = Path(path)
+def _read_yaml(p: Path) -> dict[str, Any]:
     if not p.is_file():
         raise UserError(f"{p}: config file not found")
     try:
@@ -359,11 +374,42 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
         raise UserError(f"{p}:{where} invalid YAML: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(raw, dict):
         raise UserError(f"{p}: top level must be a mapping of sections")
+    return raw
+
+
+def merge_layer(base: Any, layer: Any, where: str = "") -> Any:
+    """``layer`` laid over ``base``: mappings merge key by key, a list of mappings merges item by item (same index;
+    extra items are appended), anything else (scalars, lists of scalars, null) replaces the base value."""
+    if isinstance(base, dict) and isinstance(layer, dict):
+        out = dict(base)
+        for k, v in layer.items():
+            out[k] = merge_layer(base[k], v, f"{where}.{k}" if where else str(k)) if k in base else v
+        return out
+    if isinstance(base, list) and isinstance(layer, list) and layer and all(isinstance(x, dict) for x in layer):
+        out = list(base)
+        for i, v in enumerate(layer):
+            out[i:i + 1] = [merge_layer(base[i], v, f"{where}.{i}")] if i < len(base) else [v]
+        return out
+    return layer
+
+
+def load_config(path: str | Path | list[str | Path], overrides: list[str] | None = None) -> PipelineConfig:
+    """Read, layer, override and validate YAML config(s); one-line UserError on any problem.
+
+    ``path`` may be a list: the first file is the base, each later file is laid over it with :func:`merge_layer`
+    (e.g. ``configs/kaggle-gemma2.yaml`` + ``configs/rehearsal.yaml``), then the ``--set`` overrides apply.
+    """
+    paths = [Path(p) for p in (path if isinstance(path, (list, tuple)) else [path])]
+    if not paths:
+        raise UserError("no config file given")
+    raw: dict[str, Any] = {}
+    for p in paths:
+        raw = merge_layer(raw, _read_yaml(p)) if raw else _read_yaml(p)
     raw = apply_overrides(unalias(raw), overrides or [])
     try:
         return PipelineConfig.model_validate(raw)
     except ValidationError as err:
-        raise UserError(_format_error(str(p), err, overrides)) from None
+        raise UserError(_format_error(" + ".join(str(p) for p in paths), err, overrides)) from None
 
 
 def write_resolved(cfg: PipelineConfig, out_dir: str | Path, name: str = "config.resolved.yaml") -> Path:

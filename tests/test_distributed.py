@@ -24,6 +24,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from arena_kd.io import read_keyed_table
+
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"
 ACCEL = REPO / "configs" / "accelerate"
@@ -47,7 +49,8 @@ def _teacher(batch_size: int, quantization: str = "none", hidden: int = 32, **pr
 
 def _env() -> dict[str, str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}
+           "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO),
+           "CUDA_VISIBLE_DEVICES": ""}  # the CPU path (gloo) also on GPU machines: two ranks cannot share one GPU under NCCL
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "ACCELERATE_USE_FSDP"):
         env.pop(k, None)
     return env
@@ -88,15 +91,11 @@ def balanced_folds(tmp_path_factory) -> Path:
 
 
 def _read_oof(workdir: Path) -> tuple[pd.DataFrame, dict]:
-    from arena_kd.io import read_keyed_table
-
     return read_keyed_table(workdir / "teachers" / "tiny-llama" / "oof.parquet")
 
 
 def _check_fold_files(workdir: Path, folds: Path | None) -> None:
     """Every fold file holds exactly its held-out ids, finite logits, and a sidecar with metrics and hashes."""
-    from arena_kd.io import read_keyed_table
-
     fold_of = pd.read_csv(folds or workdir / "folds.csv", dtype={"id": str}).set_index("id")["fold"]
     for k in (0, 1):
         df, meta = read_keyed_table(workdir / "teachers" / "tiny-llama" / f"fold{k}.parquet")
@@ -167,11 +166,10 @@ def test_fsdp_qlora_two_cpu_processes_shard_train_and_predict_in_lockstep(tmp_pa
     cfg = load_config(_config(wd, None, teacher))
     t = cfg.teachers.models[0]
     data = load_training_data(cfg)
-    from arena_kd.io import read_keyed_table
-
     for k in (0, 1):
         valid = data.frame[data.frame["fold"] == k].reset_index(drop=True)
-        model, tok, info = load_classifier(t.model, training=False, workdir=wd, adapter=wd / "teachers" / "tiny-llama" / f"fold{k}" / "adapter")
+        model, tok, info = load_classifier(t.model, training=False, workdir=wd, adapter=wd / "teachers" / "tiny-llama" / f"fold{k}" / "adapter",
+                                          device="cpu")
         assert info["quantization"] == "4bit"
         mine = predict_rows(model, tok, valid, t.predict, cfg.render)["orig"]
         fold, _ = read_keyed_table(wd / "teachers" / "tiny-llama" / f"fold{k}.parquet")
