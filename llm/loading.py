@@ -467,7 +467,7 @@ def load_classifier(
 
     from llm.placement import placement_kwargs, sharded_storage_dtype, sharding_launch
 
-    sharded = sharding_launch() if training else None  # FSDP / ZeRO-3: the Trainer shards what is loaded here
+    sharded = sharding_launch() if training else None  # FSDP: the Trainer shards what is loaded here (ZeRO-3 is refused earlier)
     load_dtype = sharded_storage_dtype(dtype) if sharded else dtype
     qconf = quantization_config(model_cfg.quantization, dtype, storage_dtype=load_dtype)
     kwargs: dict[str, Any] = dict(config=config, dtype=load_dtype, **common)

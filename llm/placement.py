@@ -120,6 +120,9 @@ def check_sharded_training(model_cfg, optim: str, save_steps: int) -> None:
     sharded = sharding_launch()
     if sharded is None:
         return
+    if sharded == "zero3":  # detected so that it is refused, not half-run: no lockstep prediction / gathered save for it
+        raise UserError("DeepSpeed ZeRO-3 launch: not supported (sharded prediction and adapter saving are implemented "
+                        "for FSDP); use configs/accelerate/fsdp-qlora.yaml, or ZeRO-2 / data parallel")
     if model_cfg.quantization == "8bit":
         raise UserError(f"model.quantization=8bit: bitsandbytes 8-bit weights cannot be sharded by {sharded}; use 4bit (FSDP-QLoRA) or a data-parallel launch")
     if "paged" in optim and "8bit" in optim and save_steps > 0:

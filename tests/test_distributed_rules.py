@@ -107,7 +107,13 @@ def test_refused_under_a_sharded_launch_with_one_line(monkeypatch):
         assert "\n" not in str(exc.value) and all(w in str(exc.value) for w in words)
     placement.check_sharded_training(_cfg(quantization="4bit"), "paged_adamw_8bit", 0)  # no checkpoints: allowed
     placement.check_sharded_training(_cfg(quantization="4bit"), "adamw_torch", 100)
-    _launch_env(monkeypatch)  # data parallel: every rank holds the full model, nothing to refuse
+    _launch_env(monkeypatch)
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    with pytest.raises(UserError, match="ZeRO-3 launch: not supported"):
+        placement.check_sharded_training(_cfg(quantization="4bit"), "adamw_torch", 0)
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "false")
+    # data parallel: every rank holds the full model, nothing to refuse
     placement.check_sharded_training(_cfg(quantization="8bit"), "paged_adamw_8bit", 100)
 
 
