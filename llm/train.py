@@ -289,7 +289,7 @@ def _settings_hash(model_cfg, train_cfg, render_cfg, train_df, eval_df, seed, lo
 
     cols = [c for c in ("id", "label") if c in train_df.columns]
     payload = {
-        "model": model_cfg.model_dump(mode="json"),
+        "model": model_cfg.model_dump(mode="json", exclude={"device_map", "max_memory"}),  # placement: not the result
         "train": train_cfg.model_dump(mode="json"),
         "render": render_cfg.model_dump(mode="json"),
         "seed": seed,

@@ -38,7 +38,9 @@ SUFFIXES = ("a", "b", "tie")
 
 def teacher_config_hash(cfg: PipelineConfig, teacher: TeacherConfig) -> str:
     """Hash of everything that changes a teacher's OOF logits: its section (not its ensemble weight), render, seed."""
-    section = teacher.model_dump(mode="json", exclude={"weight"})
+    # placement (device_map / max_memory) says where the weights live, not what they compute: moving a run to other
+    # hardware keeps its finished folds
+    section = teacher.model_dump(mode="json", exclude={"weight": True, "model": {"device_map", "max_memory"}})
     payload = {"teacher": section, "render": cfg.render.model_dump(mode="json"), "seed": cfg.seed}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
