@@ -23,19 +23,20 @@ app = typer.Typer(
     help="Knowledge distillation + stacking pipeline for LMSYS Chatbot Arena preference prediction.",
 )
 
-ConfigOpt = typer.Option(DEFAULT_CONFIG, "--config", "-c", help="Pipeline YAML config.")
+ConfigOpt = typer.Option([DEFAULT_CONFIG], "--config", "-c", help="Pipeline YAML config; repeat to lay override files over a base "
+                         "(--config configs/kaggle-gemma2.yaml --config configs/rehearsal.yaml).")
 SetOpt = typer.Option(None, "--set", help="Override a config value: dotted.key=value (repeatable).")
 ForceOpt = typer.Option(False, "--force", help="Redo work whose outputs already exist.")
 
 
-def _cfg(config: str, sets: Optional[List[str]]):
+def _cfg(config: List[str], sets: Optional[List[str]]):
     from arena_kd.config import load_config
 
-    return load_config(config, sets or [])
+    return load_config(list(config) if isinstance(config, (list, tuple)) else config, sets or [])
 
 
 @app.command()
-def teachers(config: str = ConfigOpt, set: Optional[List[str]] = SetOpt, force: bool = ForceOpt) -> None:
+def teachers(config: List[str] = ConfigOpt, set: Optional[List[str]] = SetOpt, force: bool = ForceOpt) -> None:
     """Fine-tune each teacher k-fold and write out-of-fold logits; combine them into soft labels.
 
     Outputs: <workdir>/teachers/<name>/oof.parquet (+meta.json), <workdir>/teachers/soft_labels.parquet. Resumable per fold.
@@ -47,7 +48,7 @@ def teachers(config: str = ConfigOpt, set: Optional[List[str]] = SetOpt, force: 
 
 
 @app.command()
-def distill(config: str = ConfigOpt, set: Optional[List[str]] = SetOpt, force: bool = ForceOpt) -> None:
+def distill(config: List[str] = ConfigOpt, set: Optional[List[str]] = SetOpt, force: bool = ForceOpt) -> None:
     """Distil the teachers' soft labels plus the hard labels into the student (k-fold OOF + final export).
 
     Outputs: <workdir>/student/oof.parquet (+meta), <workdir>/student/export/ (everything `submission` needs).
@@ -59,7 +60,7 @@ def distill(config: str = ConfigOpt, set: Optional[List[str]] = SetOpt, force: b
 
 
 @app.command()
-def stack(config: str = ConfigOpt, set: Optional[List[str]] = SetOpt, force: bool = ForceOpt) -> None:
+def stack(config: List[str] = ConfigOpt, set: Optional[List[str]] = SetOpt, force: bool = ForceOpt) -> None:
     """Train the LightGBM stacker on student OOF logits + length/similarity features, then fit a temperature.
 
     Outputs: <workdir>/stacking/ (LightGBM text models, temperature.json, report.md + PNGs).
@@ -72,7 +73,7 @@ def stack(config: str = ConfigOpt, set: Optional[List[str]] = SetOpt, force: boo
 
 @app.command()
 def submission(
-    config: str = ConfigOpt,
+    config: List[str] = ConfigOpt,
     set: Optional[List[str]] = SetOpt,
     test: Optional[str] = typer.Option(None, "--test", help="Test CSV (Kaggle layout); default data.test."),
     out: Optional[str] = typer.Option(None, "--out", help="Output CSV; default <workdir>/submission.csv."),
@@ -112,7 +113,7 @@ def validate_data(
 
 @app.command()
 def plan(
-    config: str = ConfigOpt,
+    config: List[str] = ConfigOpt,
     set: Optional[List[str]] = SetOpt,
     test: Optional[str] = typer.Option(None, "--test", help="Test CSV whose token counts drive the estimate; default data.test."),
     hardware: str = typer.Option("t4x2", "--hardware", help="t4x2 | t4x1 | l4 | a100-40 | a100-80 | h100 | h200"),
@@ -128,7 +129,7 @@ def plan(
 
 
 @app.command("all")
-def run_all(config: str = ConfigOpt, set: Optional[List[str]] = SetOpt, force: bool = ForceOpt) -> None:
+def run_all(config: List[str] = ConfigOpt, set: Optional[List[str]] = SetOpt, force: bool = ForceOpt) -> None:
     """Run teachers → distill → stack → submission, then write <workdir>/report.md."""
     cfg = _cfg(config, set)
     from arena_kd.pipeline import run_pipeline

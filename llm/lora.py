@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -144,44 +145,102 @@ def _read_adapter(d: Path) -> tuple[dict, dict[str, torch.Tensor]]:
 _SHAPE_KEYS = ("r", "lora_alpha", "target_modules", "modules_to_save", "task_type", "base_model_name_or_path", "use_dora", "use_rslora")
 
 
-def average_adapters(dirs: list[str | Path], out_dir: str | Path) -> Path:
-    """Fold soup: the element-wise mean of k adapters' LoRA A, LoRA B and ``modules_to_save`` (score head) weights.
-
-    This averages A and B *separately* (mean(A) @ mean(B) != mean(A @ B)), which is what the 1st
-    place of LMSYS did with its fold adapters; it works because the folds share an initialisation
-    seed and stay close. All adapters must have the same LoRA config and the same tensors. The
-    first adapter's config, tokenizer and llm_info.json are copied alongside. Written atomically.
-    """
-    from safetensors.torch import save_file
-
-    dirs = [Path(d) for d in dirs]
+def _read_folds(dirs: list[Path]) -> tuple[dict, list[dict[str, torch.Tensor]]]:
+    """(config of the first, the tensors of each) after checking the adapters share config keys and tensor names/shapes."""
     if not dirs:
-        raise UserError("average_adapters: no adapter folders given")
-    cfg0, acc = _read_adapter(dirs[0])
-    acc = {k: v.double().clone() for k, v in acc.items()}
-    dtypes = {k: v.dtype for k, v in _read_adapter(dirs[0])[1].items()}
+        raise UserError("fold soup: no adapter folders given")
+    cfg0, w0 = _read_adapter(dirs[0])
+    weights = [w0]
     for d in dirs[1:]:
         cfg, w = _read_adapter(d)
         for key in _SHAPE_KEYS:
             if cfg.get(key) != cfg0.get(key) and key != "base_model_name_or_path":
                 raise UserError(f"{d}: adapter config '{key}'={cfg.get(key)!r} differs from {dirs[0]} ({cfg0.get(key)!r})")
-        if set(w) != set(acc):
-            raise UserError(f"{d}: adapter tensors differ from {dirs[0]} ({len(set(w) ^ set(acc))} names not shared)")
+        if set(w) != set(w0):
+            raise UserError(f"{d}: adapter tensors differ from {dirs[0]} ({len(set(w) ^ set(w0))} names not shared)")
         for k, v in w.items():
-            if v.shape != acc[k].shape:
-                raise UserError(f"{d}: tensor {k} has shape {tuple(v.shape)}, {dirs[0]} has {tuple(acc[k].shape)}")
-            acc[k] += v.double()
-    mean = {k: (v / len(dirs)).to(dtypes[k]).contiguous() for k, v in acc.items()}
+            if v.shape != w0[k].shape:
+                raise UserError(f"{d}: tensor {k} has shape {tuple(v.shape)}, {dirs[0]} has {tuple(w0[k].shape)}")
+        weights.append(w)
+    return cfg0, weights
+
+
+def _write_soup(dirs: list[Path], out_dir: str | Path, tensors: dict[str, torch.Tensor], cfg: dict, record: dict) -> Path:
+    from safetensors.torch import save_file
+
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(mean, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-    (tmp / ADAPTER_CONFIG).write_text(json.dumps(cfg0, indent=2, sort_keys=True) + "\n")
+    save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    (tmp / ADAPTER_CONFIG).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     for name in _CARRIED_FILES:
         if (dirs[0] / name).is_file():
             shutil.copy2(dirs[0] / name, tmp / name)
-    (tmp / "soup.json").write_text(json.dumps({"averaged": [str(d) for d in dirs]}, indent=2) + "\n")
+    (tmp / "soup.json").write_text(json.dumps({**record, "folds": [str(d) for d in dirs]}, indent=2) + "\n")
     _swap_into(tmp, out)
     return out
+
+
+def average_adapters(dirs: list[str | Path], out_dir: str | Path) -> Path:
+    """Element-wise fold soup: the mean of k adapters' LoRA A, LoRA B and ``modules_to_save`` (score head) weights.
+
+    This averages A and B *separately*: mean(B) @ mean(A) != mean(B @ A), so the merged model is not the mean of the
+    fold weight deltas (the 1st place of LMSYS did this with its fold adapters). It stays close only while the folds
+    start from one initialisation (``llm.train.train_classifier(init_seed=...)``, which the k-fold stages pass) and
+    move little; :func:`concat_adapters` is the exact alternative. All adapters must share their LoRA config and
+    tensors. The first adapter's config, tokenizer and llm_info.json are copied alongside. Written atomically.
+    """
+    dirs = [Path(d) for d in dirs]
+    cfg0, weights = _read_folds(dirs)
+    mean = {k: (sum(w[k].double() for w in weights) / len(weights)).to(v.dtype).contiguous() for k, v in weights[0].items()}
+    return _write_soup(dirs, out_dir, mean, cfg0, {"mode": "average"})
+
+
+def concat_adapters(dirs: list[str | Path], out_dir: str | Path) -> Path:
+    """Exact fold soup: k adapters side by side along the rank axis, each B scaled by 1/k.
+
+    For every adapted layer, A' = [A_1; ...; A_k] (rank k*r) and B' = [B_1/k, ..., B_k/k], so
+    B' A' = (1/k) sum_i B_i A_i: with the scaling alpha/r kept (lora_alpha multiplied by k, or by sqrt(k) under
+    rsLoRA), the merged weight delta is exactly the mean of the fold deltas. The head (``modules_to_save``) is
+    linear in its weights and averaged element-wise. Until merged the adapter has rank k*r (k times the LoRA
+    compute); the merged export has the base model's size whatever k is. DoRA adapters are refused (their
+    magnitude vector does not combine linearly).
+    """
+    dirs = [Path(d) for d in dirs]
+    cfg0, weights = _read_folds(dirs)
+    k = len(dirs)
+    if cfg0.get("use_dora"):
+        raise UserError(f"{dirs[0]}: exact fold soup of DoRA adapters is not defined; use student.soup=average")
+    out: dict[str, torch.Tensor] = {}
+    for name, v in weights[0].items():
+        if ".lora_A." in name or ".lora_embedding_A" in name:
+            dim = 0 if ".lora_A." in name else 1
+            out[name] = torch.cat([w[name] for w in weights], dim=dim).contiguous()
+        elif ".lora_B." in name or ".lora_embedding_B" in name:
+            dim = 1 if ".lora_B." in name else 0
+            out[name] = torch.cat([(w[name].double() / k).to(v.dtype) for w in weights], dim=dim).contiguous()
+        elif "lora_" in name:
+            raise UserError(f"{dirs[0]}: tensor {name} cannot be concatenated for an exact soup; use student.soup=average")
+        else:
+            out[name] = (sum(w[name].double() for w in weights) / k).to(v.dtype).contiguous()
+    factor = math.sqrt(k) if cfg0.get("use_rslora") else k  # keeps the scaling alpha/r (rsLoRA: alpha/sqrt(r))
+    cfg = dict(cfg0)
+    cfg["r"] = int(cfg0["r"]) * k
+    alpha = cfg0["lora_alpha"] * factor
+    cfg["lora_alpha"] = int(alpha) if float(alpha).is_integer() else float(alpha)
+    for key, mult in (("rank_pattern", k), ("alpha_pattern", factor)):
+        if cfg0.get(key):
+            cfg[key] = {m: v * mult for m, v in cfg0[key].items()}
+    return _write_soup(dirs, out_dir, out, cfg, {"mode": "exact", "k": k, "rank_per_fold": int(cfg0["r"])})
+
+
+SOUPS = {"exact": concat_adapters, "average": average_adapters}
+
+
+def soup_adapters(dirs: list[str | Path], out_dir: str | Path, mode: str = "exact") -> Path:
+    """Fold soup by ``mode``: 'exact' (:func:`concat_adapters`) or 'average' (:func:`average_adapters`)."""
+    if mode not in SOUPS:
+        raise UserError(f"student.soup: unknown mode '{mode}' (exact or average)")
+    return SOUPS[mode](dirs, out_dir)

@@ -365,6 +365,7 @@ def train_classifier(
     progress: bool = True,
     callbacks: list | None = None,
     tokenizer_texts: list[str] | None = None,
+    init_seed: int | None = None,
 ) -> TrainResult:
     """Fine-tune ``model_cfg`` on ``train_df`` (evaluating on ``eval_df``); returns the adapter, metrics and the model.
 
@@ -372,6 +373,9 @@ def train_classifier(
     retrained; an interrupted run continues from its latest checkpoint under ``out_dir/checkpoints``.
     ``tokenizer_texts``: texts a ``bpe:`` tokenizer is trained on (default: this frame's texts); pass the whole
     data set's texts so every fold shares one tokenizer (needed for fold-soup averaging).
+    ``init_seed`` (default ``seed``) draws the fresh classification head and LoRA A: the k-fold callers pass the
+    same value for every fold, so all fold adapters start from one initialisation (what a fold soup assumes);
+    ``seed`` then drives only the data order, swap draws and dropout.
     """
     from transformers import set_seed
 
@@ -384,7 +388,8 @@ def train_classifier(
     if len(train_df) == 0:
         raise UserError(f"{out}: no training rows")
     max_length = train_cfg.max_length or render_cfg.max_length
-    settings = _settings_hash(model_cfg, train_cfg, render_cfg, train_df, eval_df, seed, loss_fn)
+    init_seed = seed if init_seed is None else int(init_seed)
+    settings = _settings_hash(model_cfg, train_cfg, render_cfg, train_df, eval_df, seed if init_seed == seed else (seed, init_seed), loss_fn)
     if tokenizer_texts is not None:
         from llm.loading import _texts_hash
 
@@ -403,11 +408,12 @@ def train_classifier(
 
     check_sharded_training(model_cfg, train_cfg.optim, train_cfg.save_steps)
     start_launch_state(on_cpu=resolve_device(device).type == "cpu")  # process group up before loading (main-first caches)
-    set_seed(seed)
+    set_seed(init_seed)  # head and LoRA A are drawn here: the same for every fold of a k-fold run
     model, tokenizer, info = load_classifier(
         model_cfg, training=True, workdir=workdir, device=device,
-        train_texts=list(tokenizer_texts) if tokenizer_texts is not None else frame_texts(train_df), seed=seed
+        train_texts=list(tokenizer_texts) if tokenizer_texts is not None else frame_texts(train_df), seed=init_seed
     )
+    set_seed(seed)  # from here on: data order, swaps, dropout
     rc = render_cfg
     where = str(out)
     ids = _render(train_df, tokenizer, max_length, rc, swap=False)
@@ -425,6 +431,7 @@ def train_classifier(
 
     dtype = info["dtype"]
     on_cpu = info["device"].startswith("cpu")
+    optim = cpu_optimizer(train_cfg.optim) if on_cpu else train_cfg.optim
     eval_steps = train_cfg.eval_steps if (train_cfg.eval_steps and eval_data is not None) else None
     args = TrainingArguments(
         output_dir=str(out / "checkpoints"),
@@ -438,7 +445,7 @@ def train_classifier(
         lr_scheduler_type="cosine",
         warmup_steps=train_cfg.warmup_ratio,  # < 1: a fraction of the total steps
         max_grad_norm=train_cfg.max_grad_norm,
-        optim=train_cfg.optim,
+        optim=optim,
         logging_steps=train_cfg.logging_steps,
         logging_first_step=True,
         eval_strategy="steps" if eval_steps else "no",
@@ -488,12 +495,27 @@ def train_classifier(
     metrics["trainable_fraction"] = info["trainable_fraction"]
     model = trainer.model
     model.eval()
-    info = {**info, "max_length": max_length, "render": rc.model_dump(mode="json"), "seed": seed}
+    info = {**info, "max_length": max_length, "render": rc.model_dump(mode="json"), "seed": seed, "init_seed": init_seed, "optim": optim}
     gathered = _gathered_trainable_state(trainer)  # a collective under FSDP: every rank takes part
     if trainer.is_world_process_zero():
         save_adapter(trainer.accelerator.unwrap_model(model), adapter_dir, tokenizer, info, state_dict=gathered)
         atomic_write_json(done, {"settings": settings, "metrics": jsonable(metrics), "adapter_dir": str(adapter_dir)})
     return TrainResult(adapter_dir, metrics, model, tokenizer, info)
+
+
+CPU_OPTIMIZERS = {"paged_": "adamw_torch", "8bit": "adamw_torch", "bnb": "adamw_torch", "adamw_apex_fused": "adamw_torch"}
+"""CPU substitution rule for optimizers that need CUDA: any HF ``optim`` name containing one of these keys (paged and
+8-bit bitsandbytes optimizers, apex) runs as the value on CPU. Same update rule (AdamW); only the optimizer-state
+memory layout differs, which CPU runs (tests, the rehearsal) do not need."""
+
+
+def cpu_optimizer(name: str) -> str:
+    """The optimizer a CPU run uses for ``train.optim`` (logged when it differs; see CPU_OPTIMIZERS)."""
+    for key, repl in CPU_OPTIMIZERS.items():
+        if key in name:
+            print(f"[llm] train.optim={name} needs CUDA: using {repl} on CPU (same AdamW update, plain fp32 state)")
+            return repl
+    return name
 
 
 def _gathered_trainable_state(trainer) -> dict | None:

@@ -6,11 +6,17 @@ Layout of ``<workdir>/student/export/``::
   adapter/                  LoRA adapter (export_merged=false only)
   tokenizer/                tokenizer files
   export.json               render settings, load settings, predict settings, the resolved config, hashes
-  reference_logits.parquet  logits of the trained model on a few training rows (a self-check for loaders)
+  reference_logits.parquet  input ids + probabilities of the TRAINED model(s) on a few training rows: the trained
+                            student's, or for a fold soup the mean of the fold models' probabilities
   config.resolved.yaml
 
 ``load_export(export_dir, quantization=..., dtype=...)`` returns (model, tokenizer, settings) using
 plain transformers/peft, so it works without the llm/ package's training-time state.
+
+``verify_export`` runs the reference rows through a loaded export and compares its probabilities with the stored
+ones: max and mean |Δprob|, rows with non-finite logits (Gemma2 in fp16 can overflow), and a pass/fail against
+the tolerance of the loaded precision (:func:`tolerance`). It runs at the end of `distill` and, once per device,
+at the start of `submission` (submission.student_infer), where a copy that fails is not used.
 """
 
 from __future__ import annotations
@@ -28,6 +34,22 @@ from arena_kd.io import atomic_write_json
 
 EXPORT_FORMAT = 1
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+# Max |Δprob| allowed between a loaded export and the trained model(s) on the reference rows, by how the export is
+# loaded. Assumptions, checked by the measurements in README "Export drift": rounding a merged model to fp16/bf16
+# moves probabilities by ~1e-3; bitsandbytes LLM.int8 by a few 1e-2; NF4 by up to ~0.1 on small models. A fp32
+# export loaded in fp32 is exact up to summation order.
+TOLERANCE = {"none": 0.02, "8bit": 0.06, "4bit": 0.15}
+TOLERANCE_FP32 = 1e-3
+SOUP_TOLERANCE = 0.10
+"""Added for a fold soup, whose reference is the mean of the fold models' probabilities: one averaged model is not
+an average of models; its measured distance from the fold mean is stored in export.json ("soup") and in the README."""
+
+
+def tolerance(quantization: str, dtype: str, soup: bool) -> float:
+    """Max |Δprob| allowed for an export loaded with ``quantization``/``dtype`` (see TOLERANCE, SOUP_TOLERANCE)."""
+    base = TOLERANCE_FP32 if quantization == "none" and dtype == "fp32" else TOLERANCE[quantization]
+    return base + (SOUP_TOLERANCE if soup else 0.0)
 
 
 def render_settings(cfg: PipelineConfig) -> dict[str, Any]:
@@ -113,8 +135,10 @@ def save_export(
         from arena_kd.io import write_keyed_table
 
         write_keyed_table(tmp / "reference_logits.parquet", reference,
-                          {"what": "logits of the trained student (original A/B order, no TTA) on the first training rows",
-                           "max_length": settings["render"]["max_length"]})
+                          {"what": "input ids and probabilities (logit_* = their log) of the trained model(s) on the first training rows, "
+                                   "original A/B order, no TTA: " + str(settings.get("reference", "the trained model's probabilities")),
+                           "max_length": settings["render"]["max_length"],
+                           "folds": (extra or {}).get("soup", {}) and (extra or {})["soup"].get("folds")})
     atomic_write_json(tmp / "export.json", settings)
     write_resolved(cfg, tmp)
     old = export_dir.with_name(export_dir.name + ".old")
@@ -155,8 +179,18 @@ def _resolve_dtype(dtype: str, device: str) -> torch.dtype:
             raise UserError(f"load_export: dtype must be auto, fp32, fp16 or bf16, got '{dtype}'")
         return _DTYPES[dtype]
     if device.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if native_bf16(device) else torch.float16
     return torch.float32
+
+
+def native_bf16(device: str = "cuda") -> bool:
+    """True when the GPU computes bf16 natively (compute capability >= 8: A100, H100, L4...). A T4 (7.5) only emulates
+    bf16, several times slower than fp16, so ``dtype: auto`` must pick fp16 there."""
+    try:
+        major, _ = torch.cuda.get_device_capability(torch.device(device))
+    except Exception:  # noqa: BLE001 - no CUDA
+        return False
+    return major >= 8
 
 
 def load_export(export_dir: str | Path, *, quantization: str = "none", dtype: str = "auto", device: str | None = None):
@@ -194,7 +228,7 @@ def load_export(export_dir: str | Path, *, quantization: str = "none", dtype: st
     model = AutoModelForSequenceClassification.from_pretrained(export_dir / "model", **kwargs)
     if quantization == "none":
         model = model.to(device)
-    elif str(device).startswith("cpu"):
+    if str(device).startswith("cpu") and quantization != "none":
         from llm.loading import keep_bnb_4bit_layout_on_cpu
 
         keep_bnb_4bit_layout_on_cpu(model)
@@ -211,12 +245,59 @@ def load_export(export_dir: str | Path, *, quantization: str = "none", dtype: st
     return model, tokenizer, settings
 
 
-def verify_export(export_dir: str | Path, *, quantization: str = "none", dtype: str = "auto", device: str | None = None,
-                  model=None) -> dict[str, float]:
-    """Compare the export's predictions with ``reference_logits.parquet`` (the trained model's logits).
+def reference_probs(ref) -> "np.ndarray":
+    """float64 [n,3] probabilities stored in a reference table (prob_* columns; older exports: softmax of logit_*)."""
+    import numpy as np
 
-    Runs each stored reference row's ``input_ids`` through the loaded export (one row at a time: no padding)
-    and returns {"rows", "max_abs_logit_diff", "max_abs_prob_diff"}. Pass ``model`` to check one already loaded.
+    if all(c in ref.columns for c in ("prob_a", "prob_b", "prob_tie")):
+        return ref[["prob_a", "prob_b", "prob_tie"]].to_numpy(dtype=np.float64)
+    return _softmax(ref[["logit_a", "logit_b", "logit_tie"]].to_numpy(dtype=np.float64))
+
+
+def _softmax(z):
+    import numpy as np
+
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def reference_logits(model, input_ids: list[list[int]]) -> "np.ndarray":
+    """float32 [n,3] logits of ``model`` on token-id rows, one row at a time (no padding, so no padding effects)."""
+    import numpy as np
+
+    dev = next(model.parameters()).device
+    out = []
+    with torch.no_grad():
+        for ids in input_ids:
+            x = torch.tensor([list(ids)], dtype=torch.long, device=dev)
+            out.append(model(input_ids=x, attention_mask=torch.ones_like(x)).logits.float().cpu().numpy()[0])
+    return np.asarray(out, dtype=np.float32).reshape(-1, 3)
+
+
+def prob_drift(got_logits, want_probs) -> dict[str, float | int]:
+    """max / mean |Δprob| between logits [n,3] and probabilities [n,3]; rows with non-finite logits are counted, not compared."""
+    import numpy as np
+
+    got_logits = np.asarray(got_logits, dtype=np.float64)
+    finite = np.isfinite(got_logits).all(axis=1)
+    diff = np.abs(_softmax(got_logits[finite]) - np.asarray(want_probs, dtype=np.float64)[finite]) if finite.any() else np.zeros((0, 3))
+    return {
+        "rows": int(len(got_logits)),
+        "nonfinite_rows": int((~finite).sum()),
+        "max_abs_prob_diff": float(diff.max()) if diff.size else 0.0,
+        "mean_abs_prob_diff": float(diff.mean()) if diff.size else 0.0,
+    }
+
+
+def verify_export(export_dir: str | Path, *, quantization: str = "none", dtype: str = "auto", device: str | None = None,
+                  model=None) -> dict[str, Any]:
+    """Compare the export's predictions with the trained model(s)' probabilities in ``reference_logits.parquet``.
+
+    Runs each stored reference row's ``input_ids`` through the loaded export (one row at a time: no padding) and
+    returns {"rows", "nonfinite_rows", "max_abs_prob_diff", "mean_abs_prob_diff", "max_abs_logit_diff" (of log-probabilities),
+    "quantization", "dtype", "tolerance", "ok"}; ok = no non-finite row and max |Δprob| <= tolerance (see
+    :func:`tolerance`; wider for a fold soup). Pass ``model`` to check a copy already loaded (then ``quantization``
+    and ``dtype`` only name how it was loaded).
     """
     import numpy as np
 
@@ -226,24 +307,26 @@ def verify_export(export_dir: str | Path, *, quantization: str = "none", dtype: 
     ref_path = export_dir / "reference_logits.parquet"
     if not ref_path.is_file():
         raise UserError(f"{ref_path}: no reference logits in this export (student.reference_rows=0)")
-    ref, _ = read_keyed_table(ref_path)
+    ref, meta = read_keyed_table(ref_path)
+    settings = read_export_settings(export_dir)
     if model is None:
         model, _, _ = load_export(export_dir, quantization=quantization, dtype=dtype, device=device)
-    dev = next(model.parameters()).device
-    got = []
-    with torch.no_grad():
-        for ids in ref["input_ids"]:
-            x = torch.tensor([list(ids)], dtype=torch.long, device=dev)
-            got.append(model(input_ids=x, attention_mask=torch.ones_like(x)).logits.float().cpu().numpy()[0])
-    got = np.asarray(got)
-    want = ref[["logit_a", "logit_b", "logit_tie"]].to_numpy(dtype=np.float64)
+    got = reference_logits(model, list(ref["input_ids"]))
+    loaded_dtype = {v: k for k, v in _DTYPES.items()}.get(getattr(model, "dtype", None), dtype)
+    out: dict[str, Any] = prob_drift(got, reference_probs(ref))
+    # logits are defined up to a constant per row: compare log-probabilities (log-softmax vs the stored log of the reference)
+    want_lp = np.log(np.clip(reference_probs(ref), 1e-300, 1.0))
+    finite = np.isfinite(got).all(axis=1)
+    got_lp = got[finite] - np.log(np.exp(got[finite] - got[finite].max(axis=1, keepdims=True)).sum(axis=1, keepdims=True)) - got[finite].max(axis=1, keepdims=True)
+    out["max_abs_logit_diff"] = float(np.abs(got_lp - want_lp[finite]).max()) if finite.any() else 0.0
+    soup = bool(meta.get("folds")) or settings.get("final") == "fold_soup"
+    tol = tolerance(quantization, loaded_dtype if loaded_dtype in _DTYPES else "fp16", soup)
+    out.update({"quantization": quantization, "dtype": loaded_dtype, "tolerance": tol,
+                "ok": out["nonfinite_rows"] == 0 and out["max_abs_prob_diff"] <= tol})
+    return out
 
-    def probs(z):
-        e = np.exp(z - z.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
 
-    return {
-        "rows": int(len(ref)),
-        "max_abs_logit_diff": float(np.abs(got - want).max()) if len(ref) else 0.0,
-        "max_abs_prob_diff": float(np.abs(probs(got) - probs(want)).max()) if len(ref) else 0.0,
-    }
+def describe_drift(d: dict[str, Any]) -> str:
+    """One line: '8bit/fp16: max |Δp| 0.0123, mean 0.0031 (tolerance 0.06), 0/16 rows non-finite — ok'."""
+    return (f"{d['quantization']}/{d['dtype']}: max |Δp| {d['max_abs_prob_diff']:.4f}, mean {d['mean_abs_prob_diff']:.4f} "
+            f"(tolerance {d['tolerance']:g}), {d['nonfinite_rows']}/{d['rows']} rows non-finite — {'ok' if d['ok'] else 'BEYOND TOLERANCE'}")

@@ -70,7 +70,7 @@ def _oof_stage(cfg, data: TrainingData, frame: pd.DataFrame, soft: SoftLabels | 
     def fit_predict(k: int, train_df: pd.DataFrame, valid_df: pd.DataFrame, fold_dir: Path):
         tta, meta, _ = train_and_predict(
             s.model, s.train, s.predict, cfg.render, train_df, valid_df, fold_dir,
-            seed=cfg.seed + k, workdir=cfg.workdir, loss_fn=loss_fn,
+            seed=cfg.seed + k, init_seed=cfg.seed, workdir=cfg.workdir, loss_fn=loss_fn,
             tokenizer_texts=frame_texts(data.frame),
         )
         return tta, meta
@@ -108,7 +108,7 @@ def _final_stage(cfg, frame: pd.DataFrame, hashes: dict[str, str], loss_fn, *, f
     sdir = student_dir(cfg)
     s = cfg.student
     fdir = sdir / "final"
-    fhashes = {**hashes, "final": s.final}
+    fhashes = {**hashes, "final": s.final, **({"soup": s.soup} if s.final == "fold_soup" else {})}
     record = fdir / "final.json"
     if record.is_file() and not force:
         from student.export import read_json_record
@@ -136,19 +136,15 @@ def _final_stage(cfg, frame: pd.DataFrame, hashes: dict[str, str], loss_fn, *, f
 
         main_write(remove_checkpoints, fdir / "run")
     else:  # fold_soup
-        from llm.lora import average_adapters
+        from llm.lora import soup_adapters
+        from student.export_stage import fold_adapter_dirs
 
         if not s.oof:
             raise UserError("student.final=fold_soup needs the fold adapters: set student.oof=true (or final=full)")
-        dirs = []
-        for k in sorted(frame["fold"].unique()):
-            _, fm = read_keyed_table(fold_path(sdir, int(k)))
-            if not fm.get("adapter_dir") or not Path(fm["adapter_dir"]).exists():
-                raise UserError(f"{fold_path(sdir, int(k))}: fold adapter {fm.get('adapter_dir')} is missing; rerun with --force")
-            dirs.append(fm["adapter_dir"])
+        dirs = fold_adapter_dirs(cfg, frame)
         adapter = fdir / "adapter"
-        main_write(average_adapters, dirs, adapter)
-        print(f"[student] final: averaged {len(dirs)} fold adapters → {adapter}")
+        main_write(soup_adapters, dirs, adapter, s.soup)
+        print(f"[student] final: {s.soup} soup of {len(dirs)} fold adapters → {adapter}")
     main_write(atomic_write_json, record, {"hashes": fhashes, "adapter_dir": str(adapter), "mode": s.final, "wall_time_s": round(time.time() - t0, 3)})
     return adapter, in_memory, fhashes
 
@@ -166,70 +162,12 @@ def _free() -> None:
 
 
 def _export_stage(cfg, frame: pd.DataFrame, adapter: Path, holder: list, fhashes: dict[str, str], *, force: bool) -> Path:
-    """Reference logits from the trained model, then merged (or base + adapter) export. ``holder[0]``: (model, tokenizer) or None."""
-    from llm.loading import load_classifier
+    """References from the trained model(s), merged (or base + adapter) export, self-check (student.export_stage).
+    ``holder[0]``: (model, tokenizer) or None; taken out here so the trained model can be freed before the merge."""
+    from student.export_stage import export_student
 
-    from student.export import load_settings, save_export
-    from teachers.fold_model import predict_rows
-
-    s = cfg.student
-    edir = student_dir(cfg) / "export"
-    ehashes = {**fhashes, "export": _sha({"dtype": s.export_dtype, "merged": s.export_merged, "render": render_settings(cfg), "ref": s.reference_rows})}
-    ej = edir / "export.json"
-    if ej.is_file() and not force:
-        from student.export import read_json_record
-
-        try:
-            done = read_json_record(ej, "redoing the export")
-        except UserError as exc:  # the export is replaced as a whole: nothing is lost by redoing it
-            print(f"[student] {exc}")
-            done = {}
-        if done.get("hashes") == ehashes:
-            print(f"[student] export: up to date ({edir}), skipped")
-            return edir
     in_memory = holder.pop() if holder else None
-    if in_memory is None:
-        model, tokenizer, _ = load_classifier(s.model, training=False, workdir=cfg.workdir, adapter=str(adapter))
-    else:
-        model, tokenizer = in_memory
-    model.eval()
-    ref_rows = frame.head(s.reference_rows).reset_index(drop=True)
-    reference = None
-    if len(ref_rows):
-        pc = s.predict.model_copy(update={"tta": False})
-        ref = predict_rows(model, tokenizer, ref_rows, pc, cfg.render.model_copy(update={"max_length": render_settings(cfg)["max_length"]}))["orig"]
-        from data.render import render_batch
-
-        rs = render_settings(cfg)
-        ids = render_batch(ref_rows, tokenizer, rs["max_length"], rs["truncation"], rs["prompt_fraction"], template=rs["template"])
-        reference = pd.DataFrame({"id": ref_rows["id"].astype(str).to_numpy(), "input_ids": [list(map(int, r)) for r in ids]})
-        for j, c in enumerate(LOGIT_NAMES):
-            reference[c] = ref[:, j]
-    del model, in_memory
-    _free()
-    # reload the base unquantized in the export dtype and fold the adapter in
-    mcfg = s.model.model_copy(update={"quantization": "none", "dtype": s.export_dtype})
-    full, tok, info = load_classifier(mcfg, training=False, workdir=cfg.workdir, adapter=str(adapter) if s.export_merged else None)
-    if s.export_merged:
-        merged = _merge(full)
-        settings_load = load_settings(merged, tok, info, cfg)
-        out = save_export(edir, cfg, merged_model=merged, tokenizer=tok, settings_load=settings_load, hashes=ehashes,
-                          extra={"reference_rows": len(ref_rows), "trained_quantization": s.model.quantization}, reference=reference)
-    else:
-        settings_load = load_settings(full, tok, info, cfg)
-        out = save_export(edir, cfg, base_model=full, adapter_dir=adapter, tokenizer=tok, settings_load=settings_load, hashes=ehashes,
-                          extra={"reference_rows": len(ref_rows), "trained_quantization": s.model.quantization}, reference=reference)
-    print(f"[student] export: {out} ({'merged' if s.export_merged else 'base + adapter'}, {s.export_dtype})")
-    return out
-
-
-def _merge(model):
-    """LoRA folded into the base weights (llm.lora.merge_and_unload when available)."""
-    try:
-        from llm.lora import merge_and_unload
-    except ImportError:  # pragma: no cover - fallback while llm.lora lacks it
-        return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
-    return merge_and_unload(model)
+    return export_student(cfg, frame, adapter, in_memory, fhashes, force=force)
 
 
 def run_distill(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:

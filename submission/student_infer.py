@@ -1,8 +1,14 @@
 """The exported student on every visible device: one model copy per GPU, rows dealt across them.
 
-``load_student`` loads ``student.export.load_export`` once per device (8-bit/4-bit/fp16 on GPU
-per ``submission.quantization``/``dtype``; quantization is ignored on CPU, with a log line) and
-returns a :class:`StudentBackend`. ``StudentBackend.predict`` deals the rows of a chunk (already
+``load_student`` loads ``student.export.load_export`` once per device (``submission.quantization`` /
+``dtype``; bitsandbytes 8-bit and 4-bit load on CPU too, so a CPU dress rehearsal runs the same quantization as
+the T4s) and checks every copy with ``student.export.verify_export`` against the trained model(s)' reference rows
+stored in the export. Order of degradation for a copy, documented in kaggle/README.md: it fails to load or its
+drift is beyond the tolerance of its precision (or a reference row gives non-finite logits, e.g. a Gemma2 fp16
+overflow) → that copy is not used and the drift is logged with its numbers; its rows go to the copies that passed;
+no copy left → ``load_student`` raises and every row takes the features-only stacker (submission.run). An export
+without reference rows (``student.reference_rows: 0``) is used unchecked, with a warning. It returns a
+:class:`StudentBackend`. ``StudentBackend.predict`` deals the rows of a chunk (already
 sorted by length) round-robin over the copies, runs them in one thread per GPU (CUDA kernels
 release the GIL) through ``llm.predict.predict_tta`` / ``predict_logits`` (token-budgeted,
 length-sorted batches), and returns the logits in the chunk's order.
@@ -71,6 +77,7 @@ class StudentBackend:
              tokens_per_batch: int, max_batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
         from llm.predict import predict_logits, predict_tta
 
+        _use_device(replica.device)  # worker threads start on cuda:0: each sets its own GPU before any kernel
         kw = dict(max_length=max_length, tokens_per_batch=tokens_per_batch, max_batch_size=max_batch_size,
                   progress=False, **self._render_kwargs())
         if tta:
@@ -99,29 +106,60 @@ class StudentBackend:
         return orig, swap
 
 
+def _use_device(device: str) -> None:
+    if str(device).startswith("cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.set_device(torch.device(device))
+
+
+def check_copy(export_dir: str | Path, model, quantization: str, dtype: str, device: str) -> dict[str, Any] | None:
+    """verify_export on one loaded copy (None when the export has no reference rows); logs the numbers."""
+    from student.export import describe_drift, verify_export
+
+    if not (Path(export_dir) / "reference_logits.parquet").is_file():
+        log.warning("%s: no reference rows in the export (student.reference_rows=0): the student on %s is used unchecked", export_dir, device)
+        return None
+    _use_device(device)
+    d = verify_export(export_dir, quantization=quantization, dtype=dtype, model=model)
+    (log.info if d["ok"] else log.error)("student on %s vs the trained model(s): %s", device, describe_drift(d))
+    return d
+
+
 def load_student(export_dir: str | Path, *, quantization: str, dtype: str, devices: list[str] | None = None) -> StudentBackend:
-    """One copy of the exported student per device; raises whatever loading raises (the caller falls back)."""
+    """One verified copy of the exported student per device; raises when no copy loads and passes (the caller falls back)."""
     from student.export import load_export
 
     devices = devices or visible_devices()
-    if devices == ["cpu"] and quantization != "none":
-        log.info("no GPU visible: submission.quantization=%s ignored, loading the student unquantized on CPU", quantization)
-        quantization = "none"
     replicas: list[StudentReplica] = []
     render: dict[str, Any] = {}
     first_error: Exception | None = None
+    checks: dict[str, Any] = {}
     for dev in devices:
         try:
+            _use_device(dev)
             model, tokenizer, settings = load_export(str(export_dir), quantization=quantization, dtype=dtype, device=dev)
+            model.eval()
+            check = check_copy(export_dir, model, quantization, dtype, dev)
         except Exception as exc:  # noqa: BLE001 - a copy that does not load only costs its GPU's share
             first_error = first_error or exc
             log.error("student did not load on %s (%s: %s)%s", dev, type(exc).__name__, exc,
                       "; carrying on with the others" if len(devices) > 1 else "")
             continue
-        model.eval()
+        checks[dev] = check
+        if check is not None and not check["ok"]:
+            first_error = first_error or RuntimeError(
+                f"student export on {dev} ({quantization}/{check['dtype']}) is not the trained model within tolerance: "
+                f"max |Δp| {check['max_abs_prob_diff']:.4f} > {check['tolerance']:g}, {check['nonfinite_rows']} non-finite row(s)")
+            log.error("%s — this copy is not used", first_error)
+            del model
+            continue
         render = dict(settings.get("render", {}))
         replicas.append(StudentReplica(model, tokenizer, dev))
         log.info("student loaded on %s (quantization=%s, dtype=%s)", dev, quantization, dtype)
     if not replicas:
         raise first_error  # type: ignore[misc]
-    return StudentBackend(replicas, render)
+    backend = StudentBackend(replicas, render)
+    backend.checks = checks
+    return backend

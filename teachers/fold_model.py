@@ -48,6 +48,7 @@ def train_and_predict(
     loss_fn: Callable | None = None,
     also_predict: pd.DataFrame | None = None,
     tokenizer_texts: list[str] | None = None,
+    init_seed: int | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any], Any]:
     """Fine-tune on ``train_df`` (eval on ``valid_df``), predict ``valid_df`` with TTA.
 
@@ -61,6 +62,7 @@ def train_and_predict(
     result = train_classifier(
         model_cfg, train_cfg, render_cfg, train_df, eval_df, out_dir, seed=seed, workdir=workdir, loss_fn=loss_fn,
         tokenizer_texts=tokenizer_texts,  # one bpe: tokenizer for every fold (fold soup needs a shared vocabulary)
+        init_seed=init_seed,  # one head/LoRA-A initialisation for every fold (fold soup needs a shared start)
     )
     model, tokenizer = result.model, result.tokenizer
     if hasattr(model, "eval"):

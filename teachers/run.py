@@ -90,7 +90,7 @@ def _model_teacher(cfg: PipelineConfig, t: TeacherConfig, data: TrainingData, ex
     def fit_predict(k: int, train_df: pd.DataFrame, valid_df: pd.DataFrame, fold_dir: Path):
         tta, meta, extra_pred = train_and_predict(
             t.model, t.train, t.predict, cfg.render, train_df, valid_df, fold_dir,
-            seed=cfg.seed + k, workdir=cfg.workdir, also_predict=extra,
+            seed=cfg.seed + k, init_seed=cfg.seed, workdir=cfg.workdir, also_predict=extra,
             tokenizer_texts=frame_texts(data.frame),
         )
         if extra_pred is not None:  # written before the fold file, so a finished fold always has its extra file

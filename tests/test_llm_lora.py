@@ -72,7 +72,7 @@ def test_average_is_the_elementwise_mean_of_lora_and_head(trained, tmp_path):
     for k in ws:
         np.testing.assert_allclose(ws[k].numpy(), (wa[k].numpy() + wb[k].numpy()) / 2, atol=1e-7)
     assert not np.allclose(wa[next(k for k in ws if "lora_B" in k)].numpy(), wb[next(k for k in ws if "lora_B" in k)].numpy())
-    assert json.loads((soup / "soup.json").read_text())["averaged"] == [str(a.adapter_dir), str(b.adapter_dir)]
+    assert json.loads((soup / "soup.json").read_text())["folds"] == [str(a.adapter_dir), str(b.adapter_dir)]
 
 
 def test_average_refuses_adapters_of_different_rank(trained, tmp_path):

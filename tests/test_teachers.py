@@ -36,7 +36,8 @@ class FakeTrainer:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, model_cfg, train_cfg, predict_cfg, render_cfg, train_df, valid_df, out_dir, *, seed, workdir, loss_fn=None, also_predict=None, tokenizer_texts=None):
+    def __call__(self, model_cfg, train_cfg, predict_cfg, render_cfg, train_df, valid_df, out_dir, *, seed, workdir, loss_fn=None, also_predict=None, tokenizer_texts=None, init_seed=None):
+        self.init_seeds = getattr(self, "init_seeds", []) + [init_seed]  # every fold must start from one initialisation
         self.calls.append((model_cfg.random_init["model_type"], seed, len(train_df)))
         Path(out_dir, "checkpoints", "checkpoint-1").mkdir(parents=True, exist_ok=True)  # must be cleaned up
         lg = fake_logits(valid_df["id"], model_cfg.random_init["model_type"] + train_cfg.model_dump_json())
@@ -61,6 +62,7 @@ def test_kfold_outputs_and_soft_labels(tmp_path, fake, capsys):
     meta = trun.run_teachers(cfg)
     work = tmp_path / "work"
     assert len(fake.calls) == 4  # 2 teachers x 2 folds
+    assert fake.init_seeds == [cfg.seed] * 4 and {c[1] for c in fake.calls} == {cfg.seed, cfg.seed + 1}  # one init, per-fold data seeds
     oof, ometa = read_keyed_table(work / "teachers" / "tiny-gemma2" / "oof.parquet")
     assert list(oof.columns) == ["id", "fold", "logit_a", "logit_b", "logit_tie"]
     assert len(oof) == 24 and oof["id"].is_unique and set(oof["fold"]) == {0, 1}

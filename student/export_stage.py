@@ -1,0 +1,152 @@
+"""The export step of `arena-kd distill`: references from the trained model(s), merged export, self-check.
+
+1. Reference rows (``student.reference_rows`` training rows, rendered at the inference max length): probabilities
+   of the trained student (``final: full``), or the mean of the k fold models' probabilities (``final: fold_soup``),
+   each model run on its trained base (same quantization and dtype as in training). For a soup, both soup kinds
+   and single folds are measured against that mean (:func:`student.soup.soup_drift`).
+2. The merged model (:mod:`student.merge`: dequantised trained base, fp32 merge, one cast to ``export_dtype``).
+3. :func:`student.export.verify_export` on the written export, unquantized and at ``submission.quantization``;
+   the results go into export.json (``verify``) and a drift beyond tolerance is printed with its numbers (the
+   submission repeats the check on every device and does not use a copy that fails).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from arena_kd.config import PipelineConfig
+from arena_kd.errors import UserError
+from arena_kd.io import atomic_write_json, read_keyed_table
+from student.export import _softmax, describe_drift, load_settings, reference_logits, render_settings, save_export, verify_export
+from student.soup import _free, adapter_logits, describe_soup, fold_mean_probs, reference_table, soup_drift
+
+
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def fold_adapter_dirs(cfg: PipelineConfig, frame: pd.DataFrame) -> list[Path]:
+    """The k fold students' adapter folders, from their fold files (UserError when one is gone)."""
+    from teachers.kfold import fold_path
+
+    sdir = cfg.workdir_path / "student"
+    dirs = []
+    for k in sorted(frame["fold"].unique()):
+        _, fm = read_keyed_table(fold_path(sdir, int(k)))
+        if not fm.get("adapter_dir") or not Path(fm["adapter_dir"]).exists():
+            raise UserError(f"{fold_path(sdir, int(k))}: fold adapter {fm.get('adapter_dir')} is missing; rerun with --force")
+        dirs.append(Path(fm["adapter_dir"]))
+    return dirs
+
+
+def verify_precisions(cfg: PipelineConfig) -> list[str]:
+    """Loadings checked at export: unquantized (the export itself) and the submission's quantization."""
+    q = cfg.submission.quantization
+    return ["none"] if q == "none" else ["none", q]
+
+
+def _tokenizer(cfg: PipelineConfig, adapter: Path, in_memory):
+    if in_memory is not None:
+        return in_memory[1]
+    from student.merge import _adapter_tokenizer
+
+    tok = _adapter_tokenizer(adapter)
+    if tok is None:
+        from llm.loading import load_tokenizer
+
+        tok = load_tokenizer(cfg.student.model, cfg.workdir)
+    return tok
+
+
+def export_student(cfg: PipelineConfig, frame: pd.DataFrame, adapter: Path, in_memory, fhashes: dict[str, str], *, force: bool) -> Path:
+    """Write ``<workdir>/student/export`` (see module docstring); skipped when up to date. ``in_memory``: (model, tokenizer) or None."""
+    from data.render import render_batch
+    from student.merge import load_trained_base, merged_student
+
+    s = cfg.student
+    sdir = cfg.workdir_path / "student"
+    edir = sdir / "export"
+    rs = render_settings(cfg)
+    ehashes = {**fhashes, "export": _sha({"dtype": s.export_dtype, "merged": s.export_merged, "render": rs, "ref": s.reference_rows,
+                                          "verify": verify_precisions(cfg), "rule": "dequantised-fp32-merge"})}
+    ej = edir / "export.json"
+    if ej.is_file() and not force:
+        from student.export import read_json_record
+
+        try:
+            done = read_json_record(ej, "redoing the export")
+        except UserError as exc:  # the export is replaced as a whole: nothing is lost by redoing it
+            print(f"[student] {exc}")
+            done = {}
+        if done.get("hashes") == ehashes:
+            print(f"[student] export: up to date ({edir}), skipped")
+            return edir
+    tok = _tokenizer(cfg, adapter, in_memory)
+    ref_rows = frame.head(s.reference_rows).reset_index(drop=True)
+    reference, soup_report = None, None
+    if len(ref_rows):
+        ids = render_batch(ref_rows, tok, rs["max_length"], rs["truncation"], rs["prompt_fraction"], template=rs["template"])
+        ids = [list(map(int, r)) for r in ids]
+        if s.final == "fold_soup":
+            dirs = fold_adapter_dirs(cfg, frame)
+            fold_logits = [adapter_logits(s.model, d, ids, cfg.workdir) for d in dirs]
+            probs = fold_mean_probs(fold_logits)
+            soup_report = soup_drift(s.model, dirs, fold_logits, ids, sdir / "final" / "soups", cfg.workdir)
+            print(f"[student] fold soup ({s.soup}): {describe_soup(soup_report)}")
+        elif in_memory is not None:
+            in_memory[0].eval()
+            probs = _softmax(reference_logits(in_memory[0], ids).astype(np.float64))
+        else:
+            probs = _softmax(adapter_logits(s.model, adapter, ids, cfg.workdir).astype(np.float64))
+        reference = reference_table(ref_rows["id"], ids, probs)
+    in_memory = None
+    _free()
+    extra = {"reference_rows": len(ref_rows), "trained_quantization": s.model.quantization, "final": s.final,
+             "soup_mode": s.soup if s.final == "fold_soup" else None, "soup": soup_report,
+             "reference": "mean of the fold models' probabilities" if s.final == "fold_soup" else "the trained model's probabilities",
+             "merge_rule": "dequantised trained base, fp32 merge, one cast to export_dtype"}
+    if s.export_merged:
+        merged, tok2, info = merged_student(s.model, adapter, cfg.workdir)
+        out = save_export(edir, cfg, merged_model=merged, tokenizer=tok2, settings_load=load_settings(merged, tok2, info, cfg),
+                          hashes=ehashes, extra=extra, reference=reference)
+        del merged
+    else:
+        base, tok2, info = load_trained_base(s.model, adapter, cfg.workdir)
+        out = save_export(edir, cfg, base_model=base, adapter_dir=adapter, tokenizer=tok2, settings_load=load_settings(base, tok2, info, cfg),
+                          hashes=ehashes, extra=extra, reference=reference)
+        del base
+    _free()
+    print(f"[student] export: {out} ({'merged' if s.export_merged else 'base + adapter'}, {s.export_dtype})")
+    if reference is not None:
+        record_verification(out, cfg)
+    return out
+
+
+def record_verification(export_dir: Path, cfg: PipelineConfig, precisions: list[str] | None = None) -> dict[str, Any]:
+    """verify_export at each precision → printed, and stored in export.json under ``verify``."""
+    results = {}
+    for q in precisions or verify_precisions(cfg):
+        dtype = cfg.student.export_dtype if q == "none" else cfg.submission.dtype
+        try:
+            d = verify_export(export_dir, quantization=q, dtype=dtype)
+        except Exception as exc:  # noqa: BLE001 - a loader that fails here would fail at submission too: say so, keep the export
+            d = {"quantization": q, "dtype": dtype, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            print(f"[student] export check {q}/{dtype}: FAILED to load ({d['error']})")
+        else:
+            print(f"[student] export check {describe_drift(d)}")
+            if not d["ok"]:
+                print(f"[student] WARNING: the export loaded {q}/{dtype} is not the trained model within tolerance; "
+                      f"submission will not use such a copy (it falls back to the features-only stacker)")
+        _free()
+        results[q] = d
+    path = export_dir / "export.json"
+    settings = json.loads(path.read_text())
+    settings["verify"] = {**settings.get("verify", {}), **results}
+    atomic_write_json(path, settings)
+    return results

@@ -1,0 +1,90 @@
+"""Reference predictions of the trained student(s) and the fold soup's distance from them.
+
+The export is checked against what was actually trained and scored out of fold: for ``final: full`` the trained
+model itself, for ``final: fold_soup`` the mean of the k fold models' probabilities (the stacker and temperature
+were fitted on fold-model outputs). :func:`soup_drift` measures how far each kind of soup (``exact``: rank
+concatenation, ``average``: element-wise A/B mean) lands from that mean on the reference rows, beside how far a
+single fold model is from it — the figures in README "Fold soup".
+"""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from arena_kd.config import ModelConfig
+from student.export import _softmax, prob_drift, reference_logits
+
+
+def _free() -> None:
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # pragma: no cover
+        pass
+
+
+def adapter_logits(model_cfg: ModelConfig, adapter: str | Path, input_ids: list[list[int]], workdir) -> np.ndarray:
+    """float32 [n,3] logits of one trained adapter on its trained base (same quantization and dtype as training)."""
+    from llm.loading import load_classifier
+    from student.merge import _adapter_tokenizer
+
+    model, _, _ = load_classifier(model_cfg, training=False, workdir=workdir, adapter=str(adapter),
+                                  tokenizer=_adapter_tokenizer(Path(adapter)))
+    model.eval()
+    try:
+        return reference_logits(model, input_ids)
+    finally:
+        del model
+        _free()
+
+
+def reference_table(ids: pd.Series, input_ids: list[list[int]], probs: np.ndarray) -> pd.DataFrame:
+    """id, input_ids, logit_* (log of the reference probabilities), prob_*: the export's reference_logits.parquet."""
+    ref = pd.DataFrame({"id": ids.astype(str).to_numpy(), "input_ids": [list(map(int, r)) for r in input_ids]})
+    logp = np.log(np.clip(probs, 1e-12, 1.0))
+    for j, s in enumerate(("a", "b", "tie")):
+        ref[f"logit_{s}"] = logp[:, j].astype(np.float32)
+        ref[f"prob_{s}"] = probs[:, j].astype(np.float64)
+    return ref
+
+
+def fold_mean_probs(fold_logits: list[np.ndarray]) -> np.ndarray:
+    """float64 [n,3]: mean over the fold models of their softmax probabilities."""
+    return np.mean([_softmax(np.asarray(z, dtype=np.float64)) for z in fold_logits], axis=0)
+
+
+def soup_drift(model_cfg: ModelConfig, fold_dirs: list[Path], fold_logits: list[np.ndarray], input_ids: list[list[int]],
+               soup_dir: Path, workdir, modes: tuple[str, ...] = ("exact", "average")) -> dict[str, Any]:
+    """|Δprob| (max, mean) from the fold-model mean for each soup mode and for each single fold model.
+
+    Every soup is built under ``soup_dir/<mode>`` and scored on its trained base like the folds were.
+    """
+    from llm.lora import soup_adapters
+
+    mean = fold_mean_probs(fold_logits)
+    out: dict[str, Any] = {"rows": len(input_ids), "folds": len(fold_dirs), "reference": "mean of the fold models' probabilities"}
+    singles = [prob_drift(z, mean) for z in fold_logits]
+    out["single_fold"] = {
+        "max_abs_prob_diff": max(d["max_abs_prob_diff"] for d in singles),
+        "mean_abs_prob_diff": float(np.mean([d["mean_abs_prob_diff"] for d in singles])),
+    }
+    for mode in modes:
+        d = soup_adapters(fold_dirs, soup_dir / mode, mode)
+        drift = prob_drift(adapter_logits(model_cfg, d, input_ids, workdir), mean)
+        out[mode] = {k: drift[k] for k in ("max_abs_prob_diff", "mean_abs_prob_diff", "nonfinite_rows")}
+    return out
+
+
+def describe_soup(d: dict[str, Any]) -> str:
+    parts = [f"{m} max {d[m]['max_abs_prob_diff']:.4f} / mean {d[m]['mean_abs_prob_diff']:.4f}" for m in ("exact", "average") if m in d]
+    s = d["single_fold"]
+    return (f"|Δp| from the mean of {d['folds']} fold models on {d['rows']} rows: " + ", ".join(parts)
+            + f"; a single fold model: max {s['max_abs_prob_diff']:.4f} / mean {s['mean_abs_prob_diff']:.4f}")
