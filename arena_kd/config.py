@@ -173,6 +173,10 @@ class TeachersConfig(_Strict):
     models: list[TeacherConfig] = Field(default_factory=list, description="The teachers.")
     combine: CombineConfig = Field(default_factory=CombineConfig, description="How teachers become one soft-label file.")
     predict_extra: bool = Field(False, description="Also pseudo-label data.extra with the full-data teachers.")
+    nested: bool = Field(
+        False, description="Also fine-tune nested teachers (per student fold k, inner folds of the other rows: teachers that never saw "
+        "fold k) → soft_labels_nested<k>.parquet (teachers/nested.py). About one extra k-fold teacher pass; `make all` then measures a "
+        "student OOF trained on them. false = the cheaper plain OOF soft labels (the 1st place's choice).")
 
 
 class DistillConfig(_Strict):
@@ -181,6 +185,9 @@ class DistillConfig(_Strict):
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing on the hard-label CE.")
     soft_labels: str | None = Field(None, description="Soft-label Parquet; default <workdir>/teachers/soft_labels.parquet.")
     per_teacher: bool = Field(False, description="KL to each teacher separately with their weights (1st place) instead of to the combined distribution.")
+    nested: bool = Field(
+        False, description="Fold students learn from the nested soft labels (teachers.nested must be true): a fold-k student then never "
+        "sees fold k's labels through its teachers, so its OOF is not optimistic. The final student always uses the plain soft labels.")
     per_teacher_weights: Literal["equal", "combine"] = Field(
         "equal", description="With per_teacher: equal weight per teacher (1st place) or the weights teachers.combine chose (soft-label sidecar)."
     )
@@ -192,6 +199,10 @@ class StudentConfig(_Strict):
     predict: PredictConfig = Field(default_factory=PredictConfig, description="OOF and export inference settings.")
     distill: DistillConfig = Field(default_factory=DistillConfig, description="Distillation loss.")
     oof: bool = Field(True, description="Train k fold students for honest OOF logits (needed by the stacker).")
+    predict_heldout: bool = Field(
+        True, description="With oof and data.max_rows below the labelled rows: every fold student also predicts the rows left out "
+        "(their mean → student/heldout.parquet), so the stacker trains on every labelled row. Costs one inference pass per fold "
+        "over those rows; false = the stacker sees only the max_rows rows (it overfits on few rows).")
     final: Literal["full", "fold_soup", "none"] = Field("full", description="Final model: retrain on all rows, average the fold LoRAs (1st place), or skip.")
     soup: Literal["exact", "average"] = Field(
         "exact",
@@ -223,6 +234,18 @@ class StackingConfig(_Strict):
     feature_fraction: float = Field(0.8, gt=0, le=1, description="LightGBM feature_fraction.")
     lambda_l2: float = Field(1.0, ge=0, description="LightGBM L2 regularisation.")
     calibrate: bool = Field(True, description="Fit a temperature on the stacker's OOF predictions.")
+    num_threads: int = Field(1, ge=0, le=256, description="LightGBM threads (0 = OpenMP default). 1: the stacker's data are small and, on a "
+                             "busy 2-core machine, 2 OpenMP threads measured 10x slower (35 s vs 3.5 s for the smoke stack stage).")
+    source_features: bool = Field(
+        True, description="With ≥ 2 sources in the training rows: features src_prob_<source> from a text classifier of the source "
+        "(stacking.source_model; test rows carry no source), so the stacker can learn per-source label mixes. Costs a logistic "
+        "regression per fold on the hashed TF-IDF (seconds).")
+    capacity: Literal["auto", "fixed"] = Field(
+        "auto", description="auto: num_leaves / min_data_in_leaf / feature_fraction / lambda_l2 are the large-data values and shrink "
+        "with fewer rows (stacking.model.capacity); fixed: used as given. auto trades a little fit on big data for no overfit on small.")
+    select: bool = Field(
+        True, description="Choose what the submission uses by out-of-fold log loss among the stacker, the features-only stacker, the "
+        "student with temperature, a length-only model and the class prior (per student mode); false = always the full stacker.")
 
 
 class SubmissionConfig(_Strict):

@@ -34,3 +34,75 @@ def calibration_table(labels: np.ndarray, probs: np.ndarray) -> list[dict]:
     for k, name in enumerate(("a", "b", "tie")):
         out.append({"class": name, "mean_pred": float(np.mean(probs[:, k])), "observed": float(np.mean(y == k))})
     return out
+
+
+# --------------------------------------------------------------------------- uncertainty
+
+BOOTSTRAP_DRAWS = 2000
+
+
+def row_log_loss(labels: np.ndarray, probs: np.ndarray, eps: float = EPS) -> np.ndarray:
+    """float64[n]: each row's term of :func:`log_loss` (same renormalisation and clipping); their mean is the log loss."""
+    p = np.asarray(probs, dtype=np.float64)
+    p = np.clip(p / p.sum(axis=1, keepdims=True), eps, 1 - eps)
+    y = np.asarray(labels, dtype=np.int64)
+    return -np.log(p[np.arange(len(y)), y])
+
+
+def _group_index(groups: np.ndarray | None, n: int) -> tuple[np.ndarray, int]:
+    if groups is None:
+        return np.arange(n), n
+    _, inv = np.unique(np.asarray(groups), return_inverse=True)
+    return inv.reshape(-1), int(inv.max()) + 1 if n else 0
+
+
+def bootstrap_mean(values: np.ndarray, groups: np.ndarray | None = None, *, draws: int = BOOTSTRAP_DRAWS,
+                   seed: int = 0, level: float = 0.95) -> dict[str, float]:
+    """Mean of per-row ``values`` (float[n]) with a percentile bootstrap interval.
+
+    ``groups`` (any hashable per row, e.g. the prompt group of data.folds.prompt_groups): whole groups are
+    resampled with replacement (a cluster bootstrap), so rows that share a prompt — and whose errors are
+    correlated — are not counted as independent evidence. None resamples rows.
+    Returns {"mean", "lo", "hi", "n", "groups"}; lo/hi are NaN for fewer than 2 groups.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    n = len(v)
+    idx, g = _group_index(groups, n)
+    out = {"mean": float(v.mean()) if n else float("nan"), "lo": float("nan"), "hi": float("nan"), "n": int(n), "groups": int(g)}
+    if g < 2:
+        return out
+    sums = np.bincount(idx, weights=v, minlength=g)
+    counts = np.bincount(idx, minlength=g).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    stats = np.empty(draws)
+    block = max(1, min(draws, 2_000_000 // g))  # bound the [block, g] weight matrix
+    for start in range(0, draws, block):
+        b = min(block, draws - start)
+        w = np.stack([np.bincount(rng.integers(0, g, size=g), minlength=g) for _ in range(b)]).astype(np.float64)
+        stats[start:start + b] = (w @ sums) / np.maximum(w @ counts, 1.0)
+    alpha = (1.0 - level) / 2.0
+    out["lo"], out["hi"] = (float(x) for x in np.quantile(stats, [alpha, 1.0 - alpha]))
+    return out
+
+
+def log_loss_interval(labels: np.ndarray, probs: np.ndarray, groups: np.ndarray | None = None, **kw) -> dict[str, float]:
+    """Log loss with a bootstrap interval (see :func:`bootstrap_mean`)."""
+    return bootstrap_mean(row_log_loss(labels, probs), groups, **kw)
+
+
+def log_loss_difference(labels: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, groups: np.ndarray | None = None, **kw) -> dict[str, float]:
+    """Paired difference log_loss(a) − log_loss(b) on the same rows, with a bootstrap interval (same resamples for
+    both: the interval of the difference, much narrower than the two separate intervals suggest).
+    Negative = a is better."""
+    return bootstrap_mean(row_log_loss(labels, probs_a) - row_log_loss(labels, probs_b), groups, **kw)
+
+
+def verdict(diff: dict[str, float]) -> str:
+    """'a better' / 'b better' when the interval of a − b excludes 0, else 'not resolved at this size'."""
+    if not np.isfinite(diff.get("lo", np.nan)) or not np.isfinite(diff.get("hi", np.nan)):
+        return "not resolved at this size"
+    if diff["hi"] < 0:
+        return "a better"
+    if diff["lo"] > 0:
+        return "b better"
+    return "not resolved at this size"

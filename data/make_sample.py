@@ -7,7 +7,9 @@ splits them grouped by prompt (the first user turn, as in data/folds.py) into ~8
 ~20% test, and writes the Kaggle files: train.csv, test.csv (id,prompt,response_a,response_b),
 sample_submission.csv (1/3 each), test_labels.csv (Kaggle train layout for the test ids), plus
 arena_example.jsonl (a few rows of the Chatbot Arena conversation layout, from the train split).
-Every input row is validated with data.readers first, so a broken source fails loudly.
+train.csv and test_labels.csv carry one extra trailing column, ``source`` (``mtbench_human`` or ``hh_harmless``, the
+source file's stem), so per-source results can be reported; test.csv has no source (as on Kaggle: the hidden test
+rows carry none). Every input row is validated with data.readers first, so a broken source fails loudly.
 """
 
 from __future__ import annotations
@@ -49,14 +51,15 @@ def build(source: Path, out: Path, seed: int = 0, test_fraction: float = 0.2) ->
     for name in SOURCES:
         path = source / name
         canon.append(read_pairs(path))  # validation: raises on a broken source
-        raws.append(pd.read_csv(path, dtype=str, keep_default_na=False)[KAGGLE_TRAIN_COLUMNS])
+        raw_source = pd.read_csv(path, dtype=str, keep_default_na=False)[KAGGLE_TRAIN_COLUMNS]
+        raws.append(raw_source.assign(source=Path(name).stem))  # the rows' origin, kept by data.readers
     raw = pd.concat(raws, ignore_index=True)
     df = pd.concat(canon, ignore_index=True)
     if raw["id"].duplicated().any():
         raise SystemExit(f"duplicate ids across {SOURCES}")
     is_test = split_by_prompt(prompt_groups(df), test_fraction, seed)
     train, test = raw[~is_test], raw[is_test]
-    atomic_write_csv(out / "train.csv", train)
+    atomic_write_csv(out / "train.csv", train)  # Kaggle train layout + a trailing `source` column
     atomic_write_csv(out / "test.csv", test[KAGGLE_TEST_COLUMNS])
     atomic_write_csv(out / "test_labels.csv", test)
     sub = pd.DataFrame({"id": test["id"], "winner_model_a": 1 / 3, "winner_model_b": 1 / 3, "winner_tie": 1 / 3})

@@ -6,7 +6,7 @@ Columns (pandas DataFrame, one row per pair):
   response_a  list[str]      model A's turns (same count as prompt)
   response_b  list[str]      model B's turns
   label       Int8 (nullable) 0 = A wins, 1 = B wins, 2 = tie; <NA> when unlabelled
-  source      str            where the row came from (file stem or dataset name)
+  source      str            where the row came from: the file's `source` column when it has one, else the file stem
   model_a     str | None     model names when known
   model_b     str | None
 """

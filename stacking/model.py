@@ -25,22 +25,55 @@ log = logging.getLogger(__name__)
 SWAP_CLASSES = np.array([1, 0, 2])
 
 
-def lgb_params(cfg: StackingConfig, seed: int) -> dict:
-    """LightGBM parameters for the 3-class stacker (deterministic; threads follow OMP_NUM_THREADS)."""
+INNER_VALID_FRACTION = 0.2
+
+
+def capacity(cfg: StackingConfig, n_rows: int) -> dict[str, float]:
+    """Tree capacity for ``n_rows`` training pairs (one orientation).
+
+    ``stacking.capacity: fixed`` uses the configured values as they are. ``auto`` (default) treats them as the
+    large-data setting and shrinks capacity on few rows, so 400 rows and 57k rows do not get the same trees:
+    leaves ≤ sqrt(n)/4 (≥ 4), min_data_in_leaf ≥ n/40 (≤ 200), feature_fraction ≤ 0.5 below 5,000 rows,
+    L2 ≥ 5,000/n. (A prior for small tabular data, not tuned on the sample: 400 rows → 5 leaves, ≥ 20 rows per
+    leaf, L2 12.5; 1,958 rows → 11 leaves, ≥ 48 per leaf, L2 2.6; 57k rows → the configured values.)"""
+    c = {"num_leaves": cfg.num_leaves, "min_data_in_leaf": cfg.min_data_in_leaf,
+         "feature_fraction": cfg.feature_fraction, "lambda_l2": cfg.lambda_l2}
+    if cfg.capacity == "fixed" or n_rows <= 0:
+        return c
+    c["num_leaves"] = int(min(cfg.num_leaves, max(4, round(n_rows ** 0.5 / 4))))
+    c["min_data_in_leaf"] = int(max(cfg.min_data_in_leaf, min(200, n_rows // 40)))
+    if n_rows < 5000:
+        c["feature_fraction"] = float(min(cfg.feature_fraction, 0.5))
+    c["lambda_l2"] = float(max(cfg.lambda_l2, 5000.0 / n_rows))
+    return c
+
+
+def lgb_params(cfg: StackingConfig, seed: int, n_rows: int = 0) -> dict:
+    """LightGBM parameters for the 3-class stacker on ``n_rows`` pairs (deterministic; threads follow OMP_NUM_THREADS)."""
     return {
         "objective": "multiclass",
         "num_class": 3,
         "metric": "multi_logloss",
-        "num_leaves": cfg.num_leaves,
         "learning_rate": cfg.learning_rate,
-        "min_data_in_leaf": cfg.min_data_in_leaf,
-        "feature_fraction": cfg.feature_fraction,
-        "lambda_l2": cfg.lambda_l2,
+        **capacity(cfg, n_rows),
         "seed": seed,
         "deterministic": True,
         "force_row_wise": True,
+        **({"num_threads": cfg.num_threads} if cfg.num_threads else {}),
         "verbosity": -1,
     }
+
+
+def inner_split(n: int, groups: np.ndarray | None, seed: int, fraction: float = INNER_VALID_FRACTION) -> np.ndarray:
+    """bool[n]: the inner validation rows (whole groups, ~``fraction`` of them, seeded) used only to pick the round count."""
+    g = np.arange(n) if groups is None else np.asarray(groups)
+    uniq = np.unique(g)
+    if len(uniq) < 2:
+        return np.zeros(n, dtype=bool)
+    rng = np.random.default_rng(seed)
+    k = max(1, int(round(fraction * len(uniq))))
+    chosen = rng.choice(uniq, size=min(k, len(uniq) - 1), replace=False)
+    return np.isin(g, chosen)
 
 
 def both_orientations(x: pd.DataFrame, y: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
@@ -78,39 +111,45 @@ class CVResult:
         return max(1, int(round(float(np.mean(self.best_iterations)))))
 
 
-def train_cv(x: pd.DataFrame, y: np.ndarray, folds: np.ndarray, cfg: StackingConfig, seed: int) -> CVResult:
-    """k-fold training on the given folds with early stopping on the held-out fold (both orientations)."""
+def early_stopped_rounds(x: pd.DataFrame, y: np.ndarray, groups: np.ndarray | None, cfg: StackingConfig, seed: int) -> int:
+    """Rounds chosen by early stopping on an inner split of (x, y) — rows the caller will score are never in it."""
+    valid = inner_split(len(x), groups, seed)
+    if not valid.any() or valid.all():
+        return cfg.num_boost_round
+    dtrain = _dataset(x[~valid], y[~valid])
+    dvalid = _dataset(x[valid], y[valid], reference=dtrain)
+    booster = lgb.train(lgb_params(cfg, seed, int((~valid).sum())), dtrain, num_boost_round=cfg.num_boost_round,
+                        valid_sets=[dvalid], valid_names=["inner"],
+                        callbacks=[lgb.early_stopping(cfg.early_stopping_rounds, verbose=False)])
+    return int(booster.best_iteration or booster.current_iteration())
+
+
+def train_cv(x: pd.DataFrame, y: np.ndarray, folds: np.ndarray, cfg: StackingConfig, seed: int, groups: np.ndarray | None = None) -> CVResult:
+    """k-fold training. For held-out fold k, the round count is early-stopped on an inner split (whole ``groups``,
+    e.g. prompts) of the *other* folds, then a booster is refit on all the other folds for that many rounds and
+    predicts fold k (both orientations). Fold k never influences its own model, so the OOF is honest."""
     y = np.asarray(y, dtype=np.int64)
     folds = np.asarray(folds)
-    params = lgb_params(cfg, seed)
     oof = np.full((len(x), 3), np.nan)
     boosters, best, fold_ids = [], [], []
     for k in np.unique(folds):
         tr, va = folds != k, folds == k
         if not tr.any():
             continue
-        dtrain = _dataset(x[tr], y[tr])
-        dvalid = _dataset(x[va], y[va], reference=dtrain)
-        booster = lgb.train(
-            params,
-            dtrain,
-            num_boost_round=cfg.num_boost_round,
-            valid_sets=[dvalid],
-            valid_names=["heldout"],
-            callbacks=[lgb.early_stopping(cfg.early_stopping_rounds, verbose=False)],
-        )
-        it = booster.best_iteration or booster.current_iteration()
-        oof[va] = predict_symmetric(booster, x[va], num_iteration=it)
-        log.info("stacker fold %s: %d rounds, held-out log loss %.4f", k, it, log_loss(y[va], oof[va]))
+        g_tr = None if groups is None else np.asarray(groups)[tr]
+        rounds = early_stopped_rounds(x[tr].reset_index(drop=True), y[tr], g_tr, cfg, seed + int(k))
+        booster = lgb.train(lgb_params(cfg, seed, int(tr.sum())), _dataset(x[tr], y[tr]), num_boost_round=rounds)
+        oof[va] = predict_symmetric(booster, x[va])
+        log.info("stacker fold %s: %d rounds (inner early stopping), held-out log loss %.4f", k, rounds, log_loss(y[va], oof[va]))
         boosters.append(booster)
-        best.append(int(it))
+        best.append(int(rounds))
         fold_ids.append(int(k))
     return CVResult(boosters=boosters, oof=oof, best_iterations=best, fold_ids=fold_ids)
 
 
 def train_full(x: pd.DataFrame, y: np.ndarray, cfg: StackingConfig, seed: int, rounds: int) -> lgb.Booster:
     """One booster on every row (both orientations) for ``rounds`` rounds (the CV's mean early-stopped count)."""
-    return lgb.train(lgb_params(cfg, seed), _dataset(x, np.asarray(y, dtype=np.int64)), num_boost_round=rounds)
+    return lgb.train(lgb_params(cfg, seed, len(x)), _dataset(x, np.asarray(y, dtype=np.int64)), num_boost_round=rounds)
 
 
 def save_booster(booster: lgb.Booster, path: str | Path, num_iteration: int | None = None) -> Path:

@@ -1,9 +1,17 @@
 """Load a trained stacker folder and predict calibrated, position-symmetric probabilities for new pairs.
 
     stacker = load_stacker(workdir / "stacking")
-    probs = stacker.predict(test_df, {"orig": logits, "swap": swapped_logits})   # float64[n, 3]
-    probs = stacker.predict_features_only(test_df)                                 # fallback without the student
+    probs = stacker.predict(test_df, {"orig": logits, "swap": swapped_logits})   # float64[n, 3], TTA rows
+    probs = stacker.predict(test_df, {"orig": logits, "swap": None})             # rows without TTA
+    probs = stacker.predict(test_df, {"orig": o, "swap": s, "max_length": lens})  # per-row student max length
+    probs = stacker.predict_features_only(test_df)                                 # rows without a student
 
+Routing (the model each row gets; ``stacker.json`` ``selection``, chosen by out-of-fold log loss in
+:mod:`stacking.candidates`): a row with both orientations → the ``tta`` winner; one orientation → the ``single``
+winner (trained on student columns built from one orientation, exactly as here); no student → the ``none``
+winner; a row whose student ``max_length`` is below the length the student OOF was predicted at
+(``student_max_length``) → the ``short`` winner, which is the ``none`` winner: no stacker was trained on truncated
+student logits, so those rows are answered from their text alone. ``mode=`` forces one of these for every row.
 ``stacker.json`` (written by :func:`stacking.run.run_stacking`) names the models, their feature lists and
 temperatures; the fitted TF-IDF lives in ``tfidf.json`` + ``tfidf_idf.parquet``.
 """
@@ -20,25 +28,29 @@ import pandas as pd
 
 from arena_kd.errors import UserError
 from stacking.calibration import apply_temperature
-from stacking.features import compute_features, student_probs
+from stacking.features import compute_features, is_student_column, student_features, student_probs
 from stacking.model import load_booster, predict_symmetric
 from stacking.similarity import SimilarityModel
 
 log = logging.getLogger(__name__)
 MANIFEST = "stacker.json"
 STUDENT_ONLY = "student_only"
+PRIOR = "prior"
+MODES = ("tta", "single", "short", "none")
 
 
 @dataclass
 class _Model:
-    kind: str  # "lightgbm" or "student_only"
+    kind: str  # "lightgbm", "student_only" or "prior"
     features: list[str]
     temperature: float
     booster: object | None
+    student_input: str | None = None  # "tta" / "single": which student columns the model was trained on
+    probs: np.ndarray | None = None  # kind "prior": the constant answer
 
 
 class Stacker:
-    """A trained stacker: ``predict(df, student)`` and ``predict_features_only(df)`` -> float64[n, 3] probabilities."""
+    """A trained stacker folder: ``predict(df, student)`` and ``predict_features_only(df)`` -> float64[n, 3]."""
 
     def __init__(self, stack_dir: Path, manifest: dict, models: dict[str, _Model | None], tfidf: SimilarityModel, embedder=None):
         self.stack_dir = stack_dir
@@ -46,43 +58,107 @@ class Stacker:
         self.models = models
         self.tfidf = tfidf
         self.embedder = embedder
+        self.source_model = None
+        if manifest.get("source_model"):
+            from stacking.source_model import SourceModel
+
+            self.source_model = SourceModel.load(stack_dir)
+        self.selection = dict(manifest.get("selection") or {})
+        if not self.selection:  # a version-1 folder: the full stacker and the features-only fallback
+            self.selection = {"tta": "stacker", "single": "stacker", "short": "stacker", "none": "features_only"}
 
     @property
     def has_student_model(self) -> bool:
-        return self.models.get("stacker") is not None
+        return any(self.models.get(self.selection.get(m, "")) is not None for m in ("tta", "single"))
+
+    def chosen(self, mode: str) -> str:
+        """Name of the model answering rows of student ``mode`` (tta | single | short | none)."""
+        if mode not in MODES:
+            raise UserError(f"{self.stack_dir / MANIFEST}: unknown student mode {mode!r} (expected one of {', '.join(MODES)})")
+        name = self.selection.get(mode)
+        if mode == "tta" and (name is None or self.models.get(name) is None):
+            name = self.selection.get("single")  # trained without TTA: both orientations still make a one-orientation input
+        if name is None or self.models.get(name) is None:
+            name = self.selection.get("none", "features_only")
+        return name
 
     def features(self, df: pd.DataFrame, student: dict | None = None) -> pd.DataFrame:
-        """The feature table exactly as at training time (same TF-IDF fit and embedding model)."""
-        return compute_features(df, student=student, embedder=self.embedder, tfidf=self.tfidf)
+        """The feature table exactly as at training time (same TF-IDF fit, embedding model and source classifier)."""
+        feats = compute_features(df, student=student, embedder=self.embedder, tfidf=self.tfidf)
+        if self.source_model is not None:
+            feats = pd.concat([feats, self.source_model.features(df, self.tfidf)], axis=1)
+        return feats
 
-    def predict_from_features(self, feats: pd.DataFrame, which: str, student: dict | None = None, calibrate: bool = True) -> np.ndarray:
-        """Probabilities float64[n,3] of model ``which`` ('stacker' or 'features_only') on a feature table;
-        ``calibrate=False`` skips the temperature (for reports)."""
+    def predict_model(self, df: pd.DataFrame, which: str, student: dict | None = None, *, calibrate: bool = True,
+                      feats: pd.DataFrame | None = None) -> np.ndarray:
+        """Probabilities float64[n,3] of one named model (any candidate in stacker.json); ``calibrate=False`` skips the
+        temperature (for reports). A model trained on one-orientation student columns gets them built from ``orig`` only."""
         model = self.models.get(which)
         if model is None:
             raise UserError(f"{self.stack_dir / MANIFEST}: no '{which}' model in this stacker folder")
-        if model.kind == STUDENT_ONLY:
-            if student is None:
+        stud = student
+        if stud is not None and model.student_input == "single":
+            stud = {"orig": stud["orig"], "swap": None}
+        if model.kind == PRIOR:
+            raw = np.tile(model.probs, (len(df), 1))
+        elif model.kind == STUDENT_ONLY:
+            if stud is None:
                 raise UserError(f"{self.stack_dir / MANIFEST}: the '{which}' model calibrates the student and needs its logits")
-            raw = student_probs(student)
+            raw = student_probs(stud)
         else:
+            if feats is None:
+                feats = self.features(df, None)
+            if any(is_student_column(c) for c in model.features):
+                if stud is None:
+                    raise UserError(f"{self.stack_dir / MANIFEST}: the '{which}' model needs the student's logits")
+                orig = np.asarray(stud["orig"], dtype=np.float64)
+                swap = None if stud.get("swap") is None else np.asarray(stud["swap"], dtype=np.float64)
+                feats = pd.concat([feats, pd.DataFrame(student_features(orig, swap))], axis=1)
             missing = [c for c in model.features if c not in feats.columns]
             if missing:
                 raise UserError(f"{self.stack_dir / MANIFEST}: feature(s) {', '.join(missing[:5])} missing at prediction time")
             raw = predict_symmetric(model.booster, feats[model.features])
         return apply_temperature(raw, model.temperature) if calibrate else raw
 
-    def predict(self, df: pd.DataFrame, student: dict | None = None, *, calibrate: bool = True) -> np.ndarray:
-        """float64[n,3] (A wins, B wins, tie): the student stacker when ``student`` is given, else the features-only one."""
-        if student is None or not self.has_student_model:
-            if student is not None:
-                log.warning("%s has no student stacker (trained without student OOF); using the features-only model", self.stack_dir)
-            return self.predict_features_only(df, calibrate=calibrate)
-        return self.predict_from_features(self.features(df, student), "stacker", student, calibrate=calibrate)
+    def row_modes(self, n: int, student: dict | None, mode: str | None = None) -> np.ndarray:
+        """object[n]: the student mode of every row (see module doc)."""
+        if mode is not None:
+            return np.full(n, mode, dtype=object)
+        if student is None:
+            return np.full(n, "none", dtype=object)
+        modes = np.full(n, "tta" if student.get("swap") is not None else "single", dtype=object)
+        lens, trained = student.get("max_length"), self.manifest.get("student_max_length")
+        if lens is not None and trained:
+            short = np.broadcast_to(np.asarray(lens), (n,)) < int(trained)
+            modes[short & (np.broadcast_to(np.asarray(lens), (n,)) > 0)] = "short"
+        return modes
+
+    def predict(self, df: pd.DataFrame, student: dict | None = None, *, mode: str | None = None, calibrate: bool = True) -> np.ndarray:
+        """float64[n,3] (A wins, B wins, tie): each row from the model selected for its student mode (module doc).
+
+        ``student``: {"orig": [n,3], "swap": [n,3] | None, "max_length": int | int[n] (optional)} or None."""
+        n = len(df)
+        modes = self.row_modes(n, student, mode)
+        out = np.zeros((n, 3))
+        feats = None
+        for m in dict.fromkeys(modes):
+            sel = np.flatnonzero(modes == m)
+            name = self.chosen(m)
+            model = self.models[name]
+            sub = df if len(sel) == n else df.iloc[sel].reset_index(drop=True)
+            stud = None
+            if student is not None and model.kind != PRIOR:
+                stud = {k: (None if student.get(k) is None else np.asarray(student[k])[sel]) for k in ("orig", "swap")}
+            if model.kind == "lightgbm" and len(sel) == n:
+                feats = feats if feats is not None else self.features(df, None)
+                out[sel] = self.predict_model(sub, name, stud, calibrate=calibrate, feats=feats)
+            else:
+                out[sel] = self.predict_model(sub, name, stud, calibrate=calibrate)
+        return out
 
     def predict_features_only(self, df: pd.DataFrame, *, calibrate: bool = True) -> np.ndarray:
-        """float64[n,3] from length/structure/similarity features alone (no student logits needed)."""
-        return self.predict_from_features(self.features(df, None), "features_only", calibrate=calibrate)
+        """float64[n,3] for rows without a student: the model selected for mode 'none'."""
+        return self.predict(df, None, mode="none", calibrate=calibrate)
 
 
 def load_stacker(stack_dir: str | Path, *, embedding_model: str | None = None, embedding_cache_dir: str | Path | None = None, device: str | None = None) -> Stacker:
@@ -99,18 +175,19 @@ def load_stacker(stack_dir: str | Path, *, embedding_model: str | None = None, e
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}: unreadable stacker manifest ({exc.msg})") from None
     models: dict[str, _Model | None] = {}
-    for name in ("stacker", "features_only"):
-        spec = manifest.get("models", {}).get(name)
+    for name, spec in (manifest.get("models") or {}).items():
         if spec is None:
             models[name] = None
             continue
         booster = None
-        if spec["kind"] != STUDENT_ONLY:
+        if spec["kind"] == "lightgbm":
             model_file = d / spec["model_file"]
             if not model_file.is_file():
                 raise UserError(f"{model_file}: model file missing (rerun `arena-kd stack --force`)")
             booster = load_booster(model_file)
-        models[name] = _Model(kind=spec["kind"], features=list(spec["features"]), temperature=float(spec["temperature"]), booster=booster)
+        probs = np.asarray(spec["probs"], dtype=np.float64) if spec["kind"] == PRIOR else None
+        models[name] = _Model(kind=spec["kind"], features=list(spec["features"]), temperature=float(spec["temperature"]),
+                              booster=booster, student_input=spec.get("student_input"), probs=probs)
     tfidf = SimilarityModel.load(d)
     embedder = None
     emb = manifest.get("embedding")

@@ -1,4 +1,5 @@
-"""Stacking report: log loss / accuracy per stage, reliability diagram, feature importance.
+"""Stacking report: every candidate's out-of-fold log loss with a prompt-bootstrap interval, the selection, per-source
+and per-provenance tables, reliability diagrams, feature importance.
 
 :func:`stage_rows` returns the table as a list of dicts so the pipeline report can reuse it;
 :func:`format_table` renders it for the console and Markdown.
@@ -12,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from arena_kd.io import atomic_path, atomic_write_text, read_keyed_table
-from arena_kd.metrics import accuracy, log_loss, softmax
+from arena_kd.metrics import accuracy, log_loss, log_loss_interval, softmax
 
 CLASS_SUFFIXES = ("a", "b", "tie")
 
@@ -39,47 +40,104 @@ def fold_prior(labels: np.ndarray, folds: np.ndarray) -> np.ndarray:
     return out
 
 
-def stage_rows(workdir: str | Path) -> list[dict]:
-    """[{stage, rows, log_loss, accuracy, note}] on the stacker's OOF rows, from the files under ``workdir``.
+CANDIDATE_LABELS = {
+    "stacker": "stacker (student TTA + features)", "stacker_single": "stacker (student, one orientation + features)",
+    "features_only": "features-only stacker", "length_only": "length-only LightGBM", "prior": "class prior (A/B pooled)",
+    "student": "student TTA + temperature", "student_single": "student one orientation + temperature",
+}
 
-    Stages (each only when its file exists): class prior (reference), teacher ensemble OOF, student OOF (orig), student + TTA (avg),
-    stacker, stacker + temperature, features-only (+ temperature)."""
+
+def _ci_row(stage: str, labels: np.ndarray, probs: np.ndarray, groups: np.ndarray, seed: int, note: str = "") -> dict:
+    ci = log_loss_interval(labels, probs, groups, seed=seed)
+    return {"stage": stage, "rows": int(len(labels)), "log_loss": ci["mean"], "lo": ci["lo"], "hi": ci["hi"],
+            "accuracy": accuracy(labels, probs), "note": note}
+
+
+def stage_rows(workdir: str | Path, winners: dict[str, str] | None = None, seed: int = 0) -> list[dict]:
+    """[{stage, rows, log_loss, lo, hi, accuracy, note}] on the stacker's rows, from the files under ``workdir``.
+
+    Every candidate of oof.parquet (calibrated with the cross-fitted temperature, i.e. as selected), the uniform
+    answer, and — on the rows they cover — the teacher ensemble OOF and the student (orig, TTA). Intervals: 95%
+    bootstrap over prompts."""
     wd = Path(workdir)
     oof, _ = read_keyed_table(wd / "stacking" / "oof.parquet")
+    winners = winners or {}
+    groups = prompt_groups_of(wd, oof["id"])
+    y = oof["label"].to_numpy()
+    rows = [_ci_row("uniform (1/3 each)", y, np.full((len(y), 3), 1 / 3), groups, seed)]
+    chosen: dict[str, list[str]] = {}
+    for mode, name in winners.items():
+        if mode != "short":
+            chosen.setdefault(name, []).append(mode)
+    for name in CANDIDATE_LABELS:
+        cols = prob_columns(name)
+        if all(c in oof.columns for c in cols):
+            note = f"selected for student mode {', '.join(chosen[name])}" if name in chosen else ""
+            rows.append(_ci_row(CANDIDATE_LABELS[name], y, oof[cols].to_numpy(dtype=np.float64), groups, seed, note))
     labels_df = oof[["id", "label"]]
-    rows: list[dict] = []
     soft = wd / "teachers" / "soft_labels.parquet"
     if soft.is_file():
         s, _ = read_keyed_table(soft)
         m = labels_df.merge(s, on="id", how="inner")
         if len(m):
-            rows.append(_row("teacher ensemble OOF", m["label"].to_numpy(), _logits_to_probs(m, ["logit_a", "logit_b", "logit_tie"])))
-    stu = wd / "student" / "oof.parquet"
-    if stu.is_file():
-        s, _ = read_keyed_table(stu)
-        m = labels_df.merge(s, on="id", how="inner")
-        if len(m):
-            y = m["label"].to_numpy()
-            orig = ["orig_logit_a", "orig_logit_b", "orig_logit_tie"]
-            if all(c in m.columns for c in orig):
-                rows.append(_row("student OOF (orig)", y, _logits_to_probs(m, orig)))
-            rows.append(_row("student + TTA (avg)", y, _logits_to_probs(m, ["logit_a", "logit_b", "logit_tie"])))
-    y = oof["label"].to_numpy()
-    rows.insert(0, _row("class prior (reference)", y, fold_prior(y, oof["fold"].to_numpy()), "label frequencies of the other folds"))
-    for prefix, stage in (("stacker_raw", "stacker"), ("stacker", "stacker + temperature"),
-                          ("features_only_raw", "features-only"), ("features_only", "features-only + temperature")):
-        cols = prob_columns(prefix)
-        if all(c in oof.columns for c in cols):
-            rows.append(_row(stage, y, oof[cols].to_numpy(dtype=np.float64)))
+            rows.append(_ci_row("teacher ensemble OOF", m["label"].to_numpy(), _logits_to_probs(m, ["logit_a", "logit_b", "logit_tie"]),
+                                prompt_groups_of(wd, m["id"]), seed, "LLM rows only"))
+    return rows
+
+
+def prompt_groups_of(workdir: Path, ids: pd.Series) -> np.ndarray:
+    """Prompt group (data.folds.prompt_groups, stored in oof.parquet's ``group`` column) per id; one group per row when
+    unknown — the bootstrap then resamples rows."""
+    oof, _ = read_keyed_table(Path(workdir) / "stacking" / "oof.parquet")
+    if "group" in oof.columns:
+        m = ids.astype(str).to_frame("id").merge(oof[["id", "group"]], on="id", how="left")
+        if m["group"].notna().all():
+            return m["group"].to_numpy(dtype=np.int64)
+    return np.arange(len(ids))
+
+
+def per_source_rows(oof: pd.DataFrame, groups: np.ndarray, seed: int = 0) -> list[dict]:
+    """Per source: uniform, the class prior of all training rows, the source's own prior (an oracle: test rows carry no
+    source) and every candidate, out of fold, with 95% prompt-bootstrap intervals."""
+    rows = []
+    y_all = oof["label"].to_numpy()
+    for src in sorted(oof["source"].astype(str).unique()):
+        m = (oof["source"].astype(str) == src).to_numpy()
+        y, g = y_all[m], groups[m]
+        rows.append({**_ci_row("uniform (1/3 each)", y, np.full((len(y), 3), 1 / 3), g, seed), "source": src})
+        own = np.bincount(y, minlength=3)[:3] + 1.0
+        rows.append({**_ci_row("class prior of this source (oracle)", y, np.tile(own / own.sum(), (len(y), 1)), g, seed), "source": src})
+        for name, label in CANDIDATE_LABELS.items():
+            cols = prob_columns(name)
+            if all(c in oof.columns for c in cols):
+                rows.append({**_ci_row(label, y, oof.loc[m, cols].to_numpy(dtype=np.float64), g, seed), "source": src})
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
-    """Markdown table (also readable on the console)."""
-    lines = ["| stage | rows | log loss | accuracy |", "|---|---:|---:|---:|"]
+    """Markdown table (also readable on the console); a 'source' column when the rows carry one."""
+    by_src = any("source" in r for r in rows)
+    head = ("| source " if by_src else "") + "| stage | rows | log loss | 95% interval | accuracy | note |"
+    lines = [head, ("|---" if by_src else "") + "|---|---:|---:|---|---:|---|"]
     for r in rows:
-        lines.append(f"| {r['stage']} | {r['rows']} | {r['log_loss']:.4f} | {r['accuracy']:.3f} |")
+        ci = f"[{r['lo']:.4f}, {r['hi']:.4f}]" if np.isfinite(r.get("lo", np.nan)) else "—"
+        src = f"| {r['source']} " if by_src else ""
+        lines.append(f"{src}| {r['stage']} | {r['rows']} | {r['log_loss']:.4f} | {ci} | {r['accuracy']:.3f} | {r.get('note', '')} |")
     return "\n".join(lines)
+
+
+def format_selection(tables: dict[str, list[dict]], winners: dict[str, str]) -> str:
+    """Per student mode: the candidates by OOF log loss, each with its interval and its difference to the winner."""
+    md = []
+    for mode, rows in tables.items():
+        md += [f"### Student mode '{mode}': chosen `{winners[mode]}`", "",
+               "| candidate | OOF log loss | 95% interval | minus the winner (95% interval) |", "|---|---:|---|---|"]
+        for r in rows:
+            d = r["diff_vs_winner"]
+            ds = "—" if d is None else f"{d['mean']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]" + ("" if d["lo"] > 0 else " (not resolved)")
+            md.append(f"| {CANDIDATE_LABELS.get(r['name'], r['name'])} | {r['log_loss']:.4f} | [{r['lo']:.4f}, {r['hi']:.4f}] | {ds} |")
+        md.append("")
+    return "\n".join(md)
 
 
 def reliability_bins(labels: np.ndarray, probs: np.ndarray, n_bins: int = 10) -> pd.DataFrame:
@@ -132,20 +190,38 @@ def plot_importance(importance: pd.DataFrame, path: Path, title: str, top: int =
     plt.close(fig)
 
 
-def write_report(workdir: str | Path, importances: dict[str, pd.DataFrame], temperatures: dict[str, dict], notes: list[str]) -> tuple[Path, list[dict]]:
+def write_report(workdir: str | Path, importances: dict[str, pd.DataFrame], temperatures: dict[str, dict], notes: list[str], *,
+                 tables: dict[str, list[dict]] | None = None, winners: dict[str, str] | None = None, seed: int = 0) -> tuple[Path, list[dict]]:
     """Write ``<workdir>/stacking/report.md`` + PNGs; return (path, stage rows)."""
     out = Path(workdir) / "stacking"
-    rows = stage_rows(workdir)
+    rows = stage_rows(workdir, winners, seed)
     oof, _ = read_keyed_table(out / "oof.parquet")
     y = oof["label"].to_numpy()
-    md = ["# Stacking report", "", *[f"- {n}" for n in notes], "", "## Log loss and accuracy per stage (out-of-fold)", "", format_table(rows), ""]
+    md = ["# Stacking report", "", *[f"- {n}" for n in notes], "",
+          "## Log loss per candidate (out-of-fold, every stacker row; 95% bootstrap intervals over prompts)", "", format_table(rows), ""]
+    if tables and winners:
+        md += ["## Selection (lowest out-of-fold log loss per student mode)", "", format_selection(tables, winners)]
+    if "source" in oof.columns and oof["source"].nunique() > 1:
+        md += ["## Per source (out-of-fold)", "", format_table(per_source_rows(oof, prompt_groups_of(workdir, oof["id"]), seed)), ""]
+    if "provenance" in oof.columns and oof["provenance"].nunique() > 1:
+        md += ["## Per provenance (oof: a fold student's prediction; heldout: mean of the fold students, rows data.max_rows left out)", ""]
+        prov_rows = []
+        for prov in sorted(oof["provenance"].unique()):
+            m = (oof["provenance"] == prov).to_numpy()
+            for name in ("stacker", "stacker_single", "student", "student_single"):
+                cols = prob_columns(name)
+                if all(c in oof.columns for c in cols):
+                    prov_rows.append({**_ci_row(CANDIDATE_LABELS[name], y[m], oof.loc[m, cols].to_numpy(dtype=np.float64),
+                                                prompt_groups_of(workdir, oof.loc[m, "id"]), seed), "source": prov})
+        md += [format_table(prov_rows).replace("| source |", "| provenance |", 1), ""]
     md += ["## Temperature", ""]
     for name, t in temperatures.items():
-        md.append(f"- {name}: T = {t['temperature']:.4f} (log loss {t['log_loss_before']:.4f} → {t['log_loss_after']:.4f} on {t['n']} OOF rows)")
+        md.append(f"- {name}: T = {t['temperature']:.4f} (log loss {t['log_loss_before']:.4f} → {t['log_loss_after']:.4f} on {t['n']} OOF rows; "
+                  "the OOF above uses temperatures fitted on the other folds)")
     md.append("")
     for name in temperatures:
         raw, cal = prob_columns(f"{name}_raw"), prob_columns(name)
-        if all(c in oof.columns for c in raw + cal):
+        if name.startswith(("stacker", "features")) and all(c in oof.columns for c in raw + cal):
             png = f"reliability_{name}.png"
             plot_reliability(y, oof[raw].to_numpy(), oof[cal].to_numpy(), out / png, f"{name}: reliability before/after temperature")
             md += [f"## Reliability diagram: {name}", "", f"![reliability {name}]({png})", ""]

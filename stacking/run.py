@@ -1,17 +1,22 @@
-"""`arena-kd stack`: features → cross-validated LightGBM stackers → temperature → report.
+"""`arena-kd stack`: features → cross-validated candidates → selection by out-of-fold log loss → report.
+
+Training rows: every labelled row (:mod:`stacking.rows`): the LLM stages' ``data.max_rows`` rows with their student
+OOF, plus the rows max_rows left out with the mean of the fold students (``student/heldout.parquet``); the
+``provenance`` column of oof.parquet says which. Candidates and the selection rule: :mod:`stacking.candidates`.
 
 Outputs under ``<workdir>/stacking/``:
   tfidf.json, tfidf_idf.parquet        fitted TF-IDF spaces (test-time features use them)
-  features.parquet (+meta)             the training feature table (id + features)
-  stacker_fold<k>.txt, stacker_full.txt          student-logit stacker (fold models + the full model used to predict)
-  features_only_fold<k>.txt, features_only_full.txt   the fallback without the student
-  temperature.json                     fitted temperatures per model
+  source_model.json, source_model_coef.parquet   text → source classifier (stacking.source_model), ≥ 2 sources only
+  features.parquet (+meta)             the training feature table (id + text features)
+  <model>_fold<k>.txt, <model>_full.txt   LightGBM candidates: stacker (student TTA), stacker_single (one orientation),
+                                       features_only, length_only (fold models + the full model used to predict)
+  temperature.json                     temperature per candidate (fitted on all its OOF; the OOF itself is cross-fitted)
   features.json                        feature list of each model
-  oof.parquet (+meta)                  id, fold, label, <model>_raw_{a,b,tie}, <model>_{a,b,tie} (calibrated)
-  stacker.json                         manifest: feature lists, model files, temperatures, input hash (written last)
+  oof.parquet (+meta)                  id, fold, label, source, provenance, in_llm_rows, group (prompt), <model>_raw_{a,b,tie}, <model>_{a,b,tie}
+  stacker.json                         manifest: models, selection per student mode, candidate table, input hash (written last)
   report.md, *.png, config.resolved.yaml
 
-Without ``<workdir>/student/oof.parquet`` only the features-only stacker is trained (and said so).
+Without ``<workdir>/student/oof.parquet`` only the candidates that need no student are trained (and said so).
 Resumable: when ``stacker.json`` exists with the same input hash (config, data, folds, student OOF) and every
 file it names exists, the stage only reprints the table; ``force=True`` retrains.
 """
@@ -29,17 +34,17 @@ import pandas as pd
 
 from arena_kd.config import PipelineConfig, write_resolved
 from arena_kd.errors import UserError
-from arena_kd.io import atomic_write_json, file_hash, read_keyed_table, write_keyed_table
-from stacking.calibration import TemperatureFit, apply_temperature, fit_temperature
-from stacking.features import compute_features, fit_similarity, is_student_column, student_probs
-from stacking.model import gain_importance, save_booster, train_cv, train_full
-from stacking.predict import MANIFEST, STUDENT_ONLY
+from arena_kd.io import atomic_write_json, file_hash, frame_hash, read_keyed_table, write_keyed_table
+from data.folds import prompt_groups
+from stacking.calibration import TemperatureFit, fit_temperature
+from stacking.candidates import LENGTH_FEATURES, cross_fitted_temperature, fold_pooled_prior, pooled_prior, select
+from stacking.features import compute_features, fit_similarity, is_student_column, student_features, student_probs
+from stacking.model import capacity, gain_importance, save_booster, train_cv, train_full
+from stacking.predict import MANIFEST, PRIOR, STUDENT_ONLY
 from stacking.report import format_table, prob_columns, write_report
+from stacking.rows import all_rows, load_student
 
-FORMAT_VERSION = 1
-LOGITS = ("logit_a", "logit_b", "logit_tie")
-ORIG = ("orig_logit_a", "orig_logit_b", "orig_logit_tie")
-SWAP = ("swap_logit_a", "swap_logit_b", "swap_logit_tie")
+FORMAT_VERSION = 2
 
 
 def stack_dir(cfg: PipelineConfig) -> Path:
@@ -50,21 +55,8 @@ def student_oof_path(cfg: PipelineConfig) -> Path:
     return cfg.workdir_path / "student" / "oof.parquet"
 
 
-def load_student_oof(path: Path, ids: pd.Series) -> tuple[dict, np.ndarray]:
-    """Student logits aligned to ``ids``: ({"orig": [m,3], "swap": [m,3] | None}, bool[n] mask of ids present)."""
-    sdf, _ = read_keyed_table(path)
-    cols = set(sdf.columns)
-    if not set(LOGITS) <= cols and not set(ORIG) <= cols:
-        raise UserError(f"{path}: student OOF needs columns {', '.join(ORIG)} (or {', '.join(LOGITS)})")
-    m = ids.to_frame("id").merge(sdf, on="id", how="left", validate="one_to_one")
-    orig_cols = ORIG if set(ORIG) <= cols else LOGITS
-    orig = m[list(orig_cols)].to_numpy(dtype=np.float64)
-    present = np.isfinite(orig).all(axis=1)
-    swap = m[list(SWAP)].to_numpy(dtype=np.float64) if set(SWAP) <= cols else None
-    if swap is not None and not np.isfinite(swap[present]).all():
-        bad = int(np.flatnonzero(present & ~np.isfinite(swap).all(axis=1))[0])
-        raise UserError(f"{path}: id {ids.iloc[bad]!r}: non-finite swap logits")
-    return {"orig": orig[present], "swap": None if swap is None else swap[present]}, present
+def student_heldout_path(cfg: PipelineConfig) -> Path:
+    return cfg.workdir_path / "student" / "heldout.parquet"
 
 
 def _input_hash(cfg: PipelineConfig, data_hash: str, folds_hash: str, student_hash: str | None) -> str:
@@ -87,23 +79,17 @@ def _up_to_date(out: Path, input_hash: str) -> dict | None:
     return manifest if all(p.is_file() for p in needed) else None
 
 
-def _train_model(name: str, x: pd.DataFrame, y: np.ndarray, folds: np.ndarray, cfg: PipelineConfig, out: Path) -> dict[str, Any]:
-    """CV + full LightGBM model + temperature for one feature set; writes <name>_fold<k>.txt and <name>_full.txt."""
+def _train_model(name: str, x: pd.DataFrame, y: np.ndarray, folds: np.ndarray, groups: np.ndarray, cfg: PipelineConfig, out: Path) -> dict[str, Any]:
+    """CV + full LightGBM model for one feature set; writes <name>_fold<k>.txt and <name>_full.txt."""
     for old in out.glob(f"{name}_fold*.txt"):
         old.unlink()
-    cv = train_cv(x, y, folds, cfg.stacking, cfg.seed)
-    files = [save_booster(b, out / f"{name}_fold{k}.txt", num_iteration=it).name for b, k, it in zip(cv.boosters, cv.fold_ids, cv.best_iterations)]
+    cv = train_cv(x, y, folds, cfg.stacking, cfg.seed, groups=groups)
+    files = [save_booster(b, out / f"{name}_fold{k}.txt").name for b, k in zip(cv.boosters, cv.fold_ids)]
     full = train_full(x, y, cfg.stacking, cfg.seed, cv.full_rounds)
     files.append(save_booster(full, out / f"{name}_full.txt").name)
-    temp = fit_temperature(cv.oof, y) if cfg.stacking.calibrate else _no_temperature(cv.oof, y)
-    return {
-        "spec": {"kind": "lightgbm", "features": list(x.columns), "model_file": f"{name}_full.txt", "fold_files": files[:-1],
-                 "best_iterations": cv.best_iterations, "full_rounds": cv.full_rounds, "temperature": temp.temperature},
-        "files": files,
-        "oof_raw": cv.oof,
-        "temperature": temp,
-        "importance": gain_importance(full),
-    }
+    spec = {"kind": "lightgbm", "features": list(x.columns), "model_file": f"{name}_full.txt", "fold_files": files[:-1],
+            "best_iterations": cv.best_iterations, "full_rounds": cv.full_rounds, "capacity": capacity(cfg.stacking, len(x))}
+    return {"spec": spec, "files": files, "oof_raw": cv.oof, "importance": gain_importance(full)}
 
 
 def _no_temperature(probs: np.ndarray, y: np.ndarray) -> TemperatureFit:
@@ -113,31 +99,43 @@ def _no_temperature(probs: np.ndarray, y: np.ndarray) -> TemperatureFit:
     return TemperatureFit(1.0, ll, ll, len(y))
 
 
+def _student_max_length(path: Path) -> int | None:
+    try:
+        return read_keyed_table(path)[1].get("predict_max_length")
+    except Exception:  # noqa: BLE001 - a fake or foreign OOF file without the sidecar field
+        return None
+
+
 def run_stacking(cfg: PipelineConfig, force: bool = False) -> dict:
-    """Train the stackers for ``cfg`` (see module doc); returns the manifest written to stacker.json."""
-    from teachers.training_data import load_training_data
+    """Train the candidates for ``cfg``, choose per student mode (see module doc); returns the manifest (stacker.json)."""
+    from teachers.training_data import DATA_HASH_COLUMNS, load_training_data
 
     t0 = time.time()
     out = stack_dir(cfg)
+    sc = cfg.stacking
     data = load_training_data(cfg)
-    frame = data.frame
+    frame = all_rows(data, cfg.folds.n_folds, cfg.seed)
     notes: list[str] = []
-    spath = student_oof_path(cfg)
+    spath, hpath = student_oof_path(cfg), student_heldout_path(cfg)
     student, student_hash = None, None
+    provenance = ["none"] * len(frame)
     if spath.is_file():
-        student, present = load_student_oof(spath, frame["id"])
-        student_hash = file_hash(spath)
-        if not present.any():
-            raise UserError(f"{spath}: no id in common with the training rows of {cfg.data.train}")
+        student, present, provenance = load_student(spath, hpath, frame)
+        student_hash = file_hash(spath) + (file_hash(hpath) if hpath.is_file() else "")
         if not present.all():
-            notes.append(f"student OOF covers {int(present.sum())} of {len(frame)} training rows; the stackers use those rows")
+            notes.append(f"the student predicted {int(present.sum())} of {len(frame)} labelled rows; every candidate trains on those rows"
+                         " (student.predict_heldout=true lets the fold students predict the rest)")
             frame = frame[present].reset_index(drop=True)
     else:
-        notes.append(f"no student OOF at {spath}: training the features-only stacker only")
+        notes.append(f"no student OOF at {spath}: training the candidates that need no student only")
+    frame["provenance"] = provenance
+    counts = frame["provenance"].value_counts().to_dict()
+    notes.append("stacker rows: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     for n in notes:
         print(f"[stack] {n}")
 
-    input_hash = _input_hash(cfg, data.data_hash, data.folds_hash, student_hash)
+    rows_hash = frame_hash(frame.assign(fold=frame["fold"].astype(int)), [*DATA_HASH_COLUMNS, "source", "fold", "provenance"])
+    input_hash = _input_hash(cfg, rows_hash, data.folds_hash, student_hash)
     if not force:
         manifest = _up_to_date(out, input_hash)
         if manifest is not None:
@@ -147,7 +145,6 @@ def run_stacking(cfg: PipelineConfig, force: bool = False) -> dict:
 
     out.mkdir(parents=True, exist_ok=True)
     write_resolved(cfg, out)
-    sc = cfg.stacking
     tfidf = fit_similarity(frame, n_features=sc.tfidf_max_features, seed=cfg.seed)
     tfidf.save(out)
     embedder = None
@@ -156,53 +153,95 @@ def run_stacking(cfg: PipelineConfig, force: bool = False) -> dict:
 
         embedder = SentenceEmbedder(sc.embedding_model, batch_size=sc.embedding_batch_size, max_length=sc.embedding_max_length,
                                     cache_dir=cfg.workdir_path / "cache" / "embeddings")
-    feats = compute_features(frame, student=student, embedder=embedder, tfidf=tfidf)
+    feats = compute_features(frame, student=None, embedder=embedder, tfidf=tfidf)
+    folds = frame["fold"].astype(int).to_numpy()
+    source_model = None
+    if sc.source_features:
+        from stacking.source_model import fit_source_features
+
+        fitted = fit_source_features(frame, folds, tfidf, cfg.seed)
+        if fitted is not None:
+            feats, source_model = pd.concat([feats, fitted[0]], axis=1), fitted[1]
+            notes.append(f"source features {', '.join(source_model.columns)}: text classifier of the row's source "
+                         f"({', '.join(source_model.classes)}), cross-fitted on the stacker folds")
     write_keyed_table(out / "features.parquet", pd.concat([frame[["id"]], feats], axis=1), {"input_hash": input_hash, "rows": len(frame)})
-    print(f"[stack] {feats.shape[1]} features for {len(frame)} rows ({time.time() - t0:.1f}s)")
+    print(f"[stack] {feats.shape[1]} text features for {len(frame)} rows ({time.time() - t0:.1f}s)")
 
     y = frame["label"].astype(int).to_numpy()
-    folds = frame["fold"].astype(int).to_numpy()
-    models: dict[str, dict | None] = {"stacker": None, "features_only": None}
+    groups = prompt_groups(frame)
+    models: dict[str, dict | None] = {}
     files = ["tfidf.json", "tfidf_idf.parquet", "temperature.json", "features.json", "oof.parquet", "report.md"]
-    oof = pd.DataFrame({"id": frame["id"].astype(str), "fold": folds, "label": y})
+    if source_model is not None:
+        files += source_model.save(out)
+    oof = pd.DataFrame({"id": frame["id"].astype(str).to_numpy(), "fold": folds, "label": y, "source": frame["source"].astype(str).to_numpy(),
+                        "provenance": frame["provenance"].to_numpy(), "in_llm_rows": frame["in_llm_rows"].to_numpy(dtype=bool),
+                        "group": groups})
+    calibrated: dict[str, np.ndarray] = {}
     temps: dict[str, dict] = {}
     importances: dict[str, pd.DataFrame] = {}
 
-    def record(name: str, raw: np.ndarray, temp: TemperatureFit) -> None:
+    def record(name: str, spec: dict, raw: np.ndarray, fit_t: bool = True) -> None:
+        temp = fit_temperature(raw, y) if (sc.calibrate and fit_t) else _no_temperature(raw, y)
+        cal = cross_fitted_temperature(raw, y, folds) if (sc.calibrate and fit_t) else raw
         for col, v in zip(prob_columns(f"{name}_raw"), raw.T):
             oof[col] = v
-        for col, v in zip(prob_columns(name), apply_temperature(raw, temp.temperature).T):
+        for col, v in zip(prob_columns(name), cal.T):
             oof[col] = v
+        models[name] = {**spec, "temperature": temp.temperature}
         temps[name] = temp.to_dict()
+        calibrated[name] = cal
+
+    def lightgbm(name: str, x: pd.DataFrame) -> None:
+        nonlocal files
+        res = _train_model(name, x, y, folds, groups, cfg, out)
+        files += res["files"]
+        importances[name] = res["importance"]
+        record(name, res["spec"], res["oof_raw"])
 
     fo_cols = [c for c in feats.columns if not is_student_column(c)]
-    fo = _train_model("features_only", feats[fo_cols], y, folds, cfg, out)
-    models["features_only"], files = fo["spec"], files + fo["files"]
-    record("features_only", fo["oof_raw"], fo["temperature"])
-    importances["features_only"] = fo["importance"]
+    lightgbm("features_only", feats[fo_cols])
+    lightgbm("length_only", feats[[c for c in LENGTH_FEATURES if c in feats.columns]])
+    record("prior", {"kind": PRIOR, "features": [], "probs": pooled_prior(y).tolist()}, fold_pooled_prior(y, folds), fit_t=False)
+    modes = ["none"]
     if student is not None:
-        if sc.enabled:
-            st = _train_model("stacker", feats, y, folds, cfg, out)
-            models["stacker"], files = st["spec"], files + st["files"]
-            record("stacker", st["oof_raw"], st["temperature"])
-            importances["stacker"] = st["importance"]
-        else:
-            raw = student_probs(student)
-            temp = fit_temperature(raw, y) if sc.calibrate else _no_temperature(raw, y)
-            models["stacker"] = {"kind": STUDENT_ONLY, "features": [], "temperature": temp.temperature}
-            record("stacker", raw, temp)
-            notes.append("stacking.enabled=false: the 'stacker' is the student's TTA probabilities with a temperature")
+        modes = (["tta"] if student["swap"] is not None else []) + ["single", "none"]
+        if student["swap"] is None:
+            notes.append("the student OOF has no swapped orientation (student.predict.tta=false): only the single-orientation candidates are trained")
+        for mode in modes[:-1]:
+            suffix = "" if mode == "tta" else "_single"
+            stud = student if mode == "tta" else {"orig": student["orig"], "swap": None}
+            record(f"student{suffix}", {"kind": STUDENT_ONLY, "features": [], "student_input": mode}, student_probs(stud))
+            if sc.enabled:
+                cols = pd.DataFrame(student_features(stud["orig"], stud["swap"]))
+                lightgbm(f"stacker{suffix}", pd.concat([feats, cols], axis=1))
+                models[f"stacker{suffix}"]["student_input"] = mode
+            else:
+                notes.append(f"stacking.enabled=false: the '{mode}' stacker is the student's probabilities with a temperature")
+                models[f"stacker{suffix}"] = models[f"student{suffix}"]
+                calibrated[f"stacker{suffix}"] = calibrated[f"student{suffix}"]
+    models.setdefault("stacker", None)
 
+    winners, tables = select(calibrated, y, groups, modes, enabled=sc.select, seed=cfg.seed)
+    winners["short"] = winners["none"]
+    for mode, name in winners.items():
+        if mode != "short":
+            notes.append(f"selected for student mode '{mode}': {name} (out-of-fold log loss {dict((r['name'], r['log_loss']) for r in tables[mode])[name]:.4f})")
     atomic_write_json(out / "temperature.json", temps)
     atomic_write_json(out / "features.json", {name: (spec or {}).get("features", []) for name, spec in models.items()})
-    write_keyed_table(out / "oof.parquet", oof, {"input_hash": input_hash, "models": list(temps)})
-    _, stages = write_report(cfg.workdir_path, importances, temps, notes)
+    write_keyed_table(out / "oof.parquet", oof, {"input_hash": input_hash, "models": list(temps), "selection": winners})
+    _, stages = write_report(cfg.workdir_path, importances, temps, notes, tables=tables, winners=winners, seed=cfg.seed)
     manifest = {
         "version": FORMAT_VERSION,
         "input_hash": input_hash,
         "models": models,
+        "selection": winners,
+        "candidates": tables,
+        "short_rule": "rows the student saw at a max length below student_max_length use the 'none' winner (no stacker was trained on truncated student logits)",
+        "student_max_length": _student_max_length(spath) if student is not None else None,
+        "source_model": None if source_model is None else {"classes": source_model.classes, "columns": source_model.columns},
         "embedding": {"model": sc.embedding_model, "max_length": sc.embedding_max_length, "batch_size": sc.embedding_batch_size} if sc.embedding_model else None,
         "rows": len(frame),
+        "provenance": {k: int(v) for k, v in counts.items()},
         "files": sorted(set(files)),
         "stages": stages,
         "notes": notes,

@@ -67,15 +67,27 @@ def _oof_stage(cfg, data: TrainingData, frame: pd.DataFrame, soft: SoftLabels | 
     sdir = student_dir(cfg)
     s = cfg.student
 
+    heldout = heldout_rows(cfg, data)
+
     def fit_predict(k: int, train_df: pd.DataFrame, valid_df: pd.DataFrame, fold_dir: Path):
-        tta, meta, _ = train_and_predict(
+        if s.distill.nested and s.distill.alpha > 0:  # teacher labels from teachers that never saw fold k (teachers/nested.py)
+            from teachers.nested import load_nested_logits
+
+            train_df = train_df.assign(teacher_logits=load_nested_logits(cfg.soft_labels_path(), k, train_df["id"], s.distill.per_teacher))
+        tta, meta, held = train_and_predict(
             s.model, s.train, s.predict, cfg.render, train_df, valid_df, fold_dir,
-            seed=cfg.seed + k, init_seed=cfg.seed, workdir=cfg.workdir, loss_fn=loss_fn,
+            seed=cfg.seed + k, init_seed=cfg.seed, workdir=cfg.workdir, loss_fn=loss_fn, also_predict=heldout,
             tokenizer_texts=frame_texts(data.frame),
         )
+        if held is not None:  # written before the fold file, so a finished fold always has its held-out predictions
+            from teachers.kfold import tta_frame
+
+            main_write(write_keyed_table, sdir / f"heldout_fold{k}.parquet", tta_frame(heldout["id"], k, held), {"fold": k, "hashes": hashes})
         return tta, meta
 
     folds = run_folds(frame, sdir, hashes, fit_predict, force=force, fault=fault, label="student")
+    if heldout is not None:
+        _average_heldout(sdir, sorted(int(k) for k in frame["fold"].unique()), heldout, hashes)
     oof = data.frame[["id"]].merge(pd.concat(folds, ignore_index=True), on="id", how="left")[OOF_COLUMNS]
     labels = data.frame["label"].astype(int).to_numpy()
     teacher_logp = soft.combined if soft is not None else None
@@ -101,6 +113,44 @@ def _oof_stage(cfg, data: TrainingData, frame: pd.DataFrame, soft: SoftLabels | 
     }
     main_write(write_keyed_table, sdir / "oof.parquet", oof, meta)
     return oof
+
+
+def heldout_rows(cfg: PipelineConfig, data: TrainingData) -> pd.DataFrame | None:
+    """The labelled rows data.max_rows left out, when the fold students should predict them (student.predict_heldout)."""
+    if not (cfg.student.oof and cfg.student.predict_heldout) or data.heldout is None or data.heldout.empty:
+        return None
+    return data.heldout
+
+
+def _average_heldout(sdir: Path, folds: list[int], heldout: pd.DataFrame, hashes: dict[str, str]) -> pd.DataFrame:
+    """Mean of the fold students' log-probabilities on the held-out rows, per orientation → student/heldout.parquet.
+
+    Same columns as oof.parquet (fold = -1) plus ``provenance`` = 'heldout': no fold model trained on these rows,
+    so they are as honest as the OOF rows (the prediction is a k-model mean, like the final student's role at test)."""
+    from scipy.special import log_softmax
+
+    parts = {c: [] for c in ("avg", "orig", "swap")}
+    cols = {"avg": list(LOGIT_NAMES), "orig": list(ORIG_COLUMNS), "swap": list(SWAP_COLUMNS)}
+    for k in folds:
+        path = sdir / f"heldout_fold{k}.parquet"
+        df, meta = read_keyed_table(path)
+        check_hashes(path, meta, hashes)
+        df = heldout[["id"]].astype(str).merge(df, on="id", how="left")
+        for key, c in cols.items():
+            parts[key].append(log_softmax(df[c].to_numpy(dtype=np.float64), axis=1))
+    out = pd.DataFrame({"id": heldout["id"].astype(str).to_numpy(), "fold": -1})
+    for key, c in cols.items():
+        mean = np.mean(parts[key], axis=0)
+        for j, name in enumerate(c):
+            out[name] = mean[:, j].astype(np.float32)
+    out["provenance"] = "heldout"
+    labels = heldout["label"].astype(int).to_numpy()
+    metrics = _metrics(labels, out[list(LOGIT_NAMES)].to_numpy())
+    print(f"[student] held-out rows (beyond data.max_rows, mean of {len(folds)} fold models): log loss {metrics['log_loss']:.4f} "
+          f"(acc {metrics['accuracy']:.3f}, {metrics['rows']} rows)")
+    main_write(write_keyed_table, sdir / "heldout.parquet", out,
+               {"folds": folds, "hashes": hashes, "metrics": metrics, "reduction": "mean log-softmax over fold models, per orientation"})
+    return out
 
 
 def _final_stage(cfg, frame: pd.DataFrame, hashes: dict[str, str], loss_fn, *, force: bool):
@@ -199,6 +249,18 @@ def run_distill(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
         "folds": data.folds_hash,
         "soft_labels": soft.file_hash if (soft is not None and d.alpha > 0) else "unused",
     }
+    held = heldout_rows(cfg, data)
+    if held is not None:  # which rows the fold students also predict (changes the fold files' content)
+        hashes["heldout"] = _sha(sorted(held["id"].astype(str)))
+    if d.nested and d.alpha > 0 and s.oof:
+        from arena_kd.io import file_hash
+        from teachers.nested import nested_soft_labels_path
+
+        paths = [nested_soft_labels_path(soft_path, int(k)) for k in sorted(data.frame["fold"].unique())]
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            raise UserError(f"{missing[0]}: student.distill.nested=true needs the nested soft labels; set teachers.nested=true and run `arena-kd teachers`")
+        hashes["nested_soft_labels"] = _sha([file_hash(p) for p in paths])
     summary: dict[str, Any] = {"hashes": hashes}
     fault = FaultInjector()
     if s.oof:

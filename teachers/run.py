@@ -247,6 +247,16 @@ def run_teachers(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
     hashes = {"data": data.data_hash, "folds": data.folds_hash,
               **{f"teacher:{t.name}": teacher_config_hash(cfg, t) for t in cfg.teachers.models}}
     meta = combine_teachers(cfg, data, oofs, hashes)
+    if cfg.teachers.nested:  # per student fold k, teachers that never saw fold k (teachers/nested.py)
+        from teachers.nested import run_nested_teacher, write_nested_soft_labels
+
+        nested = {t.name: run_nested_teacher(cfg, t, data.frame, teachers_dir(cfg) / t.name,
+                                             {"config": teacher_config_hash(cfg, t), "data": data.data_hash, "folds": data.folds_hash},
+                                             force=force, fault=fault)
+                  for t in cfg.teachers.models if t.source == "model"}
+        side = {k: meta[k] for k in ("teachers", "weights", "temperature", "per_teacher_columns", "hashes")}
+        write_nested_soft_labels(cfg, list(oofs), nested, oofs, np.asarray([meta["weights"][n] for n in oofs]), _soft_label_frame,
+                                 side, data.frame[["id", "label"]])
     print(f"teachers done in {time.time() - t0:.1f}s")
     return meta
 

@@ -24,6 +24,9 @@ class TrainingData:
     data_hash: str  # content hash of the rows used
     folds_hash: str  # hash of the folds file
     folds_path: Path
+    # labelled rows left out by data.max_rows (canonical columns, no fold): never trained on by the LLM stages; the
+    # student's fold models predict them (mean of the fold models) so that the stacker can train on every row
+    heldout: pd.DataFrame | None = None
 
 
 def subset_rows(df: pd.DataFrame, max_rows: int | None, seed: int) -> pd.DataFrame:
@@ -43,7 +46,9 @@ def load_training_data(cfg: PipelineConfig) -> TrainingData:
     df = df[df["label"].notna()].reset_index(drop=True)
     if df.empty:
         raise UserError(f"{cfg.data.train}: no labelled rows to train on")
+    all_rows = df
     df = subset_rows(df, cfg.data.max_rows, cfg.seed)
+    heldout = all_rows[~all_rows["id"].isin(set(df["id"]))].reset_index(drop=True)
     folds_path = cfg.folds_path()
     folds = make_or_load_folds(df, folds_path, cfg.folds.n_folds, cfg.seed)
     folds = folds.assign(id=folds["id"].astype(str))[["id", "fold"]]
@@ -58,4 +63,5 @@ def load_training_data(cfg: PipelineConfig) -> TrainingData:
         data_hash=frame_hash(frame, DATA_HASH_COLUMNS),
         folds_hash=file_hash(folds_path),
         folds_path=Path(folds_path),
+        heldout=heldout,
     )

@@ -22,14 +22,17 @@ TEST_ROWS = 96
 def smoke_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("pipeline")
     work = base / "work"
-    # the first TEST_ROWS rows of the sample's test split (the whole split costs minutes on CPU)
+    # the first and the last TEST_ROWS/2 rows of the sample's test split (the whole split costs minutes on CPU): both
+    # sources (MT-Bench ids come first, HH-RLHF last), for the per-source report
     for name in ("test.csv", "test_labels.csv", "sample_submission.csv"):
-        pd.read_csv(ROOT / "data/sample" / name).head(TEST_ROWS).to_csv(base / name, index=False)
+        full = pd.read_csv(ROOT / "data/sample" / name)
+        pd.concat([full.head(TEST_ROWS // 2), full.tail(TEST_ROWS // 2)]).to_csv(base / name, index=False)
     cfg = load_config(
         ROOT / "configs" / "smoke.yaml",
         [f"workdir={work}", f"data.test={base / 'test.csv'}", f"data.test_labels={base / 'test_labels.csv'}",
          f"data.sample_submission={base / 'sample_submission.csv'}",
-         f"data.extra=[{base / 'test.csv'}]", "teachers.predict_extra=true"],
+         f"data.extra=[{base / 'test.csv'}]", "teachers.predict_extra=true", "teachers.nested=true",
+         "student.predict_heldout=true"],
     )
     report = run_pipeline(cfg)
     return cfg, report
@@ -86,6 +89,28 @@ def test_submission_is_valid_and_in_sample_order(smoke_run):
     np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-6)
 
 
+def test_nested_soft_labels_are_measured(smoke_run):
+    """teachers.nested: one soft-label file per student fold, covering exactly the rows outside it; the report
+    gives the student OOF difference (plain vs nested) with its interval and the test difference through the stacker."""
+    from arena_kd.io import read_keyed_table
+
+    cfg, report = smoke_run
+    folds = pd.read_csv(cfg.folds_path(), dtype={"id": str})
+    for k in (0, 1):
+        df, meta = read_keyed_table(cfg.workdir_path / "teachers" / f"soft_labels_nested{k}.parquet")
+        assert set(df["id"]) == set(folds.loc[folds["fold"] != k, "id"]) and meta["nested_outer_fold"] == k
+    assert (cfg.workdir_path / "ablation_nested_soft_labels" / "student" / "oof.parquet").is_file()
+    held, _ = read_keyed_table(cfg.workdir_path / "student" / "heldout.parquet")
+    assert len(held) == 1958 - cfg.data.max_rows and set(held["provenance"]) == {"heldout"} and (held["fold"] == -1).all()
+    assert not set(held["id"]) & set(folds["id"])
+    stack_oof, _ = read_keyed_table(cfg.workdir_path / "stacking" / "oof.parquet")
+    assert len(stack_oof) == 1958 and stack_oof["provenance"].value_counts().to_dict() == {"heldout": 1958 - cfg.data.max_rows, "oof": cfg.data.max_rows}
+    cmp = report["nested_oof"]
+    assert cmp["lo"] <= cmp["diff"] <= cmp["hi"] and np.isfinite(cmp["plain"]) and np.isfinite(cmp["nested"])
+    assert any(v["what"].startswith("nested teacher soft labels") for v in report["verdicts"])
+    assert "Nested teacher soft labels" in (cfg.workdir_path / "report.md").read_text()
+
+
 def test_hard_student_config_is_the_alpha0_ablation(tmp_path):
     cfg = load_config(ROOT / "configs" / "smoke.yaml", [f"workdir={tmp_path}"])
     hard = hard_student_config(cfg)
@@ -119,8 +144,34 @@ def test_length_only_baseline_learns_the_longer_answer_wins_signal():
 
 
 def test_format_table_marks_missing_values():
-    text = format_table([{"stage": "x", "log_loss": None, "accuracy": None, "note": "no test predictions"}])
-    assert "| x | — | — | no test predictions |" in text
+    text = format_table([{"stage": "x", "log_loss": None, "lo": None, "hi": None, "accuracy": None, "note": "no test predictions"}])
+    assert "| x | — | — | — | no test predictions |" in text
+
+
+def test_report_states_intervals_verdicts_and_per_source_results(smoke_run):
+    """Every stage has a prompt-bootstrap interval; verdicts only where the paired interval excludes zero; the
+    per-source table has uniform, the class prior and the source's own prior for each source of the test labels."""
+    cfg, report = smoke_run
+    for r in report["rows"]:
+        assert r["lo"] <= r["log_loss"] <= r["hi"] or r["stage"].startswith("uniform"), r
+    assert report["verdicts"]
+    for v in report["verdicts"]:
+        if v["answer"] == "yes":
+            assert v["hi"] < 0
+        elif v["answer"] == "NO":
+            assert v["lo"] > 0
+        else:
+            assert v["answer"] == "not resolved at this size" and v["lo"] <= 0 <= v["hi"]
+    scopes = {v["scope"] for v in report["verdicts"]}
+    assert {"source hh_harmless", "source mtbench_human"} <= scopes
+    per = {(r["source"], r["stage"]) for r in report["per_source"]}
+    for src in ("hh_harmless", "mtbench_human"):
+        for stage in ("uniform (1/3 each)", "class prior (train frequencies)", "class prior of this source (oracle)",
+                      "length-only LightGBM", "submission.csv (final)"):
+            assert (src, stage) in per, (src, stage)
+    assert set(report["selection"]) >= {"tta", "single", "none"}
+    text = (cfg.workdir_path / "report.md").read_text()
+    assert "### Per source" in text and "95% interval" in text and "student mode `tta`" in text
 
 
 # submission on the real smoke artifacts (no fakes): swap symmetry, tiny budget, broken student

@@ -115,3 +115,38 @@ def test_both_orientations_doubles_rows_with_swapped_labels():
     xs, ys = both_orientations(x, np.array([0, 2]))
     assert ys.tolist() == [0, 2, 1, 2]
     pd.testing.assert_frame_equal(xs.iloc[2:].reset_index(drop=True), swap_features(x))
+
+
+def test_capacity_scales_with_rows_and_fixed_keeps_the_config():
+    from stacking.model import capacity
+
+    cfg = StackingConfig()
+    small, mid, big = capacity(cfg, 400), capacity(cfg, 2000), capacity(cfg, 57000)
+    assert small["num_leaves"] < mid["num_leaves"] <= big["num_leaves"] == cfg.num_leaves
+    assert small["lambda_l2"] > mid["lambda_l2"] > big["lambda_l2"] >= cfg.lambda_l2
+    assert small["min_data_in_leaf"] >= cfg.min_data_in_leaf and big["min_data_in_leaf"] <= 200
+    assert small["feature_fraction"] <= 0.5 and big["feature_fraction"] == cfg.feature_fraction
+    fixed = StackingConfig(capacity="fixed")
+    assert capacity(fixed, 400) == {"num_leaves": 15, "min_data_in_leaf": 20, "feature_fraction": 0.8, "lambda_l2": 1.0}
+
+
+def test_inner_split_takes_whole_groups():
+    from stacking.model import inner_split
+
+    groups = np.repeat(np.arange(50), 4)
+    valid = inner_split(len(groups), groups, seed=0)
+    assert 0 < valid.mean() < 0.4
+    assert all(len(set(valid[groups == g])) == 1 for g in range(50))
+
+
+def test_the_scored_fold_never_influences_its_own_prediction():
+    """Early stopping uses an inner split of the training folds: permuting fold 0's labels changes nothing in fold 0's OOF."""
+    df, y, student = synthetic_pairs(300, seed=4)
+    feats = compute_features(df, student=student)
+    folds = np.arange(len(df)) % 2
+    a = train_cv(feats, y, folds, FAST, seed=0)
+    y2 = y.copy()
+    y2[folds == 0] = np.random.default_rng(0).permutation(y2[folds == 0])
+    b = train_cv(feats, y2, folds, FAST, seed=0)
+    np.testing.assert_array_equal(a.oof[folds == 0], b.oof[folds == 0])
+    assert not np.array_equal(a.oof[folds == 1], b.oof[folds == 1])

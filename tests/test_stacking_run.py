@@ -57,33 +57,43 @@ def _write_student_oof(cfg, frame, student) -> Path:
     return path
 
 
+def _soft_uniform(cfg, frame):
+    soft = pd.DataFrame({"id": frame["id"]})
+    for i, c in enumerate(("a", "b", "tie")):
+        soft[f"logit_{c}"] = np.log(np.full(len(frame), 1 / 3))
+    write_keyed_table(cfg.workdir_path / "teachers" / "soft_labels.parquet", soft, {})
+
+
 def test_run_stacking_with_student_resume_and_predict(tmp_path, capsys):
     cfg = _cfg(tmp_path)
     frame = _training_frame(cfg)
     student = _fake_student(frame)
     _write_student_oof(cfg, frame, student)
-    soft = pd.DataFrame({"id": frame["id"]})
-    for i, c in enumerate(("a", "b", "tie")):
-        soft[f"logit_{c}"] = np.log(np.full(len(frame), 1 / 3))
-    write_keyed_table(cfg.workdir_path / "teachers" / "soft_labels.parquet", soft, {})
+    _soft_uniform(cfg, frame)
     manifest = run_stacking(cfg)
     out = cfg.workdir_path / "stacking"
     printed = capsys.readouterr().out
-    assert "| stacker + temperature |" in printed and "| student + TTA (avg) |" in printed
-    for name in ("stacker_full.txt", "stacker_fold0.txt", "stacker_fold1.txt", "features_only_full.txt", "temperature.json",
-                 "oof.parquet", "report.md", "reliability_stacker.png", "importance_stacker.png", "config.resolved.yaml", "tfidf.json"):
+    assert "| stacker (student TTA + features) |" in printed and "| teacher ensemble OOF |" in printed
+    for name in ("stacker_full.txt", "stacker_fold0.txt", "stacker_fold1.txt", "stacker_single_full.txt", "features_only_full.txt",
+                 "length_only_full.txt", "temperature.json", "oof.parquet", "report.md", "reliability_stacker.png",
+                 "importance_stacker.png", "config.resolved.yaml", "tfidf.json"):
         assert (out / name).is_file(), name
-    assert manifest["models"]["stacker"]["features"] and not any(c.startswith("stu_") for c in manifest["models"]["features_only"]["features"])
+    models = manifest["models"]
+    assert models["stacker"]["features"] and not any(c.startswith("stu_") for c in models["features_only"]["features"])
+    assert set(models["length_only"]["features"]) <= {"p_chars", "p_words"} | {f"{p}_{u}" for p in ("a", "b", "diff", "ratio") for u in ("chars", "words", "tokens", "newlines")}
+    assert set(manifest["selection"]) == {"tta", "single", "none", "short"}
     temps = json.loads((out / "temperature.json").read_text())
     assert temps["stacker"]["log_loss_after"] <= temps["stacker"]["log_loss_before"]
 
     oof, _ = read_keyed_table(out / "oof.parquet")
     assert len(oof) == len(frame) and not oof.filter(like="stacker_").isna().any().any()
+    assert set(oof["provenance"]) == {"oof"} and oof["in_llm_rows"].all()
     rows = {r["stage"]: r for r in stage_rows(cfg.workdir_path)}
     assert rows["teacher ensemble OOF"]["log_loss"] == pytest.approx(np.log(3))
-    assert set(rows) == {"class prior (reference)", "teacher ensemble OOF", "student OOF (orig)", "student + TTA (avg)", "stacker", "stacker + temperature", "features-only", "features-only + temperature"}
-    assert rows["stacker"]["log_loss"] < np.log(3) and rows["stacker + temperature"]["log_loss"] <= rows["stacker"]["log_loss"] + 1e-12
-    assert "Reliability diagram" in (out / "report.md").read_text()
+    assert rows["stacker (student TTA + features)"]["log_loss"] < np.log(3)
+    assert all(r["lo"] <= r["log_loss"] <= r["hi"] for r in rows.values() if r["stage"] != "uniform (1/3 each)")
+    report = (out / "report.md").read_text()
+    assert "Reliability diagram" in report and "## Selection" in report and "## Per source" in report
 
     # resume: unchanged inputs -> nothing retrained
     mtime = (out / "stacker_full.txt").stat().st_mtime_ns
@@ -91,21 +101,22 @@ def test_run_stacking_with_student_resume_and_predict(tmp_path, capsys):
     assert "up to date" in capsys.readouterr().out
     assert (out / "stacker_full.txt").stat().st_mtime_ns == mtime
 
-    # the submission API: calibrated, swap-symmetric, reloads to identical predictions
+    # the submission API: calibrated, swap-symmetric, reloads to identical predictions, routed by the selection
     stacker = load_stacker(out)
     test = frame.head(30).reset_index(drop=True)
     st = {"orig": student["orig"][:30], "swap": student["swap"][:30]}
     p = stacker.predict(test, st)
     assert p.shape == (30, 3) and np.allclose(p.sum(1), 1.0)
+    np.testing.assert_allclose(p, stacker.predict_model(test, manifest["selection"]["tta"], st))
     np.testing.assert_allclose(stacker.predict(swap_frame(test), swap_student(st)), p[:, [1, 0, 2]], atol=1e-6)
     np.testing.assert_array_equal(load_stacker(out).predict(test, st), p)
     from stacking.calibration import apply_temperature
 
-    raw = stacker.predict(test, st, calibrate=False)
-    np.testing.assert_allclose(apply_temperature(raw, manifest["models"]["stacker"]["temperature"]), p, rtol=1e-12)
+    raw = stacker.predict_model(test, "stacker", st, calibrate=False)
+    np.testing.assert_allclose(apply_temperature(raw, models["stacker"]["temperature"]), stacker.predict_model(test, "stacker", st), rtol=1e-12)
     fo = stacker.predict_features_only(test)
     np.testing.assert_array_equal(stacker.predict(test, None), fo)
-    assert not np.allclose(fo, p)
+    np.testing.assert_allclose(fo, stacker.predict_model(test, manifest["selection"]["none"]))
     np.testing.assert_allclose(stacker.predict_features_only(swap_frame(test)), fo[:, [1, 0, 2]], atol=1e-6)
 
     # a changed student OOF invalidates the outputs
@@ -115,22 +126,109 @@ def test_run_stacking_with_student_resume_and_predict(tmp_path, capsys):
     assert (out / "stacker_full.txt").stat().st_mtime_ns != mtime
 
 
-def test_run_stacking_without_student_trains_features_only(tmp_path, capsys):
+def test_selection_picks_the_lowest_oof_log_loss_and_the_submission_uses_it(tmp_path):
+    """A strong student makes a student candidate win; a pure-noise student must never be chosen over the
+    candidates that need no student (the stacker never loses to its own baselines out of fold)."""
+    cfg = _cfg(tmp_path)
+    frame = _training_frame(cfg)
+    y = frame["label"].astype(int).to_numpy()
+    strong = np.full((len(frame), 3), -3.0)
+    strong[np.arange(len(frame)), y] = 3.0
+    _write_student_oof(cfg, frame, {"orig": strong, "swap": strong[:, [1, 0, 2]] * 0 + strong})
+    m = run_stacking(cfg)
+    assert m["selection"]["tta"] in ("stacker", "student")
+    best = min(m["candidates"]["tta"], key=lambda r: r["log_loss"])
+    assert best["name"] == m["selection"]["tta"] and best["log_loss"] < 0.2
+
+    noise = np.random.default_rng(5).normal(scale=4.0, size=(len(frame), 3))
+    _write_student_oof(cfg, frame, {"orig": noise, "swap": noise[:, [1, 0, 2]]})
+    m = run_stacking(cfg)
+    table = {r["name"]: r["log_loss"] for r in m["candidates"]["tta"]}
+    assert table[m["selection"]["tta"]] == min(table.values())
+    assert m["selection"]["tta"] != "student" and table["student"] > table["prior"]
+    assert table[m["selection"]["tta"]] <= min(table["length_only"], table["prior"])
+
+    # stacking.select=false keeps the full stacker whatever the OOF says
+    cfg2 = _cfg(tmp_path, "stacking.select=false")
+    assert run_stacking(cfg2, force=True)["selection"]["tta"] == "stacker"
+
+
+def test_heldout_rows_reach_the_stacker_with_their_provenance(tmp_path):
+    """Rows beyond data.max_rows, predicted by the fold students' mean (student/heldout.parquet), train the stacker;
+    oof.parquet says which rows are which, and a prompt never spans two stacker folds."""
+    from data.folds import prompt_groups
+    from teachers.training_data import load_training_data
+
+    cfg = _cfg(tmp_path)
+    data = load_training_data(cfg)
+    assert len(data.heldout) == 1958 - 160 and not set(data.heldout["id"]) & set(data.frame["id"])
+    frame = data.frame
+    _write_student_oof(cfg, frame, _fake_student(frame))
+    held = data.heldout.assign(fold=-1)
+    hs = _fake_student(held, seed=3)
+    path = _write_student_oof(cfg, held, hs)
+    path.rename(path.with_name("heldout.parquet"))
+    path.with_name("oof.meta.json").rename(path.with_name("heldout.meta.json"))
+    _write_student_oof(cfg, frame, _fake_student(frame))
+    m = run_stacking(cfg)
+    assert m["rows"] == 1958 and m["provenance"] == {"oof": 160, "heldout": 1798}
+    oof, _ = read_keyed_table(cfg.workdir_path / "stacking" / "oof.parquet")
+    prov = dict(zip(oof["id"], oof["provenance"]))
+    assert all(prov[i] == "oof" for i in frame["id"]) and all(prov[i] == "heldout" for i in held["id"])
+    assert (oof["in_llm_rows"] == (oof["provenance"] == "oof")).all()
+    sub = oof[oof["provenance"] == "oof"].set_index("id")["fold"]
+    assert (sub.loc[frame["id"]].to_numpy() == frame["fold"].to_numpy()).all()  # LLM rows keep their folds
+    groups = prompt_groups(pd.concat([frame, data.heldout], ignore_index=True).set_index("id").loc[oof["id"]].reset_index())
+    assert (pd.Series(oof["fold"].to_numpy()).groupby(groups).nunique() == 1).all()
+    assert set(oof["fold"]) == {0, 1}
+    report = (cfg.workdir_path / "stacking" / "report.md").read_text()
+    assert "## Per provenance" in report and "heldout" in report
+
+
+def test_student_without_tta_trains_single_orientation_stackers(tmp_path):
+    """student.predict.tta=false: swap logits are NaN in the OOF; stacking works and the submission's rows without
+    TTA are scored by a stacker trained on one-orientation input; short rows go to the no-student winner."""
+    cfg = _cfg(tmp_path)
+    frame = _training_frame(cfg)
+    st = _fake_student(frame)
+    _write_student_oof(cfg, frame, {"orig": st["orig"], "swap": np.full_like(st["orig"], np.nan)})
+    m = run_stacking(cfg)
+    assert m["models"]["stacker"] is None and m["models"]["stacker_single"]["student_input"] == "single"
+    assert "tta" not in m["selection"] and m["selection"]["single"] in ("stacker_single", "features_only", "student_single", "length_only", "prior")
+    stacker = load_stacker(cfg.workdir_path / "stacking")
+    test = frame.head(20).reset_index(drop=True)
+    one = {"orig": st["orig"][:20], "swap": None}
+    p = stacker.predict(test, one)
+    np.testing.assert_allclose(p, stacker.predict_model(test, m["selection"]["single"], one))
+    # a TTA row at test time still gets the single-orientation model (the only kind trained)
+    np.testing.assert_allclose(stacker.predict(test, {"orig": st["orig"][:20], "swap": st["swap"][:20]}), p)
+    # rows the student saw at a shorter max length: routed to the no-student winner
+    m_json = json.loads((cfg.workdir_path / "stacking" / "stacker.json").read_text())
+    m_json["student_max_length"] = 96
+    (cfg.workdir_path / "stacking" / "stacker.json").write_text(json.dumps(m_json))
+    stacker = load_stacker(cfg.workdir_path / "stacking")
+    lens = np.where(np.arange(20) < 5, 48, 96)
+    q = stacker.predict(test, {**one, "max_length": lens})
+    np.testing.assert_allclose(q[:5], stacker.predict_features_only(test.head(5)))
+    np.testing.assert_allclose(q[5:], p[5:])
+
+
+def test_run_stacking_without_student_trains_the_no_student_candidates(tmp_path, capsys):
     cfg = _cfg(tmp_path, "stacking.calibrate=false")
     manifest = run_stacking(cfg)
     assert "no student OOF" in capsys.readouterr().out
-    assert manifest["models"]["stacker"] is None
+    assert manifest["models"]["stacker"] is None and manifest["rows"] == 1958  # every labelled row
     out = cfg.workdir_path / "stacking"
     assert (out / "features_only_full.txt").is_file() and not (out / "stacker_full.txt").exists()
     assert json.loads((out / "temperature.json").read_text())["features_only"]["temperature"] == 1.0
     stacker = load_stacker(out)
     frame = _training_frame(cfg).head(10).reset_index(drop=True)
-    p = stacker.predict(frame, _fake_student(frame))  # no student model: falls back to features-only
+    p = stacker.predict(frame, _fake_student(frame))  # no student model: the no-student winner
     np.testing.assert_array_equal(p, stacker.predict_features_only(frame))
 
 
 def test_stacking_disabled_calibrates_the_student(tmp_path):
-    cfg = _cfg(tmp_path, "stacking.enabled=false")
+    cfg = _cfg(tmp_path, "stacking.enabled=false", "stacking.select=false")
     frame = _training_frame(cfg)
     student = _fake_student(frame)
     _write_student_oof(cfg, frame, student)

@@ -1,0 +1,100 @@
+"""What the submission may answer with, and the choice between those candidates by out-of-fold log loss.
+
+Candidates per student mode (the kind of student input a test row comes with):
+
+  tta     stacker (all features + the student's logits in both orientations), features_only, student (TTA
+          probabilities + temperature), length_only, prior
+  single  stacker_single (student columns computed from the original orientation only, exactly as a test row
+          without TTA gives them), features_only, student_single, length_only, prior
+  none    features_only, length_only, prior (rows the student never reached)
+
+Every candidate's OOF is honest: LightGBM models are cross-validated (:func:`stacking.model.train_cv`), the prior of
+fold k is the label mix of the other folds, and the temperature applied to fold k is fitted on the other folds
+(:func:`cross_fitted_temperature`) — fitting it on the rows it is then scored on would flatter every candidate.
+The winner of each mode is the candidate with the lowest OOF log loss over every stacker row (OOF and held-out).
+
+Rows a test-time student saw at a shorter max length than its OOF was predicted at ("short") were never seen by a
+stacker in training; they are routed to the ``none`` winner (which needs no student and was trained on exactly
+what such a row has: its text) — the documented rule of :meth:`stacking.predict.Stacker.predict`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from arena_kd.metrics import log_loss, log_loss_difference, log_loss_interval
+from stacking.calibration import apply_temperature, fit_temperature
+
+MODES = ("tta", "single", "none")
+LENGTH_FEATURES = (
+    "p_chars", "p_words",
+    "a_chars", "b_chars", "diff_chars", "ratio_chars",
+    "a_words", "b_words", "diff_words", "ratio_words",
+    "a_tokens", "b_tokens", "diff_tokens", "ratio_tokens",
+    "a_newlines", "b_newlines", "diff_newlines", "ratio_newlines",
+)
+"""The length-only model's columns (lengths of prompt and answers, their differences and ratios): 'the longer
+answer wins' plus how long the question is — the baseline every richer model must beat."""
+
+
+def candidate_names(mode: str) -> list[str]:
+    """Candidates of one student mode, most complex first (ties in log loss go to the earlier one)."""
+    if mode == "none":
+        return ["features_only", "length_only", "prior"]
+    suffix = "" if mode == "tta" else "_single"
+    return [f"stacker{suffix}", "features_only", f"student{suffix}", "length_only", "prior"]
+
+
+def pooled_prior(labels: np.ndarray) -> np.ndarray:
+    """float64[3]: label frequencies with A and B wins pooled (no position preference), +1 smoothing per class."""
+    c = np.bincount(np.asarray(labels, dtype=np.int64), minlength=3)[:3].astype(np.float64)
+    ab = (c[0] + c[1]) / 2.0
+    p = np.array([ab, ab, c[2]]) + 1.0
+    return p / p.sum()
+
+
+def fold_pooled_prior(labels: np.ndarray, folds: np.ndarray) -> np.ndarray:
+    """float64[n,3]: each row gets the pooled prior of the other folds."""
+    y = np.asarray(labels, dtype=np.int64)
+    out = np.empty((len(y), 3))
+    for k in np.unique(folds):
+        rest = y[folds != k] if (folds != k).any() else y
+        out[folds == k] = pooled_prior(rest)
+    return out
+
+
+def cross_fitted_temperature(raw: np.ndarray, labels: np.ndarray, folds: np.ndarray) -> np.ndarray:
+    """float64[n,3]: fold k's raw OOF probabilities at the temperature fitted on the other folds' OOF."""
+    out = np.empty_like(np.asarray(raw, dtype=np.float64))
+    y = np.asarray(labels, dtype=np.int64)
+    for k in np.unique(folds):
+        va = folds == k
+        t = fit_temperature(raw[~va], y[~va]).temperature if (~va).any() else 1.0
+        out[va] = apply_temperature(raw[va], t)
+    return out
+
+
+def select(oof: dict[str, np.ndarray], labels: np.ndarray, groups: np.ndarray, modes: list[str], *, enabled: bool = True,
+           seed: int = 0) -> tuple[dict[str, str], dict[str, list[dict]]]:
+    """Winner per mode and the table behind it.
+
+    ``oof``: name -> honest calibrated OOF probabilities float64[n,3] (missing names are skipped).
+    Returns ({mode: winner}, {mode: [{name, log_loss, lo, hi, diff_vs_winner: {mean, lo, hi}}...]}), the table
+    sorted by log loss. ``enabled=False`` keeps the full model of each mode (candidate_names(mode)[0]) when present.
+    """
+    winners: dict[str, str] = {}
+    tables: dict[str, list[dict]] = {}
+    for mode in modes:
+        names = [n for n in candidate_names(mode) if n in oof]
+        if not names:
+            continue
+        scores = {n: log_loss(labels, oof[n]) for n in names}
+        best = min(names, key=lambda n: (scores[n], names.index(n))) if enabled else names[0]
+        rows = []
+        for n in sorted(names, key=lambda n: scores[n]):
+            ci = log_loss_interval(labels, oof[n], groups, seed=seed)
+            d = log_loss_difference(labels, oof[n], oof[best], groups, seed=seed) if n != best else None
+            rows.append({"name": n, "log_loss": scores[n], "lo": ci["lo"], "hi": ci["hi"],
+                         "diff_vs_winner": None if d is None else {k: d[k] for k in ("mean", "lo", "hi")}})
+        winners[mode], tables[mode] = best, rows
+    return winners, tables
