@@ -40,12 +40,17 @@ def evaluate_arrays(labels: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
 def format_evaluation(result: dict[str, Any]) -> str:
     lines = [
         f"rows: {result['rows']}",
-        f"log loss: {result['log_loss']:.5f}   (uniform 1/3: {result['uniform_log_loss']:.5f})",
+        f"log loss: {result['log_loss']:.5f}   (uniform 1/3: {result['uniform_log_loss']:.5f})"
+        + (f"   95% interval [{result['log_loss_95'][0]:.5f}, {result['log_loss_95'][1]:.5f}] (bootstrap over {result['interval_unit']}s)"
+           if "log_loss_95" in result and np.isfinite(result["log_loss_95"][0]) else ""),
         f"accuracy: {result['accuracy']:.4f}",
         "calibration (mean predicted vs observed):",
     ]
     for c in result["calibration"]:
         lines.append(f"  {c['class']:<4} predicted {c['mean_pred']:.4f}  observed {c['observed']:.4f}  gap {c['mean_pred'] - c['observed']:+.4f}")
+    for r in result.get("per_source", []):
+        lines.append(f"source {r['source']}: {r['rows']} rows, log loss {r['log_loss']:.5f} [{r['lo']:.5f}, {r['hi']:.5f}], "
+                     f"accuracy {r['accuracy']:.4f} (uniform {result['uniform_log_loss']:.5f})")
     return "\n".join(lines)
 
 
@@ -67,5 +72,39 @@ def evaluate_files(pred_csv: str, labels_csv: str) -> dict[str, Any]:
         raise UserError(f"{pred_csv}: ids do not match {labels_csv}: " + "; ".join(parts))
     y = labels.set_index("id").loc[ids, "label"].to_numpy()
     result = evaluate_arrays(y, probs)
+    result.update(_intervals_and_sources(labels_csv, ids, y, probs))
     print(format_evaluation(result))
     return result
+
+
+def _intervals_and_sources(labels_csv: str, ids: np.ndarray, y: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
+    """95% prompt-bootstrap interval of the log loss and, when the labels file has a ``source`` column, per-source
+    rows (log loss, interval, the uniform answer's 1.0986 for reference). Labels without prompts resample rows."""
+    import pandas as pd
+
+    from arena_kd.metrics import log_loss_interval
+
+    groups, sources = None, None
+    try:
+        from data.folds import prompt_groups
+        from data.readers import read_pairs
+
+        pairs = read_pairs(labels_csv).set_index("id").loc[ids]
+        groups = prompt_groups(pairs.reset_index())
+        head = pd.read_csv(labels_csv, nrows=0) if str(labels_csv).endswith(".csv") else None
+        if head is None or "source" in head.columns:
+            sources = pairs["source"].astype(str).to_numpy()
+    except Exception:  # noqa: BLE001 - a labels file without prompts (id + winners only): row bootstrap, no sources
+        pass
+    p = probs / probs.sum(axis=1, keepdims=True)
+    ci = log_loss_interval(y, p, groups)
+    out: dict[str, Any] = {"log_loss_95": [ci["lo"], ci["hi"]], "interval_unit": "prompt" if groups is not None else "row"}
+    if sources is not None and len(set(sources.tolist())) > 1:
+        per = []
+        for src in sorted(set(sources.tolist())):
+            m = sources == src
+            c = log_loss_interval(y[m], p[m], None if groups is None else groups[m])
+            per.append({"source": src, "rows": int(m.sum()), "log_loss": c["mean"], "lo": c["lo"], "hi": c["hi"],
+                        "accuracy": accuracy(y[m], p[m])})
+        out["per_source"] = per
+    return out
