@@ -77,7 +77,7 @@ def test_print_requirements_matches_pyproject():
     assert proc.returncode == 0
     kp = _load_script()
     assert proc.stdout.split() == [f"{d}>={v}" if v else d for d, v in kp.requirements()]
-    assert "transformers>=4.46" in proc.stdout and "torch" not in proc.stdout
+    assert any(r.startswith("transformers>=") for r in proc.stdout.split()) and "torch" not in proc.stdout
 
 
 def test_kaggle_entry_point_writes_valid_file_without_student_or_stacker(tmp_path):
