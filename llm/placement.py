@@ -71,7 +71,6 @@ def placement_kwargs(device_map: str, max_memory: dict[str, str] | None, device:
     return {}
 
 
-
 def start_launch_state(on_cpu: bool):
     """Start accelerate's process state (the process group) of a multi-process launch; None without a launcher.
 
