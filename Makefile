@@ -20,10 +20,10 @@ export TOKENIZERS_PARALLELISM := false
 SET_ARGS := $(foreach s,$(SET),--set $(s))
 ARENA := $(BIN)/arena-kd
 
-.PHONY: setup setup-demo test teachers distill stack submission all plan bench clean help
+.PHONY: setup setup-demo test teachers distill stack submission all plan bench rehearsal clean help
 
 help:
-	@echo "make all | test | setup | teachers | distill | stack | submission | bench | clean   (CONFIG=$(CONFIG))"
+	@echo "make all | test | setup | teachers | distill | stack | submission | bench | rehearsal | clean   (CONFIG=$(CONFIG))"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,11 @@ plan: setup
 
 bench: setup-demo
 	$(BIN)/python benchmarks/run_all.py
+
+# Dress rehearsal: configs/kaggle-gemma2.yaml with only sizes overridden (configs/rehearsal.yaml) on CPU, then the three
+# Kaggle upload folders and the notebook's one line run against them read-only and offline (README "Dress rehearsal").
+rehearsal: setup
+	$(BIN)/python -m arena_kd.rehearsal $(SET_ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -1,0 +1,249 @@
+"""`make rehearsal`: the real recipe end to end on CPU, down to the Kaggle notebook's one line.
+
+1. teachers → distill → stack with ``configs/kaggle-gemma2.yaml`` laid under ``configs/rehearsal.yaml`` (sizes only;
+   see that file and README "Dress rehearsal"); the export is then also checked loaded in 4-bit, so the export
+   drifts for none / 8-bit / 4-bit are all on record.
+2. The three Kaggle upload folders under ``<out>/kaggle/input/``: ``arena-kd-artifacts`` (student/export, stacking,
+   config.yaml = the resolved config), ``arena-kd-code`` (the working tree's tracked and unignored files),
+   ``arena-kd-wheels`` (a wheel of this project, ``pip wheel --no-deps``); and the competition folder
+   ``lmsys-chatbot-arena`` (train.csv, test.csv, sample_submission.csv, as on Kaggle).
+3. The notebook's one line → ``<out>/kaggle/notebook.py``, run from ``<out>/kaggle/working`` with the input folders
+   made read-only, ``PIP_NO_INDEX=1`` and the Hugging Face hub offline.
+4. Prints the notebook line, the rows per path, the soup and export drifts, validates submission.csv and writes
+   ``<out>/rehearsal.json``. Exit 1 when the file is invalid or the notebook failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BASE = REPO / "configs" / "kaggle-gemma2.yaml"
+OVERRIDES = REPO / "configs" / "rehearsal.yaml"
+DATASETS = {"code": "arena-kd-code", "artifacts": "arena-kd-artifacts", "wheels": "arena-kd-wheels", "competition": "lmsys-chatbot-arena"}
+
+
+def _writable(path: Path) -> None:
+    """Undo a previous run's read-only folders so they can be replaced."""
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            p = Path(root) / name
+            if not p.is_symlink():
+                p.chmod(p.stat().st_mode | stat.S_IWUSR)
+    if path.exists():
+        path.chmod(path.stat().st_mode | stat.S_IWUSR)
+
+
+def _read_only(path: Path) -> None:
+    for root, dirs, files in os.walk(path):
+        for name in files + dirs:
+            p = Path(root) / name
+            if not p.is_symlink():
+                p.chmod(p.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+
+def _manifest(path: Path) -> list[tuple[str, int, int]]:
+    """(relative path, size, mtime_ns) of every entry under ``path``: equal before and after = nothing written there."""
+    return sorted((str(p.relative_to(path)), p.stat().st_size if p.is_file() else 0, p.stat().st_mtime_ns) for p in path.rglob("*"))
+
+
+def code_files() -> list[str]:
+    """Tracked and untracked-but-not-ignored files of the working tree (what a `git archive` of it would hold)."""
+    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True)
+    return sorted({f for f in out.stdout.decode().split("\0") if f and (REPO / f).is_file()})
+
+
+def build_inputs(cfg, kaggle: Path, test_rows: int | None) -> dict[str, Path]:
+    """The three upload folders and the competition folder under ``kaggle/input``; returns their paths."""
+    inp = kaggle / "input"
+    if kaggle.exists():
+        _writable(kaggle)
+        shutil.rmtree(kaggle)
+    d = {k: inp / v for k, v in DATASETS.items()}
+    for p in d.values():
+        p.mkdir(parents=True)
+    for f in code_files():
+        (d["code"] / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / f, d["code"] / f)
+    wd = cfg.workdir_path
+    shutil.copytree(wd / "student" / "export", d["artifacts"] / "student" / "export")
+    shutil.copytree(wd / "stacking", d["artifacts"] / "stacking", ignore=shutil.ignore_patterns("*.png"))
+    (d["artifacts"] / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    build = kaggle / "wheel-build"
+    shutil.copytree(d["code"], build)
+    import importlib.util
+
+    # with setuptools in this environment the wheel builds offline; without it pip fetches setuptools (build isolation)
+    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q", "-w", str(d["wheels"]), str(build)], check=True)
+    shutil.rmtree(build)
+    test = pd.read_csv(cfg.data.test, dtype={"id": str})
+    sample = pd.read_csv(cfg.data.sample_submission, dtype={"id": str})
+    if test_rows is not None:
+        test = test.head(test_rows)
+        sample = sample[sample["id"].isin(set(test["id"]))]
+    shutil.copy2(cfg.data.train, d["competition"] / "train.csv")  # the competition folder has it too (predict.py's class prior)
+    test.to_csv(d["competition"] / "test.csv", index=False)
+    sample.to_csv(d["competition"] / "sample_submission.csv", index=False)
+    return d
+
+
+def notebook_line(d: dict[str, Path]) -> str:
+    """kaggle/README.md's notebook line with /kaggle/input replaced by the rehearsal's input folder, as Python."""
+    args = [str(d["code"] / "kaggle" / "predict.py"), "--artifacts", str(d["artifacts"]),
+            "--test", str(d["competition"] / "test.csv"), "--wheels", str(d["wheels"]), "--out", "submission.csv"]
+    return f"import subprocess, sys; sys.exit(subprocess.call([sys.executable, *{args!r}]))"
+
+
+def validate(out: Path, sample: Path) -> dict[str, Any]:
+    """Every sample id once, in its order, three finite probabilities summing to 1 — else ValueError."""
+    import numpy as np
+
+    sub = pd.read_csv(out, dtype={"id": str})
+    ids = pd.read_csv(sample, dtype={"id": str})["id"].tolist()
+    cols = ["winner_model_a", "winner_model_b", "winner_tie"]
+    if list(sub.columns) != ["id", *cols]:
+        raise ValueError(f"{out}: columns {list(sub.columns)}")
+    if sub["id"].tolist() != ids:
+        raise ValueError(f"{out}: ids differ from {sample}")
+    p = sub[cols].to_numpy(dtype=float)
+    if not (np.isfinite(p).all() and (p > 0).all() and np.allclose(p.sum(1), 1, atol=1e-6)):
+        raise ValueError(f"{out}: probabilities not finite/positive/normalised")
+    return {"rows": len(sub), "valid": True}
+
+
+def run(overrides: list[str], sets: list[str], out: Path, test_rows: int | None) -> int:
+    from arena_kd.config import load_config
+    from stacking.run import run_stacking
+    from student.export_stage import record_verification
+    from student.run import run_distill
+    from teachers.run import run_teachers
+
+    t0 = time.time()
+    cfg = load_config([str(BASE), *overrides], sets)
+    times: dict[str, float] = {}
+    for name, stage in (("teachers", run_teachers), ("distill", run_distill), ("stack", run_stacking)):
+        t = time.time()
+        print(f"\n=== rehearsal: {name} ===", flush=True)
+        stage(cfg)
+        times[name] = round(time.time() - t, 1)
+    export_dir = cfg.workdir_path / "student" / "export"
+    settings = json.loads((export_dir / "export.json").read_text())
+    if "4bit" not in settings.get("verify", {}):
+        record_verification(export_dir, cfg, ["4bit"])
+        settings = json.loads((export_dir / "export.json").read_text())
+
+    report_merge = export_vs_final_adapter(cfg, export_dir, ["none", "8bit", "4bit"])
+
+    print("\n=== rehearsal: Kaggle folders ===", flush=True)
+    t = time.time()
+    kaggle = out / "kaggle"
+    d = build_inputs(cfg, kaggle, test_rows)
+    line = notebook_line(d)
+    (kaggle / "notebook.py").write_text("# Kaggle notebook cell (kaggle/README.md): !python /kaggle/input/arena-kd-code/kaggle/predict.py "
+                                        "--artifacts /kaggle/input/arena-kd-artifacts --test /kaggle/input/lmsys-chatbot-arena/test.csv "
+                                        "--out submission.csv\n# here /kaggle/input = " + str(kaggle / "input") + "\n" + line + "\n")
+    working = kaggle / "working"
+    working.mkdir()
+    for p in d.values():
+        _read_only(p)
+    _read_only(kaggle / "input")
+    times["package"] = round(time.time() - t, 1)
+    print(f"notebook line ({kaggle / 'notebook.py'}):\n  {line}", flush=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    env.update({"PIP_NO_INDEX": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    t = time.time()
+    before = _manifest(kaggle / "input")
+    rc = subprocess.call([sys.executable, str(kaggle / "notebook.py")], cwd=working, env=env)
+    times["notebook"] = round(time.time() - t, 1)
+    input_unchanged = _manifest(kaggle / "input") == before  # the mode bits do not stop root: check nothing was written
+    report: dict[str, Any] = {"notebook_line": line, "notebook_rc": rc, "seconds": times, "soup": settings.get("soup"),
+                              "export_verify": settings.get("verify"), "export_vs_final_adapter": report_merge,
+                              "input_unchanged": input_unchanged}
+    sub = working / "submission.csv"
+    try:
+        report["submission"] = validate(sub, d["competition"] / "sample_submission.csv")
+        paths = pd.read_csv(working / "submission.paths.csv")
+        report["rows_per_path"] = {f"{h}+{s}": int(n) for (h, s), n in paths.groupby(["head", "student"]).size().items()}
+    except (OSError, ValueError) as exc:
+        report["submission"] = {"valid": False, "error": str(exc)}
+    report["wall_time_s"] = round(time.time() - t0, 1)
+    _print_report(report)
+    from arena_kd.io import atomic_write_text
+
+    atomic_write_text(out / "rehearsal.json", json.dumps(report, indent=2, default=str) + "\n")
+    return 0 if rc == 0 and report["submission"].get("valid") and input_unchanged else 1
+
+
+def export_vs_final_adapter(cfg, export_dir: Path, precisions: list[str]) -> dict[str, Any]:
+    """|Δprob| of the loaded export vs the final adapter on its trained base (the soup before merging): what the merge,
+    the fp16 cast and the load precision alone cost, apart from the soup's own distance to the fold mean."""
+    from arena_kd.io import read_keyed_table
+    from student.export import _softmax, load_export, prob_drift, reference_logits
+    from student.soup import _free, adapter_logits
+
+    ref, _ = read_keyed_table(export_dir / "reference_logits.parquet")
+    ids = [list(map(int, r)) for r in ref["input_ids"]]
+    final = json.loads((cfg.workdir_path / "student" / "final" / "final.json").read_text())["adapter_dir"]
+    want = _softmax(adapter_logits(cfg.student.model, final, ids, cfg.workdir).astype(float))
+    out = {}
+    for q in precisions:
+        dtype = cfg.student.export_dtype if q == "none" else cfg.submission.dtype
+        model, _, _ = load_export(export_dir, quantization=q, dtype=dtype, device="cpu")
+        out[f"{q}/{dtype}"] = prob_drift(reference_logits(model, ids), want)
+        del model
+        _free()
+    return out
+
+
+def _print_report(r: dict[str, Any]) -> None:
+    from student.export import describe_drift
+    from student.soup import describe_soup
+
+    print("\n=== rehearsal: summary ===")
+    print(f"notebook line: {r['notebook_line']}")
+    print(f"notebook exit code: {r['notebook_rc']}; submission.csv: {r['submission']}; input folders unchanged: {r['input_unchanged']}")
+    print(f"rows per path (head+student mode): {r.get('rows_per_path')}")
+    if r.get("soup"):
+        print(f"soup drift: {describe_soup(r['soup'])}")
+    for d in (r.get("export_verify") or {}).values():
+        print(f"export drift: {describe_drift(d) if 'max_abs_prob_diff' in d else d}")
+    for k, d in (r.get("export_vs_final_adapter") or {}).items():
+        print(f"export {k} vs the final adapter on its trained base: max |Δp| {d['max_abs_prob_diff']:.4f}, mean {d['mean_abs_prob_diff']:.4f}, "
+              f"{d['nonfinite_rows']}/{d['rows']} rows non-finite")
+    print(f"seconds per step: {r['seconds']}; wall time {r['wall_time_s']:.0f}s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Dress rehearsal of configs/kaggle-gemma2.yaml on CPU, down to the Kaggle notebook line.")
+    p.add_argument("--config", action="append", default=None, help=f"Override YAML laid over {BASE.name} (default {OVERRIDES.name}; repeatable).")
+    p.add_argument("--set", action="append", default=[], help="Extra dotted.key=value override (the CI test shrinks sizes further).")
+    p.add_argument("--out", default="runs/rehearsal", help="Folder for kaggle/ and rehearsal.json (default runs/rehearsal).")
+    p.add_argument("--test-rows", type=int, default=None, help="Use only the first N rows of the test file (CI).")
+    a = p.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from arena_kd.errors import UserError
+
+    try:
+        return run(a.config or [str(OVERRIDES)], a.set, Path(a.out).resolve(), a.test_rows)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
