@@ -242,6 +242,11 @@ def run_distill(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
             if soft.teacher_weights is None:
                 raise UserError(f"{soft.path}: per_teacher_weights=combine but the sidecar has no weights for {', '.join(soft.teacher_names)}")
             weights = soft.teacher_weights
+    if soft is not None and d.alpha > 0 and d.temperature != 1.0:  # the config check cannot see a file made under another config
+        tc = float(read_keyed_table(soft.path)[1].get("temperature", 1.0))
+        if tc != 1.0:
+            raise UserError(f"{soft.path}: soft labels already tempered at T={tc:g} (teachers.combine.temperature) and "
+                            f"student.distill.temperature={d.temperature:g}: the temperatures would compound; set one of them to 1")
     loss_fn = make_loss_fn(alpha=d.alpha, temperature=d.temperature, label_smoothing=d.label_smoothing, teacher_weights=weights)
     hashes = {
         "config": student_config_hash(cfg),

@@ -224,6 +224,16 @@ def test_load_export_errors(tmp_path):
         load_export(tmp_path)
 
 
+def test_soft_labels_tempered_elsewhere_and_kd_temperature_are_refused(tmp_path, fake):
+    """One temperature owner: soft labels written at combine T=2 cannot be distilled at T=2 (T^2 in effect), in one line."""
+    trun.run_teachers(_cfg(tmp_path, "teachers.combine.temperature=2"))
+    n_teacher_calls = len(fake.calls)
+    with pytest.raises(UserError, match=r"already tempered at T=2 .* would compound") as e:
+        srun.run_distill(_cfg(tmp_path, "student.distill.temperature=2"))
+    assert "\n" not in str(e.value) and len(fake.calls) == n_teacher_calls  # refused before any student training
+    srun.run_distill(_cfg(tmp_path, "student.distill.temperature=1"))  # the soft labels own the temperature: fine
+
+
 # --------------------------------------------------------------------------- real llm/ engine (tiny models)
 
 
