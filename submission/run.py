@@ -96,14 +96,24 @@ def _sample_submission_path(cfg: PipelineConfig, test: str | None) -> Path | Non
 
 
 def submission_ids(df: pd.DataFrame, sample_path: Path | None) -> list[str]:
-    """Row order of submission.csv: the sample submission's ids (must be the test ids), else the test file's."""
+    """Row order of submission.csv: the sample submission's ids when there is one, else the test file's.
+
+    Kaggle scores the sample submission's ids, so those are what the file must hold. A mismatch is not refused
+    (a hidden test row the CSV parser could not recover would otherwise cost the whole run): test rows absent from
+    the sample are left out, sample ids absent from the test rows get the fallback answer (:func:`_frame`); both
+    are logged and counted in ``run.json``.
+    """
     test_ids = df["id"].astype(str).tolist()
     if sample_path is None:
         return test_ids
     ids = read_id_column(sample_path)
-    if set(ids) != set(test_ids) or len(ids) != len(test_ids):
-        missing = sorted(set(test_ids) - set(ids))[:1] or sorted(set(ids) - set(test_ids))[:1]
-        raise UserError(f"{sample_path}: ids do not match the test file ({len(ids)} vs {len(test_ids)} rows; e.g. id '{missing[0] if missing else '?'}')")
+    known = set(test_ids)
+    missing = [i for i in ids if i not in known]
+    extra = len(known - set(ids))
+    if missing or extra:
+        log.error("%s: ids differ from the test file (%d sample ids have no test row, e.g. '%s'; %d test rows are not in "
+                  "the sample); the file follows the sample: missing rows get the fallback answer, extra rows are left out",
+                  sample_path, len(missing), missing[0] if missing else "-", extra)
     return ids
 
 
@@ -122,9 +132,21 @@ def read_id_column(path: Path) -> list[str]:
     return list(dict.fromkeys(ids))  # a repeated id once, like the test reader
 
 
-def _frame(ids: pd.Series, probs: np.ndarray) -> pd.DataFrame:
-    out = pd.DataFrame({"id": ids.astype(str).to_numpy()})
+def _frame(test_ids: pd.Series, probs: np.ndarray, ids: list[str], fill: np.ndarray) -> pd.DataFrame:
+    """The answer for exactly ``ids``: test rows by id (rows outside ``ids`` left out), ``fill`` (the class prior)
+    for ids the test file lacks (see :func:`submission_ids`)."""
+    out = pd.DataFrame({"id": test_ids.astype(str).to_numpy()})
     out[list(LABELS)] = probs
+    wanted = set(ids)
+    if len(ids) == len(out) and wanted == set(out["id"]):
+        return out
+    out = out[out["id"].isin(wanted)]
+    have = set(out["id"])
+    missing = [i for i in ids if i not in have]
+    if missing:
+        add = pd.DataFrame({"id": missing})
+        add[list(LABELS)] = np.tile(np.asarray(fill, dtype=np.float64), (len(missing), 1))
+        out = pd.concat([out, add], ignore_index=True)
     return out
 
 
@@ -155,6 +177,8 @@ def run_submission(
     df = _read_test(str(test_path))
     ids = submission_ids(df, _sample_submission_path(cfg, test))
     n = len(df)
+    known = set(df["id"].astype(str))
+    ids_without_row = sum(i not in known for i in ids)
     if n == 0:  # nothing to answer: a header-only file is the valid submission
         log.warning("%s: no data rows; writing a header-only %s", test_path, out_path)
     log.info("%d test rows from %s; budget %s; output %s", n, test_path, format_seconds(budget_s), out_path)
@@ -173,13 +197,14 @@ def run_submission(
                 log.error("features-only stacker gave invalid probabilities for %d row(s); they use the class prior", int((~ok).sum()))
         except Exception as exc:  # noqa: BLE001
             log.warning("features-only stacker failed (%s); using the class prior", short_reason(exc))
-    if (head == "prior").any():  # read the training labels only when some row needs them
+    prior = None
+    if (head == "prior").any() or ids_without_row:  # read the training labels only when some row needs them
         prior, source = class_prior(cfg.data.train)
         probs[head == "prior"] = prior
         log.info("fallback answer: %s = %s", source, np.round(prior, 4).tolist())
     fallback_seconds = clock() - t0
     try:
-        write_submission(out_path, _frame(df["id"], probs), ids, sub.clip_eps)
+        write_submission(out_path, _frame(df["id"], probs, ids, prior), ids, sub.clip_eps)
     except OSError as exc:  # a broken environment, not the data: the one failure left, in one line
         raise UserError(f"{out_path}: cannot write the submission ({exc.strerror or exc}: {exc.filename or out_path})") from None
     log.info("provisional %s written (%s, %s)", out_path, head[0] if n else "empty", format_seconds(fallback_seconds))
@@ -249,7 +274,7 @@ def run_submission(
     spass.reason[missing_reason] = spass.error or "student not run"
 
     # 4. validate, write, log ----------------------------------------------------------------
-    written = write_submission(out_path, _frame(df["id"], probs), ids, sub.clip_eps)
+    written = write_submission(out_path, _frame(df["id"], probs, ids, prior), ids, sub.clip_eps)
     paths = pd.DataFrame({
         "id": df["id"].astype(str).to_numpy(),
         "student": [m if m is not None else "none" for m in spass.mode],
@@ -267,7 +292,8 @@ def run_submission(
         "fallback_seconds": round(fallback_seconds, 3), "reserve_s": round(reserve, 3),
         "counts": counts, "fallback_reasons": reasons, "nonfinite_logit_rows": spass.nonfinite_rows,
         "test_repairs": df.attrs.get("repairs", {}), "student_error": spass.error, "chunks": spass.chunks,
-        "governor": governor.history,
+        "governor": governor.history, "sample_ids_without_test_row": ids_without_row,
+        "test_rows_not_in_sample": int(n - (len(ids) - ids_without_row)),
     })
     write_resolved(cfg, out_path.parent, name=f"{out_path.stem}.config.resolved.yaml")
     log.info("wrote %s (%d rows) in %s; paths: %s", out_path, len(written), format_seconds(seconds),

@@ -394,12 +394,24 @@ def test_student_without_stacker_uses_student_probabilities(artifacts, monkeypat
     assert res.counts == {"student_softmax+tta": N_ROWS}
 
 
-def test_sample_submission_with_other_ids_is_refused(artifacts):
+def test_sample_submission_with_other_ids_is_followed_not_refused(artifacts):
+    """Kaggle scores the sample's ids: a test row lost to the parser must not cost the run (exit 0, valid file)."""
+    import json
+
     ss = artifacts["test"].with_name("sample_submission.csv")
-    pd.DataFrame({"id": ["x1", "x2"], **{c: 1 / 3 for c in LABELS}}).to_csv(ss, index=False)
-    with pytest.raises(UserError, match="sample_submission.csv: ids do not match"):
-        run_mod.run_submission(artifacts["cfg"], out=str(artifacts["out"]), progress=False)
-    assert not artifacts["out"].exists()
+    src_ids = artifacts["src"]["id"].astype(str).tolist()
+    sample_ids = ["lost-1", *src_ids[2:], "lost-2"]  # two test rows absent from the sample, two sample ids without a row
+    pd.DataFrame({"id": sample_ids, **{c: 1 / 3 for c in LABELS}}).to_csv(ss, index=False)
+    res = run_mod.run_submission(artifacts["cfg"], out=str(artifacts["out"]), progress=False)
+    sub = _assert_valid(artifacts["out"], sample_ids)
+    from submission.fallback import class_prior
+
+    prior, _ = class_prior(artifacts["cfg"].data.train)
+    got = sub.set_index("id").loc[["lost-1", "lost-2"], list(LABELS)].to_numpy()
+    np.testing.assert_allclose(got, np.tile(prior, (2, 1)), atol=1e-9)
+    run = json.loads(artifacts["out"].with_name(artifacts["out"].stem + ".run.json").read_text())
+    assert run["sample_ids_without_test_row"] == 2 and run["test_rows_not_in_sample"] == 2
+    assert sum(res.counts.values()) == len(src_ids)  # paths.csv still lists every test row read
 
 
 def test_malformed_test_rows_are_repaired_not_fatal(artifacts):
