@@ -76,10 +76,13 @@ def compute_dtype(dtype: str, hw: Hardware) -> str:
 
 
 def weight_gib(arch: Arch, precision: str) -> float:
-    """Weights in GiB: decoder blocks at ``precision``, embeddings 16-bit (bitsandbytes leaves them)."""
+    """Weights of the 3-class classifier in GiB: decoder blocks at ``precision``, the input embedding 16-bit
+    (bitsandbytes leaves it). A sequence classifier has no LM head: an untied model's published total counts one
+    vocab x hidden matrix the classifier never loads, so only one embedding matrix is counted."""
     blocks = arch.total_params() - arch.embedding_params()
+    emb = arch.vocab * arch.hidden
     emb_bytes = 4.0 if precision == "fp32" else 2.0
-    return (blocks * BYTES_PER_PARAM[precision] + arch.embedding_params() * emb_bytes) / 2**30
+    return (blocks * BYTES_PER_PARAM[precision] + emb * emb_bytes) / 2**30
 
 
 def activation_gib(arch: Arch, tokens: float, rows: float, seq: float, training: bool, checkpointing: bool,

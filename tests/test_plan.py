@@ -42,6 +42,9 @@ def test_hardware_memory_is_what_pytorch_can_allocate_not_the_label():
     assert set(HARDWARE) >= {"t4x1", "t4x2", "l4", "a100-40", "a100-80", "h100", "h200"}
     assert weight_gib(ARCHS["gemma2-9b"], "8bit") < t4.usable_gib < weight_gib(ARCHS["gemma2-9b"], "fp16")
     assert weight_gib(ARCHS["gemma2-27b"], "4bit") > t4.usable_gib  # why the 27B could not run on one T4
+    # a classifier loads no LM head: Llama3-8B (untied) in fp16 is its published total less one vocab x hidden matrix
+    llama = ARCHS["llama3-8b"]
+    assert weight_gib(llama, "fp16") * 2**30 == pytest.approx((llama.total_params() - llama.vocab * llama.hidden) * 2, rel=1e-9)
 
 
 def _gemma(quantization="4bit", passes=1, tokens_per_row=None, rows=25_000, hw="t4x2", dtype="fp16"):
