@@ -120,6 +120,17 @@ def test_hard_student_config_is_the_alpha0_ablation(tmp_path):
     assert hard.student.model == cfg.student.model
 
 
+def test_nested_ablation_config_trains_the_other_soft_labels_oof_only(tmp_path):
+    from arena_kd.pipeline import nested_ablation_config
+
+    cfg = load_config(ROOT / "configs" / "smoke.yaml", [f"workdir={tmp_path}", "teachers.nested=true"])
+    other = nested_ablation_config(cfg)
+    assert other.student.distill.nested is True and cfg.student.distill.nested is False
+    assert other.student.final == "none" and other.student.oof
+    assert other.folds_path() == cfg.folds_path() and other.soft_labels_path() == cfg.soft_labels_path()
+    assert other.workdir_path != cfg.workdir_path and other.student.model == cfg.student.model
+
+
 def test_length_only_baseline_learns_the_longer_answer_wins_signal():
     rng = np.random.default_rng(0)
     rows = []
