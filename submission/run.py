@@ -150,6 +150,30 @@ def _frame(test_ids: pd.Series, probs: np.ndarray, ids: list[str], fill: np.ndar
     return out
 
 
+def answering_models(stacker, head: np.ndarray, spass: StudentPass) -> np.ndarray:
+    """object[n]: the stacking candidate that answered each row (``stacker.json`` ``selection``), for paths.csv.
+
+    ``head`` says stacker / features_only, but the stacker routes each student mode to the model chosen out of fold
+    for it (``stacking.predict`` module doc), which may be the features-only model or the student with temperature.
+    Rows without a stacker keep their head name.
+    """
+    out = np.asarray(head, dtype=object).copy()
+    if stacker is None or not hasattr(stacker, "chosen"):
+        return out
+    try:
+        out[head == "features_only"] = stacker.chosen("none")
+        st = np.flatnonzero(head == "stacker")
+        for tta in (True, False):
+            sel = st[np.array([(spass.mode[i] == "tta") == tta for i in st], dtype=bool)] if len(st) else st
+            if len(sel):
+                modes = stacker.row_modes(len(sel), {"orig": None, "swap": True if tta else None,
+                                                     "max_length": spass.max_length[sel]})
+                out[sel] = [stacker.chosen(m) for m in modes]
+    except Exception as exc:  # noqa: BLE001 - bookkeeping only: never costs the submission
+        log.warning("could not name the stacking model per row (%s)", short_reason(exc))
+    return out
+
+
 def run_submission(
     cfg: PipelineConfig,
     test: str | None = None,
@@ -280,6 +304,7 @@ def run_submission(
         "student": [m if m is not None else "none" for m in spass.mode],
         "max_length": spass.max_length,
         "head": head,
+        "model": answering_models(stacker, head, spass),
         "reason": [r if r is not None else "" for r in spass.reason],
     })
     stem = out_path.with_name(out_path.stem)

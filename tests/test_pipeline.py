@@ -198,6 +198,10 @@ def test_smoke_submission_valid_and_swap_symmetric(smoke_run, tmp_path):
 
     res = run_submission(smoke, out=str(tmp_path / "a.csv"), progress=False)
     assert res.counts == {"stacker+tta": TEST_ROWS}
+    # paths.csv names the candidate the stacker routed each row to (the out-of-fold winner for TTA rows)
+    selection = json.loads((smoke.workdir_path / "stacking" / "stacker.json").read_text())["selection"]
+    paths = pd.read_csv(tmp_path / "a.paths.csv", dtype=str, keep_default_na=False)
+    assert set(paths["model"]) == {selection["tta"]}
     a = _probs(tmp_path / "a.csv")
     assert a.index.tolist() == pd.read_csv(smoke.data.sample_submission, dtype={"id": str})["id"].tolist()
     p = a[list(LABELS)].to_numpy()
