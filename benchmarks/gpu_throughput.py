@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from llm.loading import native_bf16  # noqa: E402
 from submission.calibration import Record, Results, now_utc, write_results  # noqa: E402
 
 # Published google/gemma-2-9b config.json (the planner's table: submission/specs.py ARCHS["gemma2-9b"]).
@@ -328,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     card_gib = _gib(torch.cuda.get_device_properties(dev).total_memory) if dev.type == "cuda" else None
     full = shape["num_hidden_layers"]
     layers = (full if (card_gib or 0) >= 60 or a.dry_run else 8) if a.layers == "auto" else min(int(a.layers), full)
-    compute = torch.bfloat16 if dev.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
+    compute = torch.bfloat16 if dev.type == "cuda" and native_bf16(dev) else torch.float16  # never emulated bf16 (T4)
     if dev.type == "cpu":
         compute = torch.bfloat16  # CPU autocast supports bf16
     print(f"device: {card}; Gemma2-9B shape, {layers}/{full} layers; compute {compute}", flush=True)
@@ -350,8 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  built random weights once in {time.perf_counter() - t0:.1f}s ({_gib(sum(v.numel() * 2 for v in state.values())):.1f} GiB bf16, in CPU memory)", flush=True)
     bnb_why = bnb_status(dev)
     for prec in a.precisions:
-        if prec == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
-            skipped.append({"what": "bf16 inference", "why": f"{card} has no bf16"})
+        if prec == "bf16" and dev.type == "cuda" and not native_bf16(dev):
+            skipped.append({"what": "bf16 inference", "why": f"{card} has no native bf16 (emulated bf16 is not measured)"})
             continue
         if prec in ("8bit", "4bit") and bnb_why:
             skipped.append({"what": f"bnb {prec} inference", "why": bnb_why})

@@ -180,10 +180,23 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+def native_bf16(device: str | torch.device = "cuda") -> bool:
+    """True when the GPU computes bf16 natively (compute capability >= 8: A100, L4, H100...); False without CUDA.
+
+    A T4 (7.5) only emulates bf16, several times slower than fp16, and ``torch.cuda.is_bf16_supported()`` says yes to
+    emulation by default: every "bf16 or fp16?" choice in the project (loaders, export, GPU benchmark) asks this instead.
+    """
+    try:
+        major, _ = torch.cuda.get_device_capability(torch.device(device))
+    except Exception:  # noqa: BLE001 - no CUDA
+        return False
+    return major >= 8
+
+
 def resolve_dtype(requested: str, device: torch.device, training: bool) -> torch.dtype:
     """dtype rules: auto = bf16 on bf16 GPUs, fp16 on other GPUs (T4), fp32 on CPU; impossible combinations refused."""
     if device.type == "cuda":
-        bf16_ok = torch.cuda.is_bf16_supported(including_emulation=False) if _emulation_kw() else torch.cuda.is_bf16_supported()
+        bf16_ok = native_bf16(device)
         if requested == "auto":
             return torch.bfloat16 if bf16_ok else torch.float16
         if requested == "bf16" and not bf16_ok:
@@ -195,12 +208,6 @@ def resolve_dtype(requested: str, device: torch.device, training: bool) -> torch
     if requested == "fp16" and training:
         raise UserError("model.dtype=fp16: fp16 training needs a GPU (no CPU grad scaler); use dtype: fp32 or bf16 on CPU")
     return _DTYPES[requested]
-
-
-def _emulation_kw() -> bool:
-    import inspect
-
-    return "including_emulation" in inspect.signature(torch.cuda.is_bf16_supported).parameters
 
 
 # --------------------------------------------------------------------------- backbone config
@@ -576,7 +583,7 @@ def read_info(folder: str | Path) -> dict[str, Any] | None:
 
 
 __all__ = [
-    "load_tokenizer", "load_classifier", "train_bpe_tokenizer", "ensure_pad_token", "resolve_dtype",
+    "load_tokenizer", "load_classifier", "native_bf16", "train_bpe_tokenizer", "ensure_pad_token", "resolve_dtype",
     "resolve_device", "resolve_attention", "quantization_config", "keep_bnb_4bit_layout_on_cpu", "reinit_head", "classification_head",
     "random_backbone_dir", "write_info", "read_info", "PADDING_SIDE", "NUM_LABELS", "atomic_path",
 ]

@@ -179,18 +179,10 @@ def _resolve_dtype(dtype: str, device: str) -> torch.dtype:
             raise UserError(f"load_export: dtype must be auto, fp32, fp16 or bf16, got '{dtype}'")
         return _DTYPES[dtype]
     if device.startswith("cuda"):
+        from llm.loading import native_bf16
+
         return torch.bfloat16 if native_bf16(device) else torch.float16
     return torch.float32
-
-
-def native_bf16(device: str = "cuda") -> bool:
-    """True when the GPU computes bf16 natively (compute capability >= 8: A100, H100, L4...). A T4 (7.5) only emulates
-    bf16, several times slower than fp16, so ``dtype: auto`` must pick fp16 there."""
-    try:
-        major, _ = torch.cuda.get_device_capability(torch.device(device))
-    except Exception:  # noqa: BLE001 - no CUDA
-        return False
-    return major >= 8
 
 
 def load_export(export_dir: str | Path, *, quantization: str = "none", dtype: str = "auto", device: str | None = None):

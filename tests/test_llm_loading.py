@@ -59,12 +59,13 @@ def test_dtype_rules(monkeypatch):
     with pytest.raises(UserError, match="fp16 training needs a GPU"):
         resolve_dtype("fp16", cpu, training=True)
     # a T4-like GPU: no bf16
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (7, 5))  # emulated bf16 does not count
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla T4")
     assert resolve_dtype("auto", gpu, training=True) == torch.float16
     with pytest.raises(UserError, match="Tesla T4.*no bf16"):
         resolve_dtype("bf16", gpu, training=True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (8, 0))
     assert resolve_dtype("auto", gpu, training=True) == torch.bfloat16
 
 

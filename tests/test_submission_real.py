@@ -62,7 +62,7 @@ def test_load_student_from_a_real_export(export):
     from submission.student_infer import load_student
 
     cfg, export_dir, test = export
-    backend = load_student(export_dir, quantization="8bit", dtype="auto", devices=["cpu"])  # 8bit ignored on CPU
+    backend = load_student(export_dir, quantization="8bit", dtype="auto", devices=["cpu"])  # bitsandbytes 8-bit, on CPU too
     assert backend.n_devices == 1
     assert backend.render["max_length"] == (cfg.student.predict.max_length or cfg.render.max_length)
     from data.readers import read_pairs
