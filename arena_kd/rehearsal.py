@@ -193,7 +193,8 @@ def export_vs_final_adapter(cfg, export_dir: Path, precisions: list[str]) -> dic
     the fp16 cast and the load precision alone cost, apart from the soup's own distance to the fold mean."""
     from arena_kd.io import read_keyed_table
     from student.export import _softmax, load_export, prob_drift, reference_logits
-    from student.soup import _free, adapter_logits
+    from llm.placement import free_accelerator_memory
+    from student.soup import adapter_logits
 
     ref, _ = read_keyed_table(export_dir / "reference_logits.parquet")
     ids = [list(map(int, r)) for r in ref["input_ids"]]
@@ -205,7 +206,7 @@ def export_vs_final_adapter(cfg, export_dir: Path, precisions: list[str]) -> dic
         model, _, _ = load_export(export_dir, quantization=q, dtype=dtype, device="cpu")
         out[f"{q}/{dtype}"] = prob_drift(reference_logits(model, ids), want)
         del model
-        _free()
+        free_accelerator_memory()
     return out
 
 

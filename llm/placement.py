@@ -129,3 +129,12 @@ def check_sharded_training(model_cfg, optim: str, save_steps: int) -> None:
             f"train.optim={optim} with train.save_steps={save_steps} under {sharded}: saving a checkpoint fails with paged "
             "8-bit AdamW (documented in peft's FSDP-QLoRA guide); use optim: adamw_torch, or save_steps: 0"
         )
+
+
+def free_accelerator_memory() -> None:
+    """Collect garbage and return cached CUDA blocks (between folds, after a model is dropped or an OOM); no-op on CPU."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

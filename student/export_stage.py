@@ -23,8 +23,9 @@ import pandas as pd
 from arena_kd.config import PipelineConfig
 from arena_kd.errors import UserError
 from arena_kd.io import atomic_write_json, read_keyed_table
+from llm.placement import free_accelerator_memory
 from student.export import _softmax, describe_drift, load_settings, reference_logits, render_settings, save_export, verify_export
-from student.soup import _free, adapter_logits, describe_soup, fold_mean_probs, reference_table, soup_drift
+from student.soup import adapter_logits, describe_soup, fold_mean_probs, reference_table, soup_drift
 
 
 def _sha(obj: Any) -> str:
@@ -106,7 +107,7 @@ def export_student(cfg: PipelineConfig, frame: pd.DataFrame, adapter: Path, in_m
             probs = _softmax(adapter_logits(s.model, adapter, ids, cfg.workdir).astype(np.float64))
         reference = reference_table(ref_rows["id"], ids, probs)
     in_memory = None
-    _free()
+    free_accelerator_memory()
     extra = {"reference_rows": len(ref_rows), "trained_quantization": s.model.quantization, "final": s.final,
              "soup_mode": s.soup if s.final == "fold_soup" else None, "soup": soup_report,
              "reference": "mean of the fold models' probabilities" if s.final == "fold_soup" else "the trained model's probabilities",
@@ -121,7 +122,7 @@ def export_student(cfg: PipelineConfig, frame: pd.DataFrame, adapter: Path, in_m
         out = save_export(edir, cfg, base_model=base, adapter_dir=adapter, tokenizer=tok2, settings_load=load_settings(base, tok2, info, cfg),
                           hashes=ehashes, extra=extra, reference=reference)
         del base
-    _free()
+    free_accelerator_memory()
     print(f"[student] export: {out} ({'merged' if s.export_merged else 'base + adapter'}, {s.export_dtype})")
     if reference is not None:
         record_verification(out, cfg)
@@ -143,7 +144,7 @@ def record_verification(export_dir: Path, cfg: PipelineConfig, precisions: list[
             if not d["ok"]:
                 print(f"[student] WARNING: the export loaded {q}/{dtype} is not the trained model within tolerance; "
                       f"submission will not use such a copy (it falls back to the features-only stacker)")
-        _free()
+        free_accelerator_memory()
         results[q] = d
     path = export_dir / "export.json"
     settings = json.loads(path.read_text())

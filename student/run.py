@@ -10,7 +10,6 @@ Outputs under ``<workdir>/student/``:
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 import shutil
@@ -27,7 +26,6 @@ from teachers.dist import main_write
 from arena_kd.io import atomic_write_json, read_keyed_table, write_keyed_table
 from arena_kd.metrics import accuracy, log_loss, softmax
 from llm.train import frame_texts
-from student.export import render_settings
 from student.losses import make_loss_fn
 from student.soft_labels import SoftLabels, attach_teacher_logits, load_soft_labels
 from teachers.fold_model import train_and_predict
@@ -197,18 +195,6 @@ def _final_stage(cfg, frame: pd.DataFrame, hashes: dict[str, str], loss_fn, *, f
         print(f"[student] final: {s.soup} soup of {len(dirs)} fold adapters → {adapter}")
     main_write(atomic_write_json, record, {"hashes": fhashes, "adapter_dir": str(adapter), "mode": s.final, "wall_time_s": round(time.time() - t0, 3)})
     return adapter, in_memory, fhashes
-
-
-def _free() -> None:
-    """Collect garbage and return cached GPU memory (after dropping the last reference to a model)."""
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except Exception:  # pragma: no cover - cleanup only
-        pass
 
 
 def _export_stage(cfg, frame: pd.DataFrame, adapter: Path, holder: list, fhashes: dict[str, str], *, force: bool) -> Path:

@@ -9,7 +9,6 @@ single fold model is from it — the figures in README "Fold soup".
 
 from __future__ import annotations
 
-import gc
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +16,8 @@ import numpy as np
 import pandas as pd
 
 from arena_kd.config import ModelConfig
+from llm.placement import free_accelerator_memory
 from student.export import _softmax, prob_drift, reference_logits
-
-
-def _free() -> None:
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except Exception:  # pragma: no cover
-        pass
 
 
 def adapter_logits(model_cfg: ModelConfig, adapter: str | Path, input_ids: list[list[int]], workdir) -> np.ndarray:
@@ -43,7 +32,7 @@ def adapter_logits(model_cfg: ModelConfig, adapter: str | Path, input_ids: list[
         return reference_logits(model, input_ids)
     finally:
         del model
-        _free()
+        free_accelerator_memory()
 
 
 def reference_table(ids: pd.Series, input_ids: list[list[int]], probs: np.ndarray) -> pd.DataFrame:

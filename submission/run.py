@@ -40,7 +40,8 @@ from arena_kd.errors import UserError
 from arena_kd.io import atomic_write_csv, atomic_write_json
 from submission.budget import Deadline, Governor, format_seconds, parse_time_budget
 from submission.fallback import class_prior, load_stacker_or_none, stacker_probs, student_softmax
-from submission.student_pass import StudentPass, free_cuda, run_student_pass, short_reason
+from llm.placement import free_accelerator_memory
+from submission.student_pass import StudentPass, run_student_pass, short_reason
 from submission.validate import valid_rows, write_submission
 
 log = logging.getLogger("arena_kd.submission")
@@ -260,7 +261,7 @@ def run_submission(
                     chunk_rows=sub.chunk_rows, progress=progress,
                 )
                 del backend  # free the GPUs for the stacker's embedder, if any
-                free_cuda()
+                free_accelerator_memory()
 
         # 3. student rows through the stacker (only rows with finite logits: see student_pass) ---------
         for tta in (True, False):

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from llm.placement import free_accelerator_memory
 from submission.budget import PASSES, Governor, format_seconds
 
 log = logging.getLogger("arena_kd.submission")
@@ -80,20 +81,6 @@ def _is_oom(exc: BaseException) -> bool:
     except Exception:  # pragma: no cover - torch always importable here
         pass
     return "out of memory" in str(exc).lower()
-
-
-def free_cuda() -> None:
-    """Return cached CUDA memory after a failure or when the student is done (no-op on CPU)."""
-    import gc
-
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except Exception:  # pragma: no cover
-        pass
 
 
 def lengths_isolating_failures(backend, df: pd.DataFrame, max_length: int) -> tuple[np.ndarray, dict[int, str]]:
@@ -185,7 +172,7 @@ def run_student_pass(
                         break
                     except Exception as exc:  # noqa: BLE001 - any failure must still end in a valid file
                         if _is_oom(exc) and attempt < MAX_OOM_RETRIES and tpb > length:
-                            free_cuda()
+                            free_accelerator_memory()
                             tpb, mbs = max(length, tpb // 2), max(1, mbs // 2)
                             log.warning("out of memory: retrying the chunk with tokens_per_batch=%d, max_batch_size=%d", tpb, mbs)
                             continue
@@ -195,7 +182,7 @@ def run_student_pass(
                     raise ValueError(f"student returned logits of shape {orig.shape}/{None if swap is None else np.shape(swap)} for {len(idx)} rows")
             except Exception as exc:  # noqa: BLE001 - this chunk's rows go to the fallback, the next chunk is tried
                 why = short_reason(exc)
-                free_cuda()
+                free_accelerator_memory()
                 res.drop(idx, f"student chunk failed: {why}")
                 failures.append(why)
                 failed_in_a_row += 1
