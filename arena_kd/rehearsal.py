@@ -192,14 +192,15 @@ def export_vs_final_adapter(cfg, export_dir: Path, precisions: list[str]) -> dic
     """|Δprob| of the loaded export vs the final adapter on its trained base (the soup before merging): what the merge,
     the fp16 cast and the load precision alone cost, apart from the soup's own distance to the fold mean."""
     from arena_kd.io import read_keyed_table
-    from student.export import _softmax, load_export, prob_drift, reference_logits
+    from arena_kd.metrics import softmax
+    from student.export import load_export, prob_drift, reference_logits
     from llm.placement import free_accelerator_memory
     from student.soup import adapter_logits
 
     ref, _ = read_keyed_table(export_dir / "reference_logits.parquet")
     ids = [list(map(int, r)) for r in ref["input_ids"]]
     final = json.loads((cfg.workdir_path / "student" / "final" / "final.json").read_text())["adapter_dir"]
-    want = _softmax(adapter_logits(cfg.student.model, final, ids, cfg.workdir).astype(float))
+    want = softmax(adapter_logits(cfg.student.model, final, ids, cfg.workdir).astype(float))
     out = {}
     for q in precisions:
         dtype = cfg.student.export_dtype if q == "none" else cfg.submission.dtype

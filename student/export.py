@@ -31,6 +31,7 @@ import torch
 from arena_kd.config import PipelineConfig, write_resolved
 from arena_kd.errors import UserError
 from arena_kd.io import atomic_write_json
+from arena_kd.metrics import softmax
 
 EXPORT_FORMAT = 1
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -243,14 +244,7 @@ def reference_probs(ref) -> "np.ndarray":
 
     if all(c in ref.columns for c in ("prob_a", "prob_b", "prob_tie")):
         return ref[["prob_a", "prob_b", "prob_tie"]].to_numpy(dtype=np.float64)
-    return _softmax(ref[["logit_a", "logit_b", "logit_tie"]].to_numpy(dtype=np.float64))
-
-
-def _softmax(z):
-    import numpy as np
-
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+    return softmax(ref[["logit_a", "logit_b", "logit_tie"]].to_numpy(dtype=np.float64))
 
 
 def reference_logits(model, input_ids: list[list[int]]) -> "np.ndarray":
@@ -272,7 +266,7 @@ def prob_drift(got_logits, want_probs) -> dict[str, float | int]:
 
     got_logits = np.asarray(got_logits, dtype=np.float64)
     finite = np.isfinite(got_logits).all(axis=1)
-    diff = np.abs(_softmax(got_logits[finite]) - np.asarray(want_probs, dtype=np.float64)[finite]) if finite.any() else np.zeros((0, 3))
+    diff = np.abs(softmax(got_logits[finite]) - np.asarray(want_probs, dtype=np.float64)[finite]) if finite.any() else np.zeros((0, 3))
     return {
         "rows": int(len(got_logits)),
         "nonfinite_rows": int((~finite).sum()),

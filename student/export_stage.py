@@ -23,8 +23,9 @@ import pandas as pd
 from arena_kd.config import PipelineConfig
 from arena_kd.errors import UserError
 from arena_kd.io import atomic_write_json, read_keyed_table
+from arena_kd.metrics import softmax
 from llm.placement import free_accelerator_memory
-from student.export import _softmax, describe_drift, load_settings, reference_logits, render_settings, save_export, verify_export
+from student.export import describe_drift, load_settings, reference_logits, render_settings, save_export, verify_export
 from student.soup import adapter_logits, describe_soup, fold_mean_probs, reference_table, soup_drift
 
 
@@ -102,9 +103,9 @@ def export_student(cfg: PipelineConfig, frame: pd.DataFrame, adapter: Path, in_m
             print(f"[student] fold soup ({s.soup}): {describe_soup(soup_report)}")
         elif in_memory is not None:
             in_memory[0].eval()
-            probs = _softmax(reference_logits(in_memory[0], ids).astype(np.float64))
+            probs = softmax(reference_logits(in_memory[0], ids).astype(np.float64))
         else:
-            probs = _softmax(adapter_logits(s.model, adapter, ids, cfg.workdir).astype(np.float64))
+            probs = softmax(adapter_logits(s.model, adapter, ids, cfg.workdir).astype(np.float64))
         reference = reference_table(ref_rows["id"], ids, probs)
     in_memory = None
     free_accelerator_memory()

@@ -17,7 +17,8 @@ import pandas as pd
 
 from arena_kd.config import ModelConfig
 from llm.placement import free_accelerator_memory
-from student.export import _softmax, prob_drift, reference_logits
+from arena_kd.metrics import softmax
+from student.export import prob_drift, reference_logits
 
 
 def adapter_logits(model_cfg: ModelConfig, adapter: str | Path, input_ids: list[list[int]], workdir) -> np.ndarray:
@@ -47,7 +48,7 @@ def reference_table(ids: pd.Series, input_ids: list[list[int]], probs: np.ndarra
 
 def fold_mean_probs(fold_logits: list[np.ndarray]) -> np.ndarray:
     """float64 [n,3]: mean over the fold models of their softmax probabilities."""
-    return np.mean([_softmax(np.asarray(z, dtype=np.float64)) for z in fold_logits], axis=0)
+    return np.mean([softmax(np.asarray(z, dtype=np.float64)) for z in fold_logits], axis=0)
 
 
 def soup_drift(model_cfg: ModelConfig, fold_dirs: list[Path], fold_logits: list[np.ndarray], input_ids: list[list[int]],
