@@ -106,6 +106,11 @@ def jsonable(obj: Any) -> Any:
     return str(obj)
 
 
+def json_hash(obj: Any, n: int = 16) -> str:
+    """Hash of a JSON-able object (keys sorted; non-JSON values as str): config and id-list identities for resume."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+
 def file_hash(path: str | Path, n: int = 16) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

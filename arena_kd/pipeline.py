@@ -297,7 +297,7 @@ def _stacker_rows(ev: Evaluation, stacker, test: pd.DataFrame, student: dict | N
 # --------------------------------------------------------------------------- report
 
 
-def _verdicts(ev: Evaluation, stacker_selection: dict | None) -> list[dict[str, Any]]:
+def _verdicts(ev: Evaluation) -> list[dict[str, Any]]:
     """Every 'did it pay for itself' line, with the paired-difference interval (heldout_report.Evaluation.compare)."""
     checks = [
         ("student, distilled, TTA", "student, hard labels only (alpha=0), TTA", "distilled student beats the hard-label student"),
@@ -398,7 +398,7 @@ def write_report(cfg: PipelineConfig, ev: Evaluation | None, records: list[Stage
         if selection:
             parts.append("What the submission uses, chosen by out-of-fold log loss on the training rows (`stacking/report.md`): "
                          + ", ".join(f"student mode `{m}` → `{w}`" for m, w in selection.items()) + ".\n")
-        verdicts = _verdicts(ev, selection)
+        verdicts = _verdicts(ev)
         if verdicts:
             parts.append("### Did each stage pay for itself?\n\nA yes/NO only when the 95% interval of the paired difference excludes zero.\n\n"
                          + format_verdicts(verdicts) + "\n")

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from arena_kd.errors import UserError, data_error
-from data.text import REPLACEMENT, repair_text  # noqa: F401 - the one text repair, shared with the tolerant test reader
+from data.text import repair_text  # noqa: F401 - the one text repair, shared with the tolerant test reader
 
 
 @dataclass

@@ -67,10 +67,6 @@ class Stacker:
         if not self.selection:  # a version-1 folder: the full stacker and the features-only fallback
             self.selection = {"tta": "stacker", "single": "stacker", "short": "stacker", "none": "features_only"}
 
-    @property
-    def has_student_model(self) -> bool:
-        return any(self.models.get(self.selection.get(m, "")) is not None for m in ("tta", "single"))
-
     def chosen(self, mode: str) -> str:
         """Name of the model answering rows of student ``mode`` (tta | single | short | none)."""
         if mode not in MODES:

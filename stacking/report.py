@@ -22,22 +22,8 @@ def prob_columns(prefix: str) -> list[str]:
     return [f"{prefix}_{c}" for c in CLASS_SUFFIXES]
 
 
-def _row(stage: str, labels: np.ndarray, probs: np.ndarray, note: str = "") -> dict:
-    return {"stage": stage, "rows": int(len(labels)), "log_loss": log_loss(labels, probs), "accuracy": accuracy(labels, probs), "note": note}
-
-
 def _logits_to_probs(df: pd.DataFrame, cols: list[str]) -> np.ndarray:
     return softmax(df[cols].to_numpy(dtype=np.float64))
-
-
-def fold_prior(labels: np.ndarray, folds: np.ndarray) -> np.ndarray:
-    """float64[n,3]: each row gets the class frequencies of the other folds (an honest constant baseline)."""
-    y = np.asarray(labels, dtype=np.int64)
-    out = np.empty((len(y), 3))
-    for k in np.unique(folds):
-        rest = y[folds != k] if (folds != k).any() else y
-        out[folds == k] = (np.bincount(rest, minlength=3) + 1.0) / (len(rest) + 3.0)
-    return out
 
 
 CANDIDATE_LABELS = {

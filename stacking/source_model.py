@@ -24,6 +24,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from arena_kd.io import atomic_write_json, atomic_write_parquet
+from arena_kd.metrics import softmax
 from stacking.similarity import SimilarityModel
 from stacking.text_bytes import ByteDocs, truncated
 
@@ -75,9 +76,7 @@ class SourceModel:
         if len(self.classes) == 2:  # sklearn's binary form: one logit for classes[1]
             p1 = 1.0 / (1.0 + np.exp(-z[:, 0]))
             return np.stack([1.0 - p1, p1], axis=1)
-        z = z - z.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(axis=1, keepdims=True)
+        return softmax(z, axis=1)
 
     def features(self, df: pd.DataFrame, tfidf: SimilarityModel) -> pd.DataFrame:
         p = self.predict_proba(design(df, tfidf)) if len(df) else np.zeros((0, len(self.classes)))

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -22,15 +21,11 @@ import pandas as pd
 
 from arena_kd.config import PipelineConfig
 from arena_kd.errors import UserError
-from arena_kd.io import atomic_write_json, read_keyed_table
+from arena_kd.io import atomic_write_json, json_hash, read_keyed_table
 from arena_kd.metrics import softmax
 from llm.placement import free_accelerator_memory
 from student.export import describe_drift, load_settings, reference_logits, render_settings, save_export, verify_export
 from student.soup import adapter_logits, describe_soup, fold_mean_probs, reference_table, soup_drift
-
-
-def _sha(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def fold_adapter_dirs(cfg: PipelineConfig, frame: pd.DataFrame) -> list[Path]:
@@ -75,7 +70,7 @@ def export_student(cfg: PipelineConfig, frame: pd.DataFrame, adapter: Path, in_m
     sdir = cfg.workdir_path / "student"
     edir = sdir / "export"
     rs = render_settings(cfg)
-    ehashes = {**fhashes, "export": _sha({"dtype": s.export_dtype, "merged": s.export_merged, "render": rs, "ref": s.reference_rows,
+    ehashes = {**fhashes, "export": json_hash({"dtype": s.export_dtype, "merged": s.export_merged, "render": rs, "ref": s.reference_rows,
                                           "verify": verify_precisions(cfg), "rule": "dequantised-fp32-merge"})}
     ej = edir / "export.json"
     if ej.is_file() and not force:

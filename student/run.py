@@ -10,8 +10,6 @@ Outputs under ``<workdir>/student/``:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
 import time
 from pathlib import Path
@@ -23,7 +21,7 @@ import pandas as pd
 from arena_kd.config import PipelineConfig, write_resolved
 from arena_kd.errors import UserError
 from teachers.dist import main_write
-from arena_kd.io import atomic_write_json, read_keyed_table, write_keyed_table
+from arena_kd.io import atomic_write_json, json_hash, read_keyed_table, write_keyed_table
 from arena_kd.metrics import accuracy, log_loss, softmax
 from llm.train import frame_texts
 from student.losses import make_loss_fn
@@ -40,15 +38,11 @@ def student_dir(cfg: PipelineConfig) -> Path:
     return cfg.workdir_path / "student"
 
 
-def _sha(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def student_config_hash(cfg: PipelineConfig) -> str:
     """Everything that changes a fold student's predictions (not final/export choices)."""
     s = cfg.student.model_dump(mode="json", include={"model", "train", "predict", "distill"})
     s["distill"].pop("soft_labels", None)  # the file's content hash is tracked separately
-    return _sha({"student": s, "render": cfg.render.model_dump(mode="json"), "seed": cfg.seed})
+    return json_hash({"student": s, "render": cfg.render.model_dump(mode="json"), "seed": cfg.seed})
 
 
 def _metrics(labels: np.ndarray, logits: np.ndarray) -> dict[str, float]:
@@ -242,7 +236,7 @@ def run_distill(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
     }
     held = heldout_rows(cfg, data)
     if held is not None:  # which rows the fold students also predict (changes the fold files' content)
-        hashes["heldout"] = _sha(sorted(held["id"].astype(str)))
+        hashes["heldout"] = json_hash(sorted(held["id"].astype(str)))
     if d.nested and d.alpha > 0 and s.oof:
         from arena_kd.io import file_hash
         from teachers.nested import nested_soft_labels_path
@@ -251,7 +245,7 @@ def run_distill(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
         missing = [p for p in paths if not p.is_file()]
         if missing:
             raise UserError(f"{missing[0]}: student.distill.nested=true needs the nested soft labels; set teachers.nested=true and run `arena-kd teachers`")
-        hashes["nested_soft_labels"] = _sha([file_hash(p) for p in paths])
+        hashes["nested_soft_labels"] = json_hash([file_hash(p) for p in paths])
     summary: dict[str, Any] = {"hashes": hashes}
     fault = FaultInjector()
     if s.oof:

@@ -99,10 +99,6 @@ class PlanResult:
     token_source: str
     notes: list[str] = field(default_factory=list)
 
-    @property
-    def fits_kaggle(self) -> bool | None:
-        return None if self.verdict is None else self.verdict != "does_not_fit"
-
     def to_json(self) -> dict[str, Any]:
         tot = self.total
         return {"hardware": self.hardware, "stages": [e.to_json() for e in self.estimates + self.submission],

@@ -31,19 +31,12 @@ import numpy as np
 import pandas as pd
 
 from arena_kd.errors import UserError
+from data.readers import _is_missing
 from data.text import decode_bytes, raise_csv_field_limit, repair_text
 
 log = logging.getLogger("arena_kd.submission")
 KAGGLE_COLUMNS = ("id", "prompt", "response_a", "response_b")
 TURN_COLUMNS = KAGGLE_COLUMNS[1:]
-
-
-def _is_missing(cell: Any) -> bool:
-    if cell is None:
-        return True
-    if isinstance(cell, float) and np.isnan(cell):
-        return True
-    return isinstance(cell, str) and not cell.strip()
 
 
 def _turn_text(t: Any) -> tuple[str, str | None]:

@@ -280,7 +280,6 @@ def run_submission(
             except Exception as exc:  # noqa: BLE001
                 why = short_reason(exc)
                 log.error("stacker on student logits failed (%s); %d rows keep the fallback", why, len(sel))
-                probs[sel], head[sel] = fallback_probs[sel], fallback_head[sel]
                 spass.drop(sel, f"stacker on student logits failed: {why}")
         bad = np.flatnonzero(~valid_rows(probs))
         if len(bad):  # a stacker that returns garbage: those rows keep the answer written in step 1

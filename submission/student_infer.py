@@ -115,13 +115,13 @@ def _use_device(device: str) -> None:
 
 
 def check_copy(export_dir: str | Path, model, quantization: str, dtype: str, device: str) -> dict[str, Any] | None:
-    """verify_export on one loaded copy (None when the export has no reference rows); logs the numbers."""
+    """verify_export on one loaded copy (None when the export has no reference rows); logs the numbers. The caller has
+    already made ``device`` current (load_student)."""
     from student.export import describe_drift, verify_export
 
     if not (Path(export_dir) / "reference_logits.parquet").is_file():
         log.warning("%s: no reference rows in the export (student.reference_rows=0): the student on %s is used unchecked", export_dir, device)
         return None
-    _use_device(device)
     d = verify_export(export_dir, quantization=quantization, dtype=dtype, model=model)
     (log.info if d["ok"] else log.error)("student on %s vs the trained model(s): %s", device, describe_drift(d))
     return d
@@ -149,10 +149,11 @@ def load_student(export_dir: str | Path, *, quantization: str, dtype: str, devic
             continue
         checks[dev] = check
         if check is not None and not check["ok"]:
-            first_error = first_error or RuntimeError(
+            err = RuntimeError(
                 f"student export on {dev} ({quantization}/{check['dtype']}) is not the trained model within tolerance: "
                 f"max |Δp| {check['max_abs_prob_diff']:.4f} > {check['tolerance']:g}, {check['nonfinite_rows']} non-finite row(s)")
-            log.error("%s — this copy is not used", first_error)
+            first_error = first_error or err
+            log.error("%s — this copy is not used", err)  # this device's drift, not an earlier device's error
             del model
             continue
         render = dict(settings.get("render", {}))

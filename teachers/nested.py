@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from arena_kd.config import PipelineConfig, TeacherConfig
-from arena_kd.io import read_keyed_table, write_keyed_table
+from arena_kd.io import write_keyed_table
 from teachers.dist import main_write
 from teachers.offline import LOGIT_NAMES
 
@@ -100,11 +100,3 @@ def load_nested_logits(soft_labels: Path, outer_fold: int, ids: pd.Series, per_t
 
     soft = load_soft_labels(nested_soft_labels_path(soft_labels, outer_fold), ids)
     return attach_teacher_logits(pd.DataFrame({"id": ids.to_numpy()}), soft, per_teacher)["teacher_logits"].tolist()
-
-
-def nested_files_exist(soft_labels: Path, folds: list[int]) -> bool:
-    return all(nested_soft_labels_path(soft_labels, k).is_file() for k in folds)
-
-
-def read_nested_meta(soft_labels: Path, outer_fold: int) -> dict:
-    return read_keyed_table(nested_soft_labels_path(soft_labels, outer_fold))[1]
