@@ -73,6 +73,11 @@ class LoraConfig(_Strict):
     )
 
 
+PLACEMENT_FIELDS = frozenset({"device_map", "max_memory"})
+"""ModelConfig fields that say where the weights live, not what they compute: left out of every resume hash, so moving
+a run to other hardware keeps its finished folds and checkpoints."""
+
+
 class ModelConfig(_Strict):
     """A backbone turned into a 3-class preference classifier (llm/)."""
 

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from arena_kd.io import jsonable
-from arena_kd.config import ModelConfig, RenderConfig, TrainConfig
+from arena_kd.config import PLACEMENT_FIELDS, ModelConfig, RenderConfig, TrainConfig
 from arena_kd.errors import UserError
 from arena_kd.io import atomic_write_json
 from llm.batching import accepts_position_ids, collate
@@ -289,7 +289,7 @@ def _settings_hash(model_cfg, train_cfg, render_cfg, train_df, eval_df, seed, lo
 
     cols = [c for c in ("id", "label") if c in train_df.columns]
     payload = {
-        "model": model_cfg.model_dump(mode="json", exclude={"device_map", "max_memory"}),  # placement: not the result
+        "model": model_cfg.model_dump(mode="json", exclude=set(PLACEMENT_FIELDS)),  # placement: not the result
         "train": train_cfg.model_dump(mode="json"),
         "render": render_cfg.model_dump(mode="json"),
         "seed": seed,

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from arena_kd.config import PipelineConfig, write_resolved
+from arena_kd.config import PLACEMENT_FIELDS, PipelineConfig, write_resolved
 from arena_kd.errors import UserError
 from teachers.dist import main_write
 from arena_kd.io import atomic_write_json, json_hash, read_keyed_table, write_keyed_table
@@ -40,7 +40,8 @@ def student_dir(cfg: PipelineConfig) -> Path:
 
 def student_config_hash(cfg: PipelineConfig) -> str:
     """Everything that changes a fold student's predictions (not final/export choices)."""
-    s = cfg.student.model_dump(mode="json", include={"model", "train", "predict", "distill"})
+    s = cfg.student.model_dump(mode="json", include={"model", "train", "predict", "distill"},
+                               exclude={"model": set(PLACEMENT_FIELDS)})  # placement: where, not what (as for teachers)
     s["distill"].pop("soft_labels", None)  # the file's content hash is tracked separately
     return json_hash({"student": s, "render": cfg.render.model_dump(mode="json"), "seed": cfg.seed})
 

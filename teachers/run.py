@@ -12,7 +12,6 @@ Outputs under ``<workdir>/teachers/``:
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -20,11 +19,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from arena_kd.config import PipelineConfig, TeacherConfig, write_resolved
+from arena_kd.config import PLACEMENT_FIELDS, PipelineConfig, TeacherConfig, write_resolved
 from arena_kd.errors import UserError
 from teachers import dist
 from teachers.dist import main_write
-from arena_kd.io import file_hash, read_keyed_table, write_keyed_table
+from arena_kd.io import file_hash, json_hash, read_keyed_table, write_keyed_table
 from arena_kd.metrics import accuracy, log_loss
 from teachers.combine import combine_logits, resolve_weights, teacher_probs, temper_logits
 from llm.train import frame_texts
@@ -40,9 +39,8 @@ def teacher_config_hash(cfg: PipelineConfig, teacher: TeacherConfig) -> str:
     """Hash of everything that changes a teacher's OOF logits: its section (not its ensemble weight), render, seed."""
     # placement (device_map / max_memory) says where the weights live, not what they compute: moving a run to other
     # hardware keeps its finished folds
-    section = teacher.model_dump(mode="json", exclude={"weight": True, "model": {"device_map", "max_memory"}})
-    payload = {"teacher": section, "render": cfg.render.model_dump(mode="json"), "seed": cfg.seed}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    section = teacher.model_dump(mode="json", exclude={"weight": True, "model": set(PLACEMENT_FIELDS)})
+    return json_hash({"teacher": section, "render": cfg.render.model_dump(mode="json"), "seed": cfg.seed})
 
 
 def teachers_dir(cfg: PipelineConfig) -> Path:

@@ -155,3 +155,19 @@ def test_device_map_auto_in_one_process_predicts_like_single_placement(monkeypat
     assert info["placement"] == "single"  # one device (the CPU) holds every module
     kw = dict(max_length=96, progress=False)
     np.testing.assert_allclose(predict_logits(auto, tok2, tiny_pairs, **kw), predict_logits(one, tok, tiny_pairs, **kw), atol=1e-5)
+
+
+def test_placement_is_left_out_of_every_resume_hash():
+    """Moving a run to other hardware (model.device_map / max_memory) keeps finished teacher and student folds."""
+    from arena_kd.config import load_config
+    from student.run import student_config_hash
+    from teachers.run import teacher_config_hash
+
+    base = load_config("configs/smoke.yaml")
+    moved = load_config("configs/smoke.yaml", overrides=[
+        "student.model.device_map=auto", "student.model.max_memory={cpu: 8GiB}",
+        "teachers.models.0.model.device_map=auto", "teachers.models.0.model.max_memory={cpu: 8GiB}"])
+    assert student_config_hash(moved) == student_config_hash(base)
+    assert teacher_config_hash(moved, moved.teachers.models[0]) == teacher_config_hash(base, base.teachers.models[0])
+    changed = load_config("configs/smoke.yaml", overrides=["student.model.lora.r=2"])
+    assert student_config_hash(changed) != student_config_hash(base)  # what the model computes still counts
