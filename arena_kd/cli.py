@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from arena_kd.errors import UserError
+from arena_kd.common.errors import UserError
 
 DEFAULT_CONFIG = "configs/demo.yaml"
 
@@ -30,7 +29,7 @@ ForceOpt = typer.Option(False, "--force", help="Redo work whose outputs already 
 
 
 def _cfg(config: List[str], sets: Optional[List[str]]):
-    from arena_kd.config import load_config
+    from arena_kd.common.config import load_config
 
     return load_config(list(config) if isinstance(config, (list, tuple)) else config, sets or [])
 
@@ -42,7 +41,7 @@ def teachers(config: List[str] = ConfigOpt, set: Optional[List[str]] = SetOpt, f
     Outputs: <workdir>/teachers/<name>/oof.parquet (+meta.json), <workdir>/teachers/soft_labels.parquet. Resumable per fold.
     """
     cfg = _cfg(config, set)  # config errors first: fast, and before any heavy import
-    from teachers.run import run_teachers
+    from arena_kd.teachers.run import run_teachers
 
     run_teachers(cfg, force=force)
 
@@ -54,7 +53,7 @@ def distill(config: List[str] = ConfigOpt, set: Optional[List[str]] = SetOpt, fo
     Outputs: <workdir>/student/oof.parquet (+meta), <workdir>/student/export/ (everything `submission` needs).
     """
     cfg = _cfg(config, set)
-    from student.run import run_distill
+    from arena_kd.student.run import run_distill
 
     run_distill(cfg, force=force)
 
@@ -66,7 +65,7 @@ def stack(config: List[str] = ConfigOpt, set: Optional[List[str]] = SetOpt, forc
     Outputs: <workdir>/stacking/ (LightGBM text models, temperature.json, report.md + PNGs).
     """
     cfg = _cfg(config, set)
-    from stacking.run import run_stacking
+    from arena_kd.stacking.run import run_stacking
 
     run_stacking(cfg, force=force)
 
@@ -84,7 +83,7 @@ def submission(
     Always writes a valid file inside the time budget, degrading (no TTA, shorter inputs, features-only) when needed.
     """
     cfg = _cfg(config, set)
-    from submission.run import run_submission
+    from arena_kd.submission.run import run_submission
 
     run_submission(cfg, test=test, out=out, time_budget=time_budget)
 
@@ -106,7 +105,7 @@ def validate_data(
     format: str = typer.Option("auto", "--format", help="auto|kaggle|arena|pairs"),
 ) -> None:
     """Read and validate a data file; print rows, labels, turn histogram, repaired/flagged counts and length percentiles."""
-    from data.validate import validate_data_report
+    from arena_kd.data.validate import validate_data_report
 
     validate_data_report(path, fmt=format)
 
@@ -123,7 +122,7 @@ def plan(
 ) -> None:
     """Estimate wall time (low/expected/high) and GPU memory of every stage; say if the Kaggle submission fits its budget."""
     cfg = _cfg(config, set)
-    from submission.plan import run_plan
+    from arena_kd.planner.plan import run_plan
 
     run_plan(cfg, test=test, hardware=hardware, as_json=as_json, calibration_files=calibration, test_chars=test_chars)
 

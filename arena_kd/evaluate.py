@@ -6,15 +6,15 @@ from typing import Any
 
 import numpy as np
 
-from arena_kd.errors import UserError
-from arena_kd.metrics import accuracy, calibration_table, log_loss
+from arena_kd.common.errors import UserError
+from arena_kd.common.metrics import accuracy, calibration_table, log_loss
 
 PRED_COLUMNS = ["winner_model_a", "winner_model_b", "winner_tie"]
 
 
 def read_predictions(path: str):
     """Predictions CSV (id, winner_model_a, winner_model_b, winner_tie) -> (ids, float64[n, 3]); rows must be valid probabilities."""
-    from data.readers import read_sample_submission
+    from arena_kd.data.readers import read_sample_submission
 
     df = read_sample_submission(path)  # same layout: checks columns, numbers in [0, 1], unique ids
     probs = df[PRED_COLUMNS].to_numpy(dtype=np.float64)
@@ -56,7 +56,7 @@ def format_evaluation(result: dict[str, Any]) -> str:
 
 def evaluate_files(pred_csv: str, labels_csv: str) -> dict[str, Any]:
     """Print and return log loss, accuracy and per-class calibration. Ids must match exactly (UserError otherwise)."""
-    from data.readers import read_labels
+    from arena_kd.data.readers import read_labels
 
     ids, probs = read_predictions(pred_csv)
     labels = read_labels(labels_csv)
@@ -82,12 +82,12 @@ def _intervals_and_sources(labels_csv: str, ids: np.ndarray, y: np.ndarray, prob
     rows (log loss, interval, the uniform answer's 1.0986 for reference). Labels without prompts resample rows."""
     import pandas as pd
 
-    from arena_kd.metrics import log_loss_interval
+    from arena_kd.common.metrics import log_loss_interval
 
     groups, sources = None, None
     try:
-        from data.folds import prompt_groups
-        from data.readers import read_pairs
+        from arena_kd.data.folds import prompt_groups
+        from arena_kd.data.readers import read_pairs
 
         pairs = read_pairs(labels_csv).set_index("id").loc[ids]
         groups = prompt_groups(pairs.reset_index())

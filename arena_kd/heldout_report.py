@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from arena_kd.metrics import accuracy, log_loss_difference, log_loss_interval
+from arena_kd.common.metrics import accuracy, log_loss_difference, log_loss_interval
 
 
 @dataclass

@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from arena_kd.config import PipelineConfig, write_resolved
-from arena_kd.io import atomic_write_json, atomic_write_text, read_keyed_table
+from arena_kd.common.config import PipelineConfig, write_resolved
+from arena_kd.common.io import atomic_write_json, atomic_write_text, read_keyed_table
+from arena_kd.common.metrics import softmax
+from arena_kd.common.profiling import StageRecord, measure
 from arena_kd.heldout_report import Evaluation, format_table, format_verdicts
-from arena_kd.metrics import softmax
-from arena_kd.profiling import StageRecord, measure
 
 HARD_STUDENT_DIR = "ablation_hard_student"
 UNIFORM_LOG_LOSS = float(np.log(3.0))
@@ -57,10 +57,10 @@ def nested_ablation_config(cfg: PipelineConfig) -> PipelineConfig:
 
 def run_pipeline(cfg: PipelineConfig, force: bool = False, hard_student: bool = True) -> dict[str, Any]:
     """Run every stage, time each one, and write <workdir>/report.md + report.json."""
-    from stacking.run import run_stacking
-    from student.run import run_distill
-    from submission.run import run_submission
-    from teachers.run import run_teachers
+    from arena_kd.stacking.run import run_stacking
+    from arena_kd.student.run import run_distill
+    from arena_kd.submission.run import run_submission
+    from arena_kd.teachers.run import run_teachers
 
     cfg.workdir_path.mkdir(parents=True, exist_ok=True)
     write_resolved(cfg, cfg.workdir_path)
@@ -106,14 +106,14 @@ def run_pipeline(cfg: PipelineConfig, force: bool = False, hard_student: bool = 
 
 def _test_frame(cfg: PipelineConfig) -> tuple[pd.DataFrame, np.ndarray]:
     """Test pairs, their labels, and (as ``test['source']``) each row's source from the labels file when it has one."""
-    from data.readers import read_labels, read_pairs
+    from arena_kd.data.readers import read_labels, read_pairs
 
     test = read_pairs(cfg.data.test)
     labels = read_labels(cfg.data.test_labels)
     merged = test[["id"]].merge(labels, on="id", how="left")
     if merged["label"].isna().any():
         missing = merged.loc[merged["label"].isna(), "id"].head(3).tolist()
-        from arena_kd.errors import UserError
+        from arena_kd.common.errors import UserError
 
         raise UserError(f"{cfg.data.test_labels}: {int(merged['label'].isna().sum())} test ids have no label (e.g. {missing})")
     test = test.drop(columns=["source"])
@@ -133,7 +133,7 @@ def _label_sources(path: str) -> dict[str, str] | None:
 
 def _train_labels(cfg: PipelineConfig) -> pd.DataFrame:
     """Every labelled training row (the stacker's rows, data.max_rows or not), with its source."""
-    from data.readers import read_pairs
+    from arena_kd.data.readers import read_pairs
 
     df = read_pairs(cfg.data.train, fmt=cfg.data.format, seed=cfg.seed)
     return df[df["label"].notna()].reset_index(drop=True)
@@ -158,7 +158,7 @@ def length_only_lgbm(train: pd.DataFrame, test: pd.DataFrame, seed: int) -> np.n
     """The 'longer answer wins' baseline: LightGBM on length features only, trained on both orientations."""
     import lightgbm as lgb
 
-    from data.schema import swap_frame
+    from arena_kd.data.schema import swap_frame
 
     both = pd.concat([train, swap_frame(train)], ignore_index=True)
     x, y = _length_features(both), both["label"].to_numpy(dtype=np.int64)
@@ -203,8 +203,8 @@ def _student_test(export_dir: Path, test: pd.DataFrame, cfg: PipelineConfig) -> 
     """Student logits on the test rows, both orientations (as the submission computes them)."""
     if not export_dir.is_dir():
         return None
-    from llm.predict import predict_tta
-    from student.export import load_export
+    from arena_kd.llm.export import load_export
+    from arena_kd.llm.predict import predict_tta
 
     model, tokenizer, settings = load_export(export_dir, quantization="none", dtype="auto")
     r = settings["render"]
@@ -219,8 +219,8 @@ def _student_test(export_dir: Path, test: pd.DataFrame, cfg: PipelineConfig) -> 
 
 def evaluate_stages_on_test(cfg: PipelineConfig, hard_cfg: PipelineConfig | None, nested_cfg: PipelineConfig | None = None) -> Evaluation:
     """Probabilities of every stage on the held-out test rows (see heldout_report for the statistics)."""
-    from data.folds import prompt_groups
-    from stacking.candidates import pooled_prior
+    from arena_kd.data.folds import prompt_groups
+    from arena_kd.stacking.candidates import pooled_prior
 
     test, y = _test_frame(cfg)
     train = _train_labels(cfg)
@@ -275,7 +275,7 @@ def _load_stacker(cfg: PipelineConfig):
     stack_dir = cfg.workdir_path / "stacking"
     if not cfg.stacking.enabled or not (stack_dir / "stacker.json").is_file():
         return None
-    from stacking.predict import load_stacker
+    from arena_kd.blend.stacker import load_stacker
 
     return load_stacker(stack_dir)
 
@@ -350,7 +350,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     lo = min(r["log_loss"] for r in rs)
     ax.set_xlim(max(0.0, lo - 0.1), max(r["log_loss"] for r in rs) + 0.02)
     fig.tight_layout()
-    from arena_kd.io import atomic_path
+    from arena_kd.common.io import atomic_path
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
@@ -359,9 +359,9 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def nested_oof_comparison(cfg: PipelineConfig, nested_cfg: PipelineConfig) -> dict[str, Any] | None:
     """Student OOF log loss with plain vs nested teacher soft labels on the same rows, paired, prompt-bootstrap interval."""
-    from arena_kd.metrics import log_loss_difference
-    from data.folds import prompt_groups
-    from teachers.training_data import load_training_data
+    from arena_kd.common.metrics import log_loss_difference
+    from arena_kd.data.folds import prompt_groups
+    from arena_kd.kfold.training_data import load_training_data
 
     paths = {nested_cfg.student.distill.nested: nested_cfg.workdir_path / "student" / "oof.parquet",
              cfg.student.distill.nested: cfg.workdir_path / "student" / "oof.parquet"}
@@ -374,7 +374,7 @@ def nested_oof_comparison(cfg: PipelineConfig, nested_cfg: PipelineConfig) -> di
         df = frame[["id"]].merge(read_keyed_table(p)[0], on="id", how="left")
         probs[is_nested] = softmax(df[["logit_a", "logit_b", "logit_tie"]].to_numpy(dtype=np.float64))
     d = log_loss_difference(y, probs[True], probs[False], prompt_groups(frame), seed=cfg.seed)
-    from arena_kd.metrics import log_loss
+    from arena_kd.common.metrics import log_loss
 
     return {"rows": len(y), "plain": log_loss(y, probs[False]), "nested": log_loss(y, probs[True]),
             "diff": d["mean"], "lo": d["lo"], "hi": d["hi"]}

@@ -126,11 +126,11 @@ def validate(out: Path, sample: Path) -> dict[str, Any]:
 
 
 def run(overrides: list[str], sets: list[str], out: Path, test_rows: int | None) -> int:
-    from arena_kd.config import load_config
-    from stacking.run import run_stacking
-    from student.export_stage import record_verification
-    from student.run import run_distill
-    from teachers.run import run_teachers
+    from arena_kd.common.config import load_config
+    from arena_kd.stacking.run import run_stacking
+    from arena_kd.student.export_stage import record_verification
+    from arena_kd.student.run import run_distill
+    from arena_kd.teachers.run import run_teachers
 
     t0 = time.time()
     cfg = load_config([str(BASE), *overrides], sets)
@@ -182,7 +182,7 @@ def run(overrides: list[str], sets: list[str], out: Path, test_rows: int | None)
         report["submission"] = {"valid": False, "error": str(exc)}
     report["wall_time_s"] = round(time.time() - t0, 1)
     _print_report(report)
-    from arena_kd.io import atomic_write_text
+    from arena_kd.common.io import atomic_write_text
 
     atomic_write_text(out / "rehearsal.json", json.dumps(report, indent=2, default=str) + "\n")
     return 0 if rc == 0 and report["submission"].get("valid") and input_unchanged else 1
@@ -191,11 +191,11 @@ def run(overrides: list[str], sets: list[str], out: Path, test_rows: int | None)
 def export_vs_final_adapter(cfg, export_dir: Path, precisions: list[str]) -> dict[str, Any]:
     """|Δprob| of the loaded export vs the final adapter on its trained base (the soup before merging): what the merge,
     the fp16 cast and the load precision alone cost, apart from the soup's own distance to the fold mean."""
-    from arena_kd.io import read_keyed_table
-    from arena_kd.metrics import softmax
-    from student.export import load_export, prob_drift, reference_logits
-    from llm.placement import free_accelerator_memory
-    from student.soup import adapter_logits
+    from arena_kd.common.io import read_keyed_table
+    from arena_kd.common.metrics import softmax
+    from arena_kd.llm.export import load_export, prob_drift, reference_logits
+    from arena_kd.llm.placement import free_accelerator_memory
+    from arena_kd.student.soup import adapter_logits
 
     ref, _ = read_keyed_table(export_dir / "reference_logits.parquet")
     ids = [list(map(int, r)) for r in ref["input_ids"]]
@@ -212,8 +212,8 @@ def export_vs_final_adapter(cfg, export_dir: Path, precisions: list[str]) -> dic
 
 
 def _print_report(r: dict[str, Any]) -> None:
-    from student.export import describe_drift
-    from student.soup import describe_soup
+    from arena_kd.llm.export import describe_drift
+    from arena_kd.student.soup import describe_soup
 
     print("\n=== rehearsal: summary ===")
     print(f"notebook line: {r['notebook_line']}")
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from arena_kd.errors import UserError
+    from arena_kd.common.errors import UserError
 
     try:
         return run(a.config or [str(OVERRIDES)], a.set, Path(a.out).resolve(), a.test_rows)

@@ -3,7 +3,7 @@
     pip install llama-models tiktoken        # the Llama-3 tokenizer ships in llama-models (tiktoken BPE file)
     .venv/bin/python benchmarks/chars_per_token.py [FILES...] [--tokenizer-model PATH]
 
-The planner (submission/plan.py) counts tokens with the student's own tokenizer when one is on disk; when it is
+The planner (planner/plan.py) counts tokens with the student's own tokenizer when one is on disk; when it is
 not (a hub id on a machine without the weights), it divides characters by the ratio measured here and says so.
 Default files: the embedded sample and the shared real data. The Llama-3 tokenizer (128k vocabulary) is a proxy
 for Gemma-2's (256k vocabulary, not in any PyPI package found): the planner widens its range for that. Prints
@@ -43,11 +43,11 @@ def llama3_encoder(model_file: Path | None):
 
 
 def fields(path: Path) -> list[str]:
-    """The three fields of every row exactly as the planner measures them (submission/plan_lengths.py, the
+    """The three fields of every row exactly as the planner measures them (planner/lengths.py, the
     renderer's turn joining)."""
     sys.path.insert(0, str(ROOT))
-    from data.readers import read_pairs
-    from submission.plan_lengths import _fields
+    from arena_kd.data.readers import read_pairs
+    from arena_kd.planner.lengths import _fields
 
     return _fields(read_pairs(path))
 

@@ -50,10 +50,10 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
 
-    from arena_kd.config import ModelConfig
-    from llm.batching import collate
-    from llm.loading import load_classifier
-    from llm.predict import logits_for_ids
+    from arena_kd.common.config import ModelConfig
+    from arena_kd.llm.batching import collate
+    from arena_kd.llm.loading import load_classifier
+    from arena_kd.llm.predict import logits_for_ids
 
     wd = Path(tempfile.mkdtemp(prefix="cpu_tp_"))
     cfg = ModelConfig(backbone="random", random_init=SHAPE, gradient_checkpointing=False, lora={"r": 16, "alpha": 32, "dropout": 0.0})

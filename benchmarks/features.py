@@ -21,8 +21,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.readers import read_pairs  # noqa: E402
-from stacking.features import compute_features, fit_similarity, join_turns  # noqa: E402
+from arena_kd.blend.features import compute_features, fit_similarity, join_turns  # noqa: E402
+from arena_kd.data.readers import read_pairs  # noqa: E402
 
 KAGGLE_MEAN_CHARS = {"prompt": 370, "response_a": 1380, "response_b": 1380}
 

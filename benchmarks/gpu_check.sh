@@ -104,4 +104,4 @@ for s in r.skipped:
 for (hw, prec, mode), c in sorted(efficiencies(r).items()):
     print(f"  planner: {hw} {prec} {mode}: efficiency {c.efficiency:.3f} ({c.provenance})")
 PYEOF
-echo "gpu_check: done in $(( $(date +%s) - start ))s; commit $file (under submission/calibration_data/ it is shipped to the planner)"
+echo "gpu_check: done in $(( $(date +%s) - start ))s; commit $file (under planner/calibration_data/ it is shipped to the planner)"

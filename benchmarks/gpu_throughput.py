@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/gpu_throughput.py [--layers N|auto] [--seqs 1024 2000] [--precisions bf16 fp16 8bit 4bit]
         [--batch-tokens 8192] [--steps 2] [--train-seq 1024] [--train-batch 2] [--lora-r 64] [--rehearsal] [--tiny]
-        [--out submission/calibration_data/<card>-<date>.json]
+        [--out planner/calibration_data/<card>-<date>.json]
     .venv/bin/python benchmarks/gpu_throughput.py --dry-run --out /tmp/r.json    # tiny shapes on CPU: the logic, not figures
 
 Usually run through ``benchmarks/gpu_check.sh`` (one command for a short GPU window). What it does:
@@ -17,8 +17,8 @@ Usually run through ``benchmarks/gpu_check.sh`` (one command for a short GPU win
    and paged 8-bit AdamW, then the GPU-marked tests — what cannot run is skipped and named.
 
 With ``--layers N`` < 42 the figures are also scaled to 42 layers (``*_full``: time x 42/N; memory: the
-layer-proportional part x 42/N). Results go to one file in the schema of :mod:`submission.calibration`
-(the planner reads it: ``arena-kd plan --calibration FILE``; copy it into ``submission/calibration_data/`` to ship it).
+layer-proportional part x 42/N). Results go to one file in the schema of :mod:`arena_kd.planner.calibration`
+(the planner reads it: ``arena-kd plan --calibration FILE``; copy it into ``planner/calibration_data/`` to ship it).
 Without CUDA (and without ``--dry-run``) it says so and exits 0. Figures are printed and written; nothing is asserted.
 """
 
@@ -42,11 +42,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from arena_kd.llm.loading import native_bf16  # noqa: E402
+from arena_kd.planner.calibration import Record, Results, now_utc, write_results  # noqa: E402
 
-from llm.loading import native_bf16  # noqa: E402
-from submission.calibration import Record, Results, now_utc, write_results  # noqa: E402
-
-# Published google/gemma-2-9b config.json (the planner's table: submission/specs.py ARCHS["gemma2-9b"]).
+# Published google/gemma-2-9b config.json (the planner's table: planner/specs.py ARCHS["gemma2-9b"]).
 GEMMA2_9B = dict(num_hidden_layers=42, hidden_size=3584, num_attention_heads=16, num_key_value_heads=8, head_dim=256,
                  intermediate_size=14336, vocab_size=256000, query_pre_attn_scalar=256, sliding_window=4096)
 # Tiny shape for --dry-run: every Linear has in_features >= 64 (bitsandbytes' CPU 4-bit path needs it on AVX512-BF16).
@@ -312,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rehearsal", action="store_true", help="also run the smoke pipeline and the GPU tests on CUDA")
     ap.add_argument("--rehearsal-timeout", type=int, default=180, help="seconds per rehearsal step (at most half what --budget-s leaves)")
     ap.add_argument("--budget-s", type=float, default=None, help="whole-run budget: the rehearsal steps shrink to fit it")
-    ap.add_argument("--out", default=None, help="results file (default submission/calibration_data/<card>-<date>.json)")
+    ap.add_argument("--out", default=None, help="results file (default planner/calibration_data/<card>-<date>.json)")
     a = ap.parse_args(argv)
     started = time.perf_counter()
 

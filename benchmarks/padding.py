@@ -24,17 +24,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-
-from llm.batching import padding_efficiency, token_budget_batches  # noqa: E402
+from arena_kd.llm.batching import padding_efficiency, token_budget_batches  # noqa: E402
 
 SAMPLE = ROOT / "data" / "sample" / "train.csv"
 
 
 def _frame(path: Path):
-    from data.schema import make_frame
+    from arena_kd.data.schema import make_frame
 
     if path.is_file():
-        from data.readers import read_pairs
+        from arena_kd.data.readers import read_pairs
 
         return read_pairs(path), f"{path} "
     rng = np.random.default_rng(0)
@@ -48,9 +47,8 @@ def _frame(path: Path):
 
 
 def _tokenizer(spec: str):
+    from arena_kd.common.io import resolve_path
     from transformers import AutoTokenizer
-
-    from arena_kd.io import resolve_path
 
     src = resolve_path(spec)
     return AutoTokenizer.from_pretrained(src)
@@ -65,14 +63,14 @@ def main() -> None:
     ap.add_argument("--max-batch-size", type=int, default=64)
     a = ap.parse_args()
 
-    from data.render import render_batch
+    from arena_kd.data.render import render_batch
 
     df, what = _frame(Path(a.data))
     try:
         tok = _tokenizer(a.tokenizer)
     except Exception as exc:  # the demo model package may be missing: fall back to a BPE trained on the data
-        from llm.loading import train_bpe_tokenizer
-        from llm.train import frame_texts
+        from arena_kd.llm.loading import train_bpe_tokenizer
+        from arena_kd.llm.train import frame_texts
 
         print(f"(tokenizer {a.tokenizer} unavailable: {type(exc).__name__}; using a 4000-token BPE trained on the data)")
         import tempfile

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from arena_kd.io import atomic_write_text  # noqa: E402
+from arena_kd.common.io import atomic_write_text  # noqa: E402
 
 # (script, extra args) in the order they run; gpu_throughput exits cleanly without CUDA.
 # render.py runs twice: with the tokenizers thread pool (as inference uses it) and single-threaded (as `make` sets it).
@@ -65,8 +65,8 @@ def _demo_section() -> str:
 
 
 def _gpu_section() -> str:
-    """The GPU results files the planner reads (submission/calibration_data/, schema in submission/calibration.py)."""
-    from submission.calibration import read_results, shipped_files
+    """The GPU results files the planner reads (planner/calibration_data/, schema in planner/calibration.py)."""
+    from arena_kd.planner.calibration import read_results, shipped_files
 
     files = shipped_files()
     if not files:

@@ -1,6 +1,6 @@
 """Submission machinery on CPU: rows/s of the whole run, and whether a real wall-clock budget is kept.
 
-Builds a tiny random Gemma2 student export (the real export format, student.export.save_export) unless
+Builds a tiny random Gemma2 student export (the real export format, arena_kd.llm.export.save_export) unless
 --workdir already holds one, then runs ``run_submission`` on the sample test set:
   1. with a generous budget (every row through the student with TTA);
   2. with half of run 1's student time as the budget, which must force the degradation;
@@ -26,10 +26,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def build_tiny_export(cfg, texts):
     import torch
+    from arena_kd.llm.export import save_export
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import Gemma2Config, Gemma2ForSequenceClassification, PreTrainedTokenizerFast
-
-    from student.export import save_export
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -49,9 +48,8 @@ def build_tiny_export(cfg, texts):
 
 def main() -> None:
     import pandas as pd
-
-    from arena_kd.config import load_config
-    from submission.run import run_submission
+    from arena_kd.common.config import load_config
+    from arena_kd.submission.run import run_submission
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=496)

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from arena_kd.common.errors import UserError
+from arena_kd.common.io import atomic_write_csv
 from sklearn.model_selection import StratifiedGroupKFold
-
-from arena_kd.errors import UserError
-from arena_kd.io import atomic_write_csv
 
 
 def prompt_groups(df: pd.DataFrame) -> np.ndarray:

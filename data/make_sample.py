@@ -1,6 +1,6 @@
 """Build the embedded real sample in data/sample/ from the shared source files (deterministic).
 
-    python -m data.make_sample [--source /work/shared/data] [--out data/sample] [--seed 0] [--test-fraction 0.2]
+    python -m arena_kd.data.make_sample [--source /work/shared/data] [--out data/sample] [--seed 0] [--test-fraction 0.2]
 
 Combines mtbench_human.csv and hh_harmless.csv (already in the Kaggle train.csv layout),
 splits them grouped by prompt (the first user turn, as in data/folds.py) into ~80% train /
@@ -20,10 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from arena_kd.io import atomic_write_csv, atomic_write_text
-from data.folds import prompt_groups
-from data.readers import read_pairs
+from arena_kd.common.io import atomic_write_csv, atomic_write_text
+from arena_kd.data.folds import prompt_groups
+from arena_kd.data.readers import read_pairs
 
 SOURCES = ("mtbench_human.csv", "hh_harmless.csv")
 ARENA_SOURCE = "mtbench_human.arena.jsonl"

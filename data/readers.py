@@ -13,7 +13,7 @@ Supported layouts (``fmt``; ``auto`` detects from the columns):
 Containers: .csv, .jsonl/.ndjson (JSON lines), .json (a list of objects or JSON lines), .parquet.
 
 Everything read is validated (see :mod:`data.validate`); problems raise a one-line
-:class:`arena_kd.errors.UserError`; repairs are counted in ``df.attrs["validation"]``.
+:class:`arena_kd.common.errors.UserError`; repairs are counted in ``df.attrs["validation"]``.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
-
-from arena_kd.errors import UserError, data_error
-from data.schema import LABEL_NAMES, make_frame
-from data.validate import (
+from arena_kd.common.errors import UserError, data_error
+from arena_kd.data.schema import LABEL_NAMES, make_frame
+from arena_kd.data.text import decode_bytes, raise_csv_field_limit
+from arena_kd.data.validate import (
     ValidationStats,
     check_turn_counts,
     check_unique_ids,
@@ -42,7 +42,6 @@ from data.validate import (
     require_columns,
     row_label,
 )
-from data.text import decode_bytes, raise_csv_field_limit
 
 WINNER_COLUMNS = ["winner_model_a", "winner_model_b", "winner_tie"]
 ARENA_WINNERS = {"model_a": 0, "model_b": 1, "tie": 2, "tie (bothbad)": 2}

@@ -85,12 +85,12 @@ def special_wrap(tokenizer) -> tuple[list[int], list[int]]:
 def chat_wrap(tokenizer) -> tuple[list[int], list[int]]:
     """(prefix, suffix) ids of the tokenizer's chat template around one user message, generation prompt included."""
     if not getattr(tokenizer, "chat_template", None):
-        from arena_kd.errors import UserError
+        from arena_kd.common.errors import UserError
 
         raise UserError(f"render.template=chat: tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template; use template: blocks")
     text = tokenizer.apply_chat_template([{"role": "user", "content": _SENTINEL}], tokenize=False, add_generation_prompt=True)
     if _SENTINEL not in text:
-        from arena_kd.errors import UserError
+        from arena_kd.common.errors import UserError
 
         raise UserError(f"render.template=chat: the chat template of {getattr(tokenizer, 'name_or_path', '')!r} does not keep the message text verbatim; use template: blocks")
     pre, _, post = text.partition(_SENTINEL)

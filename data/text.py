@@ -1,7 +1,7 @@
 """Bytes → text for every reader: one encoding detection and one text repair, standard library only.
 
 Both the strict pair reader (:mod:`data.readers`) and the tolerant test reader
-(:mod:`submission.read_test`) decode files with :func:`decode_bytes` and repair strings with
+(:mod:`arena_kd.submission.tolerant_reader`) decode files with :func:`decode_bytes` and repair strings with
 :func:`repair_text`; ``kaggle/predict.py`` uses them too before it has installed or imported
 anything else, which is why this module imports nothing outside the standard library.
 

@@ -6,8 +6,8 @@ after a CSV header is row 1. For CSV files the physical line where the record st
 given too ("row 17 (line 18)"), since quoted fields may span lines; for JSON lines the row
 is the line number; for Parquet it is the 1-based row index.
 
-Problems that make a file unusable raise :class:`arena_kd.errors.UserError` (one line,
-via :func:`arena_kd.errors.data_error`). Problems that the real Kaggle data has and that
+Problems that make a file unusable raise :class:`arena_kd.common.errors.UserError` (one line,
+via :func:`arena_kd.common.errors.data_error`). Problems that the real Kaggle data has and that
 can be repaired without guessing are repaired and counted in :class:`ValidationStats`:
 ``null`` entries inside turn lists (kept as ""), lone surrogates / undecodable bytes
 (replaced by U+FFFD), empty responses (kept, flagged).
@@ -22,9 +22,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from arena_kd.errors import UserError, data_error
-from data.text import repair_text  # noqa: F401 - the one text repair, shared with the tolerant test reader
+from arena_kd.common.errors import UserError, data_error
+from arena_kd.data.text import repair_text  # noqa: F401 - the one text repair, shared with the tolerant test reader
 
 
 @dataclass
@@ -205,7 +204,7 @@ def format_report(path, summary: dict[str, Any]) -> str:
 
 def validate_data_report(path: str, fmt: str = "auto", seed: int = 0) -> dict[str, Any]:
     """Read + validate a data file and print its report. Malformed input raises UserError (CLI exit 2)."""
-    from data.readers import read_pairs
+    from arena_kd.data.readers import read_pairs
 
     if fmt not in ("auto", "kaggle", "arena", "pairs"):
         raise UserError(f"--format: unknown format {fmt!r} (auto|kaggle|arena|pairs)")

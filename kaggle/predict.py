@@ -51,11 +51,11 @@ def say(msg: str) -> None:
 
 
 def _decoder():
-    """data.text (standard library only): the readers' own decoding and repair, or a plain stand-in."""
+    """arena_kd.data.text (standard library only): the readers' own decoding and repair, or a plain stand-in."""
     try:
         if str(REPO) not in sys.path:
             sys.path.insert(0, str(REPO))
-        from data.text import decode_bytes, raise_csv_field_limit, repair_text
+        from arena_kd.data.text import decode_bytes, raise_csv_field_limit, repair_text
 
         return decode_bytes, raise_csv_field_limit, repair_text
     except Exception:  # noqa: BLE001 - a damaged code dataset must not cost the fallback
@@ -281,8 +281,8 @@ def run(args: argparse.Namespace, artifacts: Path, test: Path) -> str:
     if not artifacts.is_dir():
         raise FileNotFoundError(f"{artifacts}: artifacts folder not found")
 
-    from arena_kd.config import load_config
-    from submission.run import run_submission
+    from arena_kd.common.config import load_config
+    from arena_kd.submission.run import run_submission
 
     cfg = load_config(find_config(artifacts, args.config), build_overrides(artifacts, test) + list(args.set))
     result = run_submission(cfg, test=str(test), out=args.out, time_budget=args.time_budget)

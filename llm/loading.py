@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from arena_kd.config import ModelConfig
-from arena_kd.errors import UserError
-from arena_kd.io import atomic_path, atomic_write_json, resolve_path
+from arena_kd.common.config import ModelConfig
+from arena_kd.common.errors import UserError
+from arena_kd.common.io import atomic_path, atomic_write_json, resolve_path
 
 log = logging.getLogger(__name__)
 
@@ -430,7 +429,7 @@ def load_classifier(
     if model_cfg.quantization != "none" and dtype == torch.float16 and dev.type == "cpu":
         raise UserError(f"model.quantization={model_cfg.quantization} with dtype=fp16 is not supported on CPU; use fp32 or bf16")
     adapter_kind = _adapter_kind(adapter) if adapter is not None else None
-    from llm.placement import main_process_first
+    from arena_kd.llm.placement import main_process_first
 
     with main_process_first():  # caches (bpe tokenizer, random backbone, GGUF copy) are built once, by the main process
         if tokenizer is None:
@@ -472,7 +471,7 @@ def load_classifier(
         config.use_cache = False
     _prune_layers(config, model_cfg.num_layers)
 
-    from llm.placement import placement_kwargs, sharded_storage_dtype, sharding_launch
+    from arena_kd.llm.placement import placement_kwargs, sharded_storage_dtype, sharding_launch
 
     sharded = sharding_launch() if training else None  # FSDP: the Trainer shards what is loaded here (ZeRO-3 is refused earlier)
     load_dtype = sharded_storage_dtype(dtype) if sharded else dtype
@@ -495,7 +494,7 @@ def load_classifier(
         keep_bnb_4bit_layout_on_cpu(model)
     model.config.pad_token_id = tokenizer.pad_token_id
 
-    from llm import lora as lora_mod
+    from arena_kd.llm import lora as lora_mod
 
     if training:
         if adapter is None:

@@ -9,9 +9,8 @@ import shutil
 from pathlib import Path
 
 import torch
-
-from arena_kd.config import LoraConfig as LoraSettings
-from arena_kd.errors import UserError
+from arena_kd.common.config import LoraConfig as LoraSettings
+from arena_kd.common.errors import UserError
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"

@@ -23,8 +23,7 @@ import os
 from typing import Any
 
 import torch
-
-from arena_kd.errors import UserError
+from arena_kd.common.errors import UserError
 
 
 def launch_world_size() -> int:

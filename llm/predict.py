@@ -17,9 +17,8 @@ import os
 import numpy as np
 import pandas as pd
 import torch
-
-from llm.batching import accepts_position_ids, collate, token_budget_batches
-from llm.loading import PADDING_SIDE
+from arena_kd.llm.batching import accepts_position_ids, collate, token_budget_batches
+from arena_kd.llm.loading import PADDING_SIDE
 
 SWAP_COLUMNS = [1, 0, 2]
 
@@ -158,7 +157,7 @@ def predict_logits(
     Rows are rendered with ``data.render.render_batch``, sorted by length and batched under
     ``tokens_per_batch`` padded tokens (at most ``max_batch_size`` rows), then restored to input order.
     """
-    from data.render import render_batch
+    from arena_kd.data.render import render_batch
 
     n = len(df)
     rank, world = process_group()

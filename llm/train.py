@@ -33,13 +33,11 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from arena_kd.common.config import PLACEMENT_FIELDS, ModelConfig, RenderConfig, TrainConfig
+from arena_kd.common.errors import UserError
+from arena_kd.common.io import atomic_write_json, jsonable
+from arena_kd.llm.batching import accepts_position_ids, collate
 from transformers import Trainer, TrainerCallback, TrainingArguments
-
-from arena_kd.io import jsonable
-from arena_kd.config import PLACEMENT_FIELDS, ModelConfig, RenderConfig, TrainConfig
-from arena_kd.errors import UserError
-from arena_kd.io import atomic_write_json
-from llm.batching import accepts_position_ids, collate
 
 SWAP_LABEL = torch.tensor([1, 0, 2])
 SWAP_INDEX = [1, 0, 2]
@@ -49,10 +47,21 @@ METRICS_FILE = "metrics.jsonl"
 LossFn = Callable[[torch.Tensor, dict], "tuple[torch.Tensor, dict[str, float]]"]
 
 
-def hard_label_ce(logits: torch.Tensor, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-    """Default loss: mean cross-entropy of logits float[B,3] against batch["labels"] long[B]."""
-    loss = F.cross_entropy(logits.float(), batch["labels"])
-    return loss, {"ce": float(loss.detach())}
+class HardLabelCE:
+    """Default loss: mean cross-entropy of logits float[B,3] (fp32 inside) against batch["labels"] long[B]."""
+
+    def name(self) -> str:
+        return "hard_label_ce"
+
+    def resume_key(self) -> str:
+        return "llm.train|hard_label_ce"  # frozen at its key before issue 15 moved the module: finished runs stay valid
+
+    def __call__(self, logits: torch.Tensor, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        loss = F.cross_entropy(logits.float(), batch["labels"])
+        return loss, {"ce": float(loss.detach())}
+
+
+hard_label_ce = HardLabelCE()
 
 
 @dataclass
@@ -285,7 +294,7 @@ class ClassifierTrainer(Trainer):
 
 
 def _settings_hash(model_cfg, train_cfg, render_cfg, train_df, eval_df, seed, loss_fn) -> str:
-    from arena_kd.io import frame_hash
+    from arena_kd.common.io import frame_hash
 
     cols = [c for c in ("id", "label") if c in train_df.columns]
     payload = {
@@ -303,9 +312,12 @@ def _settings_hash(model_cfg, train_cfg, render_cfg, train_df, eval_df, seed, lo
 
 
 def loss_key(loss_fn) -> str:
-    """Identity of a loss for resume decisions: ``cache_key`` attribute if set, else module + qualname + simple closure values."""
+    """Identity of a loss for resume decisions: the loss's own ``resume_key()`` (the shipped losses name themselves),
+    else a ``cache_key`` attribute, else module + qualname + simple closure values (a user's plain function)."""
     if loss_fn is None:
         return "ce"
+    if callable(getattr(loss_fn, "resume_key", None)):
+        return str(loss_fn.resume_key())
     key = getattr(loss_fn, "cache_key", None)
     if key is not None:
         return str(key)
@@ -324,9 +336,8 @@ def loss_key(loss_fn) -> str:
 
 def _checkpoints_for(ckpt_dir: Path, settings: str) -> Path | None:
     """Latest resumable checkpoint written with the same settings; stale ones (other settings) are removed."""
-    import shutil
-
     import os
+    import shutil
 
     marker = ckpt_dir / "settings.json"
     if int(os.environ.get("RANK", "0")) != 0:  # the main process cleans up; the others only look
@@ -377,10 +388,9 @@ def train_classifier(
     same value for every fold, so all fold adapters start from one initialisation (what a fold soup assumes);
     ``seed`` then drives only the data order, swap draws and dropout.
     """
+    from arena_kd.llm.loading import load_classifier
+    from arena_kd.llm.lora import save_adapter
     from transformers import set_seed
-
-    from llm.loading import load_classifier
-    from llm.lora import save_adapter
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -391,7 +401,7 @@ def train_classifier(
     init_seed = seed if init_seed is None else int(init_seed)
     settings = _settings_hash(model_cfg, train_cfg, render_cfg, train_df, eval_df, seed if init_seed == seed else (seed, init_seed), loss_fn)
     if tokenizer_texts is not None:
-        from llm.loading import _texts_hash
+        from arena_kd.llm.loading import _texts_hash
 
         settings = hashlib.sha256(f"{settings}:{_texts_hash([t for t in tokenizer_texts if isinstance(t, str)])}".encode()).hexdigest()[:16]
     done = out / RESULT_FILE
@@ -403,8 +413,8 @@ def train_classifier(
             print(f"[llm] {out}: finished earlier with the same settings; loaded {adapter_dir}")
             return TrainResult(adapter_dir, rec.get("metrics", {}), model, tok, info)
 
-    from llm.loading import resolve_device
-    from llm.placement import check_sharded_training, launch_world_size, start_launch_state
+    from arena_kd.llm.loading import resolve_device
+    from arena_kd.llm.placement import check_sharded_training, launch_world_size, start_launch_state
 
     check_sharded_training(model_cfg, train_cfg.optim, train_cfg.save_steps)
     start_launch_state(on_cpu=resolve_device(device).type == "cpu")  # process group up before loading (main-first caches)
@@ -537,6 +547,6 @@ def _gathered_trainable_state(trainer) -> dict | None:
 
 
 def _render(df: pd.DataFrame, tokenizer, max_length: int, rc: RenderConfig, swap: bool) -> list[list[int]]:
-    from data.render import render_batch
+    from arena_kd.data.render import render_batch
 
     return render_batch(df, tokenizer, max_length, rc.truncation, rc.prompt_fraction, swap=swap, template=rc.template)

@@ -1,7 +1,6 @@
-"""stacking stage: LightGBM on student OOF logits + length/structure/similarity features, temperature-calibrated.
+"""stacking stage (`arena-kd stack`): fits the stacker of :mod:`arena_kd.blend` on student OOF logits + features.
 
-Modules: ``text_bytes`` (texts as one byte buffer), ``similarity`` (hashed TF-IDF), ``embeddings`` (cached
-sentence embeddings), ``features`` (compute_features / swap_features), ``model`` (CV LightGBM, symmetric
-prediction), ``calibration`` (temperature), ``run`` (`arena-kd stack`), ``predict`` (load_stacker for submission),
+Modules: ``rows`` (the training rows: OOF logits joined to labels and folds), ``candidates`` (the blends compared:
+features-only, length-only, student-only, full), ``source_model`` (per-source checks), ``run`` (the stage),
 ``report`` (stage table, reliability diagram, feature importance).
 """

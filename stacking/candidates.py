@@ -8,22 +8,21 @@ Candidates per student mode (the kind of student input a test row comes with):
           without TTA gives them), features_only, student_single, length_only, prior
   none    features_only, length_only, prior (rows the student never reached)
 
-Every candidate's OOF is honest: LightGBM models are cross-validated (:func:`stacking.model.train_cv`), the prior of
+Every candidate's OOF is honest: LightGBM models are cross-validated (:func:`arena_kd.blend.booster.train_cv`), the prior of
 fold k is the label mix of the other folds, and the temperature applied to fold k is fitted on the other folds
 (:func:`cross_fitted_temperature`) — fitting it on the rows it is then scored on would flatter every candidate.
 The winner of each mode is the candidate with the lowest OOF log loss over every stacker row (OOF and held-out).
 
 Rows a test-time student saw at a shorter max length than its OOF was predicted at ("short") were never seen by a
 stacker in training; they are routed to the ``none`` winner (which needs no student and was trained on exactly
-what such a row has: its text) — the documented rule of :meth:`stacking.predict.Stacker.predict`.
+what such a row has: its text) — the documented rule of :meth:`arena_kd.blend.stacker.Stacker.predict`.
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-from arena_kd.metrics import log_loss, log_loss_difference, log_loss_interval
-from stacking.calibration import apply_temperature, fit_temperature
+from arena_kd.blend.temperature import apply_temperature, fit_temperature
+from arena_kd.common.metrics import log_loss, log_loss_difference, log_loss_interval
 
 MODES = ("tta", "single", "none")
 LENGTH_FEATURES = (

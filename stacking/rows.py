@@ -16,10 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from arena_kd.errors import UserError
-from arena_kd.io import read_keyed_table
-from data.folds import make_folds, prompt_groups
+from arena_kd.common.errors import UserError
+from arena_kd.common.io import read_keyed_table
+from arena_kd.data.folds import make_folds, prompt_groups
 
 LOGITS = ("logit_a", "logit_b", "logit_tie")
 ORIG = ("orig_logit_a", "orig_logit_b", "orig_logit_tie")

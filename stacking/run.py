@@ -31,18 +31,22 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from arena_kd.config import PipelineConfig, write_resolved
-from arena_kd.errors import UserError
-from arena_kd.io import atomic_write_json, file_hash, frame_hash, read_keyed_table, write_keyed_table
-from data.folds import prompt_groups
-from stacking.calibration import TemperatureFit, fit_temperature
-from stacking.candidates import LENGTH_FEATURES, cross_fitted_temperature, fold_pooled_prior, pooled_prior, select
-from stacking.features import compute_features, fit_similarity, is_student_column, student_features, student_probs
-from stacking.model import capacity, gain_importance, save_booster, train_cv, train_full
-from stacking.predict import MANIFEST, PRIOR, STUDENT_ONLY
-from stacking.report import format_table, prob_columns, write_report
-from stacking.rows import all_rows, load_student
+from arena_kd.blend.booster import capacity, gain_importance, save_booster, train_cv, train_full
+from arena_kd.blend.features import compute_features, fit_similarity, is_student_column, student_features, student_probs
+from arena_kd.blend.stacker import MANIFEST, PRIOR, STUDENT_ONLY
+from arena_kd.blend.temperature import TemperatureFit, fit_temperature
+from arena_kd.common.config import PipelineConfig, write_resolved
+from arena_kd.common.io import atomic_write_json, file_hash, frame_hash, read_keyed_table, write_keyed_table
+from arena_kd.data.folds import prompt_groups
+from arena_kd.stacking.candidates import (
+    LENGTH_FEATURES,
+    cross_fitted_temperature,
+    fold_pooled_prior,
+    pooled_prior,
+    select,
+)
+from arena_kd.stacking.report import format_table, prob_columns, write_report
+from arena_kd.stacking.rows import all_rows, load_student
 
 FORMAT_VERSION = 2
 
@@ -93,7 +97,7 @@ def _train_model(name: str, x: pd.DataFrame, y: np.ndarray, folds: np.ndarray, g
 
 
 def _no_temperature(probs: np.ndarray, y: np.ndarray) -> TemperatureFit:
-    from arena_kd.metrics import log_loss
+    from arena_kd.common.metrics import log_loss
 
     ll = log_loss(y, probs)
     return TemperatureFit(1.0, ll, ll, len(y))
@@ -108,7 +112,7 @@ def _student_max_length(path: Path) -> int | None:
 
 def run_stacking(cfg: PipelineConfig, force: bool = False) -> dict:
     """Train the candidates for ``cfg``, choose per student mode (see module doc); returns the manifest (stacker.json)."""
-    from teachers.training_data import DATA_HASH_COLUMNS, load_training_data
+    from arena_kd.kfold.training_data import DATA_HASH_COLUMNS, load_training_data
 
     t0 = time.time()
     out = stack_dir(cfg)
@@ -149,7 +153,7 @@ def run_stacking(cfg: PipelineConfig, force: bool = False) -> dict:
     tfidf.save(out)
     embedder = None
     if sc.embedding_model:
-        from stacking.embeddings import SentenceEmbedder
+        from arena_kd.blend.embeddings import SentenceEmbedder
 
         embedder = SentenceEmbedder(sc.embedding_model, batch_size=sc.embedding_batch_size, max_length=sc.embedding_max_length,
                                     cache_dir=cfg.workdir_path / "cache" / "embeddings")
@@ -157,7 +161,7 @@ def run_stacking(cfg: PipelineConfig, force: bool = False) -> dict:
     folds = frame["fold"].astype(int).to_numpy()
     source_model = None
     if sc.source_features:
-        from stacking.source_model import fit_source_features
+        from arena_kd.stacking.source_model import fit_source_features
 
         fitted = fit_source_features(frame, folds, tfidf, cfg.seed)
         if fitted is not None:

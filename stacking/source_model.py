@@ -3,7 +3,7 @@
 Real training sets mix sources (Kaggle arena rows, MT-Bench expert judgments, chosen/rejected sets without ties) and
 the label mix differs by source — HH-RLHF has no ties, MT-Bench ~21% — but test rows carry no source. This model
 learns the source from the text itself: a multinomial logistic regression (scikit-learn) on the hashed word TF-IDF
-(:mod:`stacking.similarity`, the stacker's own fitted space) of prompt + response A + response B, a representation
+(:mod:`arena_kd.blend.similarity`, the stacker's own fitted space) of prompt + response A + response B, a representation
 that is unchanged by an A/B swap, so the features (``src_prob_<source>``) are swap-invariant like every ``p_*``
 feature. The stacker can then learn a per-source label mix with one split instead of rediscovering the source
 from length statistics.
@@ -22,11 +22,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-
-from arena_kd.io import atomic_write_json, atomic_write_parquet
-from arena_kd.metrics import softmax
-from stacking.similarity import SimilarityModel
-from stacking.text_bytes import ByteDocs, truncated
+from arena_kd.blend.similarity import SimilarityModel
+from arena_kd.blend.text_bytes import ByteDocs, truncated
+from arena_kd.common.io import atomic_write_json, atomic_write_parquet
+from arena_kd.common.metrics import softmax
 
 MODEL_JSON = "source_model.json"
 COEF_PARQUET = "source_model_coef.parquet"
@@ -40,7 +39,7 @@ def feature_name(source: str) -> str:
 
 def design(df: pd.DataFrame, tfidf: SimilarityModel) -> sp.csr_matrix:
     """CSR [n, buckets]: word TF-IDF of the prompt + response A + response B (swap-invariant)."""
-    from stacking.features import field_texts
+    from arena_kd.blend.features import field_texts
 
     texts = field_texts(df)
     mats = [tfidf.word.transform(truncated(ByteDocs.from_texts(texts[f]), tfidf.max_bytes)) for f in ("p", "a", "b")]

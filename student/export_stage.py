@@ -5,7 +5,7 @@
    each model run on its trained base (same quantization and dtype as in training). For a soup, both soup kinds
    and single folds are measured against that mean (:func:`student.soup.soup_drift`).
 2. The merged model (:mod:`student.merge`: dequantised trained base, fp32 merge, one cast to ``export_dtype``).
-3. :func:`student.export.verify_export` on the written export, unquantized and at ``submission.quantization``;
+3. :func:`arena_kd.llm.export.verify_export` on the written export, unquantized and at ``submission.quantization``;
    the results go into export.json (``verify``) and a drift beyond tolerance is printed with its numbers (the
    submission repeats the check on every device and does not use a copy that fails).
 """
@@ -18,19 +18,25 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from arena_kd.config import PipelineConfig
-from arena_kd.errors import UserError
-from arena_kd.io import atomic_write_json, json_hash, read_keyed_table
-from arena_kd.metrics import softmax
-from llm.placement import free_accelerator_memory
-from student.export import describe_drift, load_settings, reference_logits, render_settings, save_export, verify_export
-from student.soup import adapter_logits, describe_soup, fold_mean_probs, reference_table, soup_drift
+from arena_kd.common.config import PipelineConfig
+from arena_kd.common.errors import UserError
+from arena_kd.common.io import atomic_write_json, json_hash, read_keyed_table
+from arena_kd.common.metrics import softmax
+from arena_kd.llm.export import (
+    describe_drift,
+    load_settings,
+    reference_logits,
+    render_settings,
+    save_export,
+    verify_export,
+)
+from arena_kd.llm.placement import free_accelerator_memory
+from arena_kd.student.soup import adapter_logits, describe_soup, fold_mean_probs, reference_table, soup_drift
 
 
 def fold_adapter_dirs(cfg: PipelineConfig, frame: pd.DataFrame) -> list[Path]:
     """The k fold students' adapter folders, from their fold files (UserError when one is gone)."""
-    from teachers.kfold import fold_path
+    from arena_kd.kfold.runner import fold_path
 
     sdir = cfg.workdir_path / "student"
     dirs = []
@@ -51,11 +57,11 @@ def verify_precisions(cfg: PipelineConfig) -> list[str]:
 def _tokenizer(cfg: PipelineConfig, adapter: Path, in_memory):
     if in_memory is not None:
         return in_memory[1]
-    from student.merge import _adapter_tokenizer
+    from arena_kd.student.merge import _adapter_tokenizer
 
     tok = _adapter_tokenizer(adapter)
     if tok is None:
-        from llm.loading import load_tokenizer
+        from arena_kd.llm.loading import load_tokenizer
 
         tok = load_tokenizer(cfg.student.model, cfg.workdir)
     return tok
@@ -63,8 +69,8 @@ def _tokenizer(cfg: PipelineConfig, adapter: Path, in_memory):
 
 def export_student(cfg: PipelineConfig, frame: pd.DataFrame, adapter: Path, in_memory, fhashes: dict[str, str], *, force: bool) -> Path:
     """Write ``<workdir>/student/export`` (see module docstring); skipped when up to date. ``in_memory``: (model, tokenizer) or None."""
-    from data.render import render_batch
-    from student.merge import load_trained_base, merged_student
+    from arena_kd.data.render import render_batch
+    from arena_kd.student.merge import load_trained_base, merged_student
 
     s = cfg.student
     sdir = cfg.workdir_path / "student"
@@ -74,7 +80,7 @@ def export_student(cfg: PipelineConfig, frame: pd.DataFrame, adapter: Path, in_m
                                           "verify": verify_precisions(cfg), "rule": "dequantised-fp32-merge"})}
     ej = edir / "export.json"
     if ej.is_file() and not force:
-        from student.export import read_json_record
+        from arena_kd.llm.export import read_json_record
 
         try:
             done = read_json_record(ej, "redoing the export")

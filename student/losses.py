@@ -11,7 +11,7 @@ micro-batches and gradient accumulation).
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -91,32 +91,31 @@ def distillation_loss(
     return total, {"ce": ce, "kl": kl}
 
 
-def make_loss_fn(
-    *,
-    alpha: float,
-    temperature: float = 1.0,
-    label_smoothing: float = 0.0,
-    teacher_weights: Sequence[float] | None = None,
-) -> Callable[[torch.Tensor, dict], tuple[torch.Tensor, dict[str, float]]]:
-    """The ``loss_fn(logits[B,3], batch) -> (loss, {term: float})`` that ``llm.train.train_classifier`` accepts.
+class DistillationLoss:
+    """``loss_fn(logits[B,3], batch) -> (loss, {"ce", "kl"})`` for ``llm.train.train_classifier``: the mix
+    :func:`distillation_loss` with fixed settings, reading ``batch["labels"]`` (long [B]) and
+    ``batch["teacher_logits"]`` (float [B,3] or [B,k,3]; not read when alpha=0).
 
-    Reads ``batch["labels"]`` (long [B]) and ``batch["teacher_logits"]`` (float [B,3] or [B,k,3]; optional when alpha=0).
+    It names itself (``name()``, in logs and the run record) and gives its own resume identity (``resume_key()``).
     """
 
-    def loss_fn(logits: torch.Tensor, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        teacher = batch.get("teacher_logits") if alpha > 0 else None
-        total, terms = distillation_loss(
-            logits,
-            batch["labels"],
-            teacher,
-            alpha=alpha,
-            temperature=temperature,
-            label_smoothing=label_smoothing,
-            teacher_weights=teacher_weights,
-        )
-        return total, {k: float(v.detach()) for k, v in terms.items()}
+    def __init__(self, *, alpha: float, temperature: float = 1.0, label_smoothing: float = 0.0,
+                 teacher_weights: Sequence[float] | None = None) -> None:
+        self.alpha, self.temperature, self.label_smoothing = alpha, temperature, label_smoothing
+        self.teacher_weights = teacher_weights
 
-    # the settings are part of the name, so a trainer that keys its resume on the loss name sees a change
-    w = None if teacher_weights is None else [round(float(x), 6) for x in teacher_weights]
-    loss_fn.__qualname__ = f"distillation_loss(alpha={alpha},T={temperature},ls={label_smoothing},w={w})"
-    return loss_fn
+    def name(self) -> str:
+        w = None if self.teacher_weights is None else [round(float(x), 6) for x in self.teacher_weights]
+        return f"distillation_loss(alpha={self.alpha},T={self.temperature},ls={self.label_smoothing},w={w})"
+
+    def resume_key(self) -> str:
+        # Frozen at the key this loss had before issue 15 moved it (then a closure in module `student.losses`, keyed
+        # as module|name|closure values): folds finished before the move stay valid. Any setting change still changes it.
+        values = (self.alpha, self.label_smoothing, self.teacher_weights, self.temperature)
+        return "|".join(["student.losses", self.name(), *map(repr, values)])
+
+    def __call__(self, logits: torch.Tensor, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        teacher = batch.get("teacher_logits") if self.alpha > 0 else None
+        total, terms = distillation_loss(logits, batch["labels"], teacher, alpha=self.alpha, temperature=self.temperature,
+                                         label_smoothing=self.label_smoothing, teacher_weights=self.teacher_weights)
+        return total, {k: float(v.detach()) for k, v in terms.items()}

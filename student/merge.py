@@ -15,17 +15,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-
-from arena_kd.config import ModelConfig
+from arena_kd.common.config import ModelConfig
 
 
 def _adapter_tokenizer(adapter: Path):
     """The tokenizer saved next to the adapter (train_classifier saves it there), or None."""
     if not (adapter / "tokenizer_config.json").is_file():
         return None
+    from arena_kd.llm.loading import PADDING_SIDE, ensure_pad_token
     from transformers import AutoTokenizer
-
-    from llm.loading import PADDING_SIDE, ensure_pad_token
 
     tok = AutoTokenizer.from_pretrained(str(adapter))
     ensure_pad_token(tok)
@@ -44,7 +42,7 @@ def dequantize_base(model):
 
 def load_trained_base(model_cfg: ModelConfig, adapter: str | Path, workdir: str | Path, device: str | None = None):
     """(fp32 base with dequantised weights, tokenizer, info): the trained student's base, ready for its adapter."""
-    from llm.loading import load_classifier
+    from arena_kd.llm.loading import load_classifier
 
     adapter = Path(adapter)
     tok = _adapter_tokenizer(adapter)
@@ -55,8 +53,8 @@ def load_trained_base(model_cfg: ModelConfig, adapter: str | Path, workdir: str 
 
 def merged_student(model_cfg: ModelConfig, adapter: str | Path, workdir: str | Path, device: str | None = None):
     """(merged fp32 model, tokenizer, info) of a LoRA student (see the module rule); a full model folder loads as is."""
-    from llm.loading import _adapter_kind, load_classifier
-    from llm.lora import load_adapter, merge_and_unload
+    from arena_kd.llm.loading import _adapter_kind, load_classifier
+    from arena_kd.llm.lora import load_adapter, merge_and_unload
 
     adapter = Path(adapter)
     if _adapter_kind(adapter) == "full":

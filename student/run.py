@@ -4,7 +4,7 @@ Outputs under ``<workdir>/student/``:
   fold<k>.parquet (+meta)   one fold's held-out TTA logits (resume unit); fold<k>/ holds that fold's adapter
   oof.parquet (+meta)       id, fold, logit_* (TTA avg), orig_logit_*, swap_logit_* for every training row
   final/                    final adapter (full retrain, or the average of the fold adapters) + final.json
-  export/                   see student.export
+  export/                   see arena_kd.llm.export
   config.resolved.yaml
 """
 
@@ -17,19 +17,26 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from arena_kd.config import PLACEMENT_FIELDS, PipelineConfig, write_resolved
-from arena_kd.errors import UserError
-from teachers.dist import main_write
-from arena_kd.io import atomic_write_json, json_hash, read_keyed_table, write_keyed_table
-from arena_kd.metrics import accuracy, log_loss, softmax
-from llm.train import frame_texts
-from student.losses import make_loss_fn
-from student.soft_labels import SoftLabels, attach_teacher_logits, load_soft_labels
-from teachers.fold_model import train_and_predict
-from teachers.kfold import ORIG_COLUMNS, SWAP_COLUMNS, FaultInjector, check_hashes, fold_path, model_meta, run_folds
-from teachers.offline import LOGIT_NAMES
-from teachers.training_data import TrainingData, load_training_data
+from arena_kd.common.config import PLACEMENT_FIELDS, PipelineConfig, write_resolved
+from arena_kd.common.errors import UserError
+from arena_kd.common.io import atomic_write_json, json_hash, read_keyed_table, write_keyed_table
+from arena_kd.common.metrics import accuracy, log_loss, softmax
+from arena_kd.kfold.dist import main_write
+from arena_kd.kfold.fold_model import train_and_predict
+from arena_kd.kfold.oof import LOGIT_NAMES
+from arena_kd.kfold.runner import (
+    ORIG_COLUMNS,
+    SWAP_COLUMNS,
+    FaultInjector,
+    check_hashes,
+    fold_path,
+    model_meta,
+    run_folds,
+)
+from arena_kd.kfold.soft_labels import SoftLabels, attach_teacher_logits, load_soft_labels
+from arena_kd.kfold.training_data import TrainingData, load_training_data
+from arena_kd.llm.train import frame_texts
+from arena_kd.student.losses import DistillationLoss
 
 OOF_COLUMNS = ["id", "fold", *LOGIT_NAMES, *ORIG_COLUMNS, *SWAP_COLUMNS]
 
@@ -64,7 +71,7 @@ def _oof_stage(cfg, data: TrainingData, frame: pd.DataFrame, soft: SoftLabels | 
 
     def fit_predict(k: int, train_df: pd.DataFrame, valid_df: pd.DataFrame, fold_dir: Path):
         if s.distill.nested and s.distill.alpha > 0:  # teacher labels from teachers that never saw fold k (teachers/nested.py)
-            from teachers.nested import load_nested_logits
+            from arena_kd.teachers.nested import load_nested_logits
 
             train_df = train_df.assign(teacher_logits=load_nested_logits(cfg.soft_labels_path(), k, train_df["id"], s.distill.per_teacher))
         tta, meta, held = train_and_predict(
@@ -73,7 +80,7 @@ def _oof_stage(cfg, data: TrainingData, frame: pd.DataFrame, soft: SoftLabels | 
             tokenizer_texts=frame_texts(data.frame),
         )
         if held is not None:  # written before the fold file, so a finished fold always has its held-out predictions
-            from teachers.kfold import tta_frame
+            from arena_kd.kfold.runner import tta_frame
 
             main_write(write_keyed_table, sdir / f"heldout_fold{k}.parquet", tta_frame(heldout["id"], k, held), {"fold": k, "hashes": hashes})
         return tta, meta
@@ -154,7 +161,7 @@ def _final_stage(cfg, frame: pd.DataFrame, hashes: dict[str, str], loss_fn, *, f
     fhashes = {**hashes, "final": s.final, **({"soup": s.soup} if s.final == "fold_soup" else {})}
     record = fdir / "final.json"
     if record.is_file() and not force:
-        from student.export import read_json_record
+        from arena_kd.llm.export import read_json_record
 
         done = read_json_record(record, "rerun `arena-kd distill --force` to redo the final stage")
         check_hashes(record, done, fhashes)
@@ -166,7 +173,7 @@ def _final_stage(cfg, frame: pd.DataFrame, hashes: dict[str, str], loss_fn, *, f
     t0 = time.time()
     in_memory = None
     if s.final == "full":
-        from llm.train import train_classifier
+        from arena_kd.llm.train import train_classifier
 
         print(f"[student] final: training on all {len(frame)} rows")
         # no held-out rows exist in full mode: evaluate (on training rows, a sanity check) only when asked to
@@ -175,12 +182,12 @@ def _final_stage(cfg, frame: pd.DataFrame, hashes: dict[str, str], loss_fn, *, f
                                   tokenizer_texts=frame_texts(frame))
         adapter = Path(result.adapter_dir)
         in_memory = (result.model, result.tokenizer)
-        from teachers.kfold import remove_checkpoints
+        from arena_kd.kfold.runner import remove_checkpoints
 
         main_write(remove_checkpoints, fdir / "run")
     else:  # fold_soup
-        from llm.lora import soup_adapters
-        from student.export_stage import fold_adapter_dirs
+        from arena_kd.llm.lora import soup_adapters
+        from arena_kd.student.export_stage import fold_adapter_dirs
 
         if not s.oof:
             raise UserError("student.final=fold_soup needs the fold adapters: set student.oof=true (or final=full)")
@@ -195,7 +202,7 @@ def _final_stage(cfg, frame: pd.DataFrame, hashes: dict[str, str], loss_fn, *, f
 def _export_stage(cfg, frame: pd.DataFrame, adapter: Path, holder: list, fhashes: dict[str, str], *, force: bool) -> Path:
     """References from the trained model(s), merged (or base + adapter) export, self-check (student.export_stage).
     ``holder[0]``: (model, tokenizer) or None; taken out here so the trained model can be freed before the merge."""
-    from student.export_stage import export_student
+    from arena_kd.student.export_stage import export_student
 
     in_memory = holder.pop() if holder else None
     return export_student(cfg, frame, adapter, in_memory, fhashes, force=force)
@@ -228,7 +235,7 @@ def run_distill(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
         if tc != 1.0:
             raise UserError(f"{soft.path}: soft labels already tempered at T={tc:g} (teachers.combine.temperature) and "
                             f"student.distill.temperature={d.temperature:g}: the temperatures would compound; set one of them to 1")
-    loss_fn = make_loss_fn(alpha=d.alpha, temperature=d.temperature, label_smoothing=d.label_smoothing, teacher_weights=weights)
+    loss_fn = DistillationLoss(alpha=d.alpha, temperature=d.temperature, label_smoothing=d.label_smoothing, teacher_weights=weights)
     hashes = {
         "config": student_config_hash(cfg),
         "data": data.data_hash,
@@ -239,8 +246,8 @@ def run_distill(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
     if held is not None:  # which rows the fold students also predict (changes the fold files' content)
         hashes["heldout"] = json_hash(sorted(held["id"].astype(str)))
     if d.nested and d.alpha > 0 and s.oof:
-        from arena_kd.io import file_hash
-        from teachers.nested import nested_soft_labels_path
+        from arena_kd.common.io import file_hash
+        from arena_kd.teachers.nested import nested_soft_labels_path
 
         paths = [nested_soft_labels_path(soft_path, int(k)) for k in sorted(data.frame["fold"].unique())]
         missing = [p for p in paths if not p.is_file()]

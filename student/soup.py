@@ -14,17 +14,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from arena_kd.config import ModelConfig
-from llm.placement import free_accelerator_memory
-from arena_kd.metrics import softmax
-from student.export import prob_drift, reference_logits
+from arena_kd.common.config import ModelConfig
+from arena_kd.common.metrics import softmax
+from arena_kd.llm.export import prob_drift, reference_logits
+from arena_kd.llm.placement import free_accelerator_memory
 
 
 def adapter_logits(model_cfg: ModelConfig, adapter: str | Path, input_ids: list[list[int]], workdir) -> np.ndarray:
     """float32 [n,3] logits of one trained adapter on its trained base (same quantization and dtype as training)."""
-    from llm.loading import load_classifier
-    from student.merge import _adapter_tokenizer
+    from arena_kd.llm.loading import load_classifier
+    from arena_kd.student.merge import _adapter_tokenizer
 
     model, _, _ = load_classifier(model_cfg, training=False, workdir=workdir, adapter=str(adapter),
                                   tokenizer=_adapter_tokenizer(Path(adapter)))
@@ -57,7 +56,7 @@ def soup_drift(model_cfg: ModelConfig, fold_dirs: list[Path], fold_logits: list[
 
     Every soup is built under ``soup_dir/<mode>`` and scored on its trained base like the folds were.
     """
-    from llm.lora import soup_adapters
+    from arena_kd.llm.lora import soup_adapters
 
     mean = fold_mean_probs(fold_logits)
     out: dict[str, Any] = {"rows": len(input_ids), "folds": len(fold_dirs), "reference": "mean of the fold models' probabilities"}

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from arena_kd.errors import UserError
+from arena_kd.common.errors import UserError
 
 MODES: tuple[str, ...] = ("tta", "single", "short")
 """Student inference modes, best first (the degradation order)."""

@@ -22,14 +22,14 @@ SWAP_AB = [1, 0, 2]
 
 
 def load_stacker_or_none(stack_dir: str | Path, embedding_model: str | None = None):
-    """``stacking.predict.load_stacker(stack_dir)``, or None (logged) when it is missing or broken.
+    """``arena_kd.blend.stacker.load_stacker(stack_dir)``, or None (logged) when it is missing or broken.
 
     ``embedding_model`` (the config's stacking.embedding_model) relocates the trained stacker's sentence
     embedder, e.g. to a folder inside the Kaggle artifacts dataset.
     """
     try:
-        from arena_kd.io import resolve_path
-        from stacking.predict import load_stacker
+        from arena_kd.blend.stacker import load_stacker
+        from arena_kd.common.io import resolve_path
 
         kw = {"embedding_model": resolve_path(embedding_model)} if embedding_model else {}
         return load_stacker(str(stack_dir), **kw)
@@ -40,7 +40,7 @@ def load_stacker_or_none(stack_dir: str | Path, embedding_model: str | None = No
 
 def stacker_probs(stacker, df: pd.DataFrame, student: dict | None, swap_average: bool) -> np.ndarray:
     """Calibrated probabilities float64[n, 3] from the stacker; student=None → features-only model."""
-    from data.schema import swap_frame
+    from arena_kd.data.schema import swap_frame
 
     def one(frame: pd.DataFrame, stud: dict | None) -> np.ndarray:
         if stud is None:
@@ -62,7 +62,7 @@ def class_prior(train_path: str | None) -> tuple[np.ndarray, str]:
     prior has no position preference), or uniform when the file cannot be read."""
     if train_path and Path(train_path).is_file():
         try:
-            from data.readers import read_labels  # Kaggle layout: only the id and winner columns are parsed
+            from arena_kd.data.readers import read_labels  # Kaggle layout: only the id and winner columns are parsed
 
             labels = read_labels(train_path)["label"].dropna().astype(int).to_numpy()
             if len(labels):

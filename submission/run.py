@@ -14,7 +14,7 @@ Each row's path is written to ``<out stem>.paths.csv`` (id, student mode, max_le
 reason when a row did not get the student) and counted on the console; a summary goes to
 ``<out stem>.run.json`` (counts, reasons, non-finite logit rows, test-file repairs) next to the resolved config.
 
-Nothing about the test file's contents can stop the run (:mod:`submission.read_test` repairs it, and
+Nothing about the test file's contents can stop the run (:mod:`arena_kd.submission.tolerant_reader` repairs it, and
 the student only loses the rows it fails on); only a broken environment — no readable test file or
 ``id`` column, an unwritable output — ends in a one-line error.
 """
@@ -33,16 +33,15 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
-
-from arena_kd import LABELS
-from arena_kd.config import PipelineConfig, write_resolved
-from arena_kd.errors import UserError
-from arena_kd.io import atomic_write_csv, atomic_write_json
-from submission.budget import Deadline, Governor, format_seconds, parse_time_budget
-from submission.fallback import class_prior, load_stacker_or_none, stacker_probs, student_softmax
-from llm.placement import free_accelerator_memory
-from submission.student_pass import StudentPass, run_student_pass, short_reason
-from submission.validate import valid_rows, write_submission
+from arena_kd.common.config import PipelineConfig, write_resolved
+from arena_kd.common.errors import UserError
+from arena_kd.common.io import atomic_write_csv, atomic_write_json
+from arena_kd.common.keys import LABELS
+from arena_kd.llm.placement import free_accelerator_memory
+from arena_kd.submission.budget import Deadline, Governor, format_seconds, parse_time_budget
+from arena_kd.submission.fallback import class_prior, load_stacker_or_none, stacker_probs, student_softmax
+from arena_kd.submission.student_pass import StudentPass, run_student_pass, short_reason
+from arena_kd.submission.validate import valid_rows, write_submission
 
 log = logging.getLogger("arena_kd.submission")
 
@@ -72,13 +71,13 @@ def _ensure_console_logging() -> None:
 
 def load_student(export_dir, *, quantization, dtype, devices=None):
     """Indirection so tests can substitute a fake backend (see tests/test_submission.py)."""
-    from submission.student_infer import load_student as _load
+    from arena_kd.submission.student_infer import load_student as _load
 
     return _load(export_dir, quantization=quantization, dtype=dtype, devices=devices)
 
 
 def _read_test(path: str) -> pd.DataFrame:
-    from submission.read_test import read_test_pairs
+    from arena_kd.submission.tolerant_reader import read_test_pairs
 
     return read_test_pairs(path)
 
@@ -120,7 +119,7 @@ def submission_ids(df: pd.DataFrame, sample_path: Path | None) -> list[str]:
 
 def read_id_column(path: Path) -> list[str]:
     """The ``id`` column of a CSV file, decoded like the test file (UTF-8, BOM, cp1252/latin-1; any field size)."""
-    from data.text import decode_bytes, raise_csv_field_limit, repair_text
+    from arena_kd.data.text import decode_bytes, raise_csv_field_limit, repair_text
 
     raise_csv_field_limit()
     text, _ = decode_bytes(Path(path).read_bytes())
@@ -155,7 +154,7 @@ def answering_models(stacker, head: np.ndarray, spass: StudentPass) -> np.ndarra
     """object[n]: the stacking candidate that answered each row (``stacker.json`` ``selection``), for paths.csv.
 
     ``head`` says stacker / features_only, but the stacker routes each student mode to the model chosen out of fold
-    for it (``stacking.predict`` module doc), which may be the features-only model or the student with temperature.
+    for it (``arena_kd.blend.stacker`` module doc), which may be the features-only model or the student with temperature.
     Rows without a stacker keep their head name.
     """
     out = np.asarray(head, dtype=object).copy()

@@ -1,8 +1,8 @@
 """The exported student on every visible device: one model copy per GPU, rows dealt across them.
 
-``load_student`` loads ``student.export.load_export`` once per device (``submission.quantization`` /
+``load_student`` loads ``arena_kd.llm.export.load_export`` once per device (``submission.quantization`` /
 ``dtype``; bitsandbytes 8-bit and 4-bit load on CPU too, so a CPU dress rehearsal runs the same quantization as
-the T4s) and checks every copy with ``student.export.verify_export`` against the trained model(s)' reference rows
+the T4s) and checks every copy with ``arena_kd.llm.export.verify_export`` against the trained model(s)' reference rows
 stored in the export. Order of degradation for a copy, documented in kaggle/README.md: it fails to load or its
 drift is beyond the tolerance of its precision (or a reference row gives non-finite logits, e.g. a Gemma2 fp16
 overflow) → that copy is not used and the drift is logged with its numbers; its rows go to the copies that passed;
@@ -68,14 +68,14 @@ class StudentBackend:
 
     def lengths(self, df: pd.DataFrame, max_length: int) -> np.ndarray:
         """int64[n]: rendered token count of every row at ``max_length`` (exact, same renderer as predict)."""
-        from data.render import render_batch
+        from arena_kd.data.render import render_batch
 
         ids = render_batch(df, self.tokenizer, max_length=max_length, **self._render_kwargs())
         return np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
 
     def _one(self, replica: StudentReplica, df: pd.DataFrame, *, max_length: int, tta: bool,
              tokens_per_batch: int, max_batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
-        from llm.predict import predict_logits, predict_tta
+        from arena_kd.llm.predict import predict_logits, predict_tta
 
         _use_device(replica.device)  # worker threads start on cuda:0: each sets its own GPU before any kernel
         kw = dict(max_length=max_length, tokens_per_batch=tokens_per_batch, max_batch_size=max_batch_size,
@@ -117,7 +117,7 @@ def _use_device(device: str) -> None:
 def check_copy(export_dir: str | Path, model, quantization: str, dtype: str, device: str) -> dict[str, Any] | None:
     """verify_export on one loaded copy (None when the export has no reference rows); logs the numbers. The caller has
     already made ``device`` current (load_student)."""
-    from student.export import describe_drift, verify_export
+    from arena_kd.llm.export import describe_drift, verify_export
 
     if not (Path(export_dir) / "reference_logits.parquet").is_file():
         log.warning("%s: no reference rows in the export (student.reference_rows=0): the student on %s is used unchecked", export_dir, device)
@@ -129,7 +129,7 @@ def check_copy(export_dir: str | Path, model, quantization: str, dtype: str, dev
 
 def load_student(export_dir: str | Path, *, quantization: str, dtype: str, devices: list[str] | None = None) -> StudentBackend:
     """One verified copy of the exported student per device; raises when no copy loads and passes (the caller falls back)."""
-    from student.export import load_export
+    from arena_kd.llm.export import load_export
 
     devices = devices or visible_devices()
     replicas: list[StudentReplica] = []

@@ -23,10 +23,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from arena_kd.llm.placement import free_accelerator_memory
+from arena_kd.submission.budget import PASSES, Governor, format_seconds
 from tqdm.auto import tqdm
-
-from llm.placement import free_accelerator_memory
-from submission.budget import PASSES, Governor, format_seconds
 
 log = logging.getLogger("arena_kd.submission")
 

@@ -14,10 +14,9 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-
-from arena_kd import LABELS
-from arena_kd.errors import UserError, data_error
-from arena_kd.io import atomic_write_csv
+from arena_kd.common.errors import UserError, data_error
+from arena_kd.common.io import atomic_write_csv
+from arena_kd.common.keys import LABELS
 
 SUBMISSION_COLUMNS = ("id", *LABELS)
 SUM_TOLERANCE = 1e-3

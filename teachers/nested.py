@@ -20,11 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from arena_kd.config import PipelineConfig, TeacherConfig
-from arena_kd.io import write_keyed_table
-from teachers.dist import main_write
-from teachers.offline import LOGIT_NAMES
+from arena_kd.common.config import PipelineConfig, TeacherConfig
+from arena_kd.common.io import write_keyed_table
+from arena_kd.kfold.dist import main_write
+from arena_kd.kfold.oof import LOGIT_NAMES
 
 
 def nested_soft_labels_path(soft_labels: Path, outer_fold: int) -> Path:
@@ -33,7 +32,7 @@ def nested_soft_labels_path(soft_labels: Path, outer_fold: int) -> Path:
 
 def inner_frame(frame: pd.DataFrame, outer_fold: int, n_folds: int, seed: int) -> pd.DataFrame:
     """Rows outside ``outer_fold`` with inner folds in ``fold`` (stratified, grouped by prompt)."""
-    from data.folds import make_folds
+    from arena_kd.data.folds import make_folds
 
     rest = frame[frame["fold"].to_numpy() != outer_fold].reset_index(drop=True)
     inner = make_folds(rest, max(2, n_folds - 1), seed + int(outer_fold))
@@ -43,9 +42,9 @@ def inner_frame(frame: pd.DataFrame, outer_fold: int, n_folds: int, seed: int) -
 def run_nested_teacher(cfg: PipelineConfig, t: TeacherConfig, frame: pd.DataFrame, out_dir: Path, hashes: dict[str, str],
                        *, force: bool, fault) -> dict[int, pd.DataFrame]:
     """{outer fold k: id, logit_* of the rows outside k, each predicted by a teacher that saw neither fold k nor the row}."""
-    from llm.train import frame_texts
-    from teachers.fold_model import train_and_predict
-    from teachers.kfold import run_folds
+    from arena_kd.kfold.fold_model import train_and_predict
+    from arena_kd.kfold.runner import run_folds
+    from arena_kd.llm.train import frame_texts
 
     out: dict[int, pd.DataFrame] = {}
     for k in sorted(int(f) for f in frame["fold"].unique()):
@@ -70,7 +69,7 @@ def write_nested_soft_labels(cfg: PipelineConfig, names: list[str], nested: dict
                              labels: pd.DataFrame) -> list[Path]:
     """One soft-label file per outer fold (see module doc); teachers without nested logits contribute their OOF.
     ``soft_frame``: teachers.run._soft_label_frame; ``labels``: DataFrame[id, label] of the training rows."""
-    from arena_kd.metrics import log_loss
+    from arena_kd.common.metrics import log_loss
 
     folds = sorted({k for per in nested.values() for k in per})
     paths = []
@@ -96,7 +95,7 @@ def write_nested_soft_labels(cfg: PipelineConfig, names: list[str], nested: dict
 def load_nested_logits(soft_labels: Path, outer_fold: int, ids: pd.Series, per_teacher: bool) -> list[np.ndarray]:
     """Per-row teacher logits for the fold-``outer_fold`` student's training ``ids`` from the nested file
     (float32 (3,) per row, or (k,3) per row when ``per_teacher``)."""
-    from student.soft_labels import attach_teacher_logits, load_soft_labels
+    from arena_kd.kfold.soft_labels import attach_teacher_logits, load_soft_labels
 
     soft = load_soft_labels(nested_soft_labels_path(soft_labels, outer_fold), ids)
     return attach_teacher_logits(pd.DataFrame({"id": ids.to_numpy()}), soft, per_teacher)["teacher_logits"].tolist()

@@ -18,19 +18,18 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from arena_kd.config import PLACEMENT_FIELDS, PipelineConfig, TeacherConfig, write_resolved
-from arena_kd.errors import UserError
-from teachers import dist
-from teachers.dist import main_write
-from arena_kd.io import file_hash, json_hash, read_keyed_table, write_keyed_table
-from arena_kd.metrics import accuracy, log_loss
-from teachers.combine import combine_logits, resolve_weights, teacher_probs, temper_logits
-from llm.train import frame_texts
-from teachers.fold_model import train_and_predict
-from teachers.kfold import FaultInjector, check_hashes, fold_metrics, model_meta, run_folds
-from teachers.offline import LOGIT_NAMES, align_logits, read_teacher_logits
-from teachers.training_data import TrainingData, load_training_data
+from arena_kd.common.config import PLACEMENT_FIELDS, PipelineConfig, TeacherConfig, write_resolved
+from arena_kd.common.errors import UserError
+from arena_kd.common.io import file_hash, json_hash, read_keyed_table, write_keyed_table
+from arena_kd.common.metrics import accuracy, log_loss
+from arena_kd.kfold import dist
+from arena_kd.kfold.dist import main_write
+from arena_kd.kfold.fold_model import train_and_predict
+from arena_kd.kfold.oof import LOGIT_NAMES, align_logits, read_teacher_logits
+from arena_kd.kfold.runner import FaultInjector, check_hashes, fold_metrics, model_meta, run_folds
+from arena_kd.kfold.training_data import TrainingData, load_training_data
+from arena_kd.llm.train import frame_texts
+from arena_kd.teachers.combine import combine_logits, resolve_weights, teacher_probs, temper_logits
 
 SUFFIXES = ("a", "b", "tie")
 
@@ -63,7 +62,7 @@ def _load_extra(cfg: PipelineConfig, train_ids: pd.Series) -> pd.DataFrame | Non
     """data.extra rows to pseudo-label (ids must not collide with training ids)."""
     if not cfg.teachers.predict_extra or not cfg.data.extra:
         return None
-    from data.readers import read_pairs
+    from arena_kd.data.readers import read_pairs
 
     frames = [read_pairs(p, fmt="auto", seed=cfg.seed) for p in cfg.data.extra]
     extra = pd.concat(frames, ignore_index=True)
@@ -92,7 +91,7 @@ def _model_teacher(cfg: PipelineConfig, t: TeacherConfig, data: TrainingData, ex
             tokenizer_texts=frame_texts(data.frame),
         )
         if extra_pred is not None:  # written before the fold file, so a finished fold always has its extra file
-            from teachers.kfold import tta_frame
+            from arena_kd.kfold.runner import tta_frame
 
             main_write(write_keyed_table, out_dir / f"extra_fold{k}.parquet", tta_frame(extra["id"], k, extra_pred), {"fold": k, "hashes": hashes})
         return tta, meta
@@ -246,7 +245,7 @@ def run_teachers(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
               **{f"teacher:{t.name}": teacher_config_hash(cfg, t) for t in cfg.teachers.models}}
     meta = combine_teachers(cfg, data, oofs, hashes)
     if cfg.teachers.nested:  # per student fold k, teachers that never saw fold k (teachers/nested.py)
-        from teachers.nested import run_nested_teacher, write_nested_soft_labels
+        from arena_kd.teachers.nested import run_nested_teacher, write_nested_soft_labels
 
         nested = {t.name: run_nested_teacher(cfg, t, data.frame, teachers_dir(cfg) / t.name,
                                              {"config": teacher_config_hash(cfg, t), "data": data.data_hash, "folds": data.folds_hash},

@@ -63,7 +63,7 @@ os.replace, os.rename, builtins.open, io.open = _replace_probe, _rename_probe, _
 
 def _install_trainer_probe() -> None:
     import torch
-    from llm import predict, train
+    from arena_kd.llm import predict, train
 
     orig_train = train.ClassifierTrainer.train
     orig_step = train.ClassifierTrainer.training_step
@@ -74,9 +74,8 @@ def _install_trainer_probe() -> None:
 
     def train_probe(self, *a, **k):
         out = orig_train(self, *a, **k)
-        from torch.distributed.tensor import DTensor
-
         import torch.distributed as dist
+        from torch.distributed.tensor import DTensor
 
         record["train_calls"].append({
             "global_step": int(self.state.global_step),

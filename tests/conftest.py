@@ -51,7 +51,7 @@ def tiny_pairs_rows():
 @pytest.fixture
 def tiny_pairs(tiny_pairs_rows):
     """Canonical frame of 24 synthetic labelled pairs (labels 0/1/2 cycling; 3 multi-turn rows)."""
-    from data.schema import make_frame
+    from arena_kd.data.schema import make_frame
 
     return make_frame(tiny_pairs_rows)
 
@@ -59,7 +59,7 @@ def tiny_pairs(tiny_pairs_rows):
 @pytest.fixture(scope="session")
 def tiny_bpe_tokenizer(tmp_path_factory, tiny_pairs_rows):
     """Folder of a 400-token byte-level BPE (Llama-like: <s> prefix, <pad>/<s>/</s>/<unk>) trained on tiny_pairs."""
-    from llm.loading import train_bpe_tokenizer
+    from arena_kd.llm.loading import train_bpe_tokenizer
 
     texts = [t for r in tiny_pairs_rows for col in ("prompt", "response_a", "response_b") for t in r[col]]
     texts += ["<prompt>: ", "<response_a>: ", "<response_b>: ", "[turn 1] [turn 2]"]
@@ -69,7 +69,7 @@ def tiny_bpe_tokenizer(tmp_path_factory, tiny_pairs_rows):
 
 
 def _model_cfg(tokenizer_dir: str, random_init: dict, **kw):
-    from arena_kd.config import ModelConfig
+    from arena_kd.common.config import ModelConfig
 
     return ModelConfig(
         backbone="random",

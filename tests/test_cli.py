@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from _data_fixtures import kaggle_row, write_csv, write_kaggle_train
 
 COMMANDS = ["teachers", "distill", "stack", "submission", "evaluate", "validate-data", "plan", "all"]

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from arena_kd.config import PipelineConfig, apply_overrides, load_config, write_resolved
-from arena_kd.errors import UserError
+from arena_kd.common.config import PipelineConfig, apply_overrides, load_config, write_resolved
+from arena_kd.common.errors import UserError
 
 CONFIGS = sorted(Path("configs").glob("*.yaml"))
 

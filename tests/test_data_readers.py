@@ -7,11 +7,17 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
 from _data_fixtures import write_csv, write_kaggle_train
-from arena_kd.errors import UserError
-from data.readers import detect_format, parse_hh_dialogue, read_kaggle_test, read_labels, read_pairs, read_sample_submission
-from data.schema import CANONICAL_COLUMNS
+from arena_kd.common.errors import UserError
+from arena_kd.data.readers import (
+    detect_format,
+    parse_hh_dialogue,
+    read_kaggle_test,
+    read_labels,
+    read_pairs,
+    read_sample_submission,
+)
+from arena_kd.data.schema import CANONICAL_COLUMNS
 
 SAMPLE = "data/sample"
 

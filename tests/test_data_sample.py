@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from data.make_sample import build
+from arena_kd.data.make_sample import build
 
 SOURCE = Path("/work/shared/data")
 FILES = ["train.csv", "test.csv", "test_labels.csv", "sample_submission.csv", "arena_example.jsonl"]

@@ -23,8 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
-from arena_kd.io import read_keyed_table
+from arena_kd.common.io import read_keyed_table
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"
@@ -80,8 +79,8 @@ def _launch(config: str, record: Path, workdir: Path, folds: Path | None, teache
 def balanced_folds(tmp_path_factory) -> Path:
     """A folds file splitting the smoke config's 48 rows 24/24: 24 training rows = 3 global batches of 8, so no
     rank ever gets a padded (duplicated-row) batch and data parallel must match one process exactly."""
-    from arena_kd.config import load_config
-    from teachers.training_data import load_training_data
+    from arena_kd.common.config import load_config
+    from arena_kd.kfold.training_data import load_training_data
 
     d = tmp_path_factory.mktemp("folds")
     ids = load_training_data(load_config(SMOKE, [f"workdir={d / 'wd'}"])).frame["id"].astype(str).tolist()
@@ -138,10 +137,10 @@ def test_data_parallel_two_cpu_processes_match_one_process(tmp_path, balanced_fo
 
 
 def test_fsdp_qlora_two_cpu_processes_shard_train_and_predict_in_lockstep(tmp_path):
-    from arena_kd.config import load_config
-    from llm.loading import load_classifier
-    from teachers.fold_model import predict_rows
-    from teachers.training_data import load_training_data
+    from arena_kd.common.config import load_config
+    from arena_kd.kfold.fold_model import predict_rows
+    from arena_kd.kfold.training_data import load_training_data
+    from arena_kd.llm.loading import load_classifier
 
     # the smoke folds hold out 25 and 23 rows: ranks get 13+12 and 12+11 rows; one row per batch makes their batch
     # counts differ by one, which would leave the busier rank waiting in an all-gather without the lockstep

@@ -10,11 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from arena_kd.config import ModelConfig, RenderConfig, TrainConfig
-from llm.loading import load_classifier
-from llm.predict import predict_logits
-from llm.train import train_classifier
+from arena_kd.common.config import ModelConfig, RenderConfig, TrainConfig
+from arena_kd.llm.loading import load_classifier
+from arena_kd.llm.predict import predict_logits
+from arena_kd.llm.train import train_classifier
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
-from arena_kd.config import ModelConfig
-from arena_kd.errors import UserError
-from llm import placement
-from llm.loading import load_classifier
-from llm.predict import predict_logits
+from arena_kd.common.config import ModelConfig
+from arena_kd.common.errors import UserError
+from arena_kd.llm import placement
+from arena_kd.llm.loading import load_classifier
+from arena_kd.llm.predict import predict_logits
 
 ACCEL = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
 TINY = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
@@ -159,9 +158,9 @@ def test_device_map_auto_in_one_process_predicts_like_single_placement(monkeypat
 
 def test_placement_is_left_out_of_every_resume_hash():
     """Moving a run to other hardware (model.device_map / max_memory) keeps finished teacher and student folds."""
-    from arena_kd.config import load_config
-    from student.run import student_config_hash
-    from teachers.run import teacher_config_hash
+    from arena_kd.common.config import load_config
+    from arena_kd.student.run import student_config_hash
+    from arena_kd.teachers.run import teacher_config_hash
 
     base = load_config("configs/smoke.yaml")
     moved = load_config("configs/smoke.yaml", overrides=[

@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from arena_kd.config import load_config
-from arena_kd.errors import UserError
-from arena_kd.io import sidecar_path, write_keyed_table
+from arena_kd.common.config import load_config
+from arena_kd.common.errors import UserError
+from arena_kd.common.io import sidecar_path, write_keyed_table
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs/smoke.yaml"
@@ -59,7 +58,7 @@ def test_bad_set_value_is_reported_under_the_key_the_user_wrote(override, key):
 
 
 def _fold_file(tmp_path: Path) -> tuple[Path, dict]:
-    from teachers.kfold import fold_path
+    from arena_kd.kfold.runner import fold_path
 
     hashes = {"config": "abc", "data": "def"}
     path = fold_path(tmp_path, 0)
@@ -69,7 +68,7 @@ def _fold_file(tmp_path: Path) -> tuple[Path, dict]:
 
 
 def test_intact_fold_file_is_done_and_a_changed_hash_is_refused(tmp_path):
-    from teachers.kfold import fold_is_done
+    from arena_kd.kfold.runner import fold_is_done
 
     path, hashes = _fold_file(tmp_path)
     assert fold_is_done(path, hashes, force=False)
@@ -79,7 +78,7 @@ def test_intact_fold_file_is_done_and_a_changed_hash_is_refused(tmp_path):
 
 @pytest.mark.parametrize("damage", ["truncated parquet", "empty parquet", "truncated sidecar", "sidecar not an object", "sidecar not utf-8"])
 def test_unreadable_fold_file_is_redone_with_one_line(tmp_path, damage):
-    from teachers.kfold import fold_is_done
+    from arena_kd.kfold.runner import fold_is_done
 
     path, hashes = _fold_file(tmp_path)
     side = sidecar_path(path)
@@ -100,7 +99,7 @@ def test_unreadable_fold_file_is_redone_with_one_line(tmp_path, damage):
 
 def test_run_folds_redoes_a_truncated_fold(tmp_path):
     """The stage loop: fold 0 intact (skipped), fold 1 truncated (redone with a line, then replaced)."""
-    from teachers.kfold import FaultInjector, fold_path, run_folds
+    from arena_kd.kfold.runner import FaultInjector, fold_path, run_folds
 
     frame = pd.DataFrame({"id": [str(i) for i in range(20)], "label": np.arange(20) % 3, "fold": np.arange(20) % 2})
     hashes = {"config": "h"}
@@ -127,7 +126,7 @@ def test_run_folds_redoes_a_truncated_fold(tmp_path):
 
 @pytest.mark.parametrize("content", [b'{"hashes": {"a"', b"", b"\xff\xfe\x00", b'["not", "an", "object"]'])
 def test_unreadable_stage_record_is_one_line_naming_file_and_force(tmp_path, content):
-    from student.export import read_export_settings, read_json_record
+    from arena_kd.llm.export import read_export_settings, read_json_record
 
     path = tmp_path / "final.json"
     path.write_bytes(content)
@@ -143,7 +142,7 @@ def test_unreadable_stage_record_is_one_line_naming_file_and_force(tmp_path, con
 
 def test_truncated_final_json_stops_distill_with_one_line(tmp_path):
     """The resume check of the final stage reads final.json before training anything."""
-    from student.run import _final_stage
+    from arena_kd.student.run import _final_stage
 
     cfg = load_config(SMOKE, [f"workdir={tmp_path}"])
     record = tmp_path / "student" / "final" / "final.json"

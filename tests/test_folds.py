@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
-from arena_kd.errors import UserError
-from data.folds import make_folds, make_or_load_folds, prompt_groups
-from data.readers import read_pairs
-from data.schema import make_frame
+from arena_kd.common.errors import UserError
+from arena_kd.data.folds import make_folds, make_or_load_folds, prompt_groups
+from arena_kd.data.readers import read_pairs
+from arena_kd.data.schema import make_frame
 
 
 def _frame(n_prompts=60, per_prompt=3, seed=0):

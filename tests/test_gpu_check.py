@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from arena_kd.config import load_config
-from arena_kd.errors import UserError
-from submission.calibration import SCHEMA, load_calibration, read_results, record_efficiency
-from submission.plan import build_plan
-from submission.specs import HARDWARE
+from arena_kd.common.config import load_config
+from arena_kd.common.errors import UserError
+from arena_kd.planner.calibration import SCHEMA, load_calibration, read_results, record_efficiency
+from arena_kd.planner.plan import build_plan
+from arena_kd.planner.specs import HARDWARE
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST = str(ROOT / "data/sample/test.csv")

@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from arena_kd.config import RenderConfig, TrainConfig
-from llm.loading import load_classifier, native_bf16
-from llm.predict import predict_logits, predict_tta
-from llm.train import train_classifier
+from arena_kd.common.config import RenderConfig, TrainConfig
+from arena_kd.llm.loading import load_classifier, native_bf16
+from arena_kd.llm.predict import predict_logits, predict_tta
+from arena_kd.llm.train import train_classifier
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

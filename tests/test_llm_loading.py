@@ -1,14 +1,13 @@
-"""llm.loading: BPE tokenizer cache, dtype/attention refusals, softcapping switch, head init, LoRA wiring, info."""
+"""arena_kd.llm.loading: BPE tokenizer cache, dtype/attention refusals, softcapping switch, head init, LoRA wiring, info."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-
-from arena_kd.errors import UserError
-from llm.loading import ensure_pad_token, load_classifier, load_tokenizer, resolve_dtype
-from llm.train import frame_texts
+from arena_kd.common.errors import UserError
+from arena_kd.llm.loading import ensure_pad_token, load_classifier, load_tokenizer, resolve_dtype
+from arena_kd.llm.train import frame_texts
 
 
 def test_bpe_tokenizer_is_deterministic_cached_and_llama_like(tiny_llama_cfg, tiny_pairs, tmp_path):
@@ -105,7 +104,7 @@ def test_full_finetune_without_lora_trains_everything(tiny_llama_cfg, tmp_path):
 
 
 def test_bf16_on_cpu_when_asked(tiny_llama_cfg, tiny_pairs, tmp_path):
-    from llm.predict import predict_logits
+    from arena_kd.llm.predict import predict_logits
 
     model, tok, info = load_classifier(tiny_llama_cfg.model_copy(update={"dtype": "bf16"}), training=False, workdir=tmp_path)
     assert info["dtype"] == "bf16" and next(model.parameters()).dtype == torch.bfloat16

@@ -1,4 +1,4 @@
-"""llm.lora: adapter save/load roundtrip, merge_and_unload, fold-soup averaging."""
+"""arena_kd.llm.lora: adapter save/load roundtrip, merge_and_unload, fold-soup averaging."""
 
 from __future__ import annotations
 
@@ -6,14 +6,13 @@ import json
 
 import numpy as np
 import pytest
+from arena_kd.common.config import RenderConfig, TrainConfig
+from arena_kd.common.errors import UserError
+from arena_kd.llm.loading import load_classifier
+from arena_kd.llm.lora import average_adapters, merge_and_unload
+from arena_kd.llm.predict import predict_logits
+from arena_kd.llm.train import train_classifier
 from safetensors.torch import load_file
-
-from arena_kd.config import RenderConfig, TrainConfig
-from arena_kd.errors import UserError
-from llm.loading import load_classifier
-from llm.lora import average_adapters, merge_and_unload
-from llm.predict import predict_logits
-from llm.train import train_classifier
 
 KW = dict(max_length=96, progress=False)
 
@@ -25,7 +24,7 @@ def _train(cfg, df, out, wd, seed=0, steps=3):
 
 @pytest.fixture(scope="module")
 def trained(tiny_gemma2_cfg, tmp_path_factory, tiny_pairs_rows):
-    from data.schema import make_frame
+    from arena_kd.data.schema import make_frame
 
     wd = tmp_path_factory.mktemp("lora")
     df = make_frame(tiny_pairs_rows)

@@ -1,4 +1,4 @@
-"""llm.predict / llm.batching: token-budgeted batching, padding invariance, TTA symmetry, 2 processes == 1."""
+"""arena_kd.llm.predict / llm.batching: token-budgeted batching, padding invariance, TTA symmetry, 2 processes == 1."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from data.render import render_batch
-from data.schema import swap_frame
-from llm.batching import collate, padding_efficiency, token_budget_batches
-from llm.loading import load_classifier
-from llm.predict import logits_for_ids, predict_logits, predict_tta
+from arena_kd.data.render import render_batch
+from arena_kd.data.schema import swap_frame
+from arena_kd.llm.batching import collate, padding_efficiency, token_budget_batches
+from arena_kd.llm.loading import load_classifier
+from arena_kd.llm.predict import logits_for_ids, predict_logits, predict_tta
 
 ROOT = Path(__file__).resolve().parents[1]
 KW = dict(max_length=96, truncation="budget", prompt_fraction=0.2, progress=False)
@@ -120,9 +119,8 @@ def test_empty_frame_gives_empty_logits(tiny_model, tiny_pairs):
 def _worker(rank: int, world: int, port: int, cfg_json: str, wd: str, rows: list, queue) -> None:
     """One data-parallel process (forked: shares the parent's imports, so it starts in well under a second)."""
     import torch.distributed as dist
-
-    from arena_kd.config import ModelConfig
-    from data.schema import make_frame
+    from arena_kd.common.config import ModelConfig
+    from arena_kd.data.schema import make_frame
 
     try:
         torch.set_num_threads(1)

@@ -1,4 +1,4 @@
-"""llm.train: overfitting, pluggable loss + teacher logits, swap augmentation, grad-accum equivalence, resume, quantized bases."""
+"""arena_kd.llm.train: overfitting, pluggable loss + teacher logits, swap augmentation, grad-accum equivalence, resume, quantized bases."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from arena_kd.common.config import RenderConfig, TrainConfig
+from arena_kd.common.errors import UserError
+from arena_kd.llm.predict import predict_logits
+from arena_kd.llm.train import PairCollator, train_classifier
 from transformers import TrainerCallback
-
-from arena_kd.config import RenderConfig, TrainConfig
-from arena_kd.errors import UserError
-from llm.predict import predict_logits
-from llm.train import PairCollator, train_classifier
 
 RENDER = RenderConfig(max_length=96)
 
@@ -154,7 +153,7 @@ def test_quantized_base_trains_a_step_and_predicts_on_cpu(tiny_llama_cfg, tiny_p
     b = [v for k, v in res.model.named_parameters() if "lora_B" in k]
     assert b and all(float(v.detach().abs().max()) > 0 for v in b)  # gradients flowed through the checkpointed k-bit base
     # the saved adapter loads onto a freshly quantized base for inference and gives the same logits
-    from llm.loading import load_classifier
+    from arena_kd.llm.loading import load_classifier
 
     model, tok, info = load_classifier(cfg, training=False, workdir=tmp_path, adapter=res.adapter_dir)
     assert info["quantization"] == quant
@@ -169,7 +168,7 @@ def test_missing_label_in_training_rows_is_a_user_error(tiny_llama_cfg, tiny_pai
 
 
 def test_length_grouped_sampler_is_seeded_per_epoch_and_groups_lengths():
-    from llm.train import EpochLengthGroupedSampler
+    from arena_kd.llm.train import EpochLengthGroupedSampler
 
     lengths = list(np.random.default_rng(0).integers(5, 500, size=40))
     s = EpochLengthGroupedSampler(8, lengths, seed=1)
@@ -187,7 +186,7 @@ def test_length_grouped_sampler_is_seeded_per_epoch_and_groups_lengths():
 
 
 def test_bpe_tokenizer_texts_can_be_shared_across_folds(tiny_llama_cfg, tiny_pairs, tmp_path):
-    from llm.train import frame_texts
+    from arena_kd.llm.train import frame_texts
 
     cfg = tiny_llama_cfg.model_copy(update={"tokenizer": "bpe:300"})
     texts = frame_texts(tiny_pairs)

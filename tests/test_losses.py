@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
-from student.losses import distillation_loss, kl_to_teachers, make_loss_fn
+from arena_kd.llm.train import hard_label_ce, loss_key
+from arena_kd.student.losses import DistillationLoss, distillation_loss, kl_to_teachers
 
 
 def _batch(b=6, k=None, seed=0):
@@ -100,17 +100,27 @@ def test_half_precision_inputs_computed_in_fp32():
 
 def test_loss_fn_wrapper_reads_batch():
     s, y, t = _batch(k=2)
-    fn = make_loss_fn(alpha=0.5, temperature=1.0, teacher_weights=[1, 1])
+    fn = DistillationLoss(alpha=0.5, temperature=1.0, teacher_weights=[1, 1])
     loss, terms = fn(s, {"labels": y, "teacher_logits": t})
     ref, _ = distillation_loss(s, y, t, alpha=0.5)
     assert loss.item() == pytest.approx(ref.item(), abs=1e-7)
     assert set(terms) == {"ce", "kl"} and all(isinstance(v, float) for v in terms.values())
-    hard_only = make_loss_fn(alpha=0.0)
+    hard_only = DistillationLoss(alpha=0.0)
     loss0, _ = hard_only(s, {"labels": y})
     assert loss0.item() == pytest.approx(F.cross_entropy(s, y).item(), abs=1e-6)
 
 
 def test_loss_fn_name_carries_its_settings():
-    # llm.train keys its own resume on the loss name: different settings must give different names
-    names = {make_loss_fn(alpha=a, temperature=t).__qualname__ for a, t in ((0.5, 1.0), (0.7, 1.0), (0.5, 2.0))}
-    assert len(names) == 3
+    # llm.train keys its own resume on the loss: different settings must give different names and keys
+    losses = [DistillationLoss(alpha=a, temperature=t) for a, t in ((0.5, 1.0), (0.7, 1.0), (0.5, 2.0))]
+    assert len({f.name() for f in losses}) == 3 and len({loss_key(f) for f in losses}) == 3
+
+
+def test_resume_keys_are_the_keys_written_before_the_losses_moved():
+    # hand values: what llm.train.loss_key returned for these losses before issue 15 (closures in student.losses and
+    # llm.train); a finished fold's train_result.json carries them, so they must not change
+    fn = DistillationLoss(alpha=0.5, temperature=2.0, label_smoothing=0.1, teacher_weights=[0.25, 0.75])
+    assert loss_key(fn) == "student.losses|distillation_loss(alpha=0.5,T=2.0,ls=0.1,w=[0.25, 0.75])|0.5|0.1|[0.25, 0.75]|2.0"
+    assert loss_key(DistillationLoss(alpha=0.7)) == "student.losses|distillation_loss(alpha=0.7,T=1.0,ls=0.0,w=None)|0.7|0.0|None|1.0"
+    assert loss_key(hard_label_ce) == "llm.train|hard_label_ce" and hard_label_ce.name() == "hard_label_ce"
+    assert loss_key(None) == "ce"

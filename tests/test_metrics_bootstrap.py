@@ -1,12 +1,19 @@
-"""arena_kd.metrics bootstrap: intervals that cover, resample prompts (not rows) when rows share one, paired
+"""arena_kd.common.metrics bootstrap: intervals that cover, resample prompts (not rows) when rows share one, paired
 differences, verdicts only when the interval excludes zero."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from arena_kd.metrics import bootstrap_mean, log_loss, log_loss_difference, log_loss_interval, row_log_loss, softmax, verdict
+from arena_kd.common.metrics import (
+    bootstrap_mean,
+    log_loss,
+    log_loss_difference,
+    log_loss_interval,
+    row_log_loss,
+    softmax,
+    verdict,
+)
 
 
 def test_row_log_loss_averages_to_log_loss():

@@ -1,4 +1,4 @@
-"""teachers.nested: per student fold k, soft labels from teachers that never saw fold k."""
+"""arena_kd.teachers.nested: per student fold k, soft labels from teachers that never saw fold k."""
 
 from __future__ import annotations
 
@@ -7,19 +7,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from arena_kd.config import load_config
-from arena_kd.errors import UserError
-from arena_kd.io import read_keyed_table
-from data.folds import prompt_groups
-from teachers.nested import inner_frame, load_nested_logits, nested_soft_labels_path, write_nested_soft_labels
-from teachers.offline import LOGIT_NAMES
+from arena_kd.common.config import load_config
+from arena_kd.common.errors import UserError
+from arena_kd.common.io import read_keyed_table
+from arena_kd.data.folds import prompt_groups
+from arena_kd.kfold.oof import LOGIT_NAMES
+from arena_kd.teachers.nested import inner_frame, load_nested_logits, nested_soft_labels_path, write_nested_soft_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _data(tmp_path, n_folds=3):
-    from teachers.training_data import load_training_data
+    from arena_kd.kfold.training_data import load_training_data
 
     cfg = load_config(ROOT / "configs" / "smoke.yaml", [f"workdir={tmp_path}", "data.max_rows=120", f"folds.n_folds={n_folds}"])
     return cfg, load_training_data(cfg)
@@ -38,7 +37,7 @@ def test_inner_frame_never_contains_the_outer_fold_and_keeps_prompts_together(tm
 
 
 def test_nested_soft_label_files_cover_the_rows_outside_each_fold(tmp_path):
-    from teachers.run import _soft_label_frame
+    from arena_kd.teachers.run import _soft_label_frame
 
     cfg, data = _data(tmp_path, 2)
     frame = data.frame
@@ -64,14 +63,14 @@ def test_nested_soft_label_files_cover_the_rows_outside_each_fold(tmp_path):
 
 
 def test_student_nested_without_nested_files_is_a_one_line_error(tmp_path):
-    from student.run import run_distill
-    from teachers.run import _soft_label_frame
+    from arena_kd.student.run import run_distill
+    from arena_kd.teachers.run import _soft_label_frame
 
     cfg = load_config(ROOT / "configs" / "smoke.yaml", [f"workdir={tmp_path}", "data.max_rows=60", "student.distill.nested=true"])
-    from teachers.training_data import load_training_data
+    from arena_kd.kfold.training_data import load_training_data
 
     frame = load_training_data(cfg).frame
-    from arena_kd.io import write_keyed_table
+    from arena_kd.common.io import write_keyed_table
 
     logits = [np.zeros((len(frame), 3))]
     write_keyed_table(cfg.soft_labels_path(), _soft_label_frame(frame["id"], ["t"], logits, np.array([1.0]), 1.0), {})

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from arena_kd.common.config import load_config
+from arena_kd.common.keys import LABELS
 
-from arena_kd import LABELS
-from arena_kd.config import load_config
 from arena_kd.pipeline import format_table, hard_student_config, length_only_lgbm, run_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,7 +92,7 @@ def test_submission_is_valid_and_in_sample_order(smoke_run):
 def test_nested_soft_labels_are_measured(smoke_run):
     """teachers.nested: one soft-label file per student fold, covering exactly the rows outside it; the report
     gives the student OOF difference (plain vs nested) with its interval and the test difference through the stacker."""
-    from arena_kd.io import read_keyed_table
+    from arena_kd.common.io import read_keyed_table
 
     cfg, report = smoke_run
     folds = pd.read_csv(cfg.folds_path(), dtype={"id": str})
@@ -138,17 +138,17 @@ def test_length_only_baseline_learns_the_longer_answer_wins_signal():
         la, lb = rng.integers(1, 80, size=2)
         label = 0 if la > lb + 5 else 1 if lb > la + 5 else 2
         rows.append({"id": str(i), "prompt": ["q"], "response_a": ["w " * la], "response_b": ["w " * lb], "label": label})
-    from data.schema import make_frame
+    from arena_kd.data.schema import make_frame
 
     df = make_frame(rows)
     train, test = df.iloc[:450].reset_index(drop=True), df.iloc[450:].reset_index(drop=True)
     p = length_only_lgbm(train, test, seed=0)
-    from arena_kd.metrics import log_loss
+    from arena_kd.common.metrics import log_loss
 
     y = test["label"].to_numpy(dtype=np.int64)
     assert log_loss(y, p) < 0.5 * np.log(3)
     # position-symmetric by construction: the swapped test set swaps the A/B columns
-    from data.schema import swap_frame
+    from arena_kd.data.schema import swap_frame
 
     ps = length_only_lgbm(train, swap_frame(test), seed=0)
     np.testing.assert_allclose(ps[:, [1, 0, 2]], p, atol=1e-9)
@@ -194,7 +194,7 @@ def _probs(path):
 
 def test_smoke_submission_valid_and_swap_symmetric(smoke_run, tmp_path):
     smoke, _ = smoke_run
-    from submission.run import run_submission
+    from arena_kd.submission.run import run_submission
 
     res = run_submission(smoke, out=str(tmp_path / "a.csv"), progress=False)
     assert res.counts == {"stacker+tta": TEST_ROWS}
@@ -216,7 +216,7 @@ def test_smoke_submission_valid_and_swap_symmetric(smoke_run, tmp_path):
 
 def test_smoke_tiny_budget_and_broken_student(smoke_run, tmp_path):
     smoke, _ = smoke_run
-    from submission.run import run_submission
+    from arena_kd.submission.run import run_submission
 
     assert run_submission(smoke, out=str(tmp_path / "c.csv"), time_budget="1s", progress=False).counts == {"features_only+none": TEST_ROWS}
     broken = tmp_path / "export"

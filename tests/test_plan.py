@@ -8,14 +8,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from arena_kd.config import load_config
-from arena_kd.errors import UserError
-from submission.plan import VERDICTS, build_plan, resolve_arch, run_plan, verdict
-from submission.plan_cost import estimate_inference, weight_gib
-from data.render import TURN_SEP
-from submission.plan_lengths import TEMPLATE_TOKENS, Lengths, natural_lengths
-from submission.specs import ARCHS, CHARS_PER_TOKEN, HARDWARE, PUBLIC_T4_RUNS
+from arena_kd.common.config import load_config
+from arena_kd.common.errors import UserError
+from arena_kd.data.render import TURN_SEP
+from arena_kd.planner.cost import estimate_inference, weight_gib
+from arena_kd.planner.lengths import TEMPLATE_TOKENS, Lengths, natural_lengths
+from arena_kd.planner.plan import VERDICTS, build_plan, resolve_arch, run_plan, verdict
+from arena_kd.planner.specs import ARCHS, CHARS_PER_TOKEN, HARDWARE, PUBLIC_T4_RUNS
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST = str(ROOT / "data/sample/test.csv")
@@ -99,11 +98,11 @@ def test_token_counts_fall_back_to_the_measured_proxy_ratio():
 
 def test_token_counts_with_a_tokenizer_are_the_rendered_rows(tmp_path):
     """With the student's tokenizer the planner counts exactly what data.render feeds the model (uncut)."""
-    from data.render import render_batch
+    from arena_kd.data.render import render_batch
 
     tok = _bpe_tokenizer()
     df = pd.read_csv(ROOT / "data/sample/test.csv").head(12)
-    from data.readers import read_pairs
+    from arena_kd.data.readers import read_pairs
 
     df.to_csv(tmp_path / "t.csv", index=False)
     pairs = read_pairs(tmp_path / "t.csv")

@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
-from arena_kd.config import load_config, merge_layer
-from arena_kd.errors import UserError
+from arena_kd.common.config import load_config, merge_layer
+from arena_kd.common.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 KAGGLE = ROOT / "configs" / "kaggle-gemma2.yaml"
@@ -72,8 +71,8 @@ def test_two_temperatures_are_refused_in_one_line():
 
 def test_student_copy_beyond_tolerance_is_not_used(monkeypatch, tmp_path, caplog):
     """verify_export at submission start, per device: a drifted copy is logged with its numbers and dropped."""
-    import student.export as export_mod
-    from submission.student_infer import load_student
+    import arena_kd.llm.export as export_mod
+    from arena_kd.submission.student_infer import load_student
 
     (tmp_path / "reference_logits.parquet").write_bytes(b"")
 
@@ -144,7 +143,7 @@ def test_small_rehearsal_end_to_end(tmp_path):
 
 
 def test_drift_counts_non_finite_rows_and_tolerances_by_precision():
-    from student.export import SOUP_TOLERANCE, TOLERANCE, TOLERANCE_FP32, prob_drift, tolerance
+    from arena_kd.llm.export import SOUP_TOLERANCE, TOLERANCE, TOLERANCE_FP32, prob_drift, tolerance
 
     want = np.array([[0.5, 0.3, 0.2], [0.2, 0.2, 0.6], [1 / 3, 1 / 3, 1 / 3]])
     got = np.log(want)
@@ -161,8 +160,7 @@ def test_drift_counts_non_finite_rows_and_tolerances_by_precision():
 
 def test_dtype_auto_never_picks_emulated_bf16(monkeypatch):
     import torch
-
-    from student.export import _resolve_dtype
+    from arena_kd.llm.export import _resolve_dtype
 
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (7, 5))  # T4: bf16 only emulated
     assert _resolve_dtype("auto", "cuda:0") == torch.float16
@@ -172,7 +170,7 @@ def test_dtype_auto_never_picks_emulated_bf16(monkeypatch):
 
 
 def test_cpu_optimizer_rule(capsys):
-    from llm.train import cpu_optimizer
+    from arena_kd.llm.train import cpu_optimizer
 
     assert cpu_optimizer("paged_adamw_8bit") == "adamw_torch" and "needs CUDA" in capsys.readouterr().out
     assert cpu_optimizer("adamw_torch") == "adamw_torch" and capsys.readouterr().out == ""

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import arena_kd.data.render as render
 import pytest
-
-import data.render as render
 from _data_fixtures import tiny_bpe
-from data.render import render_batch
-from data.schema import make_frame, swap_frame
+from arena_kd.data.render import render_batch
+from arena_kd.data.schema import make_frame, swap_frame
 
 LONG = "the sea is wide and blue and deep " * 40
 
@@ -142,7 +141,7 @@ def test_chat_template(toks, frame):
         text = _decode(tok, x)
         assert text.startswith("<s>USER: <prompt>: ") and text.endswith("</s>ASSISTANT:")
     assert render_batch(frame, tok, 100, template="chat", swap=True) == render_batch(swap_frame(frame), tok, 100, template="chat")
-    from arena_kd.errors import UserError
+    from arena_kd.common.errors import UserError
 
     with pytest.raises(UserError, match="no chat template"):
         render_batch(frame, toks["none"], 100, template="chat")

@@ -7,14 +7,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from arena_kd.common.config import RenderConfig, TrainConfig
+from arena_kd.common.errors import UserError
+from arena_kd.llm.loading import load_classifier
+from arena_kd.llm.lora import average_adapters, concat_adapters, merge_and_unload, soup_adapters
+from arena_kd.llm.train import train_classifier
+from arena_kd.student.merge import merged_student, weight_delta
 from transformers import TrainerCallback
-
-from arena_kd.config import RenderConfig, TrainConfig
-from arena_kd.errors import UserError
-from llm.loading import load_classifier
-from llm.lora import average_adapters, concat_adapters, merge_and_unload, soup_adapters
-from llm.train import train_classifier
-from student.merge import merged_student, weight_delta
 
 
 class InitialWeights(TrainerCallback):
@@ -36,7 +35,7 @@ def _train(cfg, df, out, wd, *, seed, init_seed, steps=3, callbacks=None):
 @pytest.fixture(scope="module")
 def folds(tiny_gemma2_cfg, tmp_path_factory, tiny_pairs_rows):
     """Two fold adapters (different rows and seeds, one init seed), with their initial weights."""
-    from data.schema import make_frame
+    from arena_kd.data.schema import make_frame
 
     wd = tmp_path_factory.mktemp("soup")
     df = make_frame(tiny_pairs_rows)
@@ -101,8 +100,8 @@ def test_soup_modes_and_refusals(folds, tmp_path):
 def test_4bit_student_merges_into_its_dequantised_weights(tiny_gemma2_cfg, tmp_path, tiny_pairs_rows):
     """A QLoRA student merged into the dequantised NF4 base is the trained model (fp32 compute: ~1e-6);
     merged into the original weights instead it carries the NF4 rounding error."""
-    from data.schema import make_frame
-    from student.export import reference_logits
+    from arena_kd.data.schema import make_frame
+    from arena_kd.llm.export import reference_logits
 
     cfg = tiny_gemma2_cfg.model_copy(update={"quantization": "4bit", "dtype": "fp32"})
     df = make_frame(tiny_pairs_rows)

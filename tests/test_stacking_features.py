@@ -1,4 +1,4 @@
-"""stacking.features: exact counts on crafted rows, similarity edge cases, A/B swap consistency, embeddings + cache."""
+"""arena_kd.blend.features: exact counts on crafted rows, similarity edge cases, A/B swap consistency, embeddings + cache."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from data.schema import make_frame, swap_frame
-from stacking.features import compute_features, fit_similarity, is_student_column, swap_features, swap_student
-from stacking.similarity import SimilarityModel
+from arena_kd.blend.features import compute_features, fit_similarity, is_student_column, swap_features, swap_student
+from arena_kd.blend.similarity import SimilarityModel
+from arena_kd.data.schema import make_frame, swap_frame
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "train.csv"
 
@@ -92,7 +91,7 @@ def test_student_columns():
 
 @pytest.mark.parametrize("with_swap_logits", [True, False])
 def test_swap_consistency(with_swap_logits):
-    from data.readers import read_pairs
+    from arena_kd.data.readers import read_pairs
 
     df = pd.concat([crafted(), read_pairs(SAMPLE).head(60)], ignore_index=True)
     rng = np.random.default_rng(0)
@@ -125,8 +124,8 @@ def test_tfidf_fit_save_load_same_features(tmp_path):
 
 
 def test_chunking_and_threads_do_not_change_features(monkeypatch):
-    from data.readers import read_pairs
-    import stacking.features as F
+    import arena_kd.blend.features as F
+    from arena_kd.data.readers import read_pairs
 
     df = read_pairs(SAMPLE).head(50)
     tfidf = fit_similarity(df)
@@ -138,9 +137,8 @@ def test_chunking_and_threads_do_not_change_features(monkeypatch):
 def _tiny_encoder(tmp_path):
     """(folder, model, tokenizer) of a 1-layer, 16-wide random BERT with a byte-level BPE tokenizer."""
     import torch
-    from transformers import BertConfig, BertModel
-
     from _data_fixtures import tiny_bpe
+    from transformers import BertConfig, BertModel
 
     tok = tiny_bpe("bert")
     model_dir = tmp_path / "enc"
@@ -154,14 +152,11 @@ def _tiny_encoder(tmp_path):
 
 def test_sentence_embedder_mean_pooling_and_cache(tmp_path, monkeypatch):
     import torch
-    from transformers import BertConfig, BertModel
-
-    from stacking.embeddings import SentenceEmbedder
-    from _data_fixtures import tiny_bpe
+    from arena_kd.blend.embeddings import SentenceEmbedder
 
     model_dir, model, tok = _tiny_encoder(tmp_path)
 
-    import stacking.embeddings as E
+    import arena_kd.blend.embeddings as E
 
     monkeypatch.setattr(E, "SHARD_TEXTS", 1)  # one cache shard per text: resumable mid-way
     texts = ["hello world", "", "the sea is wide and blue", "hello world"]
@@ -198,7 +193,7 @@ def test_sentence_embedder_cuda_matches_cpu(tmp_path):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    from stacking.embeddings import SentenceEmbedder
+    from arena_kd.blend.embeddings import SentenceEmbedder
 
     model_dir, _, _ = _tiny_encoder(tmp_path)
     texts = ["hello world", "the sea is wide and blue", "", "a dog"]
@@ -208,8 +203,8 @@ def test_sentence_embedder_cuda_matches_cpu(tmp_path):
 
 
 def test_markdown_line_patterns():
-    from stacking.features import text_stats
-    from stacking.text_bytes import ByteDocs
+    from arena_kd.blend.features import text_stats
+    from arena_kd.blend.text_bytes import ByteDocs
 
     texts = ["- a\n- b\n  * c\n1. x\n12) y\n\u2022 z\nnot-a-list\n1.5 no", "#no\n# yes\n   ## yes\n    # no\n####### no\ntext # no"]
     st = text_stats(texts, ByteDocs.from_texts(texts))

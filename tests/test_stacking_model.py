@@ -1,4 +1,4 @@
-"""stacking.calibration + stacking.model: temperature recovery, never-worse calibration, symmetric LightGBM stacker
+"""arena_kd.blend.temperature + arena_kd.blend.booster: temperature recovery, never-worse calibration, symmetric LightGBM stacker
 that beats its inputs, LightGBM text save/load."""
 
 from __future__ import annotations
@@ -6,13 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
-from arena_kd.config import StackingConfig
-from arena_kd.metrics import log_loss, softmax
-from data.schema import make_frame, swap_frame
-from stacking.calibration import apply_temperature, fit_temperature
-from stacking.features import compute_features, is_student_column, swap_features, swap_student
-from stacking.model import load_booster, predict_symmetric, save_booster, train_cv, train_full
+from arena_kd.blend.booster import load_booster, predict_symmetric, save_booster, train_cv, train_full
+from arena_kd.blend.features import compute_features, is_student_column, swap_features, swap_student
+from arena_kd.blend.temperature import apply_temperature, fit_temperature
+from arena_kd.common.config import StackingConfig
+from arena_kd.common.metrics import log_loss, softmax
+from arena_kd.data.schema import make_frame, swap_frame
 
 FAST = StackingConfig(num_boost_round=200, early_stopping_rounds=20, min_data_in_leaf=10, learning_rate=0.1, num_leaves=7)
 
@@ -109,7 +108,7 @@ def test_save_load_gives_identical_predictions(trained, tmp_path):
 
 
 def test_both_orientations_doubles_rows_with_swapped_labels():
-    from stacking.model import both_orientations
+    from arena_kd.blend.booster import both_orientations
 
     x = pd.DataFrame({"a_len": [1.0, 2.0], "b_len": [3.0, 4.0], "diff_len": [-2.0, -2.0]})
     xs, ys = both_orientations(x, np.array([0, 2]))
@@ -118,7 +117,7 @@ def test_both_orientations_doubles_rows_with_swapped_labels():
 
 
 def test_capacity_scales_with_rows_and_fixed_keeps_the_config():
-    from stacking.model import capacity
+    from arena_kd.blend.booster import capacity
 
     cfg = StackingConfig()
     small, mid, big = capacity(cfg, 400), capacity(cfg, 2000), capacity(cfg, 57000)
@@ -131,7 +130,7 @@ def test_capacity_scales_with_rows_and_fixed_keeps_the_config():
 
 
 def test_inner_split_takes_whole_groups():
-    from stacking.model import inner_split
+    from arena_kd.blend.booster import inner_split
 
     groups = np.repeat(np.arange(50), 4)
     valid = inner_split(len(groups), groups, seed=0)

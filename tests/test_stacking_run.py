@@ -1,4 +1,4 @@
-"""stacking.run + stacking.predict: `arena-kd stack` on the smoke config with a fake student OOF, resume,
+"""arena_kd.stacking.run + arena_kd.blend.stacker: `arena-kd stack` on the smoke config with a fake student OOF, resume,
 features-only fallback, the Stacker API the submission uses, report files and one-line user errors."""
 
 from __future__ import annotations
@@ -10,15 +10,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from arena_kd.config import load_config
-from arena_kd.errors import UserError
-from arena_kd.io import read_keyed_table, write_keyed_table
-from data.schema import swap_frame
-from stacking.features import swap_student
-from stacking.predict import load_stacker
-from stacking.report import stage_rows
-from stacking.run import run_stacking
+from arena_kd.blend.features import swap_student
+from arena_kd.blend.stacker import load_stacker
+from arena_kd.common.config import load_config
+from arena_kd.common.errors import UserError
+from arena_kd.common.io import read_keyed_table, write_keyed_table
+from arena_kd.data.schema import swap_frame
+from arena_kd.stacking.report import stage_rows
+from arena_kd.stacking.run import run_stacking
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -29,7 +28,7 @@ def _cfg(tmp_path, *sets):
 
 
 def _training_frame(cfg):
-    from teachers.training_data import load_training_data
+    from arena_kd.kfold.training_data import load_training_data
 
     return load_training_data(cfg).frame
 
@@ -110,7 +109,7 @@ def test_run_stacking_with_student_resume_and_predict(tmp_path, capsys):
     np.testing.assert_allclose(p, stacker.predict_model(test, manifest["selection"]["tta"], st))
     np.testing.assert_allclose(stacker.predict(swap_frame(test), swap_student(st)), p[:, [1, 0, 2]], atol=1e-6)
     np.testing.assert_array_equal(load_stacker(out).predict(test, st), p)
-    from stacking.calibration import apply_temperature
+    from arena_kd.blend.temperature import apply_temperature
 
     raw = stacker.predict_model(test, "stacker", st, calibrate=False)
     np.testing.assert_allclose(apply_temperature(raw, models["stacker"]["temperature"]), stacker.predict_model(test, "stacker", st), rtol=1e-12)
@@ -156,8 +155,8 @@ def test_selection_picks_the_lowest_oof_log_loss_and_the_submission_uses_it(tmp_
 def test_heldout_rows_reach_the_stacker_with_their_provenance(tmp_path):
     """Rows beyond data.max_rows, predicted by the fold students' mean (student/heldout.parquet), train the stacker;
     oof.parquet says which rows are which, and a prompt never spans two stacker folds."""
-    from data.folds import prompt_groups
-    from teachers.training_data import load_training_data
+    from arena_kd.data.folds import prompt_groups
+    from arena_kd.kfold.training_data import load_training_data
 
     cfg = _cfg(tmp_path)
     data = load_training_data(cfg)

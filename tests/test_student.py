@@ -4,18 +4,17 @@ import copy
 import json
 from pathlib import Path
 
+import arena_kd.student.run as srun
+import arena_kd.teachers.run as trun
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-import student.run as srun
-import teachers.run as trun
-from arena_kd.config import load_config
-from arena_kd.errors import UserError
-from arena_kd.io import read_keyed_table
-from teachers.kfold import FAULT_ENV, InjectedFault
 from _fakes import fake_logits
+from arena_kd.common.config import load_config
+from arena_kd.common.errors import UserError
+from arena_kd.common.io import read_keyed_table
+from arena_kd.kfold.runner import FAULT_ENV, InjectedFault
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -123,7 +122,7 @@ def test_student_resume_and_soft_label_change_refused(tmp_path, fake, monkeypatc
 
 
 def _tiny_tokenizer(tmp_path):
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token=None))
@@ -155,7 +154,7 @@ TEXTS = ["which answer is better? A: yes. B: no.", "the quick brown fox", "A: ye
 
 @pytest.fixture
 def merged_export(tmp_path):
-    from student.export import save_export
+    from arena_kd.llm.export import save_export
 
     cfg = load_config(SMOKE, [f"workdir={tmp_path / 'work'}", "student.export_dtype=fp32", "student.predict.max_length=80"])
     tok = _tiny_tokenizer(tmp_path)
@@ -171,7 +170,7 @@ def merged_export(tmp_path):
 
 
 def test_export_reload_full_precision_matches(merged_export):
-    from student.export import load_export, verify_export
+    from arena_kd.llm.export import load_export, verify_export
 
     out, ref = merged_export
     model, tok, settings = load_export(out, quantization="none", dtype="fp32", device="cpu")
@@ -185,7 +184,7 @@ def test_export_reload_full_precision_matches(merged_export):
 
 @pytest.mark.parametrize("quant,tol", [("8bit", 0.02), ("4bit", 0.1)])
 def test_export_reload_quantized_close(merged_export, quant, tol):
-    from student.export import load_export, verify_export
+    from arena_kd.llm.export import load_export, verify_export
 
     out, ref = merged_export
     model, tok, _ = load_export(out, quantization=quant, dtype="fp32", device="cpu")
@@ -196,9 +195,8 @@ def test_export_reload_quantized_close(merged_export, quant, tol):
 
 
 def test_unmerged_export_base_plus_adapter(tmp_path):
+    from arena_kd.llm.export import load_export, save_export
     from peft import LoraConfig, get_peft_model
-
-    from student.export import load_export, save_export
 
     cfg = load_config(SMOKE, [f"workdir={tmp_path / 'work'}", "student.export_dtype=fp32", "student.export_merged=false"])
     tok = _tiny_tokenizer(tmp_path)
@@ -218,7 +216,7 @@ def test_unmerged_export_base_plus_adapter(tmp_path):
 
 
 def test_load_export_errors(tmp_path):
-    from student.export import load_export
+    from arena_kd.llm.export import load_export
 
     with pytest.raises(UserError, match="export.json missing"):
         load_export(tmp_path)
@@ -239,9 +237,8 @@ def test_soft_labels_tempered_elsewhere_and_kd_temperature_are_refused(tmp_path,
 
 def test_real_teachers_distill_export_roundtrip(tmp_path_factory):
     """teachers → distill (alpha 0.5, final=full) → export; the export reloads to the trained model's logits."""
-    from llm.predict import predict_logits
-
-    from student.export import load_export, verify_export
+    from arena_kd.llm.export import load_export, verify_export
+    from arena_kd.llm.predict import predict_logits
 
     # same workdir as test_teachers' real smoke test: whichever runs second reuses the teachers' folds
     work = tmp_path_factory.getbasetemp() / "shared-smoke" / "work"
@@ -256,7 +253,7 @@ def test_real_teachers_distill_export_roundtrip(tmp_path_factory):
     # stated tolerance: 1e-4 on logits, fp32 export reloaded in fp32
     assert verify_export(export, model=model)["max_abs_logit_diff"] < 1e-4
     ref, _ = read_keyed_table(export / "reference_logits.parquet")
-    from teachers.training_data import load_training_data
+    from arena_kd.kfold.training_data import load_training_data
 
     frame = load_training_data(cfg).frame.set_index("id").loc[ref["id"]].reset_index()
     r = settings["render"]
@@ -273,7 +270,7 @@ def test_real_teachers_distill_export_roundtrip(tmp_path_factory):
 
 def test_real_alpha_zero_fold_soup(tmp_path):
     """The hard-label-only ablation with the same command, final = exact soup of the fold adapters, checked against the fold mean."""
-    from student.export import SOUP_TOLERANCE, TOLERANCE_FP32, verify_export
+    from arena_kd.llm.export import SOUP_TOLERANCE, TOLERANCE_FP32, verify_export
 
     cfg = load_config(SMOKE, [f"workdir={tmp_path / 'work'}", "data.max_rows=24", "student.distill.alpha=0",
                               "student.final=fold_soup", "student.reference_rows=4"])
@@ -291,9 +288,9 @@ def test_real_alpha_zero_fold_soup(tmp_path):
     assert check["max_abs_prob_diff"] == pytest.approx(soup["exact"]["max_abs_prob_diff"], abs=1e-4)
     assert settings["verify"]["none"]["ok"]
     # the merged export is the soup adapter on its trained base (fp32 merge): same logits
-    from arena_kd.io import read_keyed_table as rkt
-    from student.export import load_export, reference_logits
-    from student.soup import adapter_logits
+    from arena_kd.common.io import read_keyed_table as rkt
+    from arena_kd.llm.export import load_export, reference_logits
+    from arena_kd.student.soup import adapter_logits
 
     ref, _ = rkt(export / "reference_logits.parquet")
     ids = [list(r) for r in ref["input_ids"]]

@@ -15,14 +15,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from arena_kd import LABELS
-from arena_kd.config import load_config
-from arena_kd.errors import UserError
-from submission import run as run_mod
-from submission.budget import Deadline, Governor, parse_time_budget
-from submission.student_pass import run_student_pass
-from submission.validate import validate_submission, write_submission
+from arena_kd.common.config import load_config
+from arena_kd.common.errors import UserError
+from arena_kd.common.keys import LABELS
+from arena_kd.submission import run as run_mod
+from arena_kd.submission.budget import Deadline, Governor, parse_time_budget
+from arena_kd.submission.student_pass import run_student_pass
+from arena_kd.submission.validate import validate_submission, write_submission
 
 ROOT = Path(__file__).resolve().parents[1]
 N_ROWS = 24
@@ -82,7 +81,7 @@ class FakeBackend:
 
 class FakeStacker:
     """Stacker stand-in: softmax of (student mean logits + length feature); ``bias`` adds a preference for A
-    (0 = symmetric by construction, like stacking.predict; > 0 needs submission.swap_average)."""
+    (0 = symmetric by construction, like arena_kd.blend.stacker; > 0 needs submission.swap_average)."""
 
     def __init__(self, bias: float = 0.0) -> None:
         self.calls = 0
@@ -236,7 +235,7 @@ def test_student_pass_crash_keeps_finished_rows():
 
 def test_student_pass_gives_up_after_consecutive_failed_chunks():
     """A dead GPU fails every chunk: after MAX_CONSECUTIVE_FAILURES the rest is not tried, every row has a reason."""
-    from submission.student_pass import MAX_CONSECUTIVE_FAILURES
+    from arena_kd.submission.student_pass import MAX_CONSECUTIVE_FAILURES
 
     clock = FakeClock()
     backend = FakeBackend(clock)
@@ -250,7 +249,7 @@ def test_student_pass_gives_up_after_consecutive_failed_chunks():
 
 
 def _canonical(n: int) -> pd.DataFrame:
-    from data.readers import read_pairs
+    from arena_kd.data.readers import read_pairs
 
     return read_pairs(ROOT / "data/sample/test.csv").head(n).reset_index(drop=True)
 
@@ -404,7 +403,7 @@ def test_sample_submission_with_other_ids_is_followed_not_refused(artifacts):
     pd.DataFrame({"id": sample_ids, **{c: 1 / 3 for c in LABELS}}).to_csv(ss, index=False)
     res = run_mod.run_submission(artifacts["cfg"], out=str(artifacts["out"]), progress=False)
     sub = _assert_valid(artifacts["out"], sample_ids)
-    from submission.fallback import class_prior
+    from arena_kd.submission.fallback import class_prior
 
     prior, _ = class_prior(artifacts["cfg"].data.train)
     got = sub.set_index("id").loc[["lost-1", "lost-2"], list(LABELS)].to_numpy()
@@ -421,7 +420,7 @@ def test_malformed_test_rows_are_repaired_not_fatal(artifacts):
     src.loc[5, "prompt"] = '["one", "two"]'  # two prompt turns, one response turn
     src.loc[7, "response_b"] = None
     src.to_csv(artifacts["test"], index=False)
-    from data.readers import read_pairs
+    from arena_kd.data.readers import read_pairs
 
     with pytest.raises(UserError):
         read_pairs(artifacts["test"])  # the strict reader refuses the file...
@@ -432,7 +431,7 @@ def test_malformed_test_rows_are_repaired_not_fatal(artifacts):
 
 def test_rows_dealt_across_devices_come_back_in_order():
     """Two 'GPUs': rows are dealt round-robin, each copy sees its share, logits return in the input order."""
-    from submission.student_infer import StudentBackend, StudentReplica
+    from arena_kd.submission.student_infer import StudentBackend, StudentReplica
 
     class Recording(StudentBackend):
         seen: dict[str, list[str]] = {}
@@ -480,8 +479,8 @@ def test_nan_student_logits_fall_back_per_row(artifacts):
 
 def test_load_student_keeps_the_copies_that_load(monkeypatch):
     """A GPU whose copy fails to load (out of memory, say) only costs its share; no copy at all re-raises."""
-    import student.export as export_mod
-    from submission.student_infer import load_student
+    import arena_kd.llm.export as export_mod
+    from arena_kd.submission.student_infer import load_student
 
     class M:
         def eval(self):

@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from arena_kd import LABELS
+from arena_kd.common.keys import LABELS
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "kaggle" / "predict.py"
@@ -150,7 +149,7 @@ def _assert_prior_file(path: Path, order: list[str], prior: np.ndarray | None = 
 def test_stdlib_fallback_equals_the_class_prior_and_reads_any_encoding(tmp_path):
     """write_fallback: the same prior as submission.fallback.class_prior, the sample's order, a latin-1 test with
     CRLF line endings and a 200k-character cell."""
-    from submission.fallback import class_prior
+    from arena_kd.submission.fallback import class_prior
 
     kp = _load_script()
     comp, order = _competition(tmp_path)

@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from arena_kd import LABELS
-from arena_kd.config import load_config
+from arena_kd.common.config import load_config
+from arena_kd.common.keys import LABELS
 
 ROOT = Path(__file__).resolve().parents[1]
 N_ROWS = 12
@@ -33,11 +32,10 @@ def _tiny_tokenizer(texts):
 
 @pytest.fixture(scope="module")
 def export(tmp_path_factory):
-    """A random 2-layer Gemma2 classifier exported with student.export.save_export (the real format)."""
+    """A random 2-layer Gemma2 classifier exported with arena_kd.llm.export.save_export (the real format)."""
     import torch
+    from arena_kd.llm.export import save_export
     from transformers import Gemma2Config, Gemma2ForSequenceClassification
-
-    from student.export import save_export
 
     tmp = tmp_path_factory.mktemp("real")
     test = pd.read_csv(ROOT / "data/sample/test.csv", dtype={"id": str}).head(N_ROWS)
@@ -58,14 +56,14 @@ def export(tmp_path_factory):
 
 
 def test_load_student_from_a_real_export(export):
-    from data.render import render_batch
-    from submission.student_infer import load_student
+    from arena_kd.data.render import render_batch
+    from arena_kd.submission.student_infer import load_student
 
     cfg, export_dir, test = export
     backend = load_student(export_dir, quantization="8bit", dtype="auto", devices=["cpu"])  # bitsandbytes 8-bit, on CPU too
     assert backend.n_devices == 1
     assert backend.render["max_length"] == (cfg.student.predict.max_length or cfg.render.max_length)
-    from data.readers import read_pairs
+    from arena_kd.data.readers import read_pairs
 
     df = read_pairs(export[0].data.test)
     lens = backend.lengths(df, 64)
@@ -75,8 +73,8 @@ def test_load_student_from_a_real_export(export):
 
 
 def test_submission_with_real_student_is_symmetric(export, tmp_path, monkeypatch):
-    pytest.importorskip("llm.predict", reason="llm/predict.py (issue 3) not there yet")
-    from submission import run as run_mod
+    pytest.importorskip("arena_kd.llm.predict", reason="llm/predict.py (issue 3) not there yet")
+    from arena_kd.submission import run as run_mod
     from test_submission import FakeStacker  # tests/ is on sys.path (pytest prepend import mode)
 
     cfg, export_dir, test = export
@@ -100,9 +98,9 @@ def test_submission_on_every_visible_gpu_in_8bit(export, tmp_path, monkeypatch):
     """One 8-bit copy per visible GPU; same answers as the CPU fp32 run within quantization noise."""
     import torch
 
-    pytest.importorskip("llm.predict")
-    from submission import run as run_mod
-    from submission.student_infer import load_student
+    pytest.importorskip("arena_kd.llm.predict")
+    from arena_kd.submission import run as run_mod
+    from arena_kd.submission.student_infer import load_student
     from test_submission import FakeStacker
 
     cfg, export_dir, test = export

@@ -17,11 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from arena_kd import LABELS
-from arena_kd.config import load_config
-from submission import run as run_mod
-from submission.read_test import read_test_pairs, tolerant_kaggle_frame
+from arena_kd.common.keys import LABELS
+from arena_kd.submission import run as run_mod
+from arena_kd.submission.tolerant_reader import read_test_pairs, tolerant_kaggle_frame
 from test_submission import FakeStacker, _assert_valid
 from test_submission_real import export  # noqa: F401 - module fixture: a real tiny exported student
 
@@ -33,7 +31,7 @@ SAMPLE = pd.read_csv(ROOT / "data/sample/test.csv", dtype=str, keep_default_na=F
 
 @pytest.fixture(scope="module")
 def backend(export):  # noqa: F811
-    from submission.student_infer import load_student
+    from arena_kd.submission.student_infer import load_student
 
     _, export_dir, _ = export
     return load_student(export_dir, quantization="none", dtype="fp32", devices=["cpu"])
@@ -201,7 +199,7 @@ def test_header_only_file_gives_a_header_only_submission(run, tmp_path):
 
 
 def test_no_id_column_is_the_one_refusal(tmp_path):
-    from arena_kd.errors import UserError
+    from arena_kd.common.errors import UserError
 
     path = tmp_path / "test.csv"
     path.write_text("prompt,response_a,response_b\n\"[1\",x,y\n")
@@ -215,9 +213,9 @@ def test_no_id_column_is_the_one_refusal(tmp_path):
 def test_rows_the_tokenizer_refuses_cost_only_those_rows(backend):
     """Unrepaired text (a frame built by hand, not by the reader) makes the real tokenizer raise TypeError; the
     length pass isolates the two bad rows, which go to the fallback with the reason, and the others are scored."""
-    from data.readers import read_pairs
-    from submission.budget import Deadline, Governor
-    from submission.student_pass import run_student_pass
+    from arena_kd.data.readers import read_pairs
+    from arena_kd.submission.budget import Deadline, Governor
+    from arena_kd.submission.student_pass import run_student_pass
 
     df = read_pairs(ROOT / "data/sample/test.csv").head(40).reset_index(drop=True)
     df.at[5, "response_a"] = [f"bad {SURROGATE}"]
@@ -357,7 +355,7 @@ def test_cli_exit_0_on_a_defective_file_without_artifacts(tmp_path):
 
 def test_unwritable_output_is_one_line(run, tmp_path, export):  # noqa: F811
     """A broken environment is the one failure left: an output whose folder cannot be created → one UserError line."""
-    from arena_kd.errors import UserError
+    from arena_kd.common.errors import UserError
 
     cfg, _, _ = export
     rows = _rows(4)
@@ -372,7 +370,7 @@ def test_unwritable_output_is_one_line(run, tmp_path, export):  # noqa: F811
 def test_a_broken_tokenizer_is_given_up_quickly():
     """When every row fails to render (the tokenizer itself is broken) the bisection stops early: a bounded number
     of calls, every row carries the reason, none is left without one."""
-    from submission.student_pass import lengths_isolating_failures
+    from arena_kd.submission.student_pass import lengths_isolating_failures
 
     calls = []
 

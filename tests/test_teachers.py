@@ -6,19 +6,18 @@ the real llm/ engine on the tiny random models of configs/smoke.yaml.
 
 from pathlib import Path
 
+import arena_kd.teachers.run as trun
 import numpy as np
 import pandas as pd
 import pytest
-
-import teachers.run as trun
-from arena_kd.config import load_config
-from arena_kd.errors import UserError
-from arena_kd.io import read_keyed_table
-from arena_kd.metrics import log_loss, softmax
-from teachers.combine import fit_weights, mixture_log_loss, teacher_probs
-from teachers.kfold import FAULT_ENV, InjectedFault
-from teachers.offline import read_teacher_logits
 from _fakes import fake_logits
+from arena_kd.common.config import load_config
+from arena_kd.common.errors import UserError
+from arena_kd.common.io import read_keyed_table
+from arena_kd.common.metrics import log_loss, softmax
+from arena_kd.kfold.oof import read_teacher_logits
+from arena_kd.kfold.runner import FAULT_ENV, InjectedFault
+from arena_kd.teachers.combine import fit_weights, mixture_log_loss, teacher_probs
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -31,7 +30,7 @@ def _cfg(tmp_path, *sets):
 
 
 class FakeTrainer:
-    """Stands in for teachers.fold_model.train_and_predict; records the folds it was asked to train."""
+    """Stands in for arena_kd.kfold.fold_model.train_and_predict; records the folds it was asked to train."""
 
     def __init__(self):
         self.calls = []
@@ -132,7 +131,7 @@ def _offline_cfg(tmp_path, path):
 
 
 def test_offline_logits_teacher_and_coverage(tmp_path, fake):
-    from teachers.training_data import load_training_data
+    from arena_kd.kfold.training_data import load_training_data
 
     ids = load_training_data(_cfg(tmp_path)).frame["id"]
     probs = softmax(fake_logits(ids, "offline"))
@@ -208,7 +207,7 @@ def test_cli_reports_coverage_error_in_one_line(tmp_path, fake, monkeypatch, cap
 
 
 def test_predict_extra_pseudo_labels(tmp_path, fake):
-    from data.readers import read_pairs
+    from arena_kd.data.readers import read_pairs
 
     extra_src = ROOT / "data" / "sample" / "test.csv"
     cfg = _cfg(tmp_path, "teachers.predict_extra=true", f"data.extra=[{extra_src}]")

@@ -3,7 +3,7 @@
 One section per stage plus the shared ones (``workdir``, ``seed``, ``data``, ``folds``,
 ``render``). Every field carries a description and range checks; unknown keys are refused.
 ``load_config(path, overrides)`` returns a validated :class:`PipelineConfig` or raises
-:class:`arena_kd.errors.UserError` with one line naming the file, the key and the problem.
+:class:`arena_kd.common.errors.UserError` with one line naming the file, the key and the problem.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from arena_kd.common.errors import UserError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from arena_kd.errors import UserError
 
 
 class _Strict(BaseModel):
@@ -247,7 +246,7 @@ class StackingConfig(_Strict):
         "regression per fold on the hashed TF-IDF (seconds).")
     capacity: Literal["auto", "fixed"] = Field(
         "auto", description="auto: num_leaves / min_data_in_leaf / feature_fraction / lambda_l2 are the large-data values and shrink "
-        "with fewer rows (stacking.model.capacity); fixed: used as given. auto trades a little fit on big data for no overfit on small.")
+        "with fewer rows (arena_kd.blend.booster.capacity); fixed: used as given. auto trades a little fit on big data for no overfit on small.")
     select: bool = Field(
         True, description="Choose what the submission uses by out-of-fold log loss among the stacker, the features-only stacker, the "
         "student with temperature, a length-only model and the class prior (per student mode); false = always the full stacker.")
@@ -262,12 +261,12 @@ class SubmissionConfig(_Strict):
     degraded_max_length: int = Field(512, ge=16, description="Shorter budget used when the time budget is at risk.")
     clip_eps: float = Field(1e-6, gt=0, lt=0.1, description="Probabilities are clipped to [eps, 1-eps] and renormalised.")
     out: str | None = Field(None, description="Output CSV; default <workdir>/submission.csv.")
-    stack_dir: str | None = Field(None, description="Stacker folder (stacking.predict.load_stacker); default <workdir>/stacking.")
+    stack_dir: str | None = Field(None, description="Stacker folder (arena_kd.blend.stacker.load_stacker); default <workdir>/stacking.")
     chunk_rows: int = Field(512, ge=1, le=1_000_000, description="Rows per student chunk; the time budget is re-checked between chunks (the first chunk is a quarter, as warm-up).")
     safety_factor: float = Field(1.15, ge=1.0, le=10.0, description="Multiplier on the measured finish estimate before comparing it with the time left.")
     reserve_s: float = Field(120.0, ge=0, le=36000, description="Seconds kept free for the stacker and the write, on top of 1.5x the measured features-only stacker time.")
     swap_average: bool = Field(False, description="Also average the stacker over both A/B orientations at submission time (a second features pass). "
-                               "Off by default: stacking.predict is already symmetric (trained on both orientations, averaged over them); for other stackers.")
+                               "Off by default: arena_kd.blend.stacker is already symmetric (trained on both orientations, averaged over them); for other stackers.")
     expected_test_rows: int | None = Field(None, ge=1, description="Planner: rows of the hidden test set (Kaggle LMSYS: ~25,000; the public test.csv has 3); null = the test file's row count.")
 
 
@@ -442,7 +441,7 @@ def load_config(path: str | Path | list[str | Path], overrides: list[str] | None
 
 def write_resolved(cfg: PipelineConfig, out_dir: str | Path, name: str = "config.resolved.yaml") -> Path:
     """Write the resolved config next to a stage's outputs (atomically)."""
-    from arena_kd.io import atomic_write_text
+    from arena_kd.common.io import atomic_write_text
 
     path = Path(out_dir) / name
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -19,7 +19,7 @@ punctuation character — the regex ``\\w+|[^\\w\\s]`` evaluated on bytes), ``tu
 (``**…**`` pairs), ``code_blocks`` (``` fenced pairs), ``digits``, ``urls`` (``http(s)://``), ``refusals``
 (occurrences of common refusal phrases, case-insensitive) and ``questions`` (question marks).
 
-Similarity: hashed TF-IDF cosine on words and on byte 4-grams (:mod:`stacking.similarity`), word Jaccard,
+Similarity: hashed TF-IDF cosine on words and on byte 4-grams (:mod:`arena_kd.blend.similarity`), word Jaccard,
 A vs B and prompt vs each response; sentence-embedding cosines when an embedder is given. Undefined
 similarities (an empty text) are NaN, which LightGBM treats as missing.
 """
@@ -32,10 +32,9 @@ from typing import Iterator
 
 import numpy as np
 import pandas as pd
-
-from arena_kd.metrics import softmax
-from stacking.similarity import SimilarityModel, row_cosine, row_jaccard
-from stacking.text_bytes import ByteDocs, run_starts, truncated
+from arena_kd.blend.similarity import SimilarityModel, row_cosine, row_jaccard
+from arena_kd.blend.text_bytes import ByteDocs, run_starts, truncated
+from arena_kd.common.metrics import softmax
 
 TEXT_STATS = (
     "chars", "words", "tokens", "turns", "newlines", "headers", "list_items", "bold",

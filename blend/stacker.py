@@ -25,12 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from arena_kd.errors import UserError
-from stacking.calibration import apply_temperature
-from stacking.features import compute_features, is_student_column, student_features, student_probs
-from stacking.model import load_booster, predict_symmetric
-from stacking.similarity import SimilarityModel
+from arena_kd.blend.booster import load_booster, predict_symmetric
+from arena_kd.blend.features import compute_features, is_student_column, student_features, student_probs
+from arena_kd.blend.similarity import SimilarityModel
+from arena_kd.blend.temperature import apply_temperature
+from arena_kd.common.errors import UserError
 
 log = logging.getLogger(__name__)
 MANIFEST = "stacker.json"
@@ -60,7 +59,7 @@ class Stacker:
         self.embedder = embedder
         self.source_model = None
         if manifest.get("source_model"):
-            from stacking.source_model import SourceModel
+            from arena_kd.stacking.source_model import SourceModel
 
             self.source_model = SourceModel.load(stack_dir)
         self.selection = dict(manifest.get("selection") or {})
@@ -188,7 +187,7 @@ def load_stacker(stack_dir: str | Path, *, embedding_model: str | None = None, e
     embedder = None
     emb = manifest.get("embedding")
     if emb:
-        from stacking.embeddings import SentenceEmbedder
+        from arena_kd.blend.embeddings import SentenceEmbedder
 
         embedder = SentenceEmbedder(embedding_model or emb["model"], batch_size=emb.get("batch_size", 64), max_length=emb["max_length"], cache_dir=embedding_cache_dir, device=device)
     return Stacker(d, manifest, models, tfidf, embedder)

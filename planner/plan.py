@@ -1,9 +1,9 @@
 """`arena-kd plan`: wall time (low / expected / high) and GPU memory of every stage of a config, and whether the
 Kaggle submission fits its budget on 2x T4 — before spending GPU hours.
 
-Jobs are split by module: token counts (:mod:`submission.plan_lengths`), the cost model
-(:mod:`submission.plan_cost`), constants with their sources (:mod:`submission.specs`) and measured GPU results
-(:mod:`submission.calibration`). This module assembles the stages, the verdict and the alternatives, and prints
+Jobs are split by module: token counts (:mod:`arena_kd.planner.lengths`), the cost model
+(:mod:`arena_kd.planner.cost`), constants with their sources (:mod:`arena_kd.planner.specs`) and measured GPU results
+(:mod:`arena_kd.planner.calibration`). This module assembles the stages, the verdict and the alternatives, and prints
 them (a table with numbered sources, or one JSON object with ``--json``).
 """
 
@@ -15,16 +15,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from arena_kd.config import ModelConfig, PipelineConfig
-from arena_kd.errors import UserError
-from submission.budget import format_seconds, parse_time_budget
-from submission.calibration import load_calibration
-from submission.plan_cost import Estimate, estimate_inference, estimate_training, fixed_stage, uses_eager, weight_gib
-from submission.plan_lengths import Lengths, local_tokenizer, measure_lengths, read_pairs_or_none, row_chars
-from submission.specs import (
-    ARCH_ALIASES, ARCHS, HARDWARE, HARDWARE_ALIASES, KAGGLE_HIDDEN_CHARS_PER_ROW, KAGGLE_HIDDEN_CHARS_SOURCE,
-    KAGGLE_LIMIT_H, KAGGLE_TEST_ROWS, KAGGLE_TRAIN_ROWS, Arch,
+from arena_kd.common.config import ModelConfig, PipelineConfig
+from arena_kd.common.errors import UserError
+from arena_kd.planner.calibration import load_calibration
+from arena_kd.planner.cost import Estimate, estimate_inference, estimate_training, fixed_stage, uses_eager, weight_gib
+from arena_kd.planner.lengths import Lengths, local_tokenizer, measure_lengths, read_pairs_or_none, row_chars
+from arena_kd.planner.specs import (
+    ARCH_ALIASES,
+    ARCHS,
+    HARDWARE,
+    HARDWARE_ALIASES,
+    KAGGLE_HIDDEN_CHARS_PER_ROW,
+    KAGGLE_HIDDEN_CHARS_SOURCE,
+    KAGGLE_LIMIT_H,
+    KAGGLE_TEST_ROWS,
+    KAGGLE_TRAIN_ROWS,
+    Arch,
 )
+from arena_kd.submission.budget import format_seconds, parse_time_budget
 
 log = logging.getLogger("arena_kd.submission")
 
@@ -43,12 +51,12 @@ GPTQ_NOTE = ("GPTQ 8-bit (the 1st place's choice, one orientation per T4) is not
 
 def resolve_arch(model: ModelConfig) -> tuple[str, Arch | None, str]:
     """(name, Arch or None, source) for a model section: the table, a random_init dict, or a local config.json."""
-    from arena_kd.io import resolve_path
+    from arena_kd.common.io import resolve_path
 
     name = model.backbone.lower()
     for key, aliases in ARCH_ALIASES.items():
         if any(a in name for a in aliases):
-            return key, ARCHS[key], "published config.json (table in submission/specs.py)"
+            return key, ARCHS[key], "published config.json (table in planner/specs.py)"
     cfg: dict[str, Any] | None = None
     source = ""
     if model.backbone == "random" and model.random_init:

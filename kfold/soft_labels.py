@@ -13,10 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from arena_kd.errors import UserError
-from arena_kd.io import frame_hash, read_keyed_table
-from teachers.offline import LOGIT_NAMES, check_coverage
+from arena_kd.common.errors import UserError
+from arena_kd.common.io import frame_hash, read_keyed_table
+from arena_kd.kfold.oof import LOGIT_NAMES, check_coverage
 
 _PER_TEACHER = re.compile(r"^t_(.+)_a$")
 

@@ -18,7 +18,7 @@ layer-proportional part x full/built), so a short GPU window can stand for the w
 
 The planner turns each record into an efficiency (achieved FLOP/s per GPU / the card's datasheet peak) for the
 hardware profile whose ``card_names`` match ``card``; dry runs (tiny shapes, CPU) are read but never calibrate.
-Shipped files live in ``submission/calibration_data/*.json`` (package data); ``arena-kd plan --calibration FILE``
+Shipped files live in ``planner/calibration_data/*.json`` (package data); ``arena-kd plan --calibration FILE``
 adds one more.
 """
 
@@ -31,8 +31,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from arena_kd.errors import UserError
-from submission.specs import ARCHS, HARDWARE, RECOMPUTE_FLOPS_FACTOR, TRAIN_FLOPS_FACTOR
+from arena_kd.common.errors import UserError
+from arena_kd.planner.specs import ARCHS, HARDWARE, RECOMPUTE_FLOPS_FACTOR, TRAIN_FLOPS_FACTOR
 
 SCHEMA = "arena-kd/gpu-results/v1"
 KINDS = ("inference", "train_step")
@@ -97,7 +97,7 @@ def now_utc() -> str:
 
 def write_results(path: str | Path, results: Results) -> Path:
     """Atomically write ``results`` as JSON (the only writer of the schema)."""
-    from arena_kd.io import atomic_write_json
+    from arena_kd.common.io import atomic_write_json
 
     return atomic_write_json(Path(path), results.to_json())
 
@@ -125,7 +125,7 @@ def read_results(path: str | Path) -> Results:
 
 
 def profiles_for_card(card: str) -> list[str]:
-    """Hardware profile keys (submission.specs.HARDWARE) whose card_names occur in ``card``."""
+    """Hardware profile keys (arena_kd.planner.specs.HARDWARE) whose card_names occur in ``card``."""
     up = card.upper()
     return [k for k, hw in HARDWARE.items() if any(n.upper() in up for n in hw.card_names)]
 
@@ -162,8 +162,8 @@ def efficiencies(results: Results) -> dict[tuple[str, str, str], Calibrated]:
 
 
 def shipped_files() -> list[Path]:
-    """Results files shipped as package data (submission/calibration_data/*.json), oldest name first."""
-    folder = resources.files("submission") / "calibration_data"
+    """Results files shipped as package data (planner/calibration_data/*.json), oldest name first."""
+    folder = resources.files("arena_kd.planner") / "calibration_data"
     try:
         return sorted(Path(str(f)) for f in folder.iterdir() if f.name.endswith(".json"))
     except (FileNotFoundError, NotADirectoryError):

@@ -23,15 +23,14 @@ def start() -> None:
     if world_size() <= 1:
         return
     import torch
-
-    from llm.placement import start_launch_state
+    from arena_kd.llm.placement import start_launch_state
 
     start_launch_state(on_cpu=not torch.cuda.is_available())
 
 
 def main_first():
     """Context: the main process runs the block first (e.g. creates the folds file), then the others (they read it)."""
-    from llm.placement import main_process_first
+    from arena_kd.llm.placement import main_process_first
 
     return main_process_first()
 

@@ -29,10 +29,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from arena_kd.errors import UserError
-from data.readers import _is_missing
-from data.text import decode_bytes, raise_csv_field_limit, repair_text
+from arena_kd.common.errors import UserError
+from arena_kd.data.readers import _is_missing
+from arena_kd.data.text import decode_bytes, raise_csv_field_limit, repair_text
 
 log = logging.getLogger("arena_kd.submission")
 KAGGLE_COLUMNS = ("id", "prompt", "response_a", "response_b")
@@ -143,7 +142,7 @@ def _csv_records(path: Path) -> tuple[list[str], list[dict[str, Any]], Counter, 
 def _records(path: Path) -> tuple[list[str], list[dict[str, Any]], Counter, dict[str, int]]:
     if path.suffix.lower() == ".csv":
         return _csv_records(path)
-    from data.readers import read_raw
+    from arena_kd.data.readers import read_raw
 
     table = read_raw(path)
     return list(table.columns), table.records, Counter(), {}
@@ -154,7 +153,7 @@ def tolerant_kaggle_frame(path: str | Path) -> pd.DataFrame:
 
     ``df.attrs["repairs"]``: {repair kind: number of rows}.
     """
-    from data.schema import make_frame
+    from arena_kd.data.schema import make_frame
 
     path = Path(path)
     if not path.is_file():
@@ -214,7 +213,7 @@ def has_id_column(path: str | Path) -> bool:
 
 def read_test_pairs(path: str | Path) -> pd.DataFrame:
     """``data.readers.read_pairs``; when it refuses or fails on a file with an ``id`` column, :func:`tolerant_kaggle_frame`."""
-    from data.readers import read_pairs
+    from arena_kd.data.readers import read_pairs
 
     try:
         return read_pairs(path)

@@ -27,11 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from arena_kd.config import PipelineConfig, write_resolved
-from arena_kd.errors import UserError
-from arena_kd.io import atomic_write_json
-from arena_kd.metrics import softmax
+from arena_kd.common.config import PipelineConfig, write_resolved
+from arena_kd.common.errors import UserError
+from arena_kd.common.io import atomic_write_json
+from arena_kd.common.metrics import softmax
 
 EXPORT_FORMAT = 1
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -133,7 +132,7 @@ def save_export(
         **(extra or {}),
     }
     if reference is not None:
-        from arena_kd.io import write_keyed_table
+        from arena_kd.common.io import write_keyed_table
 
         write_keyed_table(tmp / "reference_logits.parquet", reference,
                           {"what": "input ids and probabilities (logit_* = their log) of the trained model(s) on the first training rows, "
@@ -180,7 +179,7 @@ def _resolve_dtype(dtype: str, device: str) -> torch.dtype:
             raise UserError(f"load_export: dtype must be auto, fp32, fp16 or bf16, got '{dtype}'")
         return _DTYPES[dtype]
     if device.startswith("cuda"):
-        from llm.loading import native_bf16
+        from arena_kd.llm.loading import native_bf16
 
         return torch.bfloat16 if native_bf16(device) else torch.float16
     return torch.float32
@@ -222,7 +221,7 @@ def load_export(export_dir: str | Path, *, quantization: str = "none", dtype: st
     if quantization == "none":
         model = model.to(device)
     if str(device).startswith("cpu") and quantization != "none":
-        from llm.loading import keep_bnb_4bit_layout_on_cpu
+        from arena_kd.llm.loading import keep_bnb_4bit_layout_on_cpu
 
         keep_bnb_4bit_layout_on_cpu(model)
     if not settings.get("merged", True):
@@ -286,8 +285,7 @@ def verify_export(export_dir: str | Path, *, quantization: str = "none", dtype: 
     and ``dtype`` only name how it was loaded).
     """
     import numpy as np
-
-    from arena_kd.io import read_keyed_table
+    from arena_kd.common.io import read_keyed_table
 
     export_dir = Path(export_dir)
     ref_path = export_dir / "reference_logits.parquet"

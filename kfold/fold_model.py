@@ -7,9 +7,8 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
-
-from arena_kd.io import jsonable
-from arena_kd.config import ModelConfig, PredictConfig, RenderConfig, TrainConfig
+from arena_kd.common.config import ModelConfig, PredictConfig, RenderConfig, TrainConfig
+from arena_kd.common.io import jsonable
 
 
 def predict_rows(model, tokenizer, df: pd.DataFrame, predict_cfg: PredictConfig, render_cfg: RenderConfig) -> dict[str, np.ndarray]:
@@ -17,7 +16,7 @@ def predict_rows(model, tokenizer, df: pd.DataFrame, predict_cfg: PredictConfig,
 
     Without TTA (predict.tta=false) only the original orientation is run: avg = orig, swap = NaN.
     """
-    from llm.predict import predict_logits, predict_tta
+    from arena_kd.llm.predict import predict_logits, predict_tta
 
     kw = dict(
         max_length=predict_cfg.max_length or render_cfg.max_length,
@@ -54,7 +53,7 @@ def train_and_predict(
 
     Returns (tta dict of [n_valid,3], meta {adapter_dir, train_metrics}, extra predictions dict or None).
     """
-    from llm.train import train_classifier
+    from arena_kd.llm.train import train_classifier
 
     # The held-out fold is predicted (with TTA) right below; an end-of-training Trainer evaluation on the same
     # rows would only repeat that work, so the Trainer evaluates only when periodic evaluation is asked for.

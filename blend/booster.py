@@ -1,6 +1,6 @@
 """LightGBM stacker: cross-validated multiclass boosting on both A/B orientations, position-symmetric prediction.
 
-Every training row is used twice — as is and A/B-swapped (:func:`stacking.features.swap_features`, label 0↔1)
+Every training row is used twice — as is and A/B-swapped (:func:`arena_kd.blend.features.swap_features`, label 0↔1)
 — and every prediction averages the row and its swapped copy (classes 0↔1 exchanged back), so the model has no
 position bias by construction: predicting the swapped pair gives exactly the prediction with columns 0/1 exchanged.
 Models are LightGBM text files (no pickle).
@@ -15,11 +15,10 @@ from pathlib import Path
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
-
-from arena_kd.config import StackingConfig
-from arena_kd.io import atomic_path
-from arena_kd.metrics import log_loss
-from stacking.features import swap_features
+from arena_kd.blend.features import swap_features
+from arena_kd.common.config import StackingConfig
+from arena_kd.common.io import atomic_path
+from arena_kd.common.metrics import log_loss
 
 log = logging.getLogger(__name__)
 SWAP_CLASSES = np.array([1, 0, 2])

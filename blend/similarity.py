@@ -2,7 +2,7 @@
 
 Why hashed and home-vectorised: scikit-learn's char-n-gram analyzer builds every n-gram as a Python string
 (~10^8 of them for 57k Kaggle pairs), which alone takes minutes. Here n-grams are rolling hashes computed with
-numpy over :class:`stacking.text_bytes.ByteDocs`, bucketed into ``n_features`` columns (the hashing trick, as
+numpy over :class:`arena_kd.blend.text_bytes.ByteDocs`, bucketed into ``n_features`` columns (the hashing trick, as
 sklearn's ``HashingVectorizer``), counted into a scipy CSR matrix and weighted like sklearn's
 ``TfidfVectorizer(sublinear_tf=True, smooth_idf=True, norm="l2")``. Text is ASCII-lower-cased; words are runs of
 word bytes (``text_bytes``); char n-grams are byte n-grams inside one document.
@@ -21,9 +21,8 @@ from typing import Iterable, Literal
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-
-from arena_kd.io import atomic_write_json, atomic_write_parquet
-from stacking.text_bytes import ByteDocs, run_starts
+from arena_kd.blend.text_bytes import ByteDocs, run_starts
+from arena_kd.common.io import atomic_write_json, atomic_write_parquet
 
 _LOWER = np.arange(256, dtype=np.uint8)
 _LOWER[ord("A") : ord("Z") + 1] += 32
@@ -169,7 +168,7 @@ def row_jaccard(x: sp.csr_matrix, y: sp.csr_matrix) -> np.ndarray:
 
 @dataclass
 class SimilarityModel:
-    """The fitted word and char TF-IDF spaces used by :func:`stacking.features.compute_features`."""
+    """The fitted word and char TF-IDF spaces used by :func:`arena_kd.blend.features.compute_features`."""
 
     word: HashedTfidf
     char: HashedTfidf
@@ -183,7 +182,7 @@ class SimilarityModel:
         return cls(word=HashedTfidf("word", nf, (1,)), char=HashedTfidf("char", nf, tuple(char_ngram)), max_bytes=max_bytes)
 
     def fit(self, chunks: Iterable[ByteDocs]) -> "SimilarityModel":
-        """Fit both IDFs on chunks of documents (already cut with :func:`stacking.text_bytes.truncated` to ``max_bytes``)."""
+        """Fit both IDFs on chunks of documents (already cut with :func:`arena_kd.blend.text_bytes.truncated` to ``max_bytes``)."""
         for docs in chunks:
             self.word.partial_fit(docs)
             self.char.partial_fit(docs)

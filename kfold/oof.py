@@ -15,8 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from arena_kd.errors import UserError, data_error
+from arena_kd.common.errors import UserError, data_error
 
 LOGIT_NAMES = ("logit_a", "logit_b", "logit_tie")
 PROB_NAMES = (("winner_model_a", "winner_model_b", "winner_tie"), ("prob_a", "prob_b", "prob_tie"), ("p_a", "p_b", "p_tie"))

@@ -1,0 +1,15 @@
+"""Keys every layer shares, defined once: class order, column names, the A/B swap permutation, input formats.
+
+Class order everywhere: 0 = A wins, 1 = B wins, 2 = tie (the Kaggle submission's column order).
+"""
+
+from __future__ import annotations
+
+LABELS = ("winner_model_a", "winner_model_b", "winner_tie")
+"""Probability columns of a submission, in class order."""
+
+LOGIT_COLUMNS = ("logit_a", "logit_b", "logit_tie")
+"""Logit columns of every OOF / soft-label / export-reference table, in class order."""
+
+SWAP_PERMUTATION = (1, 0, 2)
+"""Index permutation of the class axis that exchanges A and B (tie stays): ``x[..., SWAP_PERMUTATION]``."""
