@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+
 from arena_kd.llm.loading import native_bf16  # noqa: E402
 from arena_kd.planner.calibration import Record, Results, now_utc, write_results  # noqa: E402
 

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+
 from arena_kd.llm.batching import padding_efficiency, token_budget_batches  # noqa: E402
 
 SAMPLE = ROOT / "data" / "sample" / "train.csv"
@@ -47,8 +48,9 @@ def _frame(path: Path):
 
 
 def _tokenizer(spec: str):
-    from arena_kd.common.io import resolve_path
     from transformers import AutoTokenizer
+
+    from arena_kd.common.io import resolve_path
 
     src = resolve_path(spec)
     return AutoTokenizer.from_pretrained(src)

@@ -22,6 +22,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pandas as pd  # noqa: E402
+
 from arena_kd.common.io import resolve_path  # noqa: E402
 from arena_kd.data.readers import read_pairs  # noqa: E402
 from arena_kd.data.render import render_batch  # noqa: E402

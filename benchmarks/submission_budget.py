@@ -26,9 +26,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def build_tiny_export(cfg, texts):
     import torch
-    from arena_kd.llm.export import save_export
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import Gemma2Config, Gemma2ForSequenceClassification, PreTrainedTokenizerFast
+
+    from arena_kd.llm.export import save_export
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -48,6 +49,7 @@ def build_tiny_export(cfg, texts):
 
 def main() -> None:
     import pandas as pd
+
     from arena_kd.common.config import load_config
     from arena_kd.submission.run import run_submission
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+
 from arena_kd.blend.features import swap_features
 from arena_kd.common.config import StackingConfig
 from arena_kd.common.io import atomic_path

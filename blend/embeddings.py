@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from arena_kd.common.io import atomic_write_parquet, resolve_path
 
 log = logging.getLogger(__name__)

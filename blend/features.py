@@ -32,6 +32,7 @@ from typing import Iterator
 
 import numpy as np
 import pandas as pd
+
 from arena_kd.blend.similarity import SimilarityModel, row_cosine, row_jaccard
 from arena_kd.blend.text_bytes import ByteDocs, run_starts, truncated
 from arena_kd.common.metrics import softmax

@@ -21,6 +21,7 @@ from typing import Iterable, Literal
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+
 from arena_kd.blend.text_bytes import ByteDocs, run_starts
 from arena_kd.common.io import atomic_write_json, atomic_write_parquet
 

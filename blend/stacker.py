@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from arena_kd.blend.booster import load_booster, predict_symmetric
 from arena_kd.blend.features import compute_features, is_student_column, student_features, student_probs
 from arena_kd.blend.similarity import SimilarityModel
@@ -59,7 +60,7 @@ class Stacker:
         self.embedder = embedder
         self.source_model = None
         if manifest.get("source_model"):
-            from arena_kd.stacking.source_model import SourceModel
+            from arena_kd.blend.source_model import SourceModel
 
             self.source_model = SourceModel.load(stack_dir)
         self.selection = dict(manifest.get("selection") or {})

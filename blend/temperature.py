@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from arena_kd.common.metrics import log_loss, softmax
 from scipy.optimize import minimize_scalar
+
+from arena_kd.common.metrics import log_loss, softmax
 
 T_MIN, T_MAX = 0.05, 20.0
 _EPS = 1e-15

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pandas as pd
+
 from arena_kd.common.errors import UserError
 
 LOGIT_COLUMNS = ("logit_a", "logit_b", "logit_tie")

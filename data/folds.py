@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
 from arena_kd.common.errors import UserError
 from arena_kd.common.io import atomic_write_csv
-from sklearn.model_selection import StratifiedGroupKFold
 
 
 def prompt_groups(df: pd.DataFrame) -> np.ndarray:

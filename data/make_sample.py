@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from arena_kd.common.io import atomic_write_csv, atomic_write_text
 from arena_kd.data.folds import prompt_groups
 from arena_kd.data.readers import read_pairs

@@ -27,6 +27,7 @@ from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
+
 from arena_kd.common.errors import UserError, data_error
 from arena_kd.data.schema import LABEL_NAMES, make_frame
 from arena_kd.data.text import decode_bytes, raise_csv_field_limit

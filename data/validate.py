@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from arena_kd.common.errors import UserError, data_error
 from arena_kd.data.text import repair_text  # noqa: F401 - the one text repair, shared with the tolerant test reader
 

@@ -23,6 +23,7 @@ def start() -> None:
     if world_size() <= 1:
         return
     import torch
+
     from arena_kd.llm.placement import start_launch_state
 
     start_launch_state(on_cpu=not torch.cuda.is_available())

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from arena_kd.common.errors import UserError, data_error
 
 LOGIT_NAMES = ("logit_a", "logit_b", "logit_tie")

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
+
 from arena_kd.common.errors import UserError
 from arena_kd.common.io import read_keyed_table, sidecar_path, write_keyed_table
 from arena_kd.common.metrics import accuracy, log_loss, softmax

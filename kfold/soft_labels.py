@@ -2,7 +2,8 @@
 
 Sources: ``<workdir>/teachers/soft_labels.parquet`` (combined ``logit_a/b/tie`` + per-teacher
 ``t_<name>_a/b/tie`` columns, weights in the sidecar) or any single teacher's ``oof.parquet``
-(combined columns only).
+(combined columns only). Nested soft labels (``soft_labels_nested<k>.parquet``: for student fold k, from
+teachers that never saw fold k; written by the teachers stage) are read the same way.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from arena_kd.common.errors import UserError
 from arena_kd.common.io import frame_hash, read_keyed_table
 from arena_kd.kfold.oof import LOGIT_NAMES, check_coverage
@@ -72,3 +74,14 @@ def attach_teacher_logits(frame: pd.DataFrame, soft: SoftLabels, per_teacher: bo
     out = frame.copy()
     out["teacher_logits"] = list(arr)
     return out
+
+
+def nested_soft_labels_path(soft_labels: Path, outer_fold: int) -> Path:
+    return Path(soft_labels).with_name(f"soft_labels_nested{int(outer_fold)}.parquet")
+
+
+def load_nested_logits(soft_labels: Path, outer_fold: int, ids: pd.Series, per_teacher: bool) -> list[np.ndarray]:
+    """Per-row teacher logits for the fold-``outer_fold`` student's training ``ids`` from the nested file
+    (float32 (3,) per row, or (k,3) per row when ``per_teacher``)."""
+    soft = load_soft_labels(nested_soft_labels_path(soft_labels, outer_fold), ids)
+    return attach_teacher_logits(pd.DataFrame({"id": ids.to_numpy()}), soft, per_teacher)["teacher_logits"].tolist()

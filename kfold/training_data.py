@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from arena_kd.common.config import PipelineConfig
 from arena_kd.common.errors import UserError
 from arena_kd.common.io import file_hash, frame_hash

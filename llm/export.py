@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from arena_kd.common.config import PipelineConfig, write_resolved
 from arena_kd.common.errors import UserError
 from arena_kd.common.io import atomic_write_json
@@ -285,6 +286,7 @@ def verify_export(export_dir: str | Path, *, quantization: str = "none", dtype: 
     and ``dtype`` only name how it was loaded).
     """
     import numpy as np
+
     from arena_kd.common.io import read_keyed_table
 
     export_dir = Path(export_dir)

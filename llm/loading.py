@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from arena_kd.common.config import ModelConfig
 from arena_kd.common.errors import UserError
 from arena_kd.common.io import atomic_path, atomic_write_json, resolve_path

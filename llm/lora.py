@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import torch
+
 from arena_kd.common.config import LoraConfig as LoraSettings
 from arena_kd.common.errors import UserError
 

@@ -23,6 +23,7 @@ import os
 from typing import Any
 
 import torch
+
 from arena_kd.common.errors import UserError
 
 

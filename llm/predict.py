@@ -17,6 +17,7 @@ import os
 import numpy as np
 import pandas as pd
 import torch
+
 from arena_kd.llm.batching import accepts_position_ids, collate, token_budget_batches
 from arena_kd.llm.loading import PADDING_SIDE
 

@@ -33,11 +33,12 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
 from arena_kd.common.config import PLACEMENT_FIELDS, ModelConfig, RenderConfig, TrainConfig
 from arena_kd.common.errors import UserError
 from arena_kd.common.io import atomic_write_json, jsonable
 from arena_kd.llm.batching import accepts_position_ids, collate
-from transformers import Trainer, TrainerCallback, TrainingArguments
 
 SWAP_LABEL = torch.tensor([1, 0, 2])
 SWAP_INDEX = [1, 0, 2]
@@ -388,9 +389,10 @@ def train_classifier(
     same value for every fold, so all fold adapters start from one initialisation (what a fold soup assumes);
     ``seed`` then drives only the data order, swap draws and dropout.
     """
+    from transformers import set_seed
+
     from arena_kd.llm.loading import load_classifier
     from arena_kd.llm.lora import save_adapter
-    from transformers import set_seed
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

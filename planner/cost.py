@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from arena_kd.common.config import ModelConfig
+from arena_kd.common.durations import format_seconds
 from arena_kd.planner.calibration import CALIBRATED_SPREAD, Calibrated
 from arena_kd.planner.lengths import Lengths
 from arena_kd.planner.specs import (
@@ -28,7 +29,6 @@ from arena_kd.planner.specs import (
     Efficiency,
     Hardware,
 )
-from arena_kd.submission.budget import format_seconds
 
 WHICH = ("low", "expected", "high")
 FP32_FRACTION = 0.25

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from arena_kd.common.config import PipelineConfig
 from arena_kd.common.errors import UserError
 from arena_kd.planner.specs import CHARS_PER_TOKEN, CHARS_PER_TOKEN_RANGE, CHARS_PER_TOKEN_SOURCE

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from arena_kd.common.config import ModelConfig, PipelineConfig
+from arena_kd.common.durations import format_seconds, parse_time_budget
 from arena_kd.common.errors import UserError
 from arena_kd.planner.calibration import load_calibration
 from arena_kd.planner.cost import Estimate, estimate_inference, estimate_training, fixed_stage, uses_eager, weight_gib
@@ -32,7 +33,6 @@ from arena_kd.planner.specs import (
     KAGGLE_TRAIN_ROWS,
     Arch,
 )
-from arena_kd.submission.budget import format_seconds, parse_time_budget
 
 log = logging.getLogger("arena_kd.submission")
 

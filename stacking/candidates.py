@@ -21,6 +21,7 @@ what such a row has: its text) — the documented rule of :meth:`arena_kd.blend.
 from __future__ import annotations
 
 import numpy as np
+
 from arena_kd.blend.temperature import apply_temperature, fit_temperature
 from arena_kd.common.metrics import log_loss, log_loss_difference, log_loss_interval
 

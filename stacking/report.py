@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from arena_kd.common.io import atomic_path, atomic_write_text, read_keyed_table
 from arena_kd.common.metrics import accuracy, log_loss, log_loss_interval, softmax
 

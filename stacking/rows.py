@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from arena_kd.common.errors import UserError
 from arena_kd.common.io import read_keyed_table
 from arena_kd.data.folds import make_folds, prompt_groups

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from arena_kd.blend.booster import capacity, gain_importance, save_booster, train_cv, train_full
 from arena_kd.blend.features import compute_features, fit_similarity, is_student_column, student_features, student_probs
 from arena_kd.blend.stacker import MANIFEST, PRIOR, STUDENT_ONLY
@@ -161,7 +162,7 @@ def run_stacking(cfg: PipelineConfig, force: bool = False) -> dict:
     folds = frame["fold"].astype(int).to_numpy()
     source_model = None
     if sc.source_features:
-        from arena_kd.stacking.source_model import fit_source_features
+        from arena_kd.blend.source_model import fit_source_features
 
         fitted = fit_source_features(frame, folds, tfidf, cfg.seed)
         if fitted is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+
 from arena_kd.common.config import ModelConfig
 
 
@@ -22,8 +23,9 @@ def _adapter_tokenizer(adapter: Path):
     """The tokenizer saved next to the adapter (train_classifier saves it there), or None."""
     if not (adapter / "tokenizer_config.json").is_file():
         return None
-    from arena_kd.llm.loading import PADDING_SIDE, ensure_pad_token
     from transformers import AutoTokenizer
+
+    from arena_kd.llm.loading import PADDING_SIDE, ensure_pad_token
 
     tok = AutoTokenizer.from_pretrained(str(adapter))
     ensure_pad_token(tok)

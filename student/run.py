@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from arena_kd.common.config import PLACEMENT_FIELDS, PipelineConfig, write_resolved
 from arena_kd.common.errors import UserError
 from arena_kd.common.io import atomic_write_json, json_hash, read_keyed_table, write_keyed_table
@@ -70,8 +71,8 @@ def _oof_stage(cfg, data: TrainingData, frame: pd.DataFrame, soft: SoftLabels | 
     heldout = heldout_rows(cfg, data)
 
     def fit_predict(k: int, train_df: pd.DataFrame, valid_df: pd.DataFrame, fold_dir: Path):
-        if s.distill.nested and s.distill.alpha > 0:  # teacher labels from teachers that never saw fold k (teachers/nested.py)
-            from arena_kd.teachers.nested import load_nested_logits
+        if s.distill.nested and s.distill.alpha > 0:  # teacher labels from teachers that never saw fold k (teachers/nested.py writes them)
+            from arena_kd.kfold.soft_labels import load_nested_logits
 
             train_df = train_df.assign(teacher_logits=load_nested_logits(cfg.soft_labels_path(), k, train_df["id"], s.distill.per_teacher))
         tta, meta, held = train_and_predict(
@@ -247,7 +248,7 @@ def run_distill(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
         hashes["heldout"] = json_hash(sorted(held["id"].astype(str)))
     if d.nested and d.alpha > 0 and s.oof:
         from arena_kd.common.io import file_hash
-        from arena_kd.teachers.nested import nested_soft_labels_path
+        from arena_kd.kfold.soft_labels import nested_soft_labels_path
 
         paths = [nested_soft_labels_path(soft_path, int(k)) for k in sorted(data.frame["fold"].unique())]
         missing = [p for p in paths if not p.is_file()]

@@ -33,12 +33,14 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+
 from arena_kd.common.config import PipelineConfig, write_resolved
+from arena_kd.common.durations import format_seconds, parse_time_budget
 from arena_kd.common.errors import UserError
 from arena_kd.common.io import atomic_write_csv, atomic_write_json
 from arena_kd.common.keys import LABELS
 from arena_kd.llm.placement import free_accelerator_memory
-from arena_kd.submission.budget import Deadline, Governor, format_seconds, parse_time_budget
+from arena_kd.submission.budget import Deadline, Governor
 from arena_kd.submission.fallback import class_prior, load_stacker_or_none, stacker_probs, student_softmax
 from arena_kd.submission.student_pass import StudentPass, run_student_pass, short_reason
 from arena_kd.submission.validate import valid_rows, write_submission

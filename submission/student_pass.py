@@ -23,9 +23,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from arena_kd.llm.placement import free_accelerator_memory
-from arena_kd.submission.budget import PASSES, Governor, format_seconds
 from tqdm.auto import tqdm
+
+from arena_kd.common.durations import format_seconds
+from arena_kd.llm.placement import free_accelerator_memory
+from arena_kd.submission.budget import PASSES, Governor
 
 log = logging.getLogger("arena_kd.submission")
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from arena_kd.common.errors import UserError
 from arena_kd.data.readers import _is_missing
 from arena_kd.data.text import decode_bytes, raise_csv_field_limit, repair_text

@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+
 from arena_kd.common.errors import UserError, data_error
 from arena_kd.common.io import atomic_write_csv
 from arena_kd.common.keys import LABELS

@@ -13,11 +13,12 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from arena_kd.common.errors import UserError
-from arena_kd.common.metrics import EPS
 from scipy.optimize import minimize
 from scipy.special import log_softmax
 from scipy.special import softmax as sp_softmax
+
+from arena_kd.common.errors import UserError
+from arena_kd.common.metrics import EPS
 
 
 def teacher_probs(logits: Sequence[np.ndarray]) -> np.ndarray:

@@ -20,14 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from arena_kd.common.config import PipelineConfig, TeacherConfig
 from arena_kd.common.io import write_keyed_table
 from arena_kd.kfold.dist import main_write
 from arena_kd.kfold.oof import LOGIT_NAMES
-
-
-def nested_soft_labels_path(soft_labels: Path, outer_fold: int) -> Path:
-    return Path(soft_labels).with_name(f"soft_labels_nested{int(outer_fold)}.parquet")
+from arena_kd.kfold.soft_labels import nested_soft_labels_path
 
 
 def inner_frame(frame: pd.DataFrame, outer_fold: int, n_folds: int, seed: int) -> pd.DataFrame:
@@ -90,12 +88,3 @@ def write_nested_soft_labels(cfg: PipelineConfig, names: list[str], nested: dict
         paths.append(path)
         print(f"nested soft labels for student fold {k}: {path} ({len(ids)} rows, ensemble log loss {ens:.4f})")
     return paths
-
-
-def load_nested_logits(soft_labels: Path, outer_fold: int, ids: pd.Series, per_teacher: bool) -> list[np.ndarray]:
-    """Per-row teacher logits for the fold-``outer_fold`` student's training ``ids`` from the nested file
-    (float32 (3,) per row, or (k,3) per row when ``per_teacher``)."""
-    from arena_kd.kfold.soft_labels import attach_teacher_logits, load_soft_labels
-
-    soft = load_soft_labels(nested_soft_labels_path(soft_labels, outer_fold), ids)
-    return attach_teacher_logits(pd.DataFrame({"id": ids.to_numpy()}), soft, per_teacher)["teacher_logits"].tolist()

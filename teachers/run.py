@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from arena_kd.common.config import PLACEMENT_FIELDS, PipelineConfig, TeacherConfig, write_resolved
 from arena_kd.common.errors import UserError
 from arena_kd.common.io import file_hash, json_hash, read_keyed_table, write_keyed_table

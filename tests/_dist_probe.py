@@ -63,6 +63,7 @@ os.replace, os.rename, builtins.open, io.open = _replace_probe, _rename_probe, _
 
 def _install_trainer_probe() -> None:
     import torch
+
     from arena_kd.llm import predict, train
 
     orig_train = train.ClassifierTrainer.train

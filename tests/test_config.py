@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from arena_kd.common.config import PipelineConfig, apply_overrides, load_config, write_resolved
 from arena_kd.common.errors import UserError
 

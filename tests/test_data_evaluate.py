@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 from _data_fixtures import write_csv, write_kaggle_train
+
 from arena_kd.common.errors import UserError
 from arena_kd.data.readers import read_labels
-
 from arena_kd.evaluate import evaluate_files
 
 SUB_HEADER = ["id", "winner_model_a", "winner_model_b", "winner_tie"]

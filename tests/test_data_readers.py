@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from _data_fixtures import write_csv, write_kaggle_train
+
 from arena_kd.common.errors import UserError
 from arena_kd.data.readers import (
     detect_format,

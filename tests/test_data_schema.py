@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
 from arena_kd.data.schema import CANONICAL_COLUMNS, make_frame, swap_frame
 
 

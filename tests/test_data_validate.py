@@ -6,6 +6,7 @@ import json
 
 import pytest
 from _data_fixtures import KAGGLE_TRAIN_HEADER, kaggle_row, write_csv
+
 from arena_kd.common.errors import UserError
 from arena_kd.data.readers import read_pairs
 from arena_kd.data.validate import repair_text, validate_data_report

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+
 from arena_kd.common.io import read_keyed_table
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from arena_kd.common.config import ModelConfig, RenderConfig, TrainConfig
 from arena_kd.llm.loading import load_classifier
 from arena_kd.llm.predict import predict_logits

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+
 from arena_kd.common.config import ModelConfig
 from arena_kd.common.errors import UserError
 from arena_kd.llm import placement

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+
 from arena_kd.common.errors import UserError
 from arena_kd.data.folds import make_folds, make_or_load_folds, prompt_groups
 from arena_kd.data.readers import read_pairs

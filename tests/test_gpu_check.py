@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from arena_kd.common.config import load_config
 from arena_kd.common.errors import UserError
 from arena_kd.planner.calibration import SCHEMA, load_calibration, read_results, record_efficiency

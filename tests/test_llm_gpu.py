@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from arena_kd.common.config import RenderConfig, TrainConfig
 from arena_kd.llm.loading import load_classifier, native_bf16
 from arena_kd.llm.predict import predict_logits, predict_tta

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from arena_kd.common.errors import UserError
 from arena_kd.llm.loading import ensure_pad_token, load_classifier, load_tokenizer, resolve_dtype
 from arena_kd.llm.train import frame_texts

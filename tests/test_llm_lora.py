@@ -6,13 +6,14 @@ import json
 
 import numpy as np
 import pytest
+from safetensors.torch import load_file
+
 from arena_kd.common.config import RenderConfig, TrainConfig
 from arena_kd.common.errors import UserError
 from arena_kd.llm.loading import load_classifier
 from arena_kd.llm.lora import average_adapters, merge_and_unload
 from arena_kd.llm.predict import predict_logits
 from arena_kd.llm.train import train_classifier
-from safetensors.torch import load_file
 
 KW = dict(max_length=96, progress=False)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from arena_kd.data.render import render_batch
 from arena_kd.data.schema import swap_frame
 from arena_kd.llm.batching import collate, padding_efficiency, token_budget_batches
@@ -119,6 +120,7 @@ def test_empty_frame_gives_empty_logits(tiny_model, tiny_pairs):
 def _worker(rank: int, world: int, port: int, cfg_json: str, wd: str, rows: list, queue) -> None:
     """One data-parallel process (forked: shares the parent's imports, so it starts in well under a second)."""
     import torch.distributed as dist
+
     from arena_kd.common.config import ModelConfig
     from arena_kd.data.schema import make_frame
 

@@ -2,10 +2,11 @@
 
 import pytest
 import torch
+from transformers import AutoModelForSequenceClassification, LlamaConfig
+
 from arena_kd.common.config import LoraConfig
 from arena_kd.common.errors import UserError
 from arena_kd.llm.lora import apply_lora
-from transformers import AutoModelForSequenceClassification, LlamaConfig
 
 
 def _model(layers=4):
@@ -52,10 +53,11 @@ def test_top_layers_more_than_the_model_has_means_all():
 
 def test_num_layers_prunes_a_pretrained_backbone(tmp_path):
     """model.num_layers keeps the first N layers of a saved backbone, with the same weights as the full model."""
-    from arena_kd.common.config import ModelConfig
-    from arena_kd.llm.loading import load_classifier
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
+
+    from arena_kd.common.config import ModelConfig
+    from arena_kd.llm.loading import load_classifier
 
     tok = Tokenizer(models.WordLevel({"[PAD]": 0, "[UNK]": 1, "a": 2, "b": 3}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()

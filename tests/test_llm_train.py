@@ -7,11 +7,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from transformers import TrainerCallback
+
 from arena_kd.common.config import RenderConfig, TrainConfig
 from arena_kd.common.errors import UserError
 from arena_kd.llm.predict import predict_logits
 from arena_kd.llm.train import PairCollator, train_classifier
-from transformers import TrainerCallback
 
 RENDER = RenderConfig(max_length=96)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from arena_kd.common.metrics import (
     bootstrap_mean,
     log_loss,

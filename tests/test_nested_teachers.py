@@ -7,12 +7,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
 from arena_kd.common.config import load_config
 from arena_kd.common.errors import UserError
 from arena_kd.common.io import read_keyed_table
 from arena_kd.data.folds import prompt_groups
 from arena_kd.kfold.oof import LOGIT_NAMES
-from arena_kd.teachers.nested import inner_frame, load_nested_logits, nested_soft_labels_path, write_nested_soft_labels
+from arena_kd.kfold.soft_labels import load_nested_logits, nested_soft_labels_path
+from arena_kd.teachers.nested import inner_frame, write_nested_soft_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
 from arena_kd.common.config import load_config
 from arena_kd.common.keys import LABELS
-
 from arena_kd.pipeline import format_table, hard_student_config, length_only_lgbm, run_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent

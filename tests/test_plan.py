@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
 from arena_kd.common.config import load_config
 from arena_kd.common.errors import UserError
 from arena_kd.data.render import TURN_SEP

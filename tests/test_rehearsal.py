@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+
 from arena_kd.common.config import load_config, merge_layer
 from arena_kd.common.errors import UserError
 
@@ -160,6 +161,7 @@ def test_drift_counts_non_finite_rows_and_tolerances_by_precision():
 
 def test_dtype_auto_never_picks_emulated_bf16(monkeypatch):
     import torch
+
     from arena_kd.llm.export import _resolve_dtype
 
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (7, 5))  # T4: bf16 only emulated

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import arena_kd.data.render as render
 import pytest
 from _data_fixtures import tiny_bpe
+
+import arena_kd.data.render as render
 from arena_kd.data.render import render_batch
 from arena_kd.data.schema import make_frame, swap_frame
 

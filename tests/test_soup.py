@@ -7,13 +7,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from transformers import TrainerCallback
+
 from arena_kd.common.config import RenderConfig, TrainConfig
 from arena_kd.common.errors import UserError
 from arena_kd.llm.loading import load_classifier
 from arena_kd.llm.lora import average_adapters, concat_adapters, merge_and_unload, soup_adapters
 from arena_kd.llm.train import train_classifier
 from arena_kd.student.merge import merged_student, weight_delta
-from transformers import TrainerCallback
 
 
 class InitialWeights(TrainerCallback):

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
 from arena_kd.blend.features import compute_features, fit_similarity, is_student_column, swap_features, swap_student
 from arena_kd.blend.similarity import SimilarityModel
 from arena_kd.data.schema import make_frame, swap_frame
@@ -152,6 +153,7 @@ def _tiny_encoder(tmp_path):
 
 def test_sentence_embedder_mean_pooling_and_cache(tmp_path, monkeypatch):
     import torch
+
     from arena_kd.blend.embeddings import SentenceEmbedder
 
     model_dir, model, tok = _tiny_encoder(tmp_path)

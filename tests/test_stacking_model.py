@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+
 from arena_kd.blend.booster import load_booster, predict_symmetric, save_booster, train_cv, train_full
 from arena_kd.blend.features import compute_features, is_student_column, swap_features, swap_student
 from arena_kd.blend.temperature import apply_temperature, fit_temperature

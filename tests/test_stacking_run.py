@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
 from arena_kd.blend.features import swap_student
 from arena_kd.blend.stacker import load_stacker
 from arena_kd.common.config import load_config

@@ -1,14 +1,15 @@
-"""arena_kd.stacking.source_model: the source of a pair learned from its text (test rows carry none), swap-invariant,
+"""arena_kd.blend.source_model: the source of a pair learned from its text (test rows carry none), swap-invariant,
 cross-fitted for training rows, saved without pickle."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
 from arena_kd.blend.features import fit_similarity
+from arena_kd.blend.source_model import SourceModel, fit_source_features
 from arena_kd.data.readers import read_pairs
 from arena_kd.data.schema import swap_frame
-from arena_kd.stacking.source_model import SourceModel, fit_source_features
 
 
 def _sample(n=300):

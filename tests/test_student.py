@@ -4,13 +4,14 @@ import copy
 import json
 from pathlib import Path
 
-import arena_kd.student.run as srun
-import arena_kd.teachers.run as trun
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from _fakes import fake_logits
+
+import arena_kd.student.run as srun
+import arena_kd.teachers.run as trun
 from arena_kd.common.config import load_config
 from arena_kd.common.errors import UserError
 from arena_kd.common.io import read_keyed_table
@@ -195,8 +196,9 @@ def test_export_reload_quantized_close(merged_export, quant, tol):
 
 
 def test_unmerged_export_base_plus_adapter(tmp_path):
-    from arena_kd.llm.export import load_export, save_export
     from peft import LoraConfig, get_peft_model
+
+    from arena_kd.llm.export import load_export, save_export
 
     cfg = load_config(SMOKE, [f"workdir={tmp_path / 'work'}", "student.export_dtype=fp32", "student.export_merged=false"])
     tok = _tiny_tokenizer(tmp_path)

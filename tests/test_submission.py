@@ -15,11 +15,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
 from arena_kd.common.config import load_config
+from arena_kd.common.durations import parse_time_budget
 from arena_kd.common.errors import UserError
 from arena_kd.common.keys import LABELS
 from arena_kd.submission import run as run_mod
-from arena_kd.submission.budget import Deadline, Governor, parse_time_budget
+from arena_kd.submission.budget import Deadline, Governor
 from arena_kd.submission.student_pass import run_student_pass
 from arena_kd.submission.validate import validate_submission, write_submission
 

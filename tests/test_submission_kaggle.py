@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
 from arena_kd.common.keys import LABELS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
 from arena_kd.common.config import load_config
 from arena_kd.common.keys import LABELS
 
@@ -34,8 +35,9 @@ def _tiny_tokenizer(texts):
 def export(tmp_path_factory):
     """A random 2-layer Gemma2 classifier exported with arena_kd.llm.export.save_export (the real format)."""
     import torch
-    from arena_kd.llm.export import save_export
     from transformers import Gemma2Config, Gemma2ForSequenceClassification
+
+    from arena_kd.llm.export import save_export
 
     tmp = tmp_path_factory.mktemp("real")
     test = pd.read_csv(ROOT / "data/sample/test.csv", dtype={"id": str}).head(N_ROWS)
@@ -74,8 +76,9 @@ def test_load_student_from_a_real_export(export):
 
 def test_submission_with_real_student_is_symmetric(export, tmp_path, monkeypatch):
     pytest.importorskip("arena_kd.llm.predict", reason="llm/predict.py (issue 3) not there yet")
-    from arena_kd.submission import run as run_mod
     from test_submission import FakeStacker  # tests/ is on sys.path (pytest prepend import mode)
+
+    from arena_kd.submission import run as run_mod
 
     cfg, export_dir, test = export
     monkeypatch.setattr(run_mod, "load_stacker_or_none", lambda d, e=None: FakeStacker())
@@ -99,9 +102,10 @@ def test_submission_on_every_visible_gpu_in_8bit(export, tmp_path, monkeypatch):
     import torch
 
     pytest.importorskip("arena_kd.llm.predict")
+    from test_submission import FakeStacker
+
     from arena_kd.submission import run as run_mod
     from arena_kd.submission.student_infer import load_student
-    from test_submission import FakeStacker
 
     cfg, export_dir, test = export
     backend = load_student(export_dir, quantization="8bit", dtype="fp16")

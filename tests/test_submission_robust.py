@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_submission import FakeStacker, _assert_valid
+from test_submission_real import export  # noqa: F401 - module fixture: a real tiny exported student
+
 from arena_kd.common.keys import LABELS
 from arena_kd.submission import run as run_mod
 from arena_kd.submission.tolerant_reader import read_test_pairs, tolerant_kaggle_frame
-from test_submission import FakeStacker, _assert_valid
-from test_submission_real import export  # noqa: F401 - module fixture: a real tiny exported student
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 10

@@ -6,11 +6,12 @@ the real llm/ engine on the tiny random models of configs/smoke.yaml.
 
 from pathlib import Path
 
-import arena_kd.teachers.run as trun
 import numpy as np
 import pandas as pd
 import pytest
 from _fakes import fake_logits
+
+import arena_kd.teachers.run as trun
 from arena_kd.common.config import load_config
 from arena_kd.common.errors import UserError
 from arena_kd.common.io import read_keyed_table

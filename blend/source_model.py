@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+
 from arena_kd.blend.similarity import SimilarityModel
 from arena_kd.blend.text_bytes import ByteDocs, truncated
 from arena_kd.common.io import atomic_write_json, atomic_write_parquet
