@@ -12,7 +12,7 @@ Supported layouts (``fmt``; ``auto`` detects from the columns):
           turns, or lists of messages). Which answer becomes A is randomised by ``seed``.
 Containers: .csv, .jsonl/.ndjson (JSON lines), .json (a list of objects or JSON lines), .parquet.
 
-Everything read is validated (see :mod:`data.validate`); problems raise a one-line
+Everything read is validated (see :mod:`arena_kd.data.row_checks`); problems raise a one-line
 :class:`arena_kd.common.errors.UserError`; repairs are counted in ``df.attrs["validation"]``.
 """
 
@@ -29,9 +29,7 @@ import numpy as np
 import pandas as pd
 
 from arena_kd.common.errors import UserError, data_error
-from arena_kd.data.schema import LABEL_NAMES, make_frame
-from arena_kd.data.text import decode_bytes, raise_csv_field_limit
-from arena_kd.data.validate import (
+from arena_kd.data.row_checks import (
     ValidationStats,
     check_turn_counts,
     check_unique_ids,
@@ -43,6 +41,8 @@ from arena_kd.data.validate import (
     require_columns,
     row_label,
 )
+from arena_kd.data.schema import LABEL_NAMES, make_frame
+from arena_kd.data.text import decode_bytes, raise_csv_field_limit
 
 WINNER_COLUMNS = ["winner_model_a", "winner_model_b", "winner_tie"]
 ARENA_WINNERS = {"model_a": 0, "model_b": 1, "tie": 2, "tie (bothbad)": 2}

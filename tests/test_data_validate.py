@@ -9,7 +9,8 @@ from _data_fixtures import KAGGLE_TRAIN_HEADER, kaggle_row, write_csv
 
 from arena_kd.common.errors import UserError
 from arena_kd.data.readers import read_pairs
-from arena_kd.data.validate import repair_text, validate_data_report
+from arena_kd.data.text import repair_text
+from arena_kd.data.validate import validate_data_report
 
 
 def _train(tmp_path, rows, header=KAGGLE_TRAIN_HEADER, name="train.csv"):
