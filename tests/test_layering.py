@@ -35,7 +35,8 @@ def module_imports(root: Path) -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for folder in LAYERS:
         for f in sorted((root / folder).glob("*.py")):
-            mod = "arena_kd" + ("" if folder == "arena_kd" else f".{folder}") + ("" if f.stem == "__init__" else f".{f.stem}")
+            pkg = "arena_kd" if folder == "arena_kd" else f"arena_kd.{folder}"
+            mod = pkg if f.stem == "__init__" else f"{pkg}.{f.stem}"
             found: set[str] = set()
             for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"), str(f))):
                 if isinstance(node, ast.Import):
@@ -57,9 +58,11 @@ def layer_violations(graph: dict[str, set[str]]) -> list[str]:
             if dst == src or src == "arena_kd" or dst == "arena_kd" and imp == "arena_kd":
                 continue
             if LAYERS[dst] > LAYERS[src]:
-                bad.append(f"{mod} imports {imp}: layer {LAYERS[src]} ({src}) reaches up to layer {LAYERS[dst]} ({dst})")
+                up = f"layer {LAYERS[src]} ({src}) reaches up to layer {LAYERS[dst]} ({dst})"
+                bad.append(f"{mod} imports {imp}: {up}")
             elif LAYERS[dst] == LAYERS[src]:
-                bad.append(f"{mod} imports {imp}: {src} and {dst} are both layer {LAYERS[src]}; they meet through files")
+                same = f"{src} and {dst} are both layer {LAYERS[src]}; they meet through files"
+                bad.append(f"{mod} imports {imp}: {same}")
     return bad
 
 
@@ -110,7 +113,7 @@ def test_checker_finds_upward_cross_stage_and_circular_imports(tmp_path):
         "common/io.py": "def f():\n    from arena_kd.data.readers import read_pairs\n",  # lazy, upward
         "data/readers.py": "from arena_kd.data import validate\n",
         "data/validate.py": "from arena_kd.data.readers import x\n",  # circle with readers
-        "student/run.py": "from arena_kd.teachers.run import run_teachers\nfrom arena_kd.kfold.runner import run_folds\n",
+        "student/run.py": "from arena_kd.teachers.run import run\nfrom arena_kd.kfold.runner import run_folds\n",
         "teachers/run.py": "import arena_kd.common.io\n",
         "kfold/runner.py": "from arena_kd.blend import stacker\n",  # same shared layer, other package
         "blend/stacker.py": "",
