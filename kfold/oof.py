@@ -17,9 +17,10 @@ import numpy as np
 import pandas as pd
 
 from arena_kd.common.errors import UserError, data_error
+from arena_kd.common.keys import LABELS, LOGIT_COLUMNS
 
-LOGIT_NAMES = ("logit_a", "logit_b", "logit_tie")
-PROB_NAMES = (("winner_model_a", "winner_model_b", "winner_tie"), ("prob_a", "prob_b", "prob_tie"), ("p_a", "p_b", "p_tie"))
+# probability column sets an offline file may use instead of LOGIT_COLUMNS, each in class order
+PROB_NAMES = (LABELS, ("prob_a", "prob_b", "prob_tie"), ("p_a", "p_b", "p_tie"))
 PROB_EPS = 1e-7
 
 
@@ -43,14 +44,15 @@ def looks_like_probabilities(values: np.ndarray) -> bool:
 
 
 def read_teacher_logits(path: str | Path) -> tuple[pd.DataFrame, str]:
-    """Read an offline teacher file → (DataFrame[id, logit_a, logit_b, logit_tie] float32, kind 'logits'|'probabilities')."""
+    """Read an offline teacher file → (DataFrame[id, *LOGIT_COLUMNS] float32, kind 'logits'|'probabilities')."""
     path = Path(path)
     df = _read_table(path)
     if "id" not in df.columns:
         raise data_error(path, column="id", problem="missing; teacher files need an id column")
-    names = next((n for n in (LOGIT_NAMES, *PROB_NAMES) if all(c in df.columns for c in n)), None)
+    names = next((n for n in (LOGIT_COLUMNS, *PROB_NAMES) if all(c in df.columns for c in n)), None)
     if names is None:
-        raise data_error(path, column="logit_a", problem=f"need columns {', '.join(LOGIT_NAMES)} (or winner_model_a/b/tie probabilities); found {', '.join(map(str, df.columns))}")
+        need = f"need columns {', '.join(LOGIT_COLUMNS)} (or winner_model_a/b/tie probabilities)"
+        raise data_error(path, column=LOGIT_COLUMNS[0], problem=f"{need}; found {', '.join(map(str, df.columns))}")
     ids = df["id"].astype(str)
     dup = ids.duplicated()
     if dup.any():
@@ -64,15 +66,17 @@ def read_teacher_logits(path: str | Path) -> tuple[pd.DataFrame, str]:
             row = int(np.flatnonzero(bad)[0])
             raise data_error(path, row=row + 1, column=c, problem=f"not a finite number ({df[c].iloc[row]!r})")
         values[:, j] = col
-    is_prob = names != LOGIT_NAMES or looks_like_probabilities(values)
+    is_prob = names != LOGIT_COLUMNS or looks_like_probabilities(values)
     if is_prob:
-        if names != LOGIT_NAMES and not looks_like_probabilities(values):
-            row = int(np.flatnonzero(~np.isclose(values.sum(axis=1), 1.0, atol=1e-3) | (values < 0).any(axis=1) | (values > 1).any(axis=1))[0])
-            raise data_error(path, row=row + 1, column=names[0], problem="probabilities must be in [0, 1] and sum to 1 per row")
+        if names != LOGIT_COLUMNS and not looks_like_probabilities(values):
+            off = ~np.isclose(values.sum(axis=1), 1.0, atol=1e-3) | (values < 0).any(axis=1) | (values > 1).any(axis=1)
+            row = int(np.flatnonzero(off)[0])
+            raise data_error(path, row=row + 1, column=names[0],
+                             problem="probabilities must be in [0, 1] and sum to 1 per row")
         values = np.clip(values, PROB_EPS, 1.0)
         values = np.log(values / values.sum(axis=1, keepdims=True))
     out = pd.DataFrame({"id": ids.to_numpy()})
-    for j, c in enumerate(LOGIT_NAMES):
+    for j, c in enumerate(LOGIT_COLUMNS):
         out[c] = values[:, j].astype(np.float32)
     return out, "probabilities" if is_prob else "logits"
 
@@ -89,4 +93,4 @@ def align_logits(path: str | Path, table: pd.DataFrame, ids: pd.Series) -> np.nd
     """float32 [n,3] logits for ``ids`` in that order (coverage checked first)."""
     check_coverage(path, table["id"], ids)
     indexed = table.set_index("id")
-    return indexed.loc[ids.astype(str).to_numpy(), list(LOGIT_NAMES)].to_numpy(dtype=np.float32)
+    return indexed.loc[ids.astype(str).to_numpy(), list(LOGIT_COLUMNS)].to_numpy(dtype=np.float32)

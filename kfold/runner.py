@@ -20,12 +20,14 @@ import pandas as pd
 
 from arena_kd.common.errors import UserError
 from arena_kd.common.io import read_keyed_table, sidecar_path, write_keyed_table
+from arena_kd.common.keys import LOGIT_COLUMNS
 from arena_kd.common.metrics import accuracy, log_loss, softmax
 from arena_kd.kfold.dist import main_write
 
 FAULT_ENV = "ARENA_KD_FAIL_AFTER_FOLDS"
-ORIG_COLUMNS = ("orig_logit_a", "orig_logit_b", "orig_logit_tie")
-SWAP_COLUMNS = ("swap_logit_a", "swap_logit_b", "swap_logit_tie")
+# the two test-time-augmentation passes behind the averaged LOGIT_COLUMNS: as given, and with A/B swapped (swapped back)
+ORIG_COLUMNS = tuple(f"orig_{c}" for c in LOGIT_COLUMNS)
+SWAP_COLUMNS = tuple(f"swap_{c}" for c in LOGIT_COLUMNS)
 
 
 class InjectedFault(RuntimeError):
@@ -107,7 +109,7 @@ def fold_metrics(labels: np.ndarray, logits: np.ndarray) -> dict[str, float]:
 def tta_frame(ids: pd.Series, fold: int, tta: dict[str, np.ndarray]) -> pd.DataFrame:
     """id, fold, logit_* (avg), orig_logit_*, swap_logit_* from a predict_tta-style dict of [n,3] arrays."""
     out = pd.DataFrame({"id": ids.astype(str).to_numpy(), "fold": int(fold)})
-    for cols, key in ((("logit_a", "logit_b", "logit_tie"), "avg"), (ORIG_COLUMNS, "orig"), (SWAP_COLUMNS, "swap")):
+    for cols, key in ((LOGIT_COLUMNS, "avg"), (ORIG_COLUMNS, "orig"), (SWAP_COLUMNS, "swap")):
         arr = np.asarray(tta[key], dtype=np.float32)
         for j, c in enumerate(cols):
             out[c] = arr[:, j]
@@ -115,7 +117,10 @@ def tta_frame(ids: pd.Series, fold: int, tta: dict[str, np.ndarray]) -> pd.DataF
 
 
 def remove_checkpoints(out_dir: str | Path) -> None:
-    """Delete HF Trainer checkpoints (``checkpoints/``, ``checkpoint-*``) under ``out_dir`` (keeps disk small; adapters stay)."""
+    """Delete HF Trainer checkpoints (``checkpoints/``, ``checkpoint-*``) under ``out_dir``.
+
+    Keeps the disk small; the adapters stay.
+    """
     for ck in [*Path(out_dir).glob("checkpoint-*"), *Path(out_dir).glob("checkpoints")]:
         if ck.is_dir():
             shutil.rmtree(ck, ignore_errors=True)
@@ -157,14 +162,14 @@ def run_folds(
         train_df = frame.loc[~mask].reset_index(drop=True)
         valid_df = frame.loc[mask].reset_index(drop=True)
         fold_dir = stage_dir / f"fold{k}"
-        if force and fold_dir.exists():  # --force: no stale adapter / checkpoint may be picked up by the trainer's own resume
+        if force and fold_dir.exists():  # --force: the trainer's own resume must not pick up a stale adapter/checkpoint
             main_write(shutil.rmtree, fold_dir, ignore_errors=True)
         log(f"[{label}] fold {k}: training on {len(train_df)} rows, predicting {len(valid_df)}")
         t0 = time.time()
         tta, extra = fit_predict(k, train_df, valid_df, fold_dir)
         wall = time.time() - t0
         df = tta_frame(valid_df["id"], k, tta)
-        metrics = fold_metrics(labels_all[mask], df[["logit_a", "logit_b", "logit_tie"]].to_numpy())
+        metrics = fold_metrics(labels_all[mask], df[list(LOGIT_COLUMNS)].to_numpy())
         meta = {"fold": k, "hashes": hashes, "metrics": metrics, "wall_time_s": round(wall, 3), **extra}
         main_write(_write_fold, path, df, meta, fold_dir)
         log(f"[{label}] fold {k}: log loss {metrics['log_loss']:.4f}, accuracy {metrics['accuracy']:.3f} ({wall:.1f}s)")

@@ -21,10 +21,10 @@ import pandas as pd
 from arena_kd.common.config import PLACEMENT_FIELDS, PipelineConfig, write_resolved
 from arena_kd.common.errors import UserError
 from arena_kd.common.io import atomic_write_json, json_hash, read_keyed_table, write_keyed_table
+from arena_kd.common.keys import LOGIT_COLUMNS as LOGIT_NAMES
 from arena_kd.common.metrics import accuracy, log_loss, softmax
 from arena_kd.kfold.dist import main_write
 from arena_kd.kfold.fold_model import train_and_predict
-from arena_kd.kfold.oof import LOGIT_NAMES
 from arena_kd.kfold.runner import (
     ORIG_COLUMNS,
     SWAP_COLUMNS,

@@ -23,8 +23,8 @@ import pandas as pd
 
 from arena_kd.common.config import PipelineConfig, TeacherConfig
 from arena_kd.common.io import write_keyed_table
+from arena_kd.common.keys import LOGIT_COLUMNS
 from arena_kd.kfold.dist import main_write
-from arena_kd.kfold.oof import LOGIT_NAMES
 from arena_kd.kfold.soft_labels import nested_soft_labels_path
 
 
@@ -57,7 +57,7 @@ def run_nested_teacher(cfg: PipelineConfig, t: TeacherConfig, frame: pd.DataFram
 
         folds = run_folds(inner, out_dir / f"nested{k}", {**hashes, "nested_outer": str(k)}, fit_predict,
                           force=force, fault=fault, label=f"{t.name} nested (outer fold {k})")
-        df = pd.concat(folds, ignore_index=True)[["id", *LOGIT_NAMES]]
+        df = pd.concat(folds, ignore_index=True)[["id", *LOGIT_COLUMNS]]
         out[k] = inner[["id"]].merge(df, on="id", how="left")
     return out
 
@@ -78,11 +78,11 @@ def write_nested_soft_labels(cfg: PipelineConfig, names: list[str], nested: dict
             src = nested.get(n, {}).get(k)
             sources[n] = "nested" if src is not None else "oof (offline teacher: cannot be nested)"
             table = src if src is not None else plain[n]
-            logits.append(ids.to_frame().merge(table, on="id", how="left")[list(LOGIT_NAMES)].to_numpy(dtype=np.float64))
+            logits.append(ids.to_frame().merge(table, on="id", how="left")[list(LOGIT_COLUMNS)].to_numpy(dtype=np.float64))
         soft = soft_frame(ids, names, logits, weights, cfg.teachers.combine.temperature)
         path = nested_soft_labels_path(cfg.soft_labels_path(), k)
         y = labels.assign(id=labels["id"].astype(str)).set_index("id").loc[ids.astype(str), "label"].to_numpy(dtype=np.int64)
-        ens = log_loss(y, np.exp(soft[list(LOGIT_NAMES)].to_numpy(dtype=np.float64)))
+        ens = log_loss(y, np.exp(soft[list(LOGIT_COLUMNS)].to_numpy(dtype=np.float64)))
         main_write(write_keyed_table, path, soft, {**meta, "nested_outer_fold": k, "teacher_sources": sources,
                                                    "ensemble_log_loss_nested": ens, "rows": int(len(ids))})
         paths.append(path)

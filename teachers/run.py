@@ -22,17 +22,17 @@ import pandas as pd
 from arena_kd.common.config import PLACEMENT_FIELDS, PipelineConfig, TeacherConfig, write_resolved
 from arena_kd.common.errors import UserError
 from arena_kd.common.io import file_hash, json_hash, read_keyed_table, write_keyed_table
+from arena_kd.common.keys import LOGIT_COLUMNS
 from arena_kd.common.metrics import accuracy, log_loss
 from arena_kd.kfold import dist
 from arena_kd.kfold.dist import main_write
 from arena_kd.kfold.fold_model import train_and_predict
-from arena_kd.kfold.oof import LOGIT_NAMES, align_logits, read_teacher_logits
+from arena_kd.kfold.oof import align_logits, read_teacher_logits
 from arena_kd.kfold.runner import FaultInjector, check_hashes, fold_metrics, model_meta, run_folds
+from arena_kd.kfold.soft_labels import teacher_columns
 from arena_kd.kfold.training_data import TrainingData, load_training_data
 from arena_kd.llm.train import frame_texts
 from arena_kd.teachers.combine import combine_logits, resolve_weights, teacher_probs, temper_logits
-
-SUFFIXES = ("a", "b", "tie")
 
 
 def teacher_config_hash(cfg: PipelineConfig, teacher: TeacherConfig) -> str:
@@ -75,7 +75,7 @@ def _load_extra(cfg: PipelineConfig, train_ids: pd.Series) -> pd.DataFrame | Non
 
 def _overall(frame: pd.DataFrame, oof: pd.DataFrame) -> dict[str, float]:
     merged = frame[["id", "label"]].merge(oof, on="id", how="inner")
-    return fold_metrics(merged["label"].astype(int).to_numpy(), merged[list(LOGIT_NAMES)].to_numpy())
+    return fold_metrics(merged["label"].astype(int).to_numpy(), merged[list(LOGIT_COLUMNS)].to_numpy())
 
 
 def _model_teacher(cfg: PipelineConfig, t: TeacherConfig, data: TrainingData, extra: pd.DataFrame | None,
@@ -98,7 +98,7 @@ def _model_teacher(cfg: PipelineConfig, t: TeacherConfig, data: TrainingData, ex
         return tta, meta
 
     folds = run_folds(data.frame, out_dir, hashes, fit_predict, force=force, fault=fault, label=t.name)
-    oof = pd.concat(folds, ignore_index=True)[["id", "fold", *LOGIT_NAMES]]
+    oof = pd.concat(folds, ignore_index=True)[["id", "fold", *LOGIT_COLUMNS]]
     oof = data.frame[["id"]].merge(oof, on="id", how="left")  # training-row order
     per_fold = {}
     wall = 0.0
@@ -128,10 +128,10 @@ def _average_extra(out_dir: Path, folds: list[int], extra: pd.DataFrame, hashes:
         df, meta = read_keyed_table(out_dir / f"extra_fold{k}.parquet")
         check_hashes(out_dir / f"extra_fold{k}.parquet", meta, hashes)
         df = extra[["id"]].astype(str).merge(df, on="id", how="left")
-        logps.append(temper_logits(df[list(LOGIT_NAMES)].to_numpy()))
+        logps.append(temper_logits(df[list(LOGIT_COLUMNS)].to_numpy()))
     mean = np.mean(logps, axis=0)
     out = pd.DataFrame({"id": extra["id"].astype(str).to_numpy()})
-    for j, c in enumerate(LOGIT_NAMES):
+    for j, c in enumerate(LOGIT_COLUMNS):
         out[c] = mean[:, j].astype(np.float32)
     main_write(write_keyed_table, out_dir / "extra.parquet", out, {"folds": folds, "hashes": hashes, "reduction": "mean log-softmax over fold models"})
 
@@ -140,7 +140,7 @@ def _offline_teacher(cfg: PipelineConfig, t: TeacherConfig, data: TrainingData) 
     table, kind = read_teacher_logits(t.logits_file)
     logits = align_logits(t.logits_file, table, data.frame["id"])
     oof = pd.DataFrame({"id": data.frame["id"].to_numpy(), "fold": data.frame["fold"].to_numpy()})
-    for j, c in enumerate(LOGIT_NAMES):
+    for j, c in enumerate(LOGIT_COLUMNS):
         oof[c] = logits[:, j]
     labels = data.frame["label"].astype(int).to_numpy()
     per_fold = {str(int(k)): fold_metrics(labels[data.frame["fold"].to_numpy() == k], logits[data.frame["fold"].to_numpy() == k])
@@ -166,12 +166,12 @@ def _soft_label_frame(ids: pd.Series, names: list[str], logits: list[np.ndarray]
     probs = teacher_probs(logits)
     combined = combine_logits(probs, weights, temperature)
     out = pd.DataFrame({"id": ids.astype(str).to_numpy()})
-    for j, c in enumerate(LOGIT_NAMES):
+    for j, c in enumerate(LOGIT_COLUMNS):
         out[c] = combined[:, j].astype(np.float32)
     for name, lg in zip(names, logits):
         tl = temper_logits(lg, temperature)
-        for j, s in enumerate(SUFFIXES):
-            out[f"t_{name}_{s}"] = tl[:, j].astype(np.float32)
+        for j, c in enumerate(teacher_columns(name)):
+            out[c] = tl[:, j].astype(np.float32)
     return out
 
 
@@ -189,13 +189,13 @@ def combine_teachers(cfg: PipelineConfig, data: TrainingData, oofs: dict[str, pd
     names = list(oofs)
     ids = data.frame["id"]
     labels = data.frame["label"].astype(int).to_numpy()
-    logits = [ids.to_frame().merge(oofs[n], on="id", how="left")[list(LOGIT_NAMES)].to_numpy(dtype=np.float64) for n in names]
+    logits = [ids.to_frame().merge(oofs[n], on="id", how="left")[list(LOGIT_COLUMNS)].to_numpy(dtype=np.float64) for n in names]
     probs = teacher_probs(logits)
     configured = [t.weight for t in cfg.teachers.models]
     weights = resolve_weights(cfg.teachers.combine.weights, names, configured, probs, labels)
     T = cfg.teachers.combine.temperature
     soft = _soft_label_frame(ids, names, logits, weights, T)
-    sp = np.exp(soft[list(LOGIT_NAMES)].to_numpy(dtype=np.float64))
+    sp = np.exp(soft[list(LOGIT_COLUMNS)].to_numpy(dtype=np.float64))
     ensemble = {"log_loss": log_loss(labels, sp), "accuracy": accuracy(labels, sp), "rows": int(len(labels))}
     per_teacher = {n: fold_metrics(labels, lg) for n, lg in zip(names, logits)}
     meta = {
@@ -207,7 +207,7 @@ def combine_teachers(cfg: PipelineConfig, data: TrainingData, oofs: dict[str, pd
         "hashes": hashes,
         "ensemble": ensemble,
         "per_teacher": per_teacher,
-        "per_teacher_columns": {n: [f"t_{n}_{s}" for s in SUFFIXES] for n in names},
+        "per_teacher_columns": {n: teacher_columns(n) for n in names},
     }
     out = teachers_dir(cfg) / "soft_labels.parquet"
     main_write(write_keyed_table, out, soft, meta)
@@ -215,7 +215,7 @@ def combine_teachers(cfg: PipelineConfig, data: TrainingData, oofs: dict[str, pd
     if cfg.teachers.predict_extra and cfg.data.extra and all(p.is_file() for p in extra_paths):
         ex = [read_keyed_table(p)[0] for p in extra_paths]
         ex_ids = ex[0]["id"]
-        ex_logits = [ex_ids.to_frame().merge(e, on="id", how="left")[list(LOGIT_NAMES)].to_numpy(dtype=np.float64) for e in ex]
+        ex_logits = [ex_ids.to_frame().merge(e, on="id", how="left")[list(LOGIT_COLUMNS)].to_numpy(dtype=np.float64) for e in ex]
         main_write(write_keyed_table, teachers_dir(cfg) / "soft_labels_extra.parquet", _soft_label_frame(ex_ids, names, ex_logits, weights, T),
                           {**meta, "rows": "data.extra pseudo-labels (no labels: metrics are those of the training OOF)"})
     rows = [(n, float(w), per_teacher[n]) for n, w in zip(names, weights)] + [("ENSEMBLE", None, ensemble)]

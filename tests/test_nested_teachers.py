@@ -11,8 +11,8 @@ import pytest
 from arena_kd.common.config import load_config
 from arena_kd.common.errors import UserError
 from arena_kd.common.io import read_keyed_table
+from arena_kd.common.keys import LOGIT_COLUMNS
 from arena_kd.data.folds import prompt_groups
-from arena_kd.kfold.oof import LOGIT_NAMES
 from arena_kd.kfold.soft_labels import load_nested_logits, nested_soft_labels_path
 from arena_kd.teachers.nested import inner_frame, write_nested_soft_labels
 
@@ -45,11 +45,11 @@ def test_nested_soft_label_files_cover_the_rows_outside_each_fold(tmp_path):
     frame = data.frame
     rng = np.random.default_rng(0)
     names = ["t1", "t2"]
-    plain = {n: pd.DataFrame({"id": frame["id"], **{c: rng.normal(size=len(frame)) for c in LOGIT_NAMES}}) for n in names}
+    plain = {n: pd.DataFrame({"id": frame["id"], **{c: rng.normal(size=len(frame)) for c in LOGIT_COLUMNS}}) for n in names}
     nested = {"t1": {}}
     for k in (0, 1):
         rest = frame[frame["fold"] != k]
-        nested["t1"][k] = pd.DataFrame({"id": rest["id"], **{c: np.full(len(rest), float(k)) for c in LOGIT_NAMES}})
+        nested["t1"][k] = pd.DataFrame({"id": rest["id"], **{c: np.full(len(rest), float(k)) for c in LOGIT_COLUMNS}})
     meta = {"teachers": names, "weights": {"t1": 0.5, "t2": 0.5}, "temperature": 1.0,
             "per_teacher_columns": {n: [f"t_{n}_{s}" for s in ("a", "b", "tie")] for n in names}, "hashes": {}}
     paths = write_nested_soft_labels(cfg, names, nested, plain, np.array([0.5, 0.5]), _soft_label_frame, meta, frame[["id", "label"]])
