@@ -32,7 +32,8 @@ def llama3_encoder(model_file: Path | None):
     if model_file is None:
         spec = importlib.util.find_spec("llama_models")
         if spec is None or not spec.submodule_search_locations:
-            raise SystemExit("llama-models is not installed (pip install llama-models tiktoken) and no --tokenizer-model given")
+            raise SystemExit("llama-models is not installed (pip install llama-models tiktoken) "
+                             "and no --tokenizer-model given")
         model_file = Path(list(spec.submodule_search_locations)[0]) / "llama3" / "tokenizer.model"
     ranks = {}
     for line in model_file.read_text().splitlines():

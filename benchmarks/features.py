@@ -72,7 +72,8 @@ def main() -> None:
     feats = compute_features(df, tfidf=tfidf, n_threads=args.threads)
     c2, t2 = time.process_time(), time.perf_counter()
     print(f"tfidf fit (<=10k rows sampled): {t1 - t0:.1f} s")
-    print(f"compute_features ({args.threads} thread(s)): {t2 - t1:.1f} s  ({len(df) / (t2 - t1):,.0f} rows/s, {feats.shape[1]} features)")
+    print(f"compute_features ({args.threads} thread(s)): {t2 - t1:.1f} s  "
+          f"({len(df) / (t2 - t1):,.0f} rows/s, {feats.shape[1]} features)")
     print(f"total: {t2 - t0:.1f} s wall, {c2 - c0:.1f} s CPU  ({len(df) / (t2 - t0):,.0f} rows/s)  target < 30 s wall"
           f"  [load average before: {load:.1f} on {os.cpu_count()} cores; a shared machine slows the wall time]")
 

@@ -55,8 +55,10 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=KAGGLE_ROWS)
     ap.add_argument("--max-length", type=int, default=1024)
     ap.add_argument("--truncation", default="budget")
-    ap.add_argument("--tokenizer", action="append", help="tokenizer folder / pkg:// path ('#file.gguf' for GGUF); repeatable")
-    ap.add_argument("--llama3", default=os.environ.get("LLAMA3_TOKENIZER"), help="a local Llama-3 tokenizer folder, if you have one")
+    ap.add_argument("--tokenizer", action="append",
+                    help="tokenizer folder / pkg:// path ('#file.gguf' for GGUF); repeatable")
+    ap.add_argument("--llama3", default=os.environ.get("LLAMA3_TOKENIZER"),
+                    help="a local Llama-3 tokenizer folder, if you have one")
     a = ap.parse_args()
     specs = a.tokenizer or list(DEFAULT_TOKENIZERS)
     if a.llama3:
@@ -69,7 +71,8 @@ def main() -> None:
         df = read_pairs(path)
         t_read, c_read = time.perf_counter() - t0, time.process_time() - c0
         print(f"rows={len(df)} file={size_mb:.0f} MB  read+validate: {t_read:.1f} s ({len(df) / t_read:,.0f} rows/s)  "
-              f"(cpu {c_read:.1f} s)  OMP={os.environ.get('OMP_NUM_THREADS')} TOKENIZERS_PARALLELISM={os.environ.get('TOKENIZERS_PARALLELISM')} "
+              f"(cpu {c_read:.1f} s)  OMP={os.environ.get('OMP_NUM_THREADS')} "
+              f"TOKENIZERS_PARALLELISM={os.environ.get('TOKENIZERS_PARALLELISM')} "
               f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.2f}")
         for spec in specs:
             try:
@@ -82,8 +85,9 @@ def main() -> None:
             t_render, c_render = time.perf_counter() - t1, time.process_time() - c1
             total = t_read + t_render
             mean_len = sum(map(len, ids)) / len(ids)
-            print(f"{spec}: render+tokenize {t_render:.1f} s ({len(df) / t_render:,.0f} rows/s, mean {mean_len:.0f} tokens, "
-                  f"max {max(map(len, ids))}/{a.max_length}, cpu {c_render:.1f} s, load {os.getloadavg()[0]:.2f}); read+validate+render total {total:.1f} s "
+            print(f"{spec}: render+tokenize {t_render:.1f} s ({len(df) / t_render:,.0f} rows/s, "
+                  f"mean {mean_len:.0f} tokens, max {max(map(len, ids))}/{a.max_length}, cpu {c_render:.1f} s, "
+                  f"load {os.getloadavg()[0]:.2f}); read+validate+render total {total:.1f} s "
                   f"({len(df) / total:,.0f} rows/s) -> {'under' if total < 60 else 'OVER'} the 60 s target")
 
 

@@ -74,7 +74,9 @@ def _gpu_section() -> str:
     parts = []
     for f in files:
         r = read_results(f)
-        lines = [f"### {f.name}: {r.card}, {r.date}\n", "| kind | precision | tokens | tokens/s (full depth) | peak GiB (full depth) |", "|---|---|---|---|---|"]
+        lines = [f"### {f.name}: {r.card}, {r.date}\n",
+                 "| kind | precision | tokens | tokens/s (full depth) | peak GiB (full depth) |",
+                 "|---|---|---|---|---|"]
         for rec in r.records:
             peak = f"{rec.peak_gib_full:.1f}" if rec.peak_gib_full is not None else "n/a"
             lines.append(f"| {rec.kind} | {rec.precision} | {rec.seq_len} | {rec.tokens_per_s_full:,.0f} | {peak} |")

@@ -34,16 +34,20 @@ def build_tiny_export(cfg, texts):
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=2000, special_tokens=["<pad>", "<unk>", "<bos>", "<eos>"],
+    specials = ["<pad>", "<unk>", "<bos>", "<eos>"]
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=2000, special_tokens=specials,
                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<bos>", eos_token="<eos>")
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<bos>",
+                                     eos_token="<eos>")
     torch.manual_seed(0)
-    mcfg = Gemma2Config(vocab_size=len(hf_tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                        num_key_value_heads=2, head_dim=16, num_labels=3, pad_token_id=hf_tok.pad_token_id,
-                        bos_token_id=hf_tok.bos_token_id, eos_token_id=hf_tok.eos_token_id, attn_implementation="eager")
+    mcfg = Gemma2Config(vocab_size=len(hf_tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_labels=3,
+                        pad_token_id=hf_tok.pad_token_id, bos_token_id=hf_tok.bos_token_id,
+                        eos_token_id=hf_tok.eos_token_id, attn_implementation="eager")
     model = Gemma2ForSequenceClassification(mcfg).eval()
     return save_export(cfg.workdir_path / "student" / "export", cfg, merged_model=model, tokenizer=hf_tok,
-                       settings_load={"attn_implementation": "eager", "padding_side": "left", "pad_token_id": hf_tok.pad_token_id},
+                       settings_load={"attn_implementation": "eager", "padding_side": "left",
+                                      "pad_token_id": hf_tok.pad_token_id},
                        hashes={})
 
 
@@ -64,7 +68,8 @@ def main() -> None:
     df = pd.read_csv(ROOT / "data/sample/test.csv").head(args.rows)
     df.to_csv(test, index=False)
     cfg = load_config(ROOT / "configs/smoke.yaml", [
-        f"workdir={tmp}", f"data.test={test}", "data.sample_submission=null", f"data.train={ROOT / 'data/sample/train.csv'}",
+        f"workdir={tmp}", f"data.test={test}", "data.sample_submission=null",
+        f"data.train={ROOT / 'data/sample/train.csv'}",
         f"submission.predict.max_length={args.max_length}", "submission.degraded_max_length=64",
         "submission.predict.tokens_per_batch=4096", "submission.chunk_rows=64", "submission.reserve_s=1",
     ])
@@ -74,14 +79,16 @@ def main() -> None:
     t0 = time.perf_counter()
     full = run_submission(cfg, out=str(tmp / "full.csv"), time_budget="1h", progress=False)
     t_full = time.perf_counter() - t0
-    print(f"rows: {len(df)}  max_length: {args.max_length}  torch threads: {os.environ.get('OMP_NUM_THREADS', 'default')}")
+    threads = os.environ.get("OMP_NUM_THREADS", "default")
+    print(f"rows: {len(df)}  max_length: {args.max_length}  torch threads: {threads}")
     print(f"full budget: {t_full:.1f} s wall, {len(df) / t_full:.1f} rows/s, paths {full.counts}")
 
     budget = max(2.0, 0.5 * t_full)
     t0 = time.perf_counter()
     half = run_submission(cfg, out=str(tmp / "half.csv"), time_budget=f"{budget:.1f}", progress=False)
     t_half = time.perf_counter() - t0
-    print(f"budget {budget:.1f} s: {t_half:.1f} s wall ({'inside' if t_half <= budget else 'OVER'} the budget), paths {half.counts}")
+    verdict = "inside" if t_half <= budget else "OVER"
+    print(f"budget {budget:.1f} s: {t_half:.1f} s wall ({verdict} the budget), paths {half.counts}")
 
 
 if __name__ == "__main__":

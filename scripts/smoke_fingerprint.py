@@ -76,7 +76,8 @@ def main() -> int:
     bad = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
     for k in bad:
         print(f"DIFFERS {k}: {a.get(k)} -> {b.get(k)}")
-    print(f"{len(set(a) | set(b)) - len(bad)} outputs identical ({sum(v == '(listed)' for v in a.values())} only listed), {len(bad)} differ")
+    listed = sum(v == "(listed)" for v in a.values())
+    print(f"{len(set(a) | set(b)) - len(bad)} outputs identical ({listed} only listed), {len(bad)} differ")
     return 1 if bad else 0
 
 
