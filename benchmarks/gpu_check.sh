@@ -94,7 +94,7 @@ file=$(sed -n 's/^results file: //p' "${TMPDIR:-/tmp}/gpu_check.log" | tail -n1)
 # (3) what the planner makes of it
 "$PY" - "$file" <<'PYEOF'
 import sys
-from submission.calibration import efficiencies, read_results
+from arena_kd.planner.calibration import efficiencies, read_results
 r = read_results(sys.argv[1])
 print(f"gpu_check: {sys.argv[1]}: {r.card}, {r.date}, {len(r.records)} records, {len(r.skipped)} skipped, dry_run={r.dry_run}")
 for s in r.steps:

@@ -97,6 +97,7 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     assert train and train[0].gradient_checkpointing and train[0].lora_r == 8
     assert {s["status"] for s in res.steps} == {"skipped"} and all("CUDA" in s["detail"] for s in res.steps)
     assert "already installed" in p.stderr + p.stdout and f"wrote {out}" in p.stdout
+    assert f"gpu_check: {out}: cpu (dry run)" in p.stdout  # step 3: the planner read the file back
     calib, notes = load_calibration([out])
     assert calib == {} and any("dry run" in n and "not used" in n for n in notes)
 
