@@ -33,10 +33,12 @@ class FakeTrainer:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, model_cfg, train_cfg, predict_cfg, render_cfg, train_df, valid_df, out_dir, *, seed, workdir, loss_fn=None, also_predict=None, tokenizer_texts=None, init_seed=None):
+    def __call__(self, model_cfg, train_cfg, predict_cfg, render_cfg, train_df, valid_df, out_dir, *, seed, workdir,
+                 loss_fn=None, also_predict=None, tokenizer_texts=None, init_seed=None):
         self.init_seeds = getattr(self, "init_seeds", []) + [init_seed]  # every fold must start from one initialisation
         tl = train_df["teacher_logits"].iloc[0] if "teacher_logits" in train_df.columns else None
-        self.calls.append({"rows": len(train_df), "teacher_shape": None if tl is None else np.asarray(tl).shape, "loss_fn": loss_fn})
+        self.calls.append({"rows": len(train_df), "teacher_shape": None if tl is None else np.asarray(tl).shape,
+                           "loss_fn": loss_fn})
         if loss_fn is not None:  # the loss the student trains with works on a batch built from the frame
             labels = torch.tensor(train_df["label"].astype(int).to_numpy()[:4])
             batch = {"labels": labels}
@@ -45,8 +47,11 @@ class FakeTrainer:
             loss, terms = loss_fn(torch.zeros(4, 3), batch)
             assert torch.isfinite(loss) and set(terms) == {"ce", "kl"}
         lg = fake_logits(valid_df["id"], model_cfg.random_init["model_type"])
-        extra = None if also_predict is None else {k: fake_logits(also_predict["id"], "x") for k in ("orig", "swap", "avg")}
-        return {"orig": lg + 0.1, "swap": lg - 0.1, "avg": lg}, {"adapter_dir": str(out_dir), "train_metrics": {}}, extra
+        extra = None
+        if also_predict is not None:
+            extra = {k: fake_logits(also_predict["id"], "x") for k in ("orig", "swap", "avg")}
+        meta = {"adapter_dir": str(out_dir), "train_metrics": {}}
+        return {"orig": lg + 0.1, "swap": lg - 0.1, "avg": lg}, meta, extra
 
 
 @pytest.fixture
@@ -132,22 +137,25 @@ def _tiny_tokenizer(tmp_path):
     texts = ["which answer is better? " * 3, "the quick brown fox jumps over the lazy dog", "A: yes. B: no."] * 20
     tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<bos>", "<eos>"],
                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>", padding_side="left")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>",
+                                   padding_side="left")
 
 
 def _tiny_classifier(vocab):
     from transformers import Gemma2Config, Gemma2ForSequenceClassification
 
     torch.manual_seed(0)
-    c = Gemma2Config(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                     num_key_value_heads=1, head_dim=32, num_labels=3, pad_token_id=0, attn_implementation="eager")
+    c = Gemma2Config(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                     num_attention_heads=2, num_key_value_heads=1, head_dim=32, num_labels=3, pad_token_id=0,
+                     attn_implementation="eager")
     return Gemma2ForSequenceClassification(c).eval()
 
 
 def _logits(model, tok, texts):
     enc = tok(texts, return_tensors="pt", padding=True)
     with torch.no_grad():
-        return model(**{k: v.to(model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}).logits.float().cpu()
+        inputs = {k: v.to(model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+        return model(**inputs).logits.float().cpu()
 
 
 TEXTS = ["which answer is better? A: yes. B: no.", "the quick brown fox", "A: yes. B: the lazy dog jumps over the fox"]
@@ -157,16 +165,19 @@ TEXTS = ["which answer is better? A: yes. B: no.", "the quick brown fox", "A: ye
 def merged_export(tmp_path):
     from arena_kd.llm.export import save_export
 
-    cfg = load_config(SMOKE, [f"workdir={tmp_path / 'work'}", "student.export_dtype=fp32", "student.predict.max_length=80"])
+    cfg = load_config(SMOKE, [f"workdir={tmp_path / 'work'}", "student.export_dtype=fp32",
+                              "student.predict.max_length=80"])
     tok = _tiny_tokenizer(tmp_path)
     model = _tiny_classifier(len(tok))
     ref = _logits(model, tok, TEXTS)
-    load = {"attn_implementation": "eager", "disable_softcapping": False, "padding_side": "left", "pad_token_id": 0, "num_labels": 3}
+    load = {"attn_implementation": "eager", "disable_softcapping": False, "padding_side": "left", "pad_token_id": 0,
+            "num_labels": 3}
     ids = [tok(t)["input_ids"] for t in TEXTS]
     reference = pd.DataFrame({"id": ["r0", "r1", "r2"], "input_ids": ids})
     for j, c in enumerate(("logit_a", "logit_b", "logit_tie")):
         reference[c] = [_logits(model, tok, [t])[0, j].item() for t in TEXTS]
-    out = save_export(tmp_path / "export", cfg, merged_model=model, tokenizer=tok, settings_load=load, hashes={"x": "1"}, reference=reference)
+    out = save_export(tmp_path / "export", cfg, merged_model=model, tokenizer=tok, settings_load=load,
+                      hashes={"x": "1"}, reference=reference)
     return out, ref
 
 
@@ -175,7 +186,8 @@ def test_export_reload_full_precision_matches(merged_export):
 
     out, ref = merged_export
     model, tok, settings = load_export(out, quantization="none", dtype="fp32", device="cpu")
-    assert settings["render"] == {"max_length": 80, "truncation": "budget", "prompt_fraction": 0.2, "template": "blocks"}
+    assert settings["render"] == {"max_length": 80, "truncation": "budget", "prompt_fraction": 0.2,
+                                  "template": "blocks"}
     assert tok.padding_side == "left" and settings["load"]["attn_implementation"] == "eager"
     assert (out / "config.resolved.yaml").is_file() and (out / "model" / "model.safetensors").is_file()
     assert torch.allclose(_logits(model, tok, TEXTS), ref, atol=1e-5)  # stated tolerance: 1e-5 (fp32 round trip)
@@ -200,16 +212,18 @@ def test_unmerged_export_base_plus_adapter(tmp_path):
 
     from arena_kd.llm.export import load_export, save_export
 
-    cfg = load_config(SMOKE, [f"workdir={tmp_path / 'work'}", "student.export_dtype=fp32", "student.export_merged=false"])
+    cfg = load_config(SMOKE, [f"workdir={tmp_path / 'work'}", "student.export_dtype=fp32",
+                              "student.export_merged=false"])
     tok = _tiny_tokenizer(tmp_path)
     base = _tiny_classifier(len(tok))
     clean_base = copy.deepcopy(base)  # get_peft_model injects LoRA layers into `base` in place
-    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="SEQ_CLS", init_lora_weights=False))
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                 task_type="SEQ_CLS", init_lora_weights=False))
     ref = _logits(peft_model, tok, TEXTS)
     peft_model.save_pretrained(tmp_path / "adapter")
     with pytest.raises(ValueError, match="LoRA layers"):
-        save_export(tmp_path / "bad", cfg, base_model=peft_model.get_base_model(), adapter_dir=tmp_path / "adapter", tokenizer=tok,
-                    settings_load={}, hashes={})
+        save_export(tmp_path / "bad", cfg, base_model=peft_model.get_base_model(), adapter_dir=tmp_path / "adapter",
+                    tokenizer=tok, settings_load={}, hashes={})
     out = save_export(tmp_path / "export", cfg, base_model=clean_base, adapter_dir=tmp_path / "adapter", tokenizer=tok,
                       settings_load={"attn_implementation": "eager", "padding_side": "left"}, hashes={})
     model, tok2, settings = load_export(out, dtype="fp32", device="cpu")
@@ -225,7 +239,8 @@ def test_load_export_errors(tmp_path):
 
 
 def test_soft_labels_tempered_elsewhere_and_kd_temperature_are_refused(tmp_path, fake):
-    """One temperature owner: soft labels written at combine T=2 cannot be distilled at T=2 (T^2 in effect), in one line."""
+    """One temperature owner: soft labels written at combine T=2 cannot be distilled at T=2 (T^2 in effect), in one
+    line."""
     trun.run_teachers(_cfg(tmp_path, "teachers.combine.temperature=2"))
     n_teacher_calls = len(fake.calls)
     with pytest.raises(UserError, match=r"already tempered at T=2 .* would compound") as e:
@@ -259,11 +274,13 @@ def test_real_teachers_distill_export_roundtrip(tmp_path_factory):
 
     frame = load_training_data(cfg).frame.set_index("id").loc[ref["id"]].reset_index()
     r = settings["render"]
-    got = predict_logits(model, tok, frame, max_length=r["max_length"], truncation=r["truncation"], prompt_fraction=r["prompt_fraction"],
-                         template=r["template"], tokens_per_batch=1024, max_batch_size=4, progress=False)
+    got = predict_logits(model, tok, frame, max_length=r["max_length"], truncation=r["truncation"],
+                         prompt_fraction=r["prompt_fraction"], template=r["template"], tokens_per_batch=1024,
+                         max_batch_size=4, progress=False)
     from scipy.special import log_softmax
 
-    assert np.abs(log_softmax(got, axis=1) - ref[["logit_a", "logit_b", "logit_tie"]].to_numpy()).max() < 1e-4  # stored: log-probabilities
+    # stored: log-probabilities
+    assert np.abs(log_softmax(got, axis=1) - ref[["logit_a", "logit_b", "logit_tie"]].to_numpy()).max() < 1e-4
     # stated tolerance for 8-bit reload: probabilities within 0.05 (tiny random models)
     assert verify_export(export, quantization="8bit", dtype="fp32", device="cpu")["max_abs_prob_diff"] < 0.05
     # measured on this smoke export: 8-bit ~0.001, 4-bit ~0.02 max abs probability difference
@@ -271,7 +288,8 @@ def test_real_teachers_distill_export_roundtrip(tmp_path_factory):
 
 
 def test_real_alpha_zero_fold_soup(tmp_path):
-    """The hard-label-only ablation with the same command, final = exact soup of the fold adapters, checked against the fold mean."""
+    """The hard-label-only ablation with the same command, final = exact soup of the fold adapters, checked against
+    the fold mean."""
     from arena_kd.llm.export import SOUP_TOLERANCE, TOLERANCE_FP32, verify_export
 
     cfg = load_config(SMOKE, [f"workdir={tmp_path / 'work'}", "data.max_rows=24", "student.distill.alpha=0",
