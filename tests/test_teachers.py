@@ -36,13 +36,16 @@ class FakeTrainer:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, model_cfg, train_cfg, predict_cfg, render_cfg, train_df, valid_df, out_dir, *, seed, workdir, loss_fn=None, also_predict=None, tokenizer_texts=None, init_seed=None):
+    def __call__(self, model_cfg, train_cfg, predict_cfg, render_cfg, train_df, valid_df, out_dir, *, seed, workdir,
+                 loss_fn=None, also_predict=None, tokenizer_texts=None, init_seed=None):
         self.init_seeds = getattr(self, "init_seeds", []) + [init_seed]  # every fold must start from one initialisation
         self.calls.append((model_cfg.random_init["model_type"], seed, len(train_df)))
         Path(out_dir, "checkpoints", "checkpoint-1").mkdir(parents=True, exist_ok=True)  # must be cleaned up
         lg = fake_logits(valid_df["id"], model_cfg.random_init["model_type"] + train_cfg.model_dump_json())
         tta = {"orig": lg + 0.1, "swap": lg - 0.1, "avg": lg}
-        extra = None if also_predict is None else {k: fake_logits(also_predict["id"], "x") for k in ("orig", "swap", "avg")}
+        extra = None
+        if also_predict is not None:
+            extra = {k: fake_logits(also_predict["id"], "x") for k in ("orig", "swap", "avg")}
         return tta, {"adapter_dir": str(out_dir), "train_metrics": {}}, extra
 
 
@@ -59,10 +62,11 @@ def _outputs(work: Path) -> dict[str, bytes]:
 
 def test_kfold_outputs_and_soft_labels(tmp_path, fake, capsys):
     cfg = _cfg(tmp_path)
-    meta = trun.run_teachers(cfg)
+    trun.run_teachers(cfg)
     work = tmp_path / "work"
     assert len(fake.calls) == 4  # 2 teachers x 2 folds
-    assert fake.init_seeds == [cfg.seed] * 4 and {c[1] for c in fake.calls} == {cfg.seed, cfg.seed + 1}  # one init, per-fold data seeds
+    # one init, per-fold data seeds
+    assert fake.init_seeds == [cfg.seed] * 4 and {c[1] for c in fake.calls} == {cfg.seed, cfg.seed + 1}
     oof, ometa = read_keyed_table(work / "teachers" / "tiny-gemma2" / "oof.parquet")
     assert list(oof.columns) == ["id", "fold", "logit_a", "logit_b", "logit_tie"]
     assert len(oof) == 24 and oof["id"].is_unique and set(oof["fold"]) == {0, 1}
@@ -128,7 +132,8 @@ def test_data_change_refused(tmp_path, fake):
 
 
 def _offline_cfg(tmp_path, path):
-    return _cfg(tmp_path, "teachers.models.1.source=logits", "teachers.models.1.model=null", f"teachers.models.1.logits_file={path}")
+    return _cfg(tmp_path, "teachers.models.1.source=logits", "teachers.models.1.model=null",
+                f"teachers.models.1.logits_file={path}")
 
 
 def test_offline_logits_teacher_and_coverage(tmp_path, fake):
@@ -137,7 +142,8 @@ def test_offline_logits_teacher_and_coverage(tmp_path, fake):
     ids = load_training_data(_cfg(tmp_path)).frame["id"]
     probs = softmax(fake_logits(ids, "offline"))
     good = tmp_path / "offline.csv"
-    pd.DataFrame({"id": ids, "winner_model_a": probs[:, 0], "winner_model_b": probs[:, 1], "winner_tie": probs[:, 2]}).to_csv(good, index=False)
+    pd.DataFrame({"id": ids, "winner_model_a": probs[:, 0], "winner_model_b": probs[:, 1],
+                  "winner_tie": probs[:, 2]}).to_csv(good, index=False)
     trun.run_teachers(_offline_cfg(tmp_path, good))
     oof, meta = read_keyed_table(tmp_path / "work" / "teachers" / "tiny-llama" / "oof.parquet")
     assert meta["detected"] == "probabilities" and meta["source"] == "logits"
@@ -146,23 +152,28 @@ def test_offline_logits_teacher_and_coverage(tmp_path, fake):
 
     missing = tmp_path / "missing.parquet"
     lg = fake_logits(ids, "offline")
-    pd.DataFrame({"id": ids[3:], "logit_a": lg[3:, 0], "logit_b": lg[3:, 1], "logit_tie": lg[3:, 2]}).to_parquet(missing)
+    pd.DataFrame({"id": ids[3:], "logit_a": lg[3:, 0], "logit_b": lg[3:, 1],
+                  "logit_tie": lg[3:, 2]}).to_parquet(missing)
     with pytest.raises(UserError, match=r"missing.parquet: 3 of 24 training ids have no teacher logits \(e\.g\. "):
         trun.run_teachers(_offline_cfg(tmp_path, missing))
 
 
 def test_offline_reader_detects_and_validates(tmp_path):
     p = tmp_path / "t.csv"
-    pd.DataFrame({"id": [1, 2], "logit_a": [2.0, -1.0], "logit_b": [0.5, 3.0], "logit_tie": [0.0, 0.0]}).to_csv(p, index=False)
+    pd.DataFrame({"id": [1, 2], "logit_a": [2.0, -1.0], "logit_b": [0.5, 3.0],
+                  "logit_tie": [0.0, 0.0]}).to_csv(p, index=False)
     df, kind = read_teacher_logits(p)
     assert kind == "logits" and df["logit_a"].tolist() == [2.0, -1.0] and df["id"].tolist() == ["1", "2"]
-    pd.DataFrame({"id": [1, 2], "logit_a": [0.2, 0.5], "logit_b": [0.3, 0.5], "logit_tie": [0.5, 0.0]}).to_csv(p, index=False)
+    pd.DataFrame({"id": [1, 2], "logit_a": [0.2, 0.5], "logit_b": [0.3, 0.5],
+                  "logit_tie": [0.5, 0.0]}).to_csv(p, index=False)
     df, kind = read_teacher_logits(p)
     assert kind == "probabilities" and df["logit_a"].iloc[0] == pytest.approx(np.log(0.2), abs=1e-6)
-    pd.DataFrame({"id": [1, 2], "logit_a": [0.2, "x"], "logit_b": [0.3, 0.5], "logit_tie": [0.5, 0.0]}).to_csv(p, index=False)
+    pd.DataFrame({"id": [1, 2], "logit_a": [0.2, "x"], "logit_b": [0.3, 0.5],
+                  "logit_tie": [0.5, 0.0]}).to_csv(p, index=False)
     with pytest.raises(UserError, match=r"t.csv: row 2, column 'logit_a': not a finite number"):
         read_teacher_logits(p)
-    pd.DataFrame({"id": [1, 1], "prob_a": [0.2, 0.2], "prob_b": [0.3, 0.3], "prob_tie": [0.5, 0.5]}).to_csv(p, index=False)
+    pd.DataFrame({"id": [1, 1], "prob_a": [0.2, 0.2], "prob_b": [0.3, 0.3],
+                  "prob_tie": [0.5, 0.5]}).to_csv(p, index=False)
     with pytest.raises(UserError, match=r"row 2, column 'id': duplicate id '1'"):
         read_teacher_logits(p)
 
@@ -180,7 +191,8 @@ def test_fitted_weights_downweight_noise_teacher():
     fitted = mixture_log_loss(w, probs, labels)
     assert w[0] > 0.8 and w.sum() == pytest.approx(1.0)
     assert fitted < equal - 0.1
-    assert fitted <= log_loss(labels, probs[0]) + 1e-4  # not worse than the good teacher alone (softmax weights never reach exactly 0)
+    # not worse than the good teacher alone (softmax weights never reach exactly 0)
+    assert fitted <= log_loss(labels, probs[0]) + 1e-4
     pinned = fit_weights(probs, labels, [None, 0.25])  # a fixed share stays fixed
     assert pinned[1] == pytest.approx(0.25) and pinned[0] == pytest.approx(0.75)
 
@@ -197,9 +209,11 @@ def test_cli_reports_coverage_error_in_one_line(tmp_path, fake, monkeypatch, cap
 
     bad = tmp_path / "empty.csv"
     pd.DataFrame({"id": ["nope"], "logit_a": [0.0], "logit_b": [0.0], "logit_tie": [0.0]}).to_csv(bad, index=False)
-    monkeypatch.setattr(sys, "argv", ["arena-kd", "teachers", "--config", str(SMOKE), "--set", f"workdir={tmp_path / 'w'}",
-                                      "--set", "data.max_rows=24", "--set", "teachers.models.1.source=logits",
-                                      "--set", "teachers.models.1.model=null", "--set", f"teachers.models.1.logits_file={bad}"])
+    monkeypatch.setattr(sys, "argv", ["arena-kd", "teachers", "--config", str(SMOKE),
+                                      "--set", f"workdir={tmp_path / 'w'}", "--set", "data.max_rows=24",
+                                      "--set", "teachers.models.1.source=logits",
+                                      "--set", "teachers.models.1.model=null",
+                                      "--set", f"teachers.models.1.logits_file={bad}"])
     with pytest.raises(SystemExit) as exc:
         cli.main()
     assert exc.value.code == 2
@@ -222,13 +236,15 @@ def test_predict_extra_pseudo_labels(tmp_path, fake):
 
 
 def shared_smoke_cfg(tmp_path_factory, *sets):
-    """Smoke config whose workdir is shared by the real-engine tests of this session (teachers resume, so they train once)."""
+    """Smoke config whose workdir is shared by the real-engine tests of this session (teachers resume, so they train
+    once)."""
     work = tmp_path_factory.getbasetemp() / "shared-smoke" / "work"
     return load_config(SMOKE, [f"workdir={work}", "data.max_rows=24", *sets]), work
 
 
 def test_smoke_real_engine_two_teachers(tmp_path_factory, capsys):
-    """configs/smoke.yaml through the real llm/ engine: 2 tiny teachers x 2 folds, then a rerun that skips every fold."""
+    """configs/smoke.yaml through the real llm/ engine: 2 tiny teachers x 2 folds, then a rerun that skips every
+    fold."""
     cfg, work = shared_smoke_cfg(tmp_path_factory)
     trun.run_teachers(cfg)
     for name in ("tiny-gemma2", "tiny-llama"):
