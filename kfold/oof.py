@@ -89,6 +89,11 @@ def check_coverage(path: str | Path, have_ids: pd.Series, need_ids: pd.Series, w
         raise UserError(f"{path}: {len(missing)} of {len(need_ids)} {what}s have no teacher logits (e.g. {ex})")
 
 
+def oof_logits(table: pd.DataFrame, ids: pd.Series) -> np.ndarray:
+    """float64 [n,3] LOGIT_COLUMNS of an id-keyed table for ``ids`` in that order (NaN rows where an id is absent)."""
+    return ids.to_frame().merge(table, on="id", how="left")[list(LOGIT_COLUMNS)].to_numpy(dtype=np.float64)
+
+
 def align_logits(path: str | Path, table: pd.DataFrame, ids: pd.Series) -> np.ndarray:
     """float32 [n,3] logits for ``ids`` in that order (coverage checked first)."""
     check_coverage(path, table["id"], ids)

@@ -56,7 +56,8 @@ def load_training_data(cfg: PipelineConfig) -> TrainingData:
     missing = frame["fold"].isna()
     if missing.any():
         ex = ", ".join(frame.loc[missing, "id"].head(5))
-        raise UserError(f"{folds_path}: {int(missing.sum())} training ids have no fold (e.g. {ex}); delete the folds file to rebuild it")
+        raise UserError(f"{folds_path}: {int(missing.sum())} training ids have no fold (e.g. {ex}); "
+                        "delete the folds file to rebuild it")
     frame["fold"] = frame["fold"].astype(int)
     return TrainingData(
         frame=frame,

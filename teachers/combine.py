@@ -23,7 +23,7 @@ from arena_kd.common.metrics import EPS
 
 def teacher_probs(logits: Sequence[np.ndarray]) -> np.ndarray:
     """list of k [n,3] logits → float64 [k,n,3] probabilities."""
-    return np.stack([sp_softmax(np.asarray(l, dtype=np.float64), axis=-1) for l in logits])
+    return np.stack([sp_softmax(np.asarray(lg, dtype=np.float64), axis=-1) for lg in logits])
 
 
 def mixture_log_loss(weights: np.ndarray, probs: np.ndarray, labels: np.ndarray) -> float:
@@ -43,7 +43,8 @@ def fit_weights(probs: np.ndarray, labels: np.ndarray, fixed: Sequence[float | N
         return pinned / pinned.sum()
     rest = 1.0 - pinned.sum()
     if rest <= 0:
-        raise UserError("teachers: fixed weights under combine.weights=fit are shares of the mixture and must sum to < 1")
+        raise UserError("teachers: fixed weights under combine.weights=fit are shares of the mixture "
+                        "and must sum to < 1")
     labels = np.asarray(labels, dtype=np.int64)
 
     def expand(theta: np.ndarray) -> np.ndarray:
