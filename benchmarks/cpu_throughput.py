@@ -50,7 +50,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
 
-    from arena_kd.common.config import ModelConfig
+    from arena_kd.common.config_model import ModelConfig
     from arena_kd.llm.batching import collate
     from arena_kd.llm.loading import load_classifier
     from arena_kd.llm.predict import logits_for_ids

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from arena_kd.blend.features import swap_features
-from arena_kd.common.config import StackingConfig
+from arena_kd.common.config_stages import StackingConfig
 from arena_kd.common.io import atomic_path
 from arena_kd.common.metrics import log_loss
 

@@ -13,3 +13,7 @@ LOGIT_COLUMNS = ("logit_a", "logit_b", "logit_tie")
 
 SWAP_PERMUTATION = (1, 0, 2)
 """Index permutation of the class axis that exchanges A and B (tie stays): ``x[..., SWAP_PERMUTATION]``."""
+
+FORMATS = ("auto", "kaggle", "arena", "pairs")
+"""Layouts of an input pair file (``data.format``, ``--format``): detected from the columns, or one forced
+(:mod:`arena_kd.data.readers`)."""

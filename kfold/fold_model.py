@@ -8,7 +8,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from arena_kd.common.config import ModelConfig, PredictConfig, RenderConfig, TrainConfig
+from arena_kd.common.config_model import ModelConfig, PredictConfig, RenderConfig, TrainConfig
 from arena_kd.common.io import jsonable
 
 

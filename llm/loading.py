@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from arena_kd.common.config import ModelConfig
+from arena_kd.common.config_model import ModelConfig
 from arena_kd.common.errors import UserError
 from arena_kd.common.io import atomic_path, atomic_write_json, resolve_path
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from arena_kd.common.config import LoraConfig as LoraSettings
+from arena_kd.common.config_model import LoraConfig as LoraSettings
 from arena_kd.common.errors import UserError
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

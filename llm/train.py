@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from arena_kd.common.config import PLACEMENT_FIELDS, ModelConfig, RenderConfig, TrainConfig
+from arena_kd.common.config_model import PLACEMENT_FIELDS, ModelConfig, RenderConfig, TrainConfig
 from arena_kd.common.errors import UserError
 from arena_kd.common.io import atomic_write_json, jsonable
 from arena_kd.llm.batching import accepts_position_ids, collate

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from arena_kd.common.config import ModelConfig
+from arena_kd.common.config_model import ModelConfig
 from arena_kd.common.durations import format_seconds
 from arena_kd.planner.calibration import CALIBRATED_SPREAD, Calibrated
 from arena_kd.planner.lengths import Lengths

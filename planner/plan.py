@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from arena_kd.common.config import ModelConfig, PipelineConfig
+from arena_kd.common.config import PipelineConfig
+from arena_kd.common.config_model import ModelConfig
 from arena_kd.common.durations import format_seconds, parse_time_budget
 from arena_kd.common.errors import UserError
 from arena_kd.planner.calibration import load_calibration

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from arena_kd.common.config import ModelConfig
+from arena_kd.common.config_model import ModelConfig
 
 
 def _adapter_tokenizer(adapter: Path):

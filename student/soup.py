@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from arena_kd.common.config import ModelConfig
+from arena_kd.common.config_model import ModelConfig
 from arena_kd.common.metrics import softmax
 from arena_kd.llm.export import prob_drift, reference_logits
 from arena_kd.llm.placement import free_accelerator_memory

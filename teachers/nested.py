@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from arena_kd.common.config import PipelineConfig, TeacherConfig
+from arena_kd.common.config import PipelineConfig
+from arena_kd.common.config_stages import TeacherConfig
 from arena_kd.common.io import write_keyed_table
 from arena_kd.common.keys import LOGIT_COLUMNS
 from arena_kd.kfold.dist import main_write

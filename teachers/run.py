@@ -19,7 +19,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from arena_kd.common.config import PLACEMENT_FIELDS, PipelineConfig, TeacherConfig, write_resolved
+from arena_kd.common.config import PipelineConfig, write_resolved
+from arena_kd.common.config_model import PLACEMENT_FIELDS
+from arena_kd.common.config_stages import TeacherConfig
 from arena_kd.common.errors import UserError
 from arena_kd.common.io import file_hash, json_hash, read_keyed_table, write_keyed_table
 from arena_kd.common.keys import LOGIT_COLUMNS

@@ -69,7 +69,7 @@ def tiny_bpe_tokenizer(tmp_path_factory, tiny_pairs_rows):
 
 
 def _model_cfg(tokenizer_dir: str, random_init: dict, **kw):
-    from arena_kd.common.config import ModelConfig
+    from arena_kd.common.config_model import ModelConfig
 
     return ModelConfig(
         backbone="random",

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from arena_kd.common.config import ModelConfig, RenderConfig, TrainConfig
+from arena_kd.common.config_model import ModelConfig, RenderConfig, TrainConfig
 from arena_kd.llm.loading import load_classifier
 from arena_kd.llm.predict import predict_logits
 from arena_kd.llm.train import train_classifier

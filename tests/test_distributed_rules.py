@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from arena_kd.common.config import ModelConfig
+from arena_kd.common.config_model import ModelConfig
 from arena_kd.common.errors import UserError
 from arena_kd.llm import placement
 from arena_kd.llm.loading import load_classifier

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from arena_kd.common.config import RenderConfig, TrainConfig
+from arena_kd.common.config_model import RenderConfig, TrainConfig
 from arena_kd.common.errors import UserError
 from arena_kd.llm.loading import load_classifier
 from arena_kd.llm.lora import average_adapters, merge_and_unload

@@ -121,7 +121,7 @@ def _worker(rank: int, world: int, port: int, cfg_json: str, wd: str, rows: list
     """One data-parallel process (forked: shares the parent's imports, so it starts in well under a second)."""
     import torch.distributed as dist
 
-    from arena_kd.common.config import ModelConfig
+    from arena_kd.common.config_model import ModelConfig
     from arena_kd.data.schema import make_frame
 
     try:

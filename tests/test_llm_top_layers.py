@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, LlamaConfig
 
-from arena_kd.common.config import LoraConfig
+from arena_kd.common.config_model import LoraConfig
 from arena_kd.common.errors import UserError
 from arena_kd.llm.lora import apply_lora
 
@@ -56,7 +56,7 @@ def test_num_layers_prunes_a_pretrained_backbone(tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from arena_kd.common.config import ModelConfig
+    from arena_kd.common.config_model import ModelConfig
     from arena_kd.llm.loading import load_classifier
 
     tok = Tokenizer(models.WordLevel({"[PAD]": 0, "[UNK]": 1, "a": 2, "b": 3}, unk_token="[UNK]"))

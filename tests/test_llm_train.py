@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from arena_kd.common.config import RenderConfig, TrainConfig
+from arena_kd.common.config_model import RenderConfig, TrainConfig
 from arena_kd.common.errors import UserError
 from arena_kd.llm.predict import predict_logits
 from arena_kd.llm.train import PairCollator, train_classifier

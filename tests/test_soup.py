@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from arena_kd.common.config import RenderConfig, TrainConfig
+from arena_kd.common.config_model import RenderConfig, TrainConfig
 from arena_kd.common.errors import UserError
 from arena_kd.llm.loading import load_classifier
 from arena_kd.llm.lora import average_adapters, concat_adapters, merge_and_unload, soup_adapters

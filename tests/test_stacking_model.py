@@ -10,7 +10,7 @@ import pytest
 from arena_kd.blend.booster import load_booster, predict_symmetric, save_booster, train_cv, train_full
 from arena_kd.blend.features import compute_features, is_student_column, swap_features, swap_student
 from arena_kd.blend.temperature import apply_temperature, fit_temperature
-from arena_kd.common.config import StackingConfig
+from arena_kd.common.config_stages import StackingConfig
 from arena_kd.common.metrics import log_loss, softmax
 from arena_kd.data.schema import make_frame, swap_frame
 

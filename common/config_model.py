@@ -1,0 +1,149 @@
+"""Config sections of the model engine (llm/, kfold/): how a pair is rendered, which backbone and LoRA, how a
+model is trained and how it predicts. Every teacher and the student carry these sections; the stages' own sections
+are in :mod:`arena_kd.common.config_stages`, the root and the loading in :mod:`arena_kd.common.config`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are refused, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class RenderConfig(Section):
+    """How a pair becomes model input (see data/render.py)."""
+
+    max_length: int = Field(1024, ge=16, le=32768,
+                            description="Token budget for one rendered pair (including special tokens).")
+    truncation: Literal["budget", "left", "keep_last_turns"] = Field(
+        "budget",
+        description="budget: per-field budgets, prompt capped first, longer response trimmed first; "
+        "left: drop the oldest tokens of every field; keep_last_turns: keep the most recent turns that fit.",
+    )
+    prompt_fraction: float = Field(0.2, gt=0, lt=1,
+                                   description="Cap of the prompt's share of the budget under `budget` truncation.")
+    template: Literal["blocks", "chat"] = Field(
+        "blocks",
+        description="blocks: '<prompt>: ... <response_a>: ... <response_b>: ...' (1st-place layout) wrapped in the "
+        "tokenizer's special tokens; "
+        "chat: the same blocks as one user message of the tokenizer's chat template (generation prompt included).")
+
+
+class LoraConfig(Section):
+    enabled: bool = Field(True, description="Train LoRA adapters (false = full fine-tuning; only sensible for small "
+                          "models).")
+    r: int = Field(16, ge=1, le=1024, description="LoRA rank. Higher = more capacity and memory; 1st place used 64.")
+    alpha: int = Field(32, ge=1, le=4096,
+                       description="LoRA scaling numerator (effective scale alpha/r). 1st place: 128 with r=64.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Modules that get adapters; 'all-linear' = every attention and MLP projection."
+    )
+    top_layers: int | None = Field(
+        None, ge=1, le=1024,
+        description="Adapters only in the last N transformer layers (null = all). Backward then stops at layer L-N: "
+        "much cheaper training (CPU demo), less capacity.",
+    )
+
+
+PLACEMENT_FIELDS = frozenset({"device_map", "max_memory"})
+"""ModelConfig fields that say where the weights live, not what they compute: left out of every resume hash, so moving
+a run to other hardware keeps its finished folds and checkpoints."""
+
+
+class ModelConfig(Section):
+    """A backbone turned into a 3-class preference classifier (llm/)."""
+
+    backbone: str = Field(description="Local folder, hub id, 'pkg://<package>/<subdir>' inside an installed package, "
+                          "or 'random' (built from `random_init`).")
+    revision: str | None = Field(None, description="Hub revision / commit pinned for reproducibility.")
+    gguf_file: str | None = Field(None, description="GGUF file inside `backbone` (or a 'pkg://' path) to dequantise "
+                                  "and load.")
+    tokenizer: str | None = Field(None, description="Tokenizer source if not the backbone's; 'bpe:<vocab>' trains a "
+                                  "byte-level BPE on the training texts (tests).")
+    random_init: dict[str, Any] | None = Field(None, description="HF config kwargs (with model_type) for a randomly "
+                                               "initialised backbone; used when backbone='random'.")
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto", description="auto: bf16 on GPUs that support it, fp16 otherwise (T4), fp32 on CPU.")
+    quantization: Literal["none", "8bit", "4bit"] = Field(
+        "none", description="bitsandbytes base quantization. 4bit = NF4 double-quant (QLoRA training; ~1/4 of the "
+        "fp16 weights); 8bit = LLM.int8, closer to the 16-bit weights but reported slower than 4-bit or fp16 on long "
+        "inputs (public-facts: bitsandbytes int8 reports).")
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = Field(
+        "auto", description="auto: eager for Gemma2 (softcapping), sdpa otherwise.")
+    disable_softcapping: bool = Field(False, description="Gemma2: turn attention logit softcapping off (3rd place "
+                                      "gained from it).")
+    num_layers: int | None = Field(
+        None, ge=1, le=1024,
+        description="Keep only the first N transformer layers of the backbone (layer-pruned student: faster, weaker); "
+        "null = all.",
+    )
+    gradient_checkpointing: bool = Field(True, description="Trade ~30% compute for much less activation memory.")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings.")
+    head_init_std: float = Field(0.02, gt=0, le=1, description="Std of the re-initialised 3-way classification head.")
+    device_map: Literal["single", "auto"] = Field(
+        "single",
+        description="single: the whole model on this process's device (one GPU per process under accelerate/torchrun; "
+        "data parallel or FSDP by the launch config). auto: one process spreads the layers over every visible GPU "
+        "(then CPU) with accelerate's device_map='auto', for a teacher bigger than one card; only one GPU computes "
+        "at a time (slow), and it is refused under a multi-process launch (accelerate cannot train or shard such a "
+        "model).",
+    )
+    max_memory: dict[str, str] | None = Field(
+        None,
+        description="With device_map=auto: memory cap per device, e.g. {'0': '70GiB', '1': '70GiB', 'cpu': '200GiB'} "
+        "(GPU index or 'cpu' -> size). Leave headroom for activations: the caps bound the weights only. "
+        "null = accelerate's default (~90% of each GPU).",
+    )
+
+    @model_validator(mode="after")
+    def _placement(self) -> "ModelConfig":
+        if self.max_memory is not None and self.device_map != "auto":
+            raise ValueError("max_memory is only used with device_map: auto")
+        for key in self.max_memory or {}:
+            if not (key.isdigit() or key in ("cpu", "disk")):
+                raise ValueError(f"max_memory key '{key}' must be a GPU index ('0', '1', ...) or 'cpu'")
+        return self
+
+
+class TrainConfig(Section):
+    epochs: float = Field(1.0, gt=0, le=100, description="Passes over the training rows.")
+    max_steps: int = Field(-1, ge=-1, description="Stop after N optimizer steps (-1 = use epochs).")
+    learning_rate: float = Field(2e-4, gt=0, le=1, description="Peak LR (cosine schedule). ~1e-5 for 70B teachers, "
+                                 "~5e-5..2e-4 for 9B LoRA.")
+    weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW weight decay.")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Linear warm-up fraction of steps.")
+    batch_size: int = Field(4, ge=1, le=1024, description="Rows per device per micro-batch.")
+    grad_accum: int = Field(4, ge=1, le=1024, description="Micro-batches per optimizer step.")
+    max_length: int | None = Field(None, ge=16, le=32768, description="Training token budget; null = "
+                                   "render.max_length. 1st place: ~1024 train.")
+    swap_augmentation: Literal["none", "random", "both"] = Field(
+        "both", description="none; random: each row swapped with p=0.5; both: both orientations in the same step "
+        "(+0.003 reported)."
+    )
+    eval_steps: int = Field(0, ge=0, description="Trainer evaluation on the held-out fold every N steps (0 = none: the "
+                            "fold is predicted with TTA after training anyway).")
+    logging_steps: int = Field(10, ge=1, description="Log metrics every N steps.")
+    save_steps: int = Field(0, ge=0, description="Checkpoint every N steps for resume (0 = no intermediate "
+                            "checkpoints).")
+    group_by_length: bool = Field(True, description="Length-grouped batches: less padding, faster.")
+    report_to: list[str] = Field(default_factory=list, description="Extra trackers for HF Trainer (e.g. ['wandb']); "
+                                 "metrics always go to JSONL under workdir.")
+    optim: str = Field("adamw_torch", description="HF Trainer optimizer name (e.g. paged_adamw_8bit on GPU).")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
+
+
+class PredictConfig(Section):
+    max_length: int | None = Field(None, ge=16, le=32768, description="Inference token budget; null = "
+                                   "render.max_length. 1st place: ~2000 at inference.")
+    tokens_per_batch: int = Field(8192, ge=16, description="Token budget of one inference batch (rows are sorted by "
+                                  "length).")
+    max_batch_size: int = Field(64, ge=1, description="Upper bound on rows per inference batch.")
+    tta: bool = Field(True, description="A/B-swap test-time augmentation: doubles inference cost, removes position "
+                      "bias.")
