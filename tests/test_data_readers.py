@@ -10,9 +10,8 @@ import pytest
 from _data_fixtures import write_csv, write_kaggle_train
 
 from arena_kd.common.errors import UserError
+from arena_kd.data.layouts import detect_format, parse_hh_dialogue
 from arena_kd.data.readers import (
-    detect_format,
-    parse_hh_dialogue,
     read_kaggle_test,
     read_labels,
     read_pairs,
@@ -59,13 +58,16 @@ def test_real_sample_files_read():
 
 def _arena_record(qid, winner, turns=1):
     conv = lambda side: [  # noqa: E731
-        m for t in range(turns) for m in ({"role": "user", "content": f"q{qid}-{t}"}, {"role": "assistant", "content": f"{side}{qid}-{t}"})
+        m for t in range(turns)
+        for m in ({"role": "user", "content": f"q{qid}-{t}"}, {"role": "assistant", "content": f"{side}{qid}-{t}"})
     ]
-    return {"question_id": qid, "model_a": "x", "model_b": "y", "winner": winner, "judge": "j", "conversation_a": conv("a"), "conversation_b": conv("b")}
+    return {"question_id": qid, "model_a": "x", "model_b": "y", "winner": winner, "judge": "j",
+            "conversation_a": conv("a"), "conversation_b": conv("b")}
 
 
 def test_arena_jsonl_and_parquet(tmp_path):
-    recs = [_arena_record("q1", "model_a"), _arena_record("q2", "model_b", turns=2), _arena_record("q3", "tie"), _arena_record("q4", "tie (bothbad)")]
+    recs = [_arena_record("q1", "model_a"), _arena_record("q2", "model_b", turns=2), _arena_record("q3", "tie"),
+            _arena_record("q4", "tie (bothbad)")]
     jl = tmp_path / "arena.jsonl"
     jl.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
     df = read_pairs(jl)
@@ -77,7 +79,8 @@ def test_arena_jsonl_and_parquet(tmp_path):
     pq = tmp_path / "arena.parquet"
     pd.DataFrame(recs).to_parquet(pq)
     dq = read_pairs(pq)
-    assert dq[["prompt", "response_a", "response_b"]].map(tuple).equals(df[["prompt", "response_a", "response_b"]].map(tuple))
+    turns = ["prompt", "response_a", "response_b"]
+    assert dq[turns].map(tuple).equals(df[turns].map(tuple))
     assert dq["label"].tolist() == [0, 1, 2, 2]
 
 
@@ -93,13 +96,16 @@ def test_arena_sample_example_matches_csv_rows():
     assert all(len(p) == len(a) == len(b) for p, a, b in zip(df["prompt"], df["response_a"], df["response_b"]))
 
 
-HH_CHOSEN = "\n\nHuman: How do I bake bread?\n\nAssistant: Mix flour and water.\n\nHuman: Then?\n\nAssistant: Bake it at 220C."
-HH_REJECTED = "\n\nHuman: How do I bake bread?\n\nAssistant: Mix flour and water.\n\nHuman: Then?\n\nAssistant: I don't know."
+HH_CHOSEN = ("\n\nHuman: How do I bake bread?\n\nAssistant: Mix flour and water.\n\nHuman: Then?"
+             "\n\nAssistant: Bake it at 220C.")
+HH_REJECTED = ("\n\nHuman: How do I bake bread?\n\nAssistant: Mix flour and water.\n\nHuman: Then?"
+               "\n\nAssistant: I don't know.")
 
 
 def test_hh_dialogue_parse():
     assert parse_hh_dialogue(HH_CHOSEN) == [
-        ("user", "How do I bake bread?"), ("assistant", "Mix flour and water."), ("user", "Then?"), ("assistant", "Bake it at 220C."),
+        ("user", "How do I bake bread?"), ("assistant", "Mix flour and water."), ("user", "Then?"),
+        ("assistant", "Bake it at 220C."),
     ]
 
 
@@ -161,12 +167,15 @@ def test_read_labels_and_sample_submission_errors(tmp_path):
     path = write_kaggle_train(tmp_path / "train.csv", n=3)
     lab = read_labels(path)
     assert lab["id"].tolist() == ["100", "101", "102"] and lab["label"].tolist() == [0, 1, 2]
-    unl = write_csv(tmp_path / "test.csv", ["id", "prompt", "response_a", "response_b"], [[1, '["q"]', '["a"]', '["b"]']])
+    unl = write_csv(tmp_path / "test.csv", ["id", "prompt", "response_a", "response_b"],
+                    [[1, '["q"]', '["a"]', '["b"]']])
     with pytest.raises(UserError, match="no label"):
         read_labels(unl)
-    sub = write_csv(tmp_path / "sub.csv", ["id", "winner_model_a", "winner_model_b", "winner_tie"], [[1, 0.2, "x", 0.4]])
+    sub = write_csv(tmp_path / "sub.csv", ["id", "winner_model_a", "winner_model_b", "winner_tie"],
+                    [[1, 0.2, "x", 0.4]])
     with pytest.raises(UserError, match=r"sub.csv: row 1 \(line 2\), column 'winner_model_b': not a number"):
         read_sample_submission(sub)
-    sub2 = write_csv(tmp_path / "sub2.csv", ["id", "winner_model_a", "winner_model_b", "winner_tie"], [[1, 0.2, 1.5, 0.4]])
+    sub2 = write_csv(tmp_path / "sub2.csv", ["id", "winner_model_a", "winner_model_b", "winner_tie"],
+                     [[1, 0.2, 1.5, 0.4]])
     with pytest.raises(UserError, match="out of"):
         read_sample_submission(sub2)

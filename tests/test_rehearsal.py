@@ -27,13 +27,15 @@ def test_override_file_changes_only_what_it_names():
     # the recipe itself is untouched: quantization, dtype, LoRA, swaps, KD, soup, export, submission precision
     for t_base, t in zip(base.teachers.models, cfg.teachers.models):
         assert t.name == t_base.name and t.model.quantization == "4bit" and t.model.dtype == "bf16"
-        assert t.model.lora == t_base.model.lora and t.train.swap_augmentation == "both" and t.train.optim == "paged_adamw_8bit"
+        assert t.model.lora == t_base.model.lora
+        assert t.train.swap_augmentation == "both" and t.train.optim == "paged_adamw_8bit"
         assert t.model.backbone == "random"
     s, sb = cfg.student, base.student
     assert (s.model.quantization, s.model.lora, s.distill, s.final, s.soup, s.export_dtype) == \
         (sb.model.quantization, sb.model.lora, sb.distill, sb.final, sb.soup, sb.export_dtype)
     assert (cfg.submission.quantization, cfg.submission.dtype, cfg.submission.predict.tta) == ("8bit", "fp16", True)
-    assert cfg.student.model.random_init["model_type"] == "gemma2" and cfg.teachers.models[1].model.random_init["model_type"] == "llama"
+    assert cfg.student.model.random_init["model_type"] == "gemma2"
+    assert cfg.teachers.models[1].model.random_init["model_type"] == "llama"
 
 
 def test_merge_layer_rules():
@@ -56,8 +58,8 @@ def test_cli_takes_repeated_config(tmp_path):
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "arena_kd.cli", "plan", "--config", str(KAGGLE), "--config", str(tmp_path / "nope.yaml")],
-                       capture_output=True, text=True, cwd=ROOT)
+    r = subprocess.run([sys.executable, "-m", "arena_kd.cli", "plan", "--config", str(KAGGLE),
+                        "--config", str(tmp_path / "nope.yaml")], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "nope.yaml: config file not found" in r.stderr
 
 
@@ -67,7 +69,8 @@ def test_two_temperatures_are_refused_in_one_line():
     assert "\n" not in str(e.value)
     load_config(KAGGLE, ["teachers.combine.temperature=2"])  # one owner is fine
     load_config(KAGGLE, ["student.distill.temperature=2"])
-    load_config(KAGGLE, ["teachers.combine.temperature=2", "student.distill.temperature=2", "student.distill.alpha=0"])  # no KD
+    # no KD
+    load_config(KAGGLE, ["teachers.combine.temperature=2", "student.distill.temperature=2", "student.distill.alpha=0"])
 
 
 def test_student_copy_beyond_tolerance_is_not_used(monkeypatch, tmp_path, caplog):
@@ -86,8 +89,9 @@ def test_student_copy_beyond_tolerance_is_not_used(monkeypatch, tmp_path, caplog
 
     def fake_verify(export_dir, *, quantization, dtype, model, device=None):
         bad = device_of[id(model)] == "cuda:1"
-        return {"rows": 16, "nonfinite_rows": 2 if bad else 0, "max_abs_prob_diff": 0.31 if bad else 0.01, "mean_abs_prob_diff": 0.1,
-                "quantization": quantization, "dtype": "fp16", "tolerance": 0.16, "ok": not bad}
+        return {"rows": 16, "nonfinite_rows": 2 if bad else 0, "max_abs_prob_diff": 0.31 if bad else 0.01,
+                "mean_abs_prob_diff": 0.1, "quantization": quantization, "dtype": "fp16", "tolerance": 0.16,
+                "ok": not bad}
 
     device_of = {}
 
@@ -108,18 +112,21 @@ def test_student_copy_beyond_tolerance_is_not_used(monkeypatch, tmp_path, caplog
 
 @pytest.mark.slow
 def test_small_rehearsal_end_to_end(tmp_path):
-    """`make rehearsal` with smaller sizes: stages, Kaggle folders read-only, notebook line offline, valid submission."""
+    """`make rehearsal` with smaller sizes: stages, Kaggle folders read-only, notebook line offline, valid
+    submission."""
     from arena_kd.rehearsal import main
 
     work = tmp_path / "work"
-    sets = [f"workdir={work}", "data.max_rows=48", "render.max_length=64", "student.reference_rows=8", "student.train.epochs=1",
-            "student.train.max_length=64", "teachers.models.0.train.max_length=64", "teachers.models.1.train.max_length=64",
-            "stacking.num_boost_round=30", "stacking.early_stopping_rounds=5", "stacking.min_data_in_leaf=5"]
+    sets = [f"workdir={work}", "data.max_rows=48", "render.max_length=64", "student.reference_rows=8",
+            "student.train.epochs=1", "student.train.max_length=64", "teachers.models.0.train.max_length=64",
+            "teachers.models.1.train.max_length=64", "stacking.num_boost_round=30", "stacking.early_stopping_rounds=5",
+            "stacking.min_data_in_leaf=5"]
     rc = main(["--out", str(tmp_path / "out"), "--test-rows", "24", *[x for s in sets for x in ("--set", s)]])
     report = json.loads((tmp_path / "out" / "rehearsal.json").read_text())
     assert rc == 0, report
     assert report["notebook_rc"] == 0 and report["submission"] == {"rows": 24, "valid": True}
-    assert report["rows_per_path"].get("stacker+tta", 0) == 24, report["rows_per_path"]  # the 8-bit student scored every row
+    # the 8-bit student scored every row
+    assert report["rows_per_path"].get("stacker+tta", 0) == 24, report["rows_per_path"]
     soup = report["soup"]
     assert soup["folds"] == 2 and soup["rows"] == 8 and {"exact", "average", "single_fold"} <= set(soup)
     verify = report["export_verify"]
@@ -131,9 +138,11 @@ def test_small_rehearsal_end_to_end(tmp_path):
     line = (kaggle / "notebook.py").read_text()
     assert "arena-kd-code/kaggle/predict.py" in line and "--artifacts" in line
     inp = kaggle / "input"
-    assert {p.name for p in inp.iterdir()} == {"arena-kd-code", "arena-kd-artifacts", "arena-kd-wheels", "lmsys-chatbot-arena"}
+    assert {p.name for p in inp.iterdir()} == {"arena-kd-code", "arena-kd-artifacts", "arena-kd-wheels",
+                                               "lmsys-chatbot-arena"}
     assert stat.S_IMODE((inp / "arena-kd-artifacts").stat().st_mode) & 0o222 == 0 and report["input_unchanged"] is True
-    assert list((inp / "arena-kd-wheels").glob("arena_kd-*.whl")) and (inp / "lmsys-chatbot-arena" / "train.csv").is_file()
+    assert list((inp / "arena-kd-wheels").glob("arena_kd-*.whl"))
+    assert (inp / "lmsys-chatbot-arena" / "train.csv").is_file()
     cfg = yaml.safe_load((inp / "arena-kd-artifacts" / "config.yaml").read_text())
     assert cfg["submission"]["quantization"] == "8bit" and cfg["student"]["final"] == "fold_soup"
     sub = (kaggle / "working" / "submission.csv").read_text().splitlines()

@@ -20,11 +20,14 @@ def toks():
 @pytest.fixture(scope="module")
 def frame():
     rows = [
-        {"id": "short", "prompt": ["What is the capital?"], "response_a": ["Paris."], "response_b": ["London, I think."], "label": 0},
-        {"id": "long_a", "prompt": ["Write a poem about the sea."], "response_a": [LONG], "response_b": ["A short poem."], "label": 1},
+        {"id": "short", "prompt": ["What is the capital?"], "response_a": ["Paris."],
+         "response_b": ["London, I think."], "label": 0},
+        {"id": "long_a", "prompt": ["Write a poem about the sea."], "response_a": [LONG],
+         "response_b": ["A short poem."], "label": 1},
         {"id": "long_all", "prompt": [LONG], "response_a": [LONG + "x"], "response_b": [LONG * 2], "label": 2},
         {"id": "multi", "prompt": ["first question", "second question", "third question"],
-         "response_a": ["ans a1 " * 20, "ans a2 " * 20, "ans a3 final"], "response_b": ["ans b1 " * 20, "", "ans b3 final"], "label": 0},
+         "response_a": ["ans a1 " * 20, "ans a2 " * 20, "ans a3 final"],
+         "response_b": ["ans b1 " * 20, "", "ans b3 final"], "label": 0},
         {"id": "empty_b", "prompt": ["q"], "response_a": ["hello"], "response_b": [""], "label": 0},
     ]
     return make_frame(rows)
@@ -41,8 +44,6 @@ def test_budget_never_exceeded_and_responses_survive(toks, frame, style, truncat
     tok = toks[style]
     out = render_batch(frame, tok, max_length, truncation, 0.3)
     assert len(out) == len(frame)
-    head_a = tok("\n\n<response_a>: ", add_special_tokens=False)["input_ids"]
-    head_b = tok("\n\n<response_b>: ", add_special_tokens=False)["input_ids"]
     for row, ids in zip(frame.itertuples(), out):
         assert len(ids) <= max_length
         # each response keeps at least one token whenever it has text
@@ -59,7 +60,8 @@ def test_budget_never_exceeded_and_responses_survive(toks, frame, style, truncat
 
 
 def test_specials_wrapped_once_no_double_bos(toks):
-    df = make_frame([{"id": "1", "prompt": ["<s> hi <s>"], "response_a": ["[CLS] a [SEP]"], "response_b": ["</s> b"], "label": 0}])
+    df = make_frame([{"id": "1", "prompt": ["<s> hi <s>"], "response_a": ["[CLS] a [SEP]"], "response_b": ["</s> b"],
+                      "label": 0}])
     llama, bert = toks["llama"], toks["bert"]
     ids = render_batch(df, llama, 64)[0]
     bos = llama.convert_tokens_to_ids("<s>")
@@ -96,7 +98,8 @@ def test_prompt_capped_and_longer_response_trimmed_first(toks, frame):
 
 def test_left_truncation_keeps_ends(toks):
     tok = toks["none"]
-    df = make_frame([{"id": "1", "prompt": ["start " * 50 + "END_P"], "response_a": ["begin " * 50 + "END_A"], "response_b": ["go " * 50 + "END_B"], "label": 0}])
+    df = make_frame([{"id": "1", "prompt": ["start " * 50 + "END_P"], "response_a": ["begin " * 50 + "END_A"],
+                      "response_b": ["go " * 50 + "END_B"], "label": 0}])
     text = _decode(tok, render_batch(df, tok, 80, "left", 0.2)[0])
     assert "END_P" in text and "END_A" in text and text.endswith("END_B")
     text = _decode(tok, render_batch(df, tok, 80, "budget", 0.2)[0])
@@ -134,14 +137,16 @@ def test_char_precut_equals_full_tokenisation(toks, frame, monkeypatch):
 
 def test_chat_template(toks, frame):
     tok = tiny_bpe("llama")
-    tok.chat_template = "{% for m in messages %}<s>USER: {{ m['content'] }}</s>{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+    tok.chat_template = ("{% for m in messages %}<s>USER: {{ m['content'] }}</s>{% endfor %}"
+                         "{% if add_generation_prompt %}ASSISTANT:{% endif %}")
     ids = render_batch(frame, tok, 100, "budget", 0.2, template="chat")
     bos = tok.convert_tokens_to_ids("<s>")
     for x in ids:
         assert len(x) <= 100 and x[0] == bos and x.count(bos) == 1
         text = _decode(tok, x)
         assert text.startswith("<s>USER: <prompt>: ") and text.endswith("</s>ASSISTANT:")
-    assert render_batch(frame, tok, 100, template="chat", swap=True) == render_batch(swap_frame(frame), tok, 100, template="chat")
+    swapped = render_batch(swap_frame(frame), tok, 100, template="chat")
+    assert render_batch(frame, tok, 100, template="chat", swap=True) == swapped
     from arena_kd.common.errors import UserError
 
     with pytest.raises(UserError, match="no chat template"):

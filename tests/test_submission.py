@@ -52,13 +52,15 @@ class FakeBackend:
     n_devices = 1
     render = {"max_length": 96, "truncation": "budget", "prompt_fraction": 0.2}
 
-    def __init__(self, clock: FakeClock, sec_per_token: float = 0.0, oom_on_call: int | None = None, crash_on_call: int | None = None):
+    def __init__(self, clock: FakeClock, sec_per_token: float = 0.0, oom_on_call: int | None = None,
+                 crash_on_call: int | None = None):
         self.clock, self.spt = clock, sec_per_token
         self.calls: list[dict] = []
         self.oom_on_call, self.crash_on_call = oom_on_call, crash_on_call
 
     def lengths(self, df: pd.DataFrame, max_length: int) -> np.ndarray:
-        n = [(_text_len(p) + _text_len(a) + _text_len(b)) // 4 + 8 for p, a, b in zip(df["prompt"], df["response_a"], df["response_b"])]
+        n = [(_text_len(p) + _text_len(a) + _text_len(b)) // 4 + 8
+             for p, a, b in zip(df["prompt"], df["response_a"], df["response_b"])]
         return np.minimum(np.asarray(n, dtype=np.int64), max_length)
 
     @staticmethod
@@ -120,7 +122,8 @@ def artifacts(tmp_path, monkeypatch):
     test.parent.mkdir()
     src.to_csv(test, index=False)
     # sample submission in a different order than the test file
-    pd.DataFrame({"id": src["id"][::-1], **{c: 1 / 3 for c in LABELS}}).to_csv(test.with_name("sample_submission.csv"), index=False)
+    sample = pd.DataFrame({"id": src["id"][::-1], **{c: 1 / 3 for c in LABELS}})
+    sample.to_csv(test.with_name("sample_submission.csv"), index=False)
     cfg = load_config(ROOT / "configs/smoke.yaml", [f"workdir={tmp_path / 'work'}", f"data.test={test}",
                                                     f"data.sample_submission={test.with_name('sample_submission.csv')}",
                                                     f"data.train={ROOT / 'data/sample/train.csv'}"])
@@ -187,7 +190,8 @@ def test_governor_thresholds():
 
 
 def test_student_pass_degrades_under_pressure():
-    """With a real chunk loop and a clock driven by the work done, the modes only get cheaper and every row is accounted for."""
+    """With a real chunk loop and a clock driven by the work done, the modes only get cheaper and every row is
+    accounted for."""
     clock = FakeClock()
     df = _canonical(40)
     backend = FakeBackend(clock, sec_per_token=0.01)
@@ -247,7 +251,8 @@ def test_student_pass_gives_up_after_consecutive_failed_chunks():
                            max_batch_size=8, chunk_rows=4, progress=False)
     assert all(m is None for m in res.mode)
     assert len(res.chunks) == MAX_CONSECUTIVE_FAILURES
-    assert sum(str(r).startswith("not reached: student given up") for r in res.reason) == 20 - 1 - 4 * (MAX_CONSECUTIVE_FAILURES - 1)
+    given_up = sum(str(r).startswith("not reached: student given up") for r in res.reason)
+    assert given_up == 20 - 1 - 4 * (MAX_CONSECUTIVE_FAILURES - 1)
 
 
 def _canonical(n: int) -> pd.DataFrame:
@@ -267,7 +272,8 @@ def _good_frame(ids):
 
 def test_validate_clips_renormalises_and_orders():
     ids = ["3", "1", "2"]
-    df = pd.DataFrame({"id": ["1", "2", "3"], LABELS[0]: [1.0, 0.5, 0.2], LABELS[1]: [0.0, 0.5, 0.3], LABELS[2]: [0.0, 0.0, 0.5]})
+    df = pd.DataFrame({"id": ["1", "2", "3"], LABELS[0]: [1.0, 0.5, 0.2], LABELS[1]: [0.0, 0.5, 0.3],
+                       LABELS[2]: [0.0, 0.0, 0.5]})
     out = validate_submission(df, ids, eps=1e-3)
     assert out["id"].tolist() == ids
     p = out[list(LABELS)].to_numpy()
@@ -277,7 +283,8 @@ def test_validate_clips_renormalises_and_orders():
 
 
 @pytest.mark.parametrize("breakage,match", [
-    (lambda d: d.assign(**{LABELS[1]: [np.nan] + d[LABELS[1]].tolist()[1:]}), "row 0, column 'winner_model_b'.*not finite"),
+    (lambda d: d.assign(**{LABELS[1]: [np.nan] + d[LABELS[1]].tolist()[1:]}),
+     "row 0, column 'winner_model_b'.*not finite"),
     (lambda d: d.iloc[1:], "missing"),
     (lambda d: pd.concat([d, d.iloc[[2]]]), "row 5, column 'id'.*more than once"),
     (lambda d: d.assign(**{LABELS[0]: d[LABELS[0]] + 0.1}), "sum to"),
@@ -327,7 +334,8 @@ def test_submission_is_swap_symmetric(artifacts, tmp_path, stacker_bias, swap_av
     run_mod.run_submission(cfg, test=str(sw_test), out=str(sw_out), progress=False)
     a = _read(artifacts["out"]).set_index("id")
     b = _read(sw_out).set_index("id").loc[a.index]
-    diff = np.abs(a[LABELS[0]].to_numpy() - b[LABELS[1]].to_numpy()).mean() + np.abs(a[LABELS[1]].to_numpy() - b[LABELS[0]].to_numpy()).mean()
+    diff = (np.abs(a[LABELS[0]].to_numpy() - b[LABELS[1]].to_numpy()).mean()
+            + np.abs(a[LABELS[1]].to_numpy() - b[LABELS[0]].to_numpy()).mean())
     assert diff / 2 < 0.02
     np.testing.assert_allclose(a[LABELS[2]], b[LABELS[2]], atol=0.02)
     # sanity: the fakes are biased, so this is the code's doing: the A column is not simply equal to B's
@@ -344,7 +352,8 @@ def test_tiny_budget_forces_features_only(artifacts):
         return orig(df)
 
     stacker.predict_features_only = slow
-    res = run_mod.run_submission(artifacts["cfg"], out=str(artifacts["out"]), time_budget="60s", progress=False, clock=clock)
+    res = run_mod.run_submission(artifacts["cfg"], out=str(artifacts["out"]), time_budget="60s", progress=False,
+                                 clock=clock)
     _assert_valid(artifacts["out"], artifacts["src"]["id"].tolist()[::-1])
     assert res.counts == {"features_only+none": N_ROWS}
     assert artifacts["backend"].calls == []
@@ -360,7 +369,8 @@ def test_budget_runs_out_midway(artifacts):
     cfg.submission.chunk_rows = 4
     df = _canonical(N_ROWS)
     full = 2 * backend.lengths(df, 96).sum() * backend.spt
-    res = run_mod.run_submission(cfg, out=str(artifacts["out"]), time_budget=str(0.5 * full), progress=False, clock=clock)
+    res = run_mod.run_submission(cfg, out=str(artifacts["out"]), time_budget=str(0.5 * full), progress=False,
+                                 clock=clock)
     _assert_valid(artifacts["out"], artifacts["src"]["id"].tolist()[::-1])
     assert res.counts.get("features_only+none", 0) > 0
     assert sum(v for k, v in res.counts.items() if k.startswith("stacker+")) > 0
@@ -401,7 +411,8 @@ def test_sample_submission_with_other_ids_is_followed_not_refused(artifacts):
 
     ss = artifacts["test"].with_name("sample_submission.csv")
     src_ids = artifacts["src"]["id"].astype(str).tolist()
-    sample_ids = ["lost-1", *src_ids[2:], "lost-2"]  # two test rows absent from the sample, two sample ids without a row
+    # two test rows absent from the sample, two sample ids without a row
+    sample_ids = ["lost-1", *src_ids[2:], "lost-2"]
     pd.DataFrame({"id": sample_ids, **{c: 1 / 3 for c in LABELS}}).to_csv(ss, index=False)
     res = run_mod.run_submission(artifacts["cfg"], out=str(artifacts["out"]), progress=False)
     sub = _assert_valid(artifacts["out"], sample_ids)
@@ -455,7 +466,8 @@ def test_rows_dealt_across_devices_come_back_in_order():
 def test_cli_bad_time_budget_is_one_line_exit_2(monkeypatch, capsys):
     from arena_kd import cli
 
-    monkeypatch.setattr("sys.argv", ["arena-kd", "submission", "--config", str(ROOT / "configs/smoke.yaml"), "--time-budget", "8x"])
+    monkeypatch.setattr("sys.argv", ["arena-kd", "submission", "--config", str(ROOT / "configs/smoke.yaml"),
+                                     "--time-budget", "8x"])
     with pytest.raises(SystemExit) as exc:
         cli.main()
     assert exc.value.code == 2
@@ -464,7 +476,8 @@ def test_cli_bad_time_budget_is_one_line_exit_2(monkeypatch, capsys):
 
 
 def test_nan_student_logits_fall_back_per_row(artifacts):
-    """Rows whose student logits are NaN (fp16 overflow, say) keep the features-only answer; the rest use the student."""
+    """Rows whose student logits are NaN (fp16 overflow, say) keep the features-only answer; the rest use the
+    student."""
     backend = artifacts["backend"]
     real_predict = backend.predict
 
