@@ -12,6 +12,7 @@ from typing import List, Optional
 import typer
 
 from arena_kd.common.errors import UserError
+from arena_kd.common.keys import FORMATS
 
 DEFAULT_CONFIG = "configs/demo.yaml"
 
@@ -102,7 +103,7 @@ def evaluate(
 @app.command("validate-data")
 def validate_data(
     path: str = typer.Argument(..., help="Data file (Kaggle CSV, arena JSONL/Parquet, chosen/rejected pairs)."),
-    format: str = typer.Option("auto", "--format", help="auto|kaggle|arena|pairs"),
+    format: str = typer.Option("auto", "--format", help="|".join(FORMATS)),
 ) -> None:
     """Read and validate a data file; print rows, labels, turn histogram, repaired/flagged counts and length percentiles."""
     from arena_kd.data.validate import validate_data_report

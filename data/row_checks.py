@@ -1,4 +1,5 @@
-"""Row checks while reading raw pair files: turn-list parsing, unicode repair, label checks, unique ids.
+"""Row checks while reading raw pair files: turn-list parsing, unicode repair, label checks, unique ids, and
+the cells of a record (missing values, repaired text, row ids, JSON-encoded values).
 The readers (:mod:`arena_kd.data.readers`) call them; the `arena-kd validate-data` report is :mod:`.validate`.
 
 Row numbers in every message are 1-based *data rows* as a user sees them: the first row
@@ -64,7 +65,8 @@ def clean_turns(turns: list, stats: ValidationStats, path, where: str, column: s
             out.append("")
             continue
         if not isinstance(t, str):
-            raise data_error(path, where, column, f"turn entries must be strings or null, got {type(t).__name__}: {str(t)[:40]!r}")
+            raise data_error(path, where, column,
+                             f"turn entries must be strings or null, got {type(t).__name__}: {str(t)[:40]!r}")
         t, repaired = repair_text(t)
         if repaired:
             stats.repaired_unicode += 1
@@ -87,7 +89,8 @@ def parse_turn_list(raw: Any, stats: ValidationStats, path, where: str, column: 
         try:
             value = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise data_error(path, where, column, f"not valid JSON ({exc.msg} at char {exc.pos}); expected a list of turns like [\"...\"]") from None
+            raise data_error(path, where, column, f"not valid JSON ({exc.msg} at char {exc.pos}); "
+                             "expected a list of turns like [\"...\"]") from None
         if isinstance(value, str):  # a bare JSON string: one turn
             value = [value]
         if not isinstance(value, list):
@@ -142,4 +145,54 @@ def check_unique_ids(ids: list[str], wheres: list[str], path) -> None:
 def require_columns(columns, needed, path, fmt: str) -> None:
     missing = [c for c in needed if c not in columns]
     if missing:
-        raise UserError(f"{path}: missing column(s) {', '.join(repr(c) for c in missing)} for the {fmt} layout (has: {', '.join(map(str, columns))})")
+        raise UserError(f"{path}: missing column(s) {', '.join(repr(c) for c in missing)} for the {fmt} layout "
+                        f"(has: {', '.join(map(str, columns))})")
+
+
+# --------------------------------------------------------------------------- cells
+
+
+def is_missing(v: Any) -> bool:
+    """A cell with no value: None, NaN, or blank text."""
+    if v is None:
+        return True
+    if isinstance(v, float) and np.isnan(v):
+        return True
+    return isinstance(v, str) and v.strip() == ""
+
+
+def cell_text(v: Any, stats: ValidationStats, path, where: str, column: str) -> str | None:
+    """A text cell (model name, source) with its unicode repaired (and counted); None when missing."""
+    if is_missing(v):
+        return None
+    s, repaired = repair_text(str(v))
+    if repaired:
+        stats.repaired_unicode += 1
+        stats.note("repaired_unicode", f"row {where}, column '{column}'")
+    return s
+
+
+def row_id(rec: dict, i: int, path, where: str, fallback_prefix: str) -> str:
+    """The record's ``id`` as text (an integral float without its '.0'); '<prefix>-<i>' when the file has no ids."""
+    v = rec.get("id")
+    if is_missing(v):
+        if "id" in rec:
+            raise data_error(path, where, "id", "empty id")
+        return f"{fallback_prefix}-{i:06d}"
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    return str(v).strip()
+
+
+def maybe_json(v: Any) -> Any:
+    """Values stored as JSON text (CSV cells, Parquet strings) are decoded; others returned as is."""
+    if isinstance(v, str):
+        s = v.strip()
+        if s[:1] in ("[", "{"):
+            try:
+                return json.loads(s)
+            except json.JSONDecodeError:
+                return v
+    if isinstance(v, np.ndarray):
+        return list(v)
+    return v

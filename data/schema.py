@@ -18,7 +18,6 @@ import pandas as pd
 
 CANONICAL_COLUMNS = ("id", "prompt", "response_a", "response_b", "label", "source", "model_a", "model_b")
 TURN_COLUMNS = ("prompt", "response_a", "response_b")
-LABEL_NAMES = ("model_a", "model_b", "tie")
 
 
 def make_frame(rows: list[dict] | pd.DataFrame) -> pd.DataFrame:

@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 
 from arena_kd.common.errors import UserError
-from arena_kd.data.readers import FORMATS, read_pairs
+from arena_kd.common.keys import FORMATS
+from arena_kd.data.readers import read_pairs
 
 # --------------------------------------------------------------------------- report
 
@@ -57,7 +58,8 @@ def format_report(path, summary: dict[str, Any]) -> str:
         f"repaired: {r['null_turns']} null turns kept as empty (in {r['rows_with_null_turns']} rows), "
         f"{r['repaired_unicode']} strings with invalid unicode replaced by U+FFFD"
     )
-    lines.append(f"flagged: {f['empty_responses']} rows with an empty response, {f['empty_prompts']} rows with an empty prompt")
+    lines.append(f"flagged: {f['empty_responses']} rows with an empty response, "
+                 f"{f['empty_prompts']} rows with an empty prompt")
     for kind, ex in summary["examples"].items():
         if ex:
             lines.append(f"  e.g. {kind}: {'; '.join(ex)}")

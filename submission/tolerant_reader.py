@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from arena_kd.common.errors import UserError
-from arena_kd.data.readers import _is_missing
+from arena_kd.data.row_checks import is_missing
 from arena_kd.data.text import decode_bytes, raise_csv_field_limit, repair_text
 
 log = logging.getLogger("arena_kd.submission")
@@ -53,7 +53,7 @@ def _turn_text(t: Any) -> tuple[str, str | None]:
 
 def parse_cell(cell: Any) -> tuple[list[str], list[str]]:
     """(turns, repair kinds) of one Kaggle turn-list cell ('["...", null]'); never raises."""
-    if _is_missing(cell):
+    if is_missing(cell):
         return [""], ["empty cell"]
     if isinstance(cell, (list, tuple, np.ndarray)):
         value: Any = list(cell)
@@ -143,7 +143,7 @@ def _csv_records(path: Path) -> tuple[list[str], list[dict[str, Any]], Counter, 
 def _records(path: Path) -> tuple[list[str], list[dict[str, Any]], Counter, dict[str, int]]:
     if path.suffix.lower() == ".csv":
         return _csv_records(path)
-    from arena_kd.data.readers import read_raw
+    from arena_kd.data.containers import read_raw
 
     table = read_raw(path)
     return list(table.columns), table.records, Counter(), {}
@@ -171,7 +171,7 @@ def tolerant_kaggle_frame(path: str | Path) -> pd.DataFrame:
         raw_id = rec.get("id")
         if isinstance(raw_id, float) and raw_id.is_integer():
             raw_id = int(raw_id)
-        rid = "" if _is_missing(raw_id) else repair_text(str(raw_id).strip())[0]
+        rid = "" if is_missing(raw_id) else repair_text(str(raw_id).strip())[0]
         if not rid or rid in seen:
             kind = "no id (row dropped)" if not rid else "repeated id (row dropped)"
             repairs[kind] += 1
@@ -185,7 +185,7 @@ def tolerant_kaggle_frame(path: str | Path) -> pd.DataFrame:
         names = {}
         for side in ("model_a", "model_b"):
             v = rec.get(side)
-            names[side] = None if _is_missing(v) else repair_text(str(v))[0]
+            names[side] = None if is_missing(v) else repair_text(str(v))[0]
         rows.append({"id": rid, **fields, "label": None, "source": path.stem, **names})
     df = make_frame(rows)
     df.attrs["repairs"] = dict(repairs)
