@@ -12,7 +12,8 @@ from arena_kd.common.config_model import ModelConfig, PredictConfig, RenderConfi
 from arena_kd.common.io import jsonable
 
 
-def predict_rows(model, tokenizer, df: pd.DataFrame, predict_cfg: PredictConfig, render_cfg: RenderConfig) -> dict[str, np.ndarray]:
+def predict_rows(model, tokenizer, df: pd.DataFrame, predict_cfg: PredictConfig,
+                 render_cfg: RenderConfig) -> dict[str, np.ndarray]:
     """{"orig", "swap", "avg"} float32 [n,3] logits for ``df`` in input order.
 
     Without TTA (predict.tta=false) only the original orientation is run: avg = orig, swap = NaN.
@@ -68,7 +69,9 @@ def train_and_predict(
     if hasattr(model, "eval"):
         model.eval()
     tta = predict_rows(model, tokenizer, valid_df, predict_cfg, render_cfg)
-    extra = predict_rows(model, tokenizer, also_predict, predict_cfg, render_cfg) if also_predict is not None and len(also_predict) else None
+    extra = None
+    if also_predict is not None and len(also_predict):
+        extra = predict_rows(model, tokenizer, also_predict, predict_cfg, render_cfg)
     meta = {
         "adapter_dir": str(result.adapter_dir) if result.adapter_dir is not None else None,
         "train_metrics": jsonable(result.metrics),

@@ -26,6 +26,7 @@ from arena_kd.common.config_stages import TeacherConfig
 from arena_kd.common.io import write_keyed_table
 from arena_kd.common.keys import LOGIT_COLUMNS
 from arena_kd.kfold.dist import main_write
+from arena_kd.kfold.oof import oof_logits
 from arena_kd.kfold.soft_labels import nested_soft_labels_path
 
 
@@ -38,9 +39,10 @@ def inner_frame(frame: pd.DataFrame, outer_fold: int, n_folds: int, seed: int) -
     return rest.assign(fold=inner["fold"].to_numpy())
 
 
-def run_nested_teacher(cfg: PipelineConfig, t: TeacherConfig, frame: pd.DataFrame, out_dir: Path, hashes: dict[str, str],
-                       *, force: bool, fault) -> dict[int, pd.DataFrame]:
-    """{outer fold k: id, logit_* of the rows outside k, each predicted by a teacher that saw neither fold k nor the row}."""
+def run_nested_teacher(cfg: PipelineConfig, t: TeacherConfig, frame: pd.DataFrame, out_dir: Path,
+                       hashes: dict[str, str], *, force: bool, fault) -> dict[int, pd.DataFrame]:
+    """{outer fold k: id, logit_* of the rows outside k, each predicted by a teacher that saw neither fold k
+    nor the row}."""
     from arena_kd.kfold.fold_model import train_and_predict
     from arena_kd.kfold.runner import run_folds
     from arena_kd.llm.train import frame_texts
@@ -79,10 +81,11 @@ def write_nested_soft_labels(cfg: PipelineConfig, names: list[str], nested: dict
             src = nested.get(n, {}).get(k)
             sources[n] = "nested" if src is not None else "oof (offline teacher: cannot be nested)"
             table = src if src is not None else plain[n]
-            logits.append(ids.to_frame().merge(table, on="id", how="left")[list(LOGIT_COLUMNS)].to_numpy(dtype=np.float64))
+            logits.append(oof_logits(table, ids))
         soft = soft_frame(ids, names, logits, weights, cfg.teachers.combine.temperature)
         path = nested_soft_labels_path(cfg.soft_labels_path(), k)
-        y = labels.assign(id=labels["id"].astype(str)).set_index("id").loc[ids.astype(str), "label"].to_numpy(dtype=np.int64)
+        by_id = labels.assign(id=labels["id"].astype(str)).set_index("id")
+        y = by_id.loc[ids.astype(str), "label"].to_numpy(dtype=np.int64)
         ens = log_loss(y, np.exp(soft[list(LOGIT_COLUMNS)].to_numpy(dtype=np.float64)))
         main_write(write_keyed_table, path, soft, {**meta, "nested_outer_fold": k, "teacher_sources": sources,
                                                    "ensemble_log_loss_nested": ens, "rows": int(len(ids))})

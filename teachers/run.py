@@ -29,7 +29,7 @@ from arena_kd.common.metrics import accuracy, log_loss
 from arena_kd.kfold import dist
 from arena_kd.kfold.dist import main_write
 from arena_kd.kfold.fold_model import train_and_predict
-from arena_kd.kfold.oof import align_logits, read_teacher_logits
+from arena_kd.kfold.oof import align_logits, oof_logits, read_teacher_logits
 from arena_kd.kfold.runner import FaultInjector, check_hashes, fold_metrics, model_meta, run_folds
 from arena_kd.kfold.soft_labels import teacher_columns
 from arena_kd.kfold.training_data import TrainingData, load_training_data
@@ -43,6 +43,11 @@ def teacher_config_hash(cfg: PipelineConfig, teacher: TeacherConfig) -> str:
     # hardware keeps its finished folds
     section = teacher.model_dump(mode="json", exclude={"weight": True, "model": set(PLACEMENT_FIELDS)})
     return json_hash({"teacher": section, "render": cfg.render.model_dump(mode="json"), "seed": cfg.seed})
+
+
+def teacher_hashes(cfg: PipelineConfig, teacher: TeacherConfig, data: TrainingData) -> dict[str, str]:
+    """The resume identity of one teacher's OOF: its config hash, the training rows and the folds file."""
+    return {"config": teacher_config_hash(cfg, teacher), "data": data.data_hash, "folds": data.folds_hash}
 
 
 def teachers_dir(cfg: PipelineConfig) -> Path:
@@ -71,7 +76,8 @@ def _load_extra(cfg: PipelineConfig, train_ids: pd.Series) -> pd.DataFrame | Non
     extra = pd.concat(frames, ignore_index=True)
     dup = extra["id"].astype(str).duplicated() | extra["id"].astype(str).isin(set(train_ids.astype(str)))
     if dup.any():
-        raise UserError(f"data.extra: id '{extra.loc[dup, 'id'].iloc[0]}' is repeated or also a training id; extra ids must be unique")
+        raise UserError(f"data.extra: id '{extra.loc[dup, 'id'].iloc[0]}' is repeated or also a training id; "
+                        "extra ids must be unique")
     return extra.reset_index(drop=True)
 
 
@@ -83,9 +89,10 @@ def _overall(frame: pd.DataFrame, oof: pd.DataFrame) -> dict[str, float]:
 def _model_teacher(cfg: PipelineConfig, t: TeacherConfig, data: TrainingData, extra: pd.DataFrame | None,
                    *, force: bool, fault: FaultInjector) -> pd.DataFrame:
     out_dir = teachers_dir(cfg) / t.name
-    hashes = {"config": teacher_config_hash(cfg, t), "data": data.data_hash, "folds": data.folds_hash}
+    hashes = teacher_hashes(cfg, t, data)
     if extra is not None:
-        hashes["extra"] = hashlib.sha256(pd.util.hash_pandas_object(extra["id"].astype(str), index=False).to_numpy().tobytes()).hexdigest()[:16]
+        id_hashes = pd.util.hash_pandas_object(extra["id"].astype(str), index=False).to_numpy()
+        hashes["extra"] = hashlib.sha256(id_hashes.tobytes()).hexdigest()[:16]
 
     def fit_predict(k: int, train_df: pd.DataFrame, valid_df: pd.DataFrame, fold_dir: Path):
         tta, meta, extra_pred = train_and_predict(
@@ -96,7 +103,8 @@ def _model_teacher(cfg: PipelineConfig, t: TeacherConfig, data: TrainingData, ex
         if extra_pred is not None:  # written before the fold file, so a finished fold always has its extra file
             from arena_kd.kfold.runner import tta_frame
 
-            main_write(write_keyed_table, out_dir / f"extra_fold{k}.parquet", tta_frame(extra["id"], k, extra_pred), {"fold": k, "hashes": hashes})
+            main_write(write_keyed_table, out_dir / f"extra_fold{k}.parquet", tta_frame(extra["id"], k, extra_pred),
+                       {"fold": k, "hashes": hashes})
         return tta, meta
 
     folds = run_folds(data.frame, out_dir, hashes, fit_predict, force=force, fault=fault, label=t.name)
@@ -129,13 +137,13 @@ def _average_extra(out_dir: Path, folds: list[int], extra: pd.DataFrame, hashes:
     for k in folds:
         df, meta = read_keyed_table(out_dir / f"extra_fold{k}.parquet")
         check_hashes(out_dir / f"extra_fold{k}.parquet", meta, hashes)
-        df = extra[["id"]].astype(str).merge(df, on="id", how="left")
-        logps.append(temper_logits(df[list(LOGIT_COLUMNS)].to_numpy()))
+        logps.append(temper_logits(oof_logits(df, extra["id"].astype(str))))
     mean = np.mean(logps, axis=0)
     out = pd.DataFrame({"id": extra["id"].astype(str).to_numpy()})
     for j, c in enumerate(LOGIT_COLUMNS):
         out[c] = mean[:, j].astype(np.float32)
-    main_write(write_keyed_table, out_dir / "extra.parquet", out, {"folds": folds, "hashes": hashes, "reduction": "mean log-softmax over fold models"})
+    main_write(write_keyed_table, out_dir / "extra.parquet", out,
+               {"folds": folds, "hashes": hashes, "reduction": "mean log-softmax over fold models"})
 
 
 def _offline_teacher(cfg: PipelineConfig, t: TeacherConfig, data: TrainingData) -> pd.DataFrame:
@@ -145,15 +153,15 @@ def _offline_teacher(cfg: PipelineConfig, t: TeacherConfig, data: TrainingData) 
     for j, c in enumerate(LOGIT_COLUMNS):
         oof[c] = logits[:, j]
     labels = data.frame["label"].astype(int).to_numpy()
-    per_fold = {str(int(k)): fold_metrics(labels[data.frame["fold"].to_numpy() == k], logits[data.frame["fold"].to_numpy() == k])
-                for k in sorted(data.frame["fold"].unique())}
+    fold = data.frame["fold"].to_numpy()
+    per_fold = {str(int(k)): fold_metrics(labels[fold == k], logits[fold == k]) for k in sorted(set(fold))}
     meta = {
         "teacher": t.name,
         "source": "logits",
         "logits_file": str(t.logits_file),
         "logits_file_hash": file_hash(t.logits_file),
         "detected": kind,
-        "hashes": {"config": teacher_config_hash(cfg, t), "data": data.data_hash, "folds": data.folds_hash},
+        "hashes": teacher_hashes(cfg, t, data),
         "per_fold": per_fold,
         "overall": fold_metrics(labels, logits),
         "wall_time_s": 0.0,
@@ -164,7 +172,8 @@ def _offline_teacher(cfg: PipelineConfig, t: TeacherConfig, data: TrainingData) 
     return oof
 
 
-def _soft_label_frame(ids: pd.Series, names: list[str], logits: list[np.ndarray], weights: np.ndarray, temperature: float) -> pd.DataFrame:
+def _soft_label_frame(ids: pd.Series, names: list[str], logits: list[np.ndarray], weights: np.ndarray,
+                      temperature: float) -> pd.DataFrame:
     probs = teacher_probs(logits)
     combined = combine_logits(probs, weights, temperature)
     out = pd.DataFrame({"id": ids.astype(str).to_numpy()})
@@ -186,12 +195,13 @@ def format_table(rows: list[tuple[str, float | None, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
-def combine_teachers(cfg: PipelineConfig, data: TrainingData, oofs: dict[str, pd.DataFrame], hashes: dict[str, str]) -> dict[str, Any]:
+def combine_teachers(cfg: PipelineConfig, data: TrainingData, oofs: dict[str, pd.DataFrame],
+                     hashes: dict[str, str]) -> dict[str, Any]:
     """Weights + temperature → soft_labels.parquet (+ soft_labels_extra.parquet); prints the table."""
     names = list(oofs)
     ids = data.frame["id"]
     labels = data.frame["label"].astype(int).to_numpy()
-    logits = [ids.to_frame().merge(oofs[n], on="id", how="left")[list(LOGIT_COLUMNS)].to_numpy(dtype=np.float64) for n in names]
+    logits = [oof_logits(oofs[n], ids) for n in names]
     probs = teacher_probs(logits)
     configured = [t.weight for t in cfg.teachers.models]
     weights = resolve_weights(cfg.teachers.combine.weights, names, configured, probs, labels)
@@ -217,9 +227,9 @@ def combine_teachers(cfg: PipelineConfig, data: TrainingData, oofs: dict[str, pd
     if cfg.teachers.predict_extra and cfg.data.extra and all(p.is_file() for p in extra_paths):
         ex = [read_keyed_table(p)[0] for p in extra_paths]
         ex_ids = ex[0]["id"]
-        ex_logits = [ex_ids.to_frame().merge(e, on="id", how="left")[list(LOGIT_COLUMNS)].to_numpy(dtype=np.float64) for e in ex]
-        main_write(write_keyed_table, teachers_dir(cfg) / "soft_labels_extra.parquet", _soft_label_frame(ex_ids, names, ex_logits, weights, T),
-                          {**meta, "rows": "data.extra pseudo-labels (no labels: metrics are those of the training OOF)"})
+        ex_soft = _soft_label_frame(ex_ids, names, [oof_logits(e, ex_ids) for e in ex], weights, T)
+        main_write(write_keyed_table, teachers_dir(cfg) / "soft_labels_extra.parquet", ex_soft,
+                   {**meta, "rows": "data.extra pseudo-labels (no labels: metrics are those of the training OOF)"})
     rows = [(n, float(w), per_teacher[n]) for n, w in zip(names, weights)] + [("ENSEMBLE", None, ensemble)]
     print(format_table(rows))
     print(f"soft labels: {out} (weights={cfg.teachers.combine.weights}, T={T})")
@@ -251,12 +261,12 @@ def run_teachers(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
         from arena_kd.teachers.nested import run_nested_teacher, write_nested_soft_labels
 
         nested = {t.name: run_nested_teacher(cfg, t, data.frame, teachers_dir(cfg) / t.name,
-                                             {"config": teacher_config_hash(cfg, t), "data": data.data_hash, "folds": data.folds_hash},
-                                             force=force, fault=fault)
+                                             teacher_hashes(cfg, t, data), force=force, fault=fault)
                   for t in cfg.teachers.models if t.source == "model"}
         side = {k: meta[k] for k in ("teachers", "weights", "temperature", "per_teacher_columns", "hashes")}
-        write_nested_soft_labels(cfg, list(oofs), nested, oofs, np.asarray([meta["weights"][n] for n in oofs]), _soft_label_frame,
-                                 side, data.frame[["id", "label"]])
+        weights = np.asarray([meta["weights"][n] for n in oofs])
+        write_nested_soft_labels(cfg, list(oofs), nested, oofs, weights, _soft_label_frame, side,
+                                 data.frame[["id", "label"]])
     print(f"teachers done in {time.time() - t0:.1f}s")
     return meta
 
