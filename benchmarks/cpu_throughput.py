@@ -56,15 +56,16 @@ def main() -> None:
     from arena_kd.llm.predict import logits_for_ids
 
     wd = Path(tempfile.mkdtemp(prefix="cpu_tp_"))
-    cfg = ModelConfig(backbone="random", random_init=SHAPE, gradient_checkpointing=False, lora={"r": 16, "alpha": 32, "dropout": 0.0})
+    cfg = ModelConfig(backbone="random", random_init=SHAPE, gradient_checkpointing=False,
+                      lora={"r": 16, "alpha": 32, "dropout": 0.0})
     tok = _FixedTokenizer()
     rng = np.random.default_rng(0)
     seqs = [list(rng.integers(4, VOCAB, size=a.seq)) for _ in range(a.batch * (a.steps + 1))]
 
     # ---- inference
     model, _, info = load_classifier(cfg, training=False, workdir=wd, tokenizer=tok)
-    print(f"model: {info['total_params'] / 1e6:.1f}M parameters ({SHAPE['num_hidden_layers']} layers, hidden {SHAPE['hidden_size']}), "
-          f"seq {a.seq}, batch {a.batch}, threads {a.threads}")
+    print(f"model: {info['total_params'] / 1e6:.1f}M parameters ({SHAPE['num_hidden_layers']} layers, "
+          f"hidden {SHAPE['hidden_size']}), seq {a.seq}, batch {a.batch}, threads {a.threads}")
     logits_for_ids(model, seqs[: a.batch], 0, tokens_per_batch=a.seq * a.batch, max_batch_size=a.batch)  # warm-up
     t0 = time.perf_counter()
     logits_for_ids(model, seqs[a.batch :], 0, tokens_per_batch=a.seq * a.batch, max_batch_size=a.batch)
@@ -92,7 +93,8 @@ def main() -> None:
     for s in range(a.steps):
         step(seqs[a.batch * (s + 1) : a.batch * (s + 2)])
     dt = time.perf_counter() - t0
-    print(f"training (LoRA r=16, fp32, forward+backward+AdamW): {n_tok / dt:,.0f} tokens/s ({a.batch * a.steps / dt:.2f} rows/s)")
+    print(f"training (LoRA r=16, fp32, forward+backward+AdamW): {n_tok / dt:,.0f} tokens/s "
+          f"({a.batch * a.steps / dt:.2f} rows/s)")
 
 
 if __name__ == "__main__":
