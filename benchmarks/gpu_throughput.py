@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from arena_kd.llm.loading import native_bf16  # noqa: E402
+from arena_kd.llm.devices import native_bf16  # noqa: E402
 from arena_kd.planner.calibration import Record, Results, now_utc, write_results  # noqa: E402
 
 # Published google/gemma-2-9b config.json (the planner's table: planner/specs.py ARCHS["gemma2-9b"]).

@@ -71,7 +71,7 @@ def main() -> None:
     try:
         tok = _tokenizer(a.tokenizer)
     except Exception as exc:  # the demo model package may be missing: fall back to a BPE trained on the data
-        from arena_kd.llm.loading import train_bpe_tokenizer
+        from arena_kd.llm.tokenizer import train_bpe_tokenizer
         from arena_kd.llm.train import frame_texts
 
         print(f"(tokenizer {a.tokenizer} unavailable: {type(exc).__name__}; using a 4000-token BPE trained on the data)")

@@ -1,10 +1,19 @@
 """llm/: any HF backbone as a 3-class preference classifier (shared by teachers, student and submission).
 
 Modules (one job each):
-  loading   tokenizer (folder / hub id / pkg:// / GGUF / trained BPE) and classifier loading: dtype,
-            bitsandbytes 8/4-bit, Gemma2 attention + softcapping, pad token, head init, LoRA or adapter; `info`
-  lora      peft LoRA: attach, save/load (safetensors), merge_and_unload, fold-soup averaging
-  batching  token-budgeted length-sorted batches, dynamic padding with position ids
-  train     HF Trainer subclass with a pluggable loss_fn(logits, batch), swap augmentation, resume
-  predict   logits in input order, A/B-swap TTA, data-parallel over processes
+  loading          load_classifier: the pieces below put together in order (dtype, tokenizer, weights, config,
+                   placement, head, k-bit preparation, LoRA or adapter) and the `info` that reloads it identically
+  tokenizer        tokenizer (folder / hub id / pkg:// / GGUF / trained and cached BPE), pad token, right padding
+  devices          device, dtype (native bf16 or not) and bitsandbytes 8/4-bit rules
+  backbone_config  the HF config as a 3-class classifier's: Gemma2 attention + softcapping, layer pruning, pooling
+  head             the classification head: its size, class names, seeded re-initialisation
+  random_backbone  seeded random backbones from `random_init`, built once under the workdir
+  gguf             GGUF checkpoints dequantised once into a plain folder
+  cache            folders built once under the workdir, published with one rename
+  placement        where the weights live (single / FSDP / device_map auto), launch state, freeing accelerator memory
+  lora             peft LoRA: attach, save/load (safetensors), merge_and_unload, fold-soup averaging
+  batching         token-budgeted length-sorted batches, dynamic padding with position ids
+  train            HF Trainer subclass with a pluggable loss_fn(logits, batch), swap augmentation, resume
+  predict          logits in input order, A/B-swap TTA, data-parallel over processes
+  export           the student export format: save, load, verify against reference rows
 """

@@ -180,7 +180,7 @@ def _resolve_dtype(dtype: str, device: str) -> torch.dtype:
             raise UserError(f"load_export: dtype must be auto, fp32, fp16 or bf16, got '{dtype}'")
         return _DTYPES[dtype]
     if device.startswith("cuda"):
-        from arena_kd.llm.loading import native_bf16
+        from arena_kd.llm.devices import native_bf16
 
         return torch.bfloat16 if native_bf16(device) else torch.float16
     return torch.float32
@@ -222,7 +222,7 @@ def load_export(export_dir: str | Path, *, quantization: str = "none", dtype: st
     if quantization == "none":
         model = model.to(device)
     if str(device).startswith("cpu") and quantization != "none":
-        from arena_kd.llm.loading import keep_bnb_4bit_layout_on_cpu
+        from arena_kd.llm.devices import keep_bnb_4bit_layout_on_cpu
 
         keep_bnb_4bit_layout_on_cpu(model)
     if not settings.get("merged", True):

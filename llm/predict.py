@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from arena_kd.llm.batching import accepts_position_ids, collate, token_budget_batches
-from arena_kd.llm.loading import PADDING_SIDE
+from arena_kd.llm.tokenizer import PADDING_SIDE
 
 SWAP_COLUMNS = [1, 0, 2]
 

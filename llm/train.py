@@ -403,9 +403,9 @@ def train_classifier(
     init_seed = seed if init_seed is None else int(init_seed)
     settings = _settings_hash(model_cfg, train_cfg, render_cfg, train_df, eval_df, seed if init_seed == seed else (seed, init_seed), loss_fn)
     if tokenizer_texts is not None:
-        from arena_kd.llm.loading import _texts_hash
+        from arena_kd.llm.tokenizer import texts_hash
 
-        settings = hashlib.sha256(f"{settings}:{_texts_hash([t for t in tokenizer_texts if isinstance(t, str)])}".encode()).hexdigest()[:16]
+        settings = hashlib.sha256(f"{settings}:{texts_hash([t for t in tokenizer_texts if isinstance(t, str)])}".encode()).hexdigest()[:16]
     done = out / RESULT_FILE
     adapter_dir = out / "adapter"
     if resume and done.is_file():
@@ -415,7 +415,7 @@ def train_classifier(
             print(f"[llm] {out}: finished earlier with the same settings; loaded {adapter_dir}")
             return TrainResult(adapter_dir, rec.get("metrics", {}), model, tok, info)
 
-    from arena_kd.llm.loading import resolve_device
+    from arena_kd.llm.devices import resolve_device
     from arena_kd.llm.placement import check_sharded_training, launch_world_size, start_launch_state
 
     check_sharded_training(model_cfg, train_cfg.optim, train_cfg.save_steps)

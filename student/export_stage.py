@@ -58,12 +58,10 @@ def verify_precisions(cfg: PipelineConfig) -> list[str]:
 def _tokenizer(cfg: PipelineConfig, adapter: Path, in_memory):
     if in_memory is not None:
         return in_memory[1]
-    from arena_kd.student.merge import _adapter_tokenizer
+    from arena_kd.llm.tokenizer import adapter_tokenizer, load_tokenizer
 
-    tok = _adapter_tokenizer(adapter)
+    tok = adapter_tokenizer(adapter)
     if tok is None:
-        from arena_kd.llm.loading import load_tokenizer
-
         tok = load_tokenizer(cfg.student.model, cfg.workdir)
     return tok
 

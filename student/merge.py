@@ -19,20 +19,6 @@ import torch
 from arena_kd.common.config_model import ModelConfig
 
 
-def _adapter_tokenizer(adapter: Path):
-    """The tokenizer saved next to the adapter (train_classifier saves it there), or None."""
-    if not (adapter / "tokenizer_config.json").is_file():
-        return None
-    from transformers import AutoTokenizer
-
-    from arena_kd.llm.loading import PADDING_SIDE, ensure_pad_token
-
-    tok = AutoTokenizer.from_pretrained(str(adapter))
-    ensure_pad_token(tok)
-    tok.padding_side = PADDING_SIDE
-    return tok
-
-
 def dequantize_base(model):
     """A bitsandbytes-quantized HF model → the same model with plain Linear layers holding the dequantised weights."""
     if getattr(model, "is_quantized", False) or getattr(model, "hf_quantizer", None) is not None:
@@ -45,9 +31,10 @@ def dequantize_base(model):
 def load_trained_base(model_cfg: ModelConfig, adapter: str | Path, workdir: str | Path, device: str | None = None):
     """(fp32 base with dequantised weights, tokenizer, info): the trained student's base, ready for its adapter."""
     from arena_kd.llm.loading import load_classifier
+    from arena_kd.llm.tokenizer import adapter_tokenizer
 
     adapter = Path(adapter)
-    tok = _adapter_tokenizer(adapter)
+    tok = adapter_tokenizer(adapter)
     base, tok, info = load_classifier(model_cfg, training=False, workdir=workdir, device=device, tokenizer=tok)
     base = dequantize_base(base).float()
     return base, tok, info
@@ -55,11 +42,11 @@ def load_trained_base(model_cfg: ModelConfig, adapter: str | Path, workdir: str 
 
 def merged_student(model_cfg: ModelConfig, adapter: str | Path, workdir: str | Path, device: str | None = None):
     """(merged fp32 model, tokenizer, info) of a LoRA student (see the module rule); a full model folder loads as is."""
-    from arena_kd.llm.loading import _adapter_kind, load_classifier
+    from arena_kd.llm.loading import adapter_kind, load_classifier
     from arena_kd.llm.lora import load_adapter, merge_and_unload
 
     adapter = Path(adapter)
-    if _adapter_kind(adapter) == "full":
+    if adapter_kind(adapter) == "full":
         model, tok, info = load_classifier(model_cfg.model_copy(update={"quantization": "none"}), training=False,
                                            workdir=workdir, adapter=adapter, device=device)
         return model.float(), tok, info

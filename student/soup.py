@@ -24,10 +24,10 @@ from arena_kd.llm.placement import free_accelerator_memory
 def adapter_logits(model_cfg: ModelConfig, adapter: str | Path, input_ids: list[list[int]], workdir) -> np.ndarray:
     """float32 [n,3] logits of one trained adapter on its trained base (same quantization and dtype as training)."""
     from arena_kd.llm.loading import load_classifier
-    from arena_kd.student.merge import _adapter_tokenizer
+    from arena_kd.llm.tokenizer import adapter_tokenizer
 
     model, _, _ = load_classifier(model_cfg, training=False, workdir=workdir, adapter=str(adapter),
-                                  tokenizer=_adapter_tokenizer(Path(adapter)))
+                                  tokenizer=adapter_tokenizer(adapter))
     model.eval()
     try:
         return reference_logits(model, input_ids)

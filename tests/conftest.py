@@ -59,7 +59,7 @@ def tiny_pairs(tiny_pairs_rows):
 @pytest.fixture(scope="session")
 def tiny_bpe_tokenizer(tmp_path_factory, tiny_pairs_rows):
     """Folder of a 400-token byte-level BPE (Llama-like: <s> prefix, <pad>/<s>/</s>/<unk>) trained on tiny_pairs."""
-    from arena_kd.llm.loading import train_bpe_tokenizer
+    from arena_kd.llm.tokenizer import train_bpe_tokenizer
 
     texts = [t for r in tiny_pairs_rows for col in ("prompt", "response_a", "response_b") for t in r[col]]
     texts += ["<prompt>: ", "<response_a>: ", "<response_b>: ", "[turn 1] [turn 2]"]

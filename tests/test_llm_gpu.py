@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from arena_kd.common.config_model import RenderConfig, TrainConfig
-from arena_kd.llm.loading import load_classifier, native_bf16
+from arena_kd.llm.devices import native_bf16
+from arena_kd.llm.loading import load_classifier
 from arena_kd.llm.predict import predict_logits, predict_tta
 from arena_kd.llm.train import train_classifier
 

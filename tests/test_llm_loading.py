@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from arena_kd.common.errors import UserError
-from arena_kd.llm.loading import ensure_pad_token, load_classifier, load_tokenizer, resolve_dtype
+from arena_kd.llm.devices import resolve_dtype
+from arena_kd.llm.loading import load_classifier
+from arena_kd.llm.tokenizer import ensure_pad_token, load_tokenizer
 from arena_kd.llm.train import frame_texts
 
 
