@@ -13,7 +13,10 @@ Modules (one job each):
   placement        where the weights live (single / FSDP / device_map auto), launch state, freeing accelerator memory
   lora             peft LoRA: attach, save/load (safetensors), merge_and_unload, fold-soup averaging
   batching         token-budgeted length-sorted batches, dynamic padding with position ids
-  train            HF Trainer subclass with a pluggable loss_fn(logits, batch), swap augmentation, resume
+  train            train_classifier: the entry point every model stage calls; settings hash, resume, outputs
+  trainer          the HF Trainer subclass: loss over the accumulated step, seeded length-grouped sampler, logs
+  pair_data        training rows as batches: rendering, labels, teacher logits, A/B swap augmentation
+  losses           the default hard-label CE and loss_key (a loss's resume identity)
   predict          logits in input order, A/B-swap TTA, data-parallel over processes
   export           the student export format: save, load, verify against reference rows
 """

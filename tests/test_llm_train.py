@@ -11,8 +11,9 @@ from transformers import TrainerCallback
 
 from arena_kd.common.config_model import RenderConfig, TrainConfig
 from arena_kd.common.errors import UserError
+from arena_kd.llm.pair_data import PairCollator
 from arena_kd.llm.predict import predict_logits
-from arena_kd.llm.train import PairCollator, train_classifier
+from arena_kd.llm.train import train_classifier
 
 RENDER = RenderConfig(max_length=96)
 
@@ -169,7 +170,7 @@ def test_missing_label_in_training_rows_is_a_user_error(tiny_llama_cfg, tiny_pai
 
 
 def test_length_grouped_sampler_is_seeded_per_epoch_and_groups_lengths():
-    from arena_kd.llm.train import EpochLengthGroupedSampler
+    from arena_kd.llm.trainer import EpochLengthGroupedSampler
 
     lengths = list(np.random.default_rng(0).integers(5, 500, size=40))
     s = EpochLengthGroupedSampler(8, lengths, seed=1)

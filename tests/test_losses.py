@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from arena_kd.llm.train import hard_label_ce, loss_key
+from arena_kd.llm.losses import hard_label_ce, loss_key
 from arena_kd.student.losses import DistillationLoss, distillation_loss, kl_to_teachers
 
 

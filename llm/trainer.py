@@ -1,0 +1,159 @@
+"""The HF ``Trainer`` a classifier trains with: a pluggable loss normalised over the accumulated step, per-term loss
+logs, a length-grouped sampler seeded by (seed, epoch) so a resumed run sees the same order, epoch-aware swap draws,
+metrics appended to a JSONL file, and the trained weights gathered from FSDP shards.
+
+Loss rescaling: the loss (a mean over its B rows) becomes ``sum / rows in the whole accumulated step``
+(``num_items_in_batch``), so uneven micro-batches and gradient accumulation give the same gradient as one big batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import Trainer, TrainerCallback
+
+from arena_kd.llm.losses import LossFn
+from arena_kd.llm.pair_data import PairCollator
+
+
+class EpochCallback(TrainerCallback):
+    """Tells the collator the epoch, so random swap draws are seeded per (row, epoch) and survive a resume."""
+
+    def __init__(self, collator: PairCollator):
+        self.collator = collator
+
+    def on_epoch_begin(self, args, state, control, **kw):
+        self.collator.epoch = int(math.floor(state.epoch or 0))
+
+
+class JsonlMetricsCallback(TrainerCallback):
+    """Append every log / eval event as one JSON line to ``path`` (main process only)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if not state.is_world_process_zero or not logs:
+            return
+        rec = {"step": state.global_step, "epoch": state.epoch, "time": round(time.time(), 3)}
+        rec.update({k: (float(v) if isinstance(v, (int, float, np.floating)) else v) for k, v in logs.items()})
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(rec, default=str) + "\n")
+            f.flush()
+
+
+def eval_metrics(eval_pred) -> dict[str, float]:
+    """Multiclass log loss and accuracy of eval logits [n,3] (rows with label -100 ignored)."""
+    logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+    labels = eval_pred.label_ids
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels).astype(int)
+    keep = labels >= 0
+    logits, labels = logits[keep], labels[keep]
+    if not len(labels):
+        return {}
+    m = logits.max(axis=1, keepdims=True)
+    lsm = logits - m - np.log(np.exp(logits - m).sum(axis=1, keepdims=True))
+    return {
+        "log_loss": float(-lsm[np.arange(len(labels)), labels].mean()),
+        "accuracy": float((logits.argmax(axis=1) == labels).mean()),
+    }
+
+
+class EpochLengthGroupedSampler(torch.utils.data.Sampler):
+    """HF ``LengthGroupedSampler`` whose shuffle is seeded by (seed, epoch), so a resumed run sees the same order."""
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+
+        self.generator = torch.Generator()
+        self.seed = seed
+        self.inner = LengthGroupedSampler(batch_size, lengths=list(lengths), generator=self.generator)
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed(self.seed * 100_003 + int(epoch))
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __iter__(self):
+        return iter(self.inner)
+
+
+class ClassifierTrainer(Trainer):
+    """HF Trainer whose loss is ``loss_fn(logits[B,3], batch)``, normalised over the accumulated step."""
+
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, *args, loss_fn: LossFn, lengths: list[int] | None = None, **kw):
+        super().__init__(*args, **kw)
+        self.loss_fn = loss_fn
+        self.lengths = lengths
+        self.model_accepts_loss_kwargs = True  # makes Trainer count rows per accumulated step (num_items_in_batch)
+        self._terms: dict[str, float] = {}
+        self._term_rows = 0
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.args.train_sampling_strategy == "group_by_length" and self.lengths is not None:
+            seed = int(self.args.data_seed if self.args.data_seed is not None else self.args.seed)
+            rows = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            return EpochLengthGroupedSampler(rows, self.lengths, seed)
+        return super()._get_train_sampler(train_dataset)
+
+    def _get_eval_sampler(self, eval_dataset):
+        return torch.utils.data.SequentialSampler(eval_dataset)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        batch = {"labels": labels}
+        if "teacher_logits" in inputs:
+            batch["teacher_logits"] = inputs.pop("teacher_logits")
+        outputs = model(**inputs)
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        loss, terms = self.loss_fn(logits.float(), batch)
+        rows = labels.shape[0]
+        if model.training:
+            for k, v in terms.items():
+                self._terms[k] = self._terms.get(k, 0.0) + float(v) * rows
+            self._term_rows += rows
+        if num_items_in_batch is not None:
+            n = num_items_in_batch.to(loss.device) if torch.is_tensor(num_items_in_batch) else num_items_in_batch
+            loss = loss * rows / n
+            if self.args.average_tokens_across_devices and self.args.world_size > 1:
+                loss = loss * self.accelerator.num_processes
+        elif model.training:
+            loss = loss / self.current_gradient_accumulation_steps
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._term_rows:
+            for k, v in self._terms.items():
+                logs[f"loss_{k}"] = round(v / self._term_rows, 6)
+            self._terms, self._term_rows = {}, 0
+        super().log(logs, start_time)
+
+
+def gathered_trainable_state(trainer) -> dict | None:
+    """Full (unsharded) trained weights of an FSDP-wrapped model on rank 0 ({} elsewhere); None when not sharded.
+
+    Every rank must call it (the shards are gathered). Only trainable tensors (LoRA, score head) are gathered: the
+    frozen 4-bit base is the checkpoint it was loaded from. Always a full state dict, whatever the launch's
+    ``fsdp_state_dict_type`` (which governs the resumable checkpoints): prediction, fold soup and export read the
+    adapter as one file.
+    """
+    if not getattr(trainer, "is_fsdp_enabled", False):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    if trainer.accelerator.is_fsdp2:
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+        return get_model_state_dict(trainer.model, options=opts)
+    return trainer.accelerator.get_state_dict(trainer.model)  # FSDP1: accelerate gathers a full state dict on rank 0
