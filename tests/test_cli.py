@@ -58,19 +58,22 @@ def test_bad_config_and_bad_set(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(Path("configs/smoke.yaml").read_text() + "\nbogus_section: 1\n")
     assert_user_error(run_cli("distill", "--config", str(bad)), f"{bad}: bogus_section: unknown key")
-    assert_user_error(run_cli("stack", "--config", "configs/smoke.yaml", "--set", "folds.n_folds=1"), "folds.n_folds", "greater than or equal to 2")
+    assert_user_error(run_cli("stack", "--config", "configs/smoke.yaml", "--set", "folds.n_folds=1"), "folds.n_folds",
+                      "greater than or equal to 2")
 
 
 def test_validate_data_on_sample():
     res = run_cli("validate-data", "data/sample/train.csv")
     assert res.returncode == 0, res.stderr
-    assert "1958 rows (valid)" in res.stdout and "labels:" in res.stdout and "turns per row" in res.stdout and "p95" in res.stdout
+    assert "1958 rows (valid)" in res.stdout and "labels:" in res.stdout
+    assert "turns per row" in res.stdout and "p95" in res.stdout
 
 
 def test_validate_data_malformed_and_missing(tmp_path):
     row = kaggle_row(2, ["q"], ["a"], ["b"], label=1)
     row[6] = 1  # two winners
-    path = write_csv(tmp_path / "train.csv", ["id", "model_a", "model_b", "prompt", "response_a", "response_b", "winner_model_a", "winner_model_b", "winner_tie"],
+    path = write_csv(tmp_path / "train.csv", ["id", "model_a", "model_b", "prompt", "response_a", "response_b",
+                                              "winner_model_a", "winner_model_b", "winner_tie"],
                      [kaggle_row(1, ["q"], ["a"], ["b"]), row])
     assert_user_error(run_cli("validate-data", str(path)), f"{path}: row 2 (line 3)", "exactly one-hot")
     assert_user_error(run_cli("validate-data", str(tmp_path / "missing.csv")), "file not found")
@@ -82,7 +85,8 @@ def test_evaluate(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "log loss: 1.09861" in res.stdout and "accuracy:" in res.stdout and "tie" in res.stdout
     labels = write_kaggle_train(tmp_path / "labels.csv", n=3)
-    assert_user_error(run_cli("evaluate", "--pred", "data/sample/sample_submission.csv", "--labels", str(labels)), "ids do not match")
+    assert_user_error(run_cli("evaluate", "--pred", "data/sample/sample_submission.csv", "--labels", str(labels)),
+                      "ids do not match")
 
 
 def test_usage_error_exits_2():

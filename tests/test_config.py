@@ -76,7 +76,8 @@ def test_missing_required_and_bad_yaml(tmp_path):
 
 
 def test_set_overrides_including_list_index():
-    cfg = load_config("configs/smoke.yaml", ["seed=7", "render.max_length=128", "teachers.models.1.weight=2.5", "data.extra=[a.csv, b.csv]", "folds.file=null"])
+    cfg = load_config("configs/smoke.yaml", ["seed=7", "render.max_length=128", "teachers.models.1.weight=2.5",
+                                             "data.extra=[a.csv, b.csv]", "folds.file=null"])
     assert cfg.seed == 7 and cfg.render.max_length == 128
     assert cfg.teachers.models[1].weight == 2.5 and cfg.teachers.models[0].weight is None
     assert cfg.data.extra == ["a.csv", "b.csv"] and cfg.folds.file is None

@@ -1,4 +1,5 @@
-"""submission/plan*.py + specs.py: architectures, honest hardware, T4 anchors, token counts, ranges, verdicts, `arena-kd plan`."""
+"""planner/ (plan, cost, lengths, specs): architectures, honest hardware, T4 anchors, token counts, ranges, verdicts,
+`arena-kd plan`."""
 
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ def test_hardware_memory_is_what_pytorch_can_allocate_not_the_label():
     assert weight_gib(ARCHS["gemma2-27b"], "4bit") > t4.usable_gib  # why the 27B could not run on one T4
     # a classifier loads no LM head: Llama3-8B (untied) in fp16 is its published total less one vocab x hidden matrix
     llama = ARCHS["llama3-8b"]
-    assert weight_gib(llama, "fp16") * 2**30 == pytest.approx((llama.total_params() - llama.vocab * llama.hidden) * 2, rel=1e-9)
+    no_embedding = llama.total_params() - llama.vocab * llama.hidden
+    assert weight_gib(llama, "fp16") * 2**30 == pytest.approx(no_embedding * 2, rel=1e-9)
 
 
 def _gemma(quantization="4bit", passes=1, tokens_per_row=None, rows=25_000, hw="t4x2", dtype="fp16"):
@@ -63,7 +65,8 @@ def test_t4_estimates_reproduce_the_public_runs():
     four, eight = _gemma("4bit"), _gemma("8bit")
     assert four.placement == eight.placement == "data-parallel x2"
     assert four.seconds[1] / 3600 == pytest.approx(4.0, rel=0.03)
-    assert four.seconds[0] / 3600 == pytest.approx(3.0, rel=0.03) and four.seconds[2] / 3600 == pytest.approx(5.0, rel=0.03)
+    assert four.seconds[0] / 3600 == pytest.approx(3.0, rel=0.03)
+    assert four.seconds[2] / 3600 == pytest.approx(5.0, rel=0.03)
     assert eight.seconds[1] / 3600 == pytest.approx(4.5, rel=0.03)
     per_t4 = four.tokens / four.seconds[1] / 2
     assert 550 < per_t4 < 720  # public-facts arithmetic: ~680 at 4 chars/token, ~620 at the measured 4.34
@@ -90,7 +93,8 @@ def test_verdict_thresholds():
 
 def test_token_counts_fall_back_to_the_measured_proxy_ratio():
     """No tokenizer: characters of the fields as the renderer joins them (turn markers included) / 4.34 + template."""
-    df = pd.DataFrame({"prompt": [["a" * 400, "b" * 49]], "response_a": [["c" * 898, "d"]], "response_b": [["e" * 449, "f" * 447]]})
+    df = pd.DataFrame({"prompt": [["a" * 400, "b" * 49]], "response_a": [["c" * 898, "d"]],
+                       "response_b": [["e" * 449, "f" * 447]]})
     marks = 2 * len("[turn 1] ") + len(TURN_SEP)  # per field: two turn markers and one separator
     chars = 400 + 49 + 898 + 1 + 449 + 447 + 3 * marks
     assert natural_lengths(df, None)[0] == int(np.ceil(chars / CHARS_PER_TOKEN)) + TEMPLATE_TOKENS
@@ -130,7 +134,8 @@ def _kaggle_plan(capsys, config="configs/kaggle-gemma2.yaml", extra=(), **kw):
 
 
 def test_kaggle_gemma2_plan_is_consistent_with_the_public_runs(capsys):
-    """8-bit + TTA at 2000 tokens on ~25k hidden rows: ~2x the public 4.5 h -> does not fit 8h30m; without TTA it fits."""
+    """8-bit + TTA at 2000 tokens on ~25k hidden rows: ~2x the public 4.5 h -> does not fit 8h30m; without TTA it
+    fits."""
     res, out = _kaggle_plan(capsys)
     stages = [e.stage for e in res.estimates + res.submission]
     assert any(s.startswith("teacher gemma2-27b: train") for s in stages) and "student: train (5 folds)" in stages
@@ -189,7 +194,8 @@ def test_test_lengths_rescaled_only_when_the_file_stands_in(capsys):
     assert 1.4 < ratio < 1.8  # sample ~1,850 chars/row -> ~3,100 (capped rows grow less)
     own = load_config(ROOT / "configs/kaggle-gemma2.yaml", [f"data.train={ROOT / 'data/sample/train.csv'}",
                                                              "submission.expected_test_rows=496"])
-    assert build_plan(own, test=TEST, calibration={}).submission[1].tokens == pytest.approx(as_is.submission[1].tokens / 25_000 * 496)
+    own_tokens = build_plan(own, test=TEST, calibration={}).submission[1].tokens
+    assert own_tokens == pytest.approx(as_is.submission[1].tokens / 25_000 * 496)
 
 
 def test_plan_uses_a_local_tokenizer_when_available(tmp_path):
@@ -198,7 +204,8 @@ def test_plan_uses_a_local_tokenizer_when_available(tmp_path):
     _bpe_tokenizer().save_pretrained(export)
     for name in ("train", "test"):  # 40 rows each: tokenising is the slow part
         pd.read_csv(ROOT / f"data/sample/{name}.csv").head(40).to_csv(tmp_path / f"{name}.csv", index=False)
-    cfg = load_config(ROOT / "configs/smoke.yaml", [f"workdir={tmp_path / 'work'}", f"data.train={tmp_path / 'train.csv'}",
+    cfg = load_config(ROOT / "configs/smoke.yaml", [f"workdir={tmp_path / 'work'}",
+                                                    f"data.train={tmp_path / 'train.csv'}",
                                                     f"data.test={tmp_path / 'test.csv'}"])
     res = build_plan(cfg, hardware="a100", calibration={})
     assert res.token_source.startswith("student tokenizer")

@@ -30,7 +30,8 @@ def test_requirements_and_missing_packages():
     reqs = dict(kp.requirements())
     assert "transformers" in reqs and "torch" not in reqs  # torch is never reinstalled on Kaggle
     assert kp.missing_packages(list(reqs.items())) == []  # this venv has everything
-    assert kp.missing_packages([("no-such-dist-arena-kd", None), ("pandas", "999.0")]) == ["no-such-dist-arena-kd", "pandas>=999.0"]
+    missing = kp.missing_packages([("no-such-dist-arena-kd", None), ("pandas", "999.0")])
+    assert missing == ["no-such-dist-arena-kd", "pandas>=999.0"]
     # no wheels folder: logged, the run goes on (the fallback file exists already)
     assert kp.install_from_wheels(["no-such-dist-arena-kd"], None) == ["no-such-dist-arena-kd"]
     assert kp.LABELS == LABELS
@@ -42,13 +43,15 @@ def test_requirement_parsing_and_floors(tmp_path):
     pyproject = tmp_path / "pyproject.toml"
     pyproject.write_text('[project]\ndependencies = [\n  "torch>=2.3",\n  "transformers[torch] >= 4.46",\n'
                          '  "numpy~=1.26; python_version >= \'3.10\'",\n  "tqdm",\n  "pandas==2.1.0",\n]\n')
-    assert kp.requirements(pyproject) == [("transformers", "4.46"), ("numpy", "1.26"), ("tqdm", None), ("pandas", "2.1.0")]
+    assert kp.requirements(pyproject) == [("transformers", "4.46"), ("numpy", "1.26"), ("tqdm", None),
+                                          ("pandas", "2.1.0")]
     assert kp._release("2.1.0+cu121") == (2, 1, 0) and kp._release("1.0rc1") == (1, 0)
     import importlib.metadata as md
 
     have = md.version("numpy")
     below = ".".join(str(int(x) + 1) if i == 0 else "0" for i, x in enumerate(have.split(".")[:2]))
-    assert kp.missing_packages([("numpy", have), ("numpy", below)]) == [f"numpy>={below}"]  # below the floor → reinstalled
+    # below the floor → reinstalled
+    assert kp.missing_packages([("numpy", have), ("numpy", below)]) == [f"numpy>={below}"]
 
 
 def test_install_from_wheels_installs_what_is_below_the_floor(tmp_path, monkeypatch):
@@ -73,7 +76,8 @@ def test_install_from_wheels_installs_what_is_below_the_floor(tmp_path, monkeypa
 
 
 def test_print_requirements_matches_pyproject():
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--print-requirements"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--print-requirements"], capture_output=True, text=True,
+                          timeout=60)
     assert proc.returncode == 0
     kp = _load_script()
     assert proc.stdout.split() == [f"{d}>={v}" if v else d for d, v in kp.requirements()]
@@ -110,8 +114,8 @@ def test_kaggle_entry_point_writes_valid_file_without_student_or_stacker(tmp_pat
 
 
 def test_kaggle_entry_point_missing_test_exits_2(tmp_path):
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--artifacts", str(tmp_path), "--test", str(tmp_path / "nope.csv")],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--artifacts", str(tmp_path),
+                           "--test", str(tmp_path / "nope.csv")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "test file not found" in proc.stderr
 
 
@@ -133,8 +137,8 @@ def _predict(tmp_path: Path, comp: Path, *extra: str, env_extra: dict | None = N
     work = tmp_path / "working"
     work.mkdir(exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": "", **(env_extra or {})}
-    return subprocess.run([sys.executable, str(SCRIPT), "--test", str(comp / "test.csv"), "--out", out, "--time-budget", "5m",
-                           "--wheels", str(tmp_path / "no-wheels"), *extra],
+    return subprocess.run([sys.executable, str(SCRIPT), "--test", str(comp / "test.csv"), "--out", out,
+                           "--time-budget", "5m", "--wheels", str(tmp_path / "no-wheels"), *extra],
                           cwd=work, env=env, capture_output=True, text=True, timeout=300), work
 
 
@@ -158,7 +162,8 @@ def test_stdlib_fallback_equals_the_class_prior_and_reads_any_encoding(tmp_path)
     test.loc[2, "response_a"] = '["café ' + "x" * 200_000 + '"]'
     (comp / "test.csv").write_bytes(test.to_csv(index=False, lineterminator="\r\n").encode("latin-1"))
     out = tmp_path / "sub" / "submission.csv"
-    n, source = kp.write_fallback(comp / "test.csv", out, train=comp / "train.csv", sample=comp / "sample_submission.csv")
+    n, source = kp.write_fallback(comp / "test.csv", out, train=comp / "train.csv",
+                                  sample=comp / "sample_submission.csv")
     assert n == 10 and "class prior" in source
     _assert_prior_file(out, order, class_prior(str(comp / "train.csv"))[0])
     (comp / "sample_submission.csv").unlink()

@@ -26,9 +26,11 @@ def _tiny_tokenizer(texts):
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=["<pad>", "<unk>", "<bos>", "<eos>"],
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400,
+                                                       special_tokens=["<pad>", "<unk>", "<bos>", "<eos>"],
                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<bos>", eos_token="<eos>")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<bos>",
+                                   eos_token="<eos>")
 
 
 @pytest.fixture(scope="module")
@@ -43,16 +45,20 @@ def export(tmp_path_factory):
     test = pd.read_csv(ROOT / "data/sample/test.csv", dtype={"id": str}).head(N_ROWS)
     (tmp / "input").mkdir()
     test.to_csv(tmp / "input" / "test.csv", index=False)
-    cfg = load_config(ROOT / "configs/smoke.yaml", [f"workdir={tmp / 'work'}", f"data.test={tmp / 'input' / 'test.csv'}",
-                                                    "data.sample_submission=null", f"data.train={ROOT / 'data/sample/train.csv'}"])
+    cfg = load_config(ROOT / "configs/smoke.yaml", [f"workdir={tmp / 'work'}",
+                                                    f"data.test={tmp / 'input' / 'test.csv'}",
+                                                    "data.sample_submission=null",
+                                                    f"data.train={ROOT / 'data/sample/train.csv'}"])
     tok = _tiny_tokenizer(test["prompt"].tolist() + test["response_a"].tolist() + test["response_b"].tolist())
     torch.manual_seed(0)
-    mcfg = Gemma2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                        num_key_value_heads=1, head_dim=16, num_labels=3, pad_token_id=tok.pad_token_id,
-                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, attn_implementation="eager")
+    mcfg = Gemma2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=2, num_key_value_heads=1, head_dim=16, num_labels=3,
+                        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                        attn_implementation="eager")
     model = Gemma2ForSequenceClassification(mcfg).eval()
     export_dir = save_export(cfg.workdir_path / "student" / "export", cfg, merged_model=model, tokenizer=tok,
-                             settings_load={"attn_implementation": "eager", "padding_side": "left", "pad_token_id": tok.pad_token_id},
+                             settings_load={"attn_implementation": "eager", "padding_side": "left",
+                                            "pad_token_id": tok.pad_token_id},
                              hashes={})
     return cfg, export_dir, test
 
@@ -62,7 +68,8 @@ def test_load_student_from_a_real_export(export):
     from arena_kd.submission.student_infer import load_student
 
     cfg, export_dir, test = export
-    backend = load_student(export_dir, quantization="8bit", dtype="auto", devices=["cpu"])  # bitsandbytes 8-bit, on CPU too
+    # bitsandbytes 8-bit, on CPU too
+    backend = load_student(export_dir, quantization="8bit", dtype="auto", devices=["cpu"])
     assert backend.n_devices == 1
     assert backend.render["max_length"] == (cfg.student.predict.max_length or cfg.render.max_length)
     from arena_kd.data.readers import read_pairs
@@ -88,7 +95,8 @@ def test_submission_with_real_student_is_symmetric(export, tmp_path, monkeypatch
     swapped = test.rename(columns={"response_a": "response_b", "response_b": "response_a"})
     (tmp_path / "b").mkdir()
     swapped.to_csv(tmp_path / "b" / "test.csv", index=False)
-    run_mod.run_submission(cfg, test=str(tmp_path / "b" / "test.csv"), out=str(tmp_path / "b" / "submission.csv"), progress=False)
+    run_mod.run_submission(cfg, test=str(tmp_path / "b" / "test.csv"), out=str(tmp_path / "b" / "submission.csv"),
+                           progress=False)
     a = pd.read_csv(out, dtype={"id": str}).set_index("id")
     b = pd.read_csv(tmp_path / "b" / "submission.csv", dtype={"id": str}).set_index("id").loc[a.index]
     assert np.abs(a[LABELS[0]].to_numpy() - b[LABELS[1]].to_numpy()).mean() < 0.02

@@ -63,7 +63,8 @@ def _rows(n: int = N, start: int = 0) -> list[list[str]]:
     return SAMPLE.iloc[start:start + n][["id", "prompt", "response_a", "response_b"]].values.tolist()
 
 
-def _write(path: Path, rows: list[list[str]], encoding: str = "utf-8", newline: str = "\n", errors: str = "strict") -> Path:
+def _write(path: Path, rows: list[list[str]], encoding: str = "utf-8", newline: str = "\n",
+           errors: str = "strict") -> Path:
     """CSV bytes written by hand (csv module quoting), so any encoding / line ending / broken row is possible."""
     import csv
     import io
@@ -139,7 +140,8 @@ def test_legacy_encodings_and_a_malformed_row(run, tmp_path, encoding):
     rows = _rows()
     rows[1][2] = json.dumps(["café, naïve, déjà vu — ½"], ensure_ascii=False)
     rows[4][3] = "not json"
-    path = _write(tmp_path / "test.csv", rows, encoding=encoding if encoding != "cp1252" else "cp1252", errors="replace")
+    path = _write(tmp_path / "test.csv", rows, encoding=encoding if encoding != "cp1252" else "cp1252",
+                  errors="replace")
     res, summary, out = run(path)
     _assert_valid(out, _ids(rows))
     assert res.counts == {"stacker+tta": N}
@@ -168,7 +170,8 @@ def test_stray_undecodable_bytes_in_a_utf8_file(run, tmp_path):
 
 
 def test_ragged_rows_missing_ids_and_repeated_ids(run, tmp_path):
-    """Too few / too many fields are padded / cut; a row without an id cannot be answered; a repeated id keeps its first row."""
+    """Too few / too many fields are padded / cut; a row without an id cannot be answered; a repeated id keeps its
+    first row."""
     rows = _rows()
     rows[2] = rows[2][:2]  # prompt only
     rows[5] = rows[5] + ["an", "extra"]
@@ -179,7 +182,8 @@ def test_ragged_rows_missing_ids_and_repeated_ids(run, tmp_path):
     _assert_valid(out, _ids(rows[:N]))
     assert sum(res.counts.values()) == N
     assert summary["test_repairs"]["wrong field count"] == 2
-    assert summary["test_repairs"]["no id (row dropped)"] == 1 and summary["test_repairs"]["repeated id (row dropped)"] == 1
+    assert summary["test_repairs"]["no id (row dropped)"] == 1
+    assert summary["test_repairs"]["repeated id (row dropped)"] == 1
 
 
 def test_missing_text_column_is_read_as_empty(run, tmp_path):
@@ -248,7 +252,8 @@ def test_non_finite_logits_never_reach_the_stacker(run, backend, tmp_path, monke
 
     def spy(df, student):
         if student is not None:
-            seen.append(np.concatenate([student["orig"], student["swap"] if student.get("swap") is not None else student["orig"]]))
+            seen.append(np.concatenate([student["orig"],
+                                        student["swap"] if student.get("swap") is not None else student["orig"]]))
         return real_stack(df, student)
 
     run.stacker.predict = spy
@@ -265,7 +270,8 @@ def test_non_finite_logits_never_reach_the_stacker(run, backend, tmp_path, monke
 
 
 def test_a_failing_chunk_costs_only_its_rows(run, backend, tmp_path, monkeypatch):
-    """A CUDA error on one chunk: its rows keep the fallback (reason in paths.csv and run.json), later chunks are scored."""
+    """A CUDA error on one chunk: its rows keep the fallback (reason in paths.csv and run.json), later chunks are
+    scored."""
     real = backend.predict
     calls = []
 
@@ -299,7 +305,8 @@ DEFECTS = [
     lambda rng, v: json.dumps([int(rng.integers(0, 100)), None, {"k": "v"}]),
     lambda rng, v: json.dumps(["z" * 150_000]),
     lambda rng, v: json.dumps(["a", "b", "c"][: int(rng.integers(1, 4))]),
-    lambda rng, v: "".join(chr(int(c)) for c in rng.integers(1, 0x2FFF, size=40)),  # random code points, lone surrogates
+    # random code points, lone surrogates
+    lambda rng, v: "".join(chr(int(c)) for c in rng.integers(1, 0x2FFF, size=40)),
     lambda rng, v: v + '"',  # a stray quote
     lambda rng, v: "\x00" + v,
     lambda rng, v: "éàü “quoted” ½",
@@ -346,7 +353,8 @@ def test_cli_exit_0_on_a_defective_file_without_artifacts(tmp_path):
     path.write_bytes(path.read_bytes().replace(b"Hawaii", "Hawaï".encode("latin-1"), 1))
     out = tmp_path / "out" / "submission.csv"
     proc = subprocess.run([sys.executable, "-m", "arena_kd", "submission", "--config", str(ROOT / "configs/smoke.yaml"),
-                           "--set", f"workdir={tmp_path / 'work'}", "--set", f"data.train={ROOT / 'data/sample/train.csv'}",
+                           "--set", f"workdir={tmp_path / 'work'}",
+                           "--set", f"data.train={ROOT / 'data/sample/train.csv'}",
                            "--test", str(path), "--out", str(out), "--time-budget", "2m"],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
