@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import os
 
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
+from arena_kd.llm.placement import launch_world_size
 
 
 def is_main_process() -> bool:
@@ -20,7 +18,7 @@ def is_main_process() -> bool:
 
 def start() -> None:
     """Start the launch's process group (gloo when CUDA is absent) before the stage's first write; no-op alone."""
-    if world_size() <= 1:
+    if launch_world_size() <= 1:
         return
     import torch
 
@@ -38,7 +36,7 @@ def main_first():
 
 def barrier() -> None:
     """torch.distributed barrier when a process group is up; no-op in single-process runs."""
-    if world_size() <= 1:
+    if launch_world_size() <= 1:
         return
     import torch.distributed as dist
 

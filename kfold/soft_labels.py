@@ -32,6 +32,7 @@ class SoftLabels:
     teacher_weights: list[float] | None  # sidecar weights of the per-teacher columns (normalised), if known
     file_hash: str  # content hash of the table (all columns)
     path: Path
+    temperature: float = 1.0  # sidecar's temperature (as written): the T the logits were already tempered at
 
 
 def teacher_columns(name: str) -> list[str]:
@@ -72,7 +73,7 @@ def load_soft_labels(path: str | Path, ids: pd.Series) -> SoftLabels:
             arr = np.asarray([float(w[n]) for n in names])
             weights = (arr / arr.sum()).tolist() if arr.sum() > 0 else None
     # content hash: independent of the Parquet writer
-    return SoftLabels(combined, per, names, weights, frame_hash(df), path)
+    return SoftLabels(combined, per, names, weights, frame_hash(df), path, meta.get("temperature", 1.0))
 
 
 def attach_teacher_logits(frame: pd.DataFrame, soft: SoftLabels, per_teacher: bool) -> pd.DataFrame:

@@ -109,7 +109,7 @@ def activation_gib(arch: Arch, tokens: float, rows: float, seq: float, training:
 
 
 def uses_eager(model: ModelConfig) -> bool:
-    """Eager attention materialises the scores: explicit, or 'auto' on Gemma2 (softcapping; llm/loading.py)."""
+    """Eager attention materialises the scores: explicit, or 'auto' on Gemma2 (softcapping; llm/backbone_config.py)."""
     if model.attn_implementation != "auto":
         return model.attn_implementation == "eager"
     return "gemma" in f"{model.backbone} {(model.random_init or {}).get('model_type', '')}".lower()
