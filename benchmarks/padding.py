@@ -74,12 +74,14 @@ def main() -> None:
         from arena_kd.llm.tokenizer import train_bpe_tokenizer
         from arena_kd.llm.train import frame_texts
 
-        print(f"(tokenizer {a.tokenizer} unavailable: {type(exc).__name__}; using a 4000-token BPE trained on the data)")
+        print(f"(tokenizer {a.tokenizer} unavailable: {type(exc).__name__}; "
+              "using a 4000-token BPE trained on the data)")
         import tempfile
 
         tok = train_bpe_tokenizer(frame_texts(df), 4000, Path(tempfile.mkdtemp()) / "bpe")
     print(f"data: {what}({len(df)} rows), tokenizer: {a.tokenizer}")
-    print("| max_length | tokens_per_batch | batches | rows/batch | efficiency (sorted, budgeted) | efficiency (input order, same rows/batch) |")
+    print("| max_length | tokens_per_batch | batches | rows/batch | efficiency (sorted, budgeted) "
+          "| efficiency (input order, same rows/batch) |")
     print("|---|---|---|---|---|---|")
     for ml in a.max_length:
         lengths = np.array([len(x) for x in render_batch(df, tok, ml, "budget", 0.2)])
@@ -88,8 +90,10 @@ def main() -> None:
             eff = padding_efficiency(lengths, batches)
             per = max(1, int(round(len(lengths) / len(batches))))
             naive = [np.arange(i, min(i + per, len(lengths))) for i in range(0, len(lengths), per)]
-            print(f"| {ml} | {tpb} | {len(batches)} | {len(lengths) / len(batches):.1f} | {eff:.4f} | {padding_efficiency(lengths, naive):.4f} |")
-        print(f"(max_length {ml}: mean rendered length {lengths.mean():.0f} tokens, {100 * (lengths >= ml).mean():.1f}% of rows at the budget)")
+            print(f"| {ml} | {tpb} | {len(batches)} | {len(lengths) / len(batches):.1f} | {eff:.4f} "
+                  f"| {padding_efficiency(lengths, naive):.4f} |")
+        print(f"(max_length {ml}: mean rendered length {lengths.mean():.0f} tokens, "
+              f"{100 * (lengths >= ml).mean():.1f}% of rows at the budget)")
 
 
 if __name__ == "__main__":
