@@ -39,10 +39,12 @@ def _teacher(batch_size: int, quantization: str = "none", hidden: int = 32, **pr
     pred = ", ".join(f"{k}: {v}" for k, v in predict.items())
     return (
         "[{name: tiny-llama, model: {backbone: random, tokenizer: 'bpe:400', quantization: " + quantization + ", "
-        "random_init: {model_type: llama, hidden_size: " + str(hidden) + ", intermediate_size: " + str(2 * hidden) + ", "
+        "random_init: {model_type: llama, hidden_size: " + str(hidden) + ", "
+        "intermediate_size: " + str(2 * hidden) + ", "
         "num_hidden_layers: 2, num_attention_heads: 2, num_key_value_heads: 1}, gradient_checkpointing: false, "
         "lora: {r: 8, alpha: 16, dropout: 0.0}}, "
-        "train: {epochs: 3, batch_size: " + str(batch_size) + ", grad_accum: 1, learning_rate: 1.0e-2, warmup_ratio: 0.0, "
+        "train: {epochs: 3, batch_size: " + str(batch_size) + ", "
+        "grad_accum: 1, learning_rate: 1.0e-2, warmup_ratio: 0.0, "
         "logging_steps: 1, swap_augmentation: none}, predict: {" + pred + "}}]"
     )
 
@@ -50,7 +52,8 @@ def _teacher(batch_size: int, quantization: str = "none", hidden: int = 32, **pr
 def _env() -> dict[str, str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO),
-           "CUDA_VISIBLE_DEVICES": ""}  # the CPU path (gloo) also on GPU machines: two ranks cannot share one GPU under NCCL
+           # the CPU path (gloo) also on GPU machines: two ranks cannot share one GPU under NCCL
+           "CUDA_VISIBLE_DEVICES": ""}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "ACCELERATE_USE_FSDP"):
         env.pop(k, None)
     return env
@@ -69,8 +72,8 @@ def _config(workdir: Path, folds: Path | None, teacher: str) -> Path:
 
 
 def _launch(config: str, record: Path, workdir: Path, folds: Path | None, teacher: str) -> dict[int, dict]:
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCEL / config), str(PROBE), str(record),
-           "teachers", "--config", str(_config(workdir, folds, teacher))]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCEL / config), str(PROBE),
+           str(record), "teachers", "--config", str(_config(workdir, folds, teacher))]
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return {r: json.loads((record / f"rank{r}.json").read_text()) for r in (0, 1)}
@@ -101,7 +104,8 @@ def _check_fold_files(workdir: Path, folds: Path | None) -> None:
         df, meta = read_keyed_table(workdir / "teachers" / "tiny-llama" / f"fold{k}.parquet")
         assert sorted(df["id"]) == sorted(fold_of.index[fold_of == k]), k
         assert np.isfinite(df[LOGITS].to_numpy()).all()
-        assert meta["fold"] == k and meta["metrics"]["rows"] == len(df) and set(meta["hashes"]) >= {"config", "data", "folds"}
+        assert meta["fold"] == k and meta["metrics"]["rows"] == len(df)
+        assert set(meta["hashes"]) >= {"config", "data", "folds"}
         assert (workdir / "teachers" / "tiny-llama" / f"fold{k}" / "adapter" / "adapter_model.safetensors").is_file()
 
 
@@ -134,7 +138,8 @@ def test_data_parallel_two_cpu_processes_match_one_process(tmp_path, balanced_fo
     # tolerance: same rows per global batch, same order and init; only the gloo all-reduce adds float rounding
     # (measured: 2.4e-7 max |logit| difference, identical OOF log loss to 4 decimals)
     assert abs(dp_meta["overall"]["log_loss"] - one_meta["overall"]["log_loss"]) < 1e-3
-    np.testing.assert_allclose(dp[LOGITS].to_numpy(), one.set_index("id").loc[dp["id"], LOGITS].to_numpy(), atol=1e-3, rtol=0)
+    np.testing.assert_allclose(dp[LOGITS].to_numpy(), one.set_index("id").loc[dp["id"], LOGITS].to_numpy(),
+                               atol=1e-3, rtol=0)
 
 
 def test_fsdp_qlora_two_cpu_processes_shard_train_and_predict_in_lockstep(tmp_path):
@@ -168,10 +173,12 @@ def test_fsdp_qlora_two_cpu_processes_shard_train_and_predict_in_lockstep(tmp_pa
     data = load_training_data(cfg)
     for k in (0, 1):
         valid = data.frame[data.frame["fold"] == k].reset_index(drop=True)
-        model, tok, info = load_classifier(t.model, training=False, workdir=wd, adapter=wd / "teachers" / "tiny-llama" / f"fold{k}" / "adapter",
-                                          device="cpu")
+        model, tok, info = load_classifier(t.model, training=False, workdir=wd,
+                                           adapter=wd / "teachers" / "tiny-llama" / f"fold{k}" / "adapter",
+                                           device="cpu")
         assert info["quantization"] == "4bit"
         mine = predict_rows(model, tok, valid, t.predict, cfg.render)["orig"]
         fold, _ = read_keyed_table(wd / "teachers" / "tiny-llama" / f"fold{k}.parquet")
-        theirs = fold.set_index("id").loc[valid["id"].astype(str), ["orig_logit_a", "orig_logit_b", "orig_logit_tie"]].to_numpy()
+        orig = ["orig_logit_a", "orig_logit_b", "orig_logit_tie"]
+        theirs = fold.set_index("id").loc[valid["id"].astype(str), orig].to_numpy()
         np.testing.assert_allclose(mine, theirs, atol=1e-4, rtol=0)

@@ -23,8 +23,8 @@ WIDE = {"model_type": "llama", "hidden_size": 256, "intermediate_size": 1024, "n
 
 
 def _cfg(tokenizer: str, **kw) -> ModelConfig:
-    return ModelConfig(backbone="random", tokenizer=tokenizer, random_init=WIDE, dtype="fp32", gradient_checkpointing=False,
-                       lora={"r": 4, "alpha": 8, "dropout": 0.0}, **kw)
+    return ModelConfig(backbone="random", tokenizer=tokenizer, random_init=WIDE, dtype="fp32",
+                       gradient_checkpointing=False, lora={"r": 4, "alpha": 8, "dropout": 0.0}, **kw)
 
 
 def test_device_map_auto_splits_over_gpu_and_cpu_and_predicts_like_one_device(tiny_bpe_tokenizer, tiny_pairs, tmp_path):
@@ -35,7 +35,8 @@ def test_device_map_auto_splits_over_gpu_and_cpu_and_predicts_like_one_device(ti
     assert "cpu" in devices and devices - {"cpu"}, split.hf_device_map
     assert info["placement"].startswith("auto: ")
     kw = dict(max_length=96, progress=False)
-    np.testing.assert_allclose(predict_logits(split, tok2, tiny_pairs, **kw), predict_logits(one, tok, tiny_pairs, **kw), atol=1e-4)
+    np.testing.assert_allclose(predict_logits(split, tok2, tiny_pairs, **kw),
+                               predict_logits(one, tok, tiny_pairs, **kw), atol=1e-4)
 
 
 def test_device_map_auto_trains_in_one_process(tiny_bpe_tokenizer, tiny_pairs, tmp_path):

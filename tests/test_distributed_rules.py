@@ -1,4 +1,5 @@
-"""Scale-out rules that need no second process: shipped accelerate configs, sharded-QLoRA loading, placements, refusals."""
+"""Scale-out rules that need no second process: shipped accelerate configs, sharded-QLoRA loading, placements,
+refusals."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ def _launch_env(monkeypatch, world: int = 2, fsdp: bool = False) -> None:
 
 @pytest.mark.parametrize("path", sorted(ACCEL.glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_accelerate_configs_are_valid_for_accelerate(path):
-    """accelerate's own loader accepts every file (it refuses unknown keys); the program, not the launch, picks precision."""
+    """accelerate's own loader accepts every file (it refuses unknown keys); the program, not the launch, picks
+    precision."""
     from accelerate.commands.config.config_args import load_config_from_file
 
     cfg = load_config_from_file(str(path))
@@ -146,15 +148,18 @@ def test_device_map_auto_in_one_process_predicts_like_single_placement(monkeypat
     real = AutoModelForSequenceClassification.from_pretrained.__func__
 
     def spy(cls, *a, **kw):
-        seen.append({"device_map": kw.get("device_map"), "max_memory": dict(kw.get("max_memory") or {})})  # copy: HF converts it in place
+        # copy: HF converts it in place
+        seen.append({"device_map": kw.get("device_map"), "max_memory": dict(kw.get("max_memory") or {})})
         return real(cls, *a, **kw)
 
     monkeypatch.setattr(AutoModelForSequenceClassification, "from_pretrained", classmethod(spy))
-    auto, tok2, info = load_classifier(_cfg(device_map="auto", max_memory={"cpu": "8GiB"}), training=False, workdir=tmp_path, train_texts=TEXTS)
+    auto, tok2, info = load_classifier(_cfg(device_map="auto", max_memory={"cpu": "8GiB"}), training=False,
+                                       workdir=tmp_path, train_texts=TEXTS)
     assert seen == [{"device_map": "auto", "max_memory": {"cpu": "8GiB"}}]
     assert info["placement"] == "single"  # one device (the CPU) holds every module
     kw = dict(max_length=96, progress=False)
-    np.testing.assert_allclose(predict_logits(auto, tok2, tiny_pairs, **kw), predict_logits(one, tok, tiny_pairs, **kw), atol=1e-5)
+    np.testing.assert_allclose(predict_logits(auto, tok2, tiny_pairs, **kw), predict_logits(one, tok, tiny_pairs, **kw),
+                               atol=1e-5)
 
 
 def test_placement_is_left_out_of_every_resume_hash():

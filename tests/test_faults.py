@@ -77,7 +77,8 @@ def test_intact_fold_file_is_done_and_a_changed_hash_is_refused(tmp_path):
         fold_is_done(path, {**hashes, "config": "zzz"}, force=False)
 
 
-@pytest.mark.parametrize("damage", ["truncated parquet", "empty parquet", "truncated sidecar", "sidecar not an object", "sidecar not utf-8"])
+@pytest.mark.parametrize("damage", ["truncated parquet", "empty parquet", "truncated sidecar", "sidecar not an object",
+                                    "sidecar not utf-8"])
 def test_unreadable_fold_file_is_redone_with_one_line(tmp_path, damage):
     from arena_kd.kfold.runner import fold_is_done
 
@@ -95,7 +96,8 @@ def test_unreadable_fold_file_is_redone_with_one_line(tmp_path, damage):
         side.write_bytes(b"\xff\xfe{")
     lines: list[str] = []
     assert fold_is_done(path, hashes, force=False, log=lines.append) is False
-    assert len(lines) == 1 and lines[0].startswith(f"{path}: unreadable fold file or sidecar (") and lines[0].endswith("redoing the fold")
+    assert len(lines) == 1 and lines[0].startswith(f"{path}: unreadable fold file or sidecar (")
+    assert lines[0].endswith("redoing the fold")
 
 
 def test_run_folds_redoes_a_truncated_fold(tmp_path):
@@ -111,7 +113,8 @@ def test_run_folds_redoes_a_truncated_fold(tmp_path):
         z = np.zeros((len(valid_df), 3), dtype=np.float32)
         return {"avg": z, "orig": z, "swap": z}, {}
 
-    run_folds(frame, tmp_path, hashes, fit_predict, force=False, fault=FaultInjector(None), label="t", log=lambda m: None)
+    run_folds(frame, tmp_path, hashes, fit_predict, force=False, fault=FaultInjector(None), label="t",
+              log=lambda m: None)
     assert calls == [0, 1]
     p1 = fold_path(tmp_path, 1)
     p1.write_bytes(p1.read_bytes()[:100])
@@ -134,7 +137,8 @@ def test_unreadable_stage_record_is_one_line_naming_file_and_force(tmp_path, con
     with pytest.raises(UserError) as exc:
         read_json_record(path, "rerun `arena-kd distill --force` to redo the final stage")
     msg = str(exc.value)
-    assert msg.startswith(f"{path}: unreadable final.json (") and msg.endswith("--force` to redo the final stage") and "\n" not in msg
+    assert msg.startswith(f"{path}: unreadable final.json (") and msg.endswith("--force` to redo the final stage")
+    assert "\n" not in msg
     (tmp_path / "export").mkdir()
     (tmp_path / "export" / "export.json").write_bytes(content)
     with pytest.raises(UserError, match=r"export\.json: unreadable export\.json .*--force"):

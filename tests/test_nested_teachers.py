@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def _data(tmp_path, n_folds=3):
     from arena_kd.kfold.training_data import load_training_data
 
-    cfg = load_config(ROOT / "configs" / "smoke.yaml", [f"workdir={tmp_path}", "data.max_rows=120", f"folds.n_folds={n_folds}"])
+    cfg = load_config(ROOT / "configs" / "smoke.yaml", [f"workdir={tmp_path}", "data.max_rows=120",
+                                                        f"folds.n_folds={n_folds}"])
     return cfg, load_training_data(cfg)
 
 
@@ -45,14 +46,16 @@ def test_nested_soft_label_files_cover_the_rows_outside_each_fold(tmp_path):
     frame = data.frame
     rng = np.random.default_rng(0)
     names = ["t1", "t2"]
-    plain = {n: pd.DataFrame({"id": frame["id"], **{c: rng.normal(size=len(frame)) for c in LOGIT_COLUMNS}}) for n in names}
+    plain = {n: pd.DataFrame({"id": frame["id"], **{c: rng.normal(size=len(frame)) for c in LOGIT_COLUMNS}})
+             for n in names}
     nested = {"t1": {}}
     for k in (0, 1):
         rest = frame[frame["fold"] != k]
         nested["t1"][k] = pd.DataFrame({"id": rest["id"], **{c: np.full(len(rest), float(k)) for c in LOGIT_COLUMNS}})
     meta = {"teachers": names, "weights": {"t1": 0.5, "t2": 0.5}, "temperature": 1.0,
             "per_teacher_columns": {n: [f"t_{n}_{s}" for s in ("a", "b", "tie")] for n in names}, "hashes": {}}
-    paths = write_nested_soft_labels(cfg, names, nested, plain, np.array([0.5, 0.5]), _soft_label_frame, meta, frame[["id", "label"]])
+    paths = write_nested_soft_labels(cfg, names, nested, plain, np.array([0.5, 0.5]), _soft_label_frame, meta,
+                                     frame[["id", "label"]])
     assert paths == [nested_soft_labels_path(cfg.soft_labels_path(), k) for k in (0, 1)]
     for k, p in enumerate(paths):
         df, side = read_keyed_table(p)
@@ -68,7 +71,8 @@ def test_student_nested_without_nested_files_is_a_one_line_error(tmp_path):
     from arena_kd.student.run import run_distill
     from arena_kd.teachers.run import _soft_label_frame
 
-    cfg = load_config(ROOT / "configs" / "smoke.yaml", [f"workdir={tmp_path}", "data.max_rows=60", "student.distill.nested=true"])
+    cfg = load_config(ROOT / "configs" / "smoke.yaml", [f"workdir={tmp_path}", "data.max_rows=60",
+                                                        "student.distill.nested=true"])
     from arena_kd.kfold.training_data import load_training_data
 
     frame = load_training_data(cfg).frame
@@ -76,5 +80,6 @@ def test_student_nested_without_nested_files_is_a_one_line_error(tmp_path):
 
     logits = [np.zeros((len(frame), 3))]
     write_keyed_table(cfg.soft_labels_path(), _soft_label_frame(frame["id"], ["t"], logits, np.array([1.0]), 1.0), {})
-    with pytest.raises(UserError, match="soft_labels_nested0.parquet: student.distill.nested=true needs the nested soft labels"):
+    with pytest.raises(UserError,
+                       match="soft_labels_nested0.parquet: student.distill.nested=true needs the nested soft labels"):
         run_distill(cfg)
