@@ -1,9 +1,10 @@
 """Bytes → text for every reader: one encoding detection and one text repair, standard library only.
 
-Both the strict pair reader (:mod:`data.readers`) and the tolerant test reader
+Both the strict pair reader (:mod:`arena_kd.data.containers`) and the tolerant test reader
 (:mod:`arena_kd.submission.tolerant_reader`) decode files with :func:`decode_bytes` and repair strings with
-:func:`repair_text`; ``kaggle/predict.py`` uses them too before it has installed or imported
-anything else, which is why this module imports nothing outside the standard library.
+:func:`repair_text`; the submission and ``kaggle/predict.py`` read the ids of a CSV file with
+:func:`read_id_column`. ``kaggle/predict.py`` uses this module before it has installed or imported
+anything else, which is why it imports nothing outside the standard library.
 
 Encoding detection, in order:
   1. UTF-8 (a leading byte-order mark is dropped);
@@ -20,8 +21,10 @@ Line endings (\\n, \\r\\n, \\r) are left to the ``csv`` module (read with ``newl
 from __future__ import annotations
 
 import csv
+import io
 import re
 import sys
+from pathlib import Path
 
 REPLACEMENT = "\ufffd"
 _HIGH_BYTE = re.compile(rb"[\x80-\xff]")
@@ -59,3 +62,22 @@ def repair_text(s: str) -> tuple[str, bool]:
         # surrogatepass keeps valid pairs together; lone halves become U+FFFD on decode
         fixed = s.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
         return fixed, True
+
+
+def csv_header(row: list[str]) -> list[str]:
+    """Column names of a CSV header row: surrounding spaces and a byte-order mark dropped from each."""
+    return [h.strip().lstrip("\ufeff") for h in row]
+
+
+def read_id_column(path: str | Path) -> list[str]:
+    """The ``id`` column of a CSV file, in order, each id once (a repeated id once, like the test reader); decoded
+    like every reader (UTF-8, BOM, cp1252/latin-1; any field size). ValueError when there is no ``id`` column."""
+    raise_csv_field_limit()
+    text, _ = decode_bytes(Path(path).read_bytes())
+    rows = csv.reader(io.StringIO(text, newline=""), strict=False)
+    header = csv_header(next(rows, []))
+    if "id" not in header:
+        raise ValueError(f"{path}: column 'id' is missing")
+    k = header.index("id")
+    ids = [repair_text(r[k].strip())[0] for r in rows if len(r) > k and r[k].strip()]
+    return list(dict.fromkeys(ids))

@@ -6,9 +6,10 @@
         --test /kaggle/input/lmsys-chatbot-arena/test.csv --out submission.csv
 
 What it does, in order:
-1. with the standard library alone (nothing installed or imported yet), writes a valid fallback
-   ``submission.csv``: the class prior of the competition's train.csv with A and B pooled (uniform
-   without it), in sample_submission.csv's id order — from here on a scorable file exists;
+1. with the standard library alone (nothing installed yet; of the repository only its standard-library modules
+   ``arena_kd.common.keys`` and ``arena_kd.data.text``), writes a valid fallback ``submission.csv``: the class
+   prior of the competition's train.csv with A and B pooled (uniform without it), in sample_submission.csv's id
+   order — from here on a scorable file exists;
 2. installs from the wheels dataset every runtime dependency of ``pyproject.toml`` that is missing or
    below its floor: ``pip install --no-index --find-links <wheels> ...`` — never torch (the image's CUDA
    build stays); a wheel that is missing or fails is logged and the run goes on;
@@ -27,7 +28,6 @@ import argparse
 import csv
 import importlib
 import importlib.metadata as md
-import io
 import os
 import re
 import subprocess
@@ -36,10 +36,16 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+# standard library only (step 1 runs before anything is installed): class order, the readers' decoding and id column
+from arena_kd.common.keys import LABELS  # noqa: E402
+from arena_kd.data.text import csv_header, raise_csv_field_limit, read_id_column  # noqa: E402
+
 DEFAULT_WHEELS = ("/kaggle/input/arena-kd-wheels",)
-CONFIG_CANDIDATES = ("config.yaml", "config.resolved.yaml", "student/export/config.resolved.yaml", "stacking/config.resolved.yaml")
+CONFIG_CANDIDATES = ("config.yaml", "config.resolved.yaml", "student/export/config.resolved.yaml",
+                     "stacking/config.resolved.yaml")
 NEVER_INSTALL = {"torch"}  # the Kaggle image's CUDA build must not be replaced
-LABELS = ("winner_model_a", "winner_model_b", "winner_tie")  # = arena_kd.LABELS (tests check), kept here: stdlib only
 _REQUIREMENT = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9_.\-]*)\s*(?:\[[^\]]*\])?\s*(?:(>=|~=|==|>)\s*([0-9][0-9.]*))?")
 
 
@@ -50,50 +56,17 @@ def say(msg: str) -> None:
 # --------------------------------------------------------------------------- 1. the stdlib fallback
 
 
-def _decoder():
-    """arena_kd.data.text (standard library only): the readers' own decoding and repair, or a plain stand-in."""
-    try:
-        if str(REPO) not in sys.path:
-            sys.path.insert(0, str(REPO))
-        from arena_kd.data.text import decode_bytes, raise_csv_field_limit, repair_text
-
-        return decode_bytes, raise_csv_field_limit, repair_text
-    except Exception:  # noqa: BLE001 - a damaged code dataset must not cost the fallback
-        return (lambda raw: (raw.decode("utf-8", "replace").lstrip("\ufeff"), "utf-8")), \
-            (lambda: csv.field_size_limit(min(sys.maxsize, 2**31 - 1))), (lambda s: (s, False))
-
-
-def read_ids(path: Path) -> list[str]:
-    """The ``id`` column of a CSV file, in order, each id once; raises ValueError without an id column."""
-    decode_bytes, raise_limit, repair_text = _decoder()
-    raise_limit()
-    text, _ = decode_bytes(path.read_bytes())
-    rows = csv.reader(io.StringIO(text, newline=""), strict=False)
-    header = [h.strip().lstrip("\ufeff") for h in next(rows, [])]
-    if "id" not in header:
-        raise ValueError(f"{path}: column 'id' is missing")
-    k = header.index("id")
-    ids = []
-    for r in rows:
-        try:
-            if len(r) > k and r[k].strip():
-                ids.append(repair_text(r[k].strip())[0])
-        except Exception:  # noqa: BLE001
-            continue
-    return list(dict.fromkeys(ids))
-
-
 def prior_from_train(train: Path | None) -> tuple[list[float], str]:
     """Label frequencies of a Kaggle train.csv with A and B pooled, +1 smoothed (as submission.fallback.class_prior),
     or uniform when it is absent or unreadable."""
     if train is None or not train.is_file():
         return [1 / 3] * 3, "uniform (no train.csv)"
     try:
-        _decoder()[1]()
+        raise_csv_field_limit()
         counts = [0, 0, 0]
         with open(train, encoding="utf-8", errors="replace", newline="") as fh:
             rows = csv.reader(fh, strict=False)
-            header = [h.strip().lstrip("\ufeff") for h in next(rows, [])]
+            header = csv_header(next(rows, []))
             cols = [header.index(c) for c in LABELS]
             for r in rows:
                 try:
@@ -120,11 +93,11 @@ def write_fallback(test: Path, out: Path, train: Path | None = None, sample: Pat
     ids = None
     if sample is not None and sample.is_file():
         try:
-            ids = read_ids(sample)
+            ids = read_id_column(sample)
         except Exception as exc:  # noqa: BLE001
             say(f"warning: {sample} unreadable ({type(exc).__name__}: {exc}); using the test file's ids")
     if ids is None:
-        ids = read_ids(test)
+        ids = read_id_column(test)
     prior, source = prior_from_train(train)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
@@ -242,13 +215,17 @@ def build_overrides(artifacts: Path, test: Path) -> list[str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Write submission.csv on Kaggle from exported arena-kd artifacts (offline).")
-    p.add_argument("--artifacts", help="Folder with student/export/ and stacking/ (the workdir, uploaded as a dataset).")
+    p = argparse.ArgumentParser(
+        description="Write submission.csv on Kaggle from exported arena-kd artifacts (offline).")
+    p.add_argument("--artifacts",
+                   help="Folder with student/export/ and stacking/ (the workdir, uploaded as a dataset).")
     p.add_argument("--test", help="Kaggle test.csv.")
     p.add_argument("--out", default="submission.csv", help="Output CSV (default ./submission.csv).")
     p.add_argument("--config", default=None, help="Config YAML; default: the one saved with the artifacts.")
-    p.add_argument("--wheels", default=None, help="Folder of wheels for missing packages; default /kaggle/input/arena-kd-wheels.")
-    p.add_argument("--time-budget", default=None, help="Wall-clock budget (e.g. 8h30m); default: the config's submission.time_budget.")
+    p.add_argument("--wheels", default=None,
+                   help="Folder of wheels for missing packages; default /kaggle/input/arena-kd-wheels.")
+    p.add_argument("--time-budget", default=None,
+                   help="Wall-clock budget (e.g. 8h30m); default: the config's submission.time_budget.")
     p.add_argument("--set", action="append", default=[], help="Extra config override dotted.key=value (repeatable).")
     p.add_argument("--print-requirements", action="store_true",
                    help="Print the runtime requirements (for `pip download` into the wheels dataset) and exit.")
@@ -301,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     fallback_ok = False
     try:
-        n, source = write_fallback(test, out, train=test.with_name("train.csv"), sample=test.with_name("sample_submission.csv"))
+        n, source = write_fallback(test, out, train=test.with_name("train.csv"),
+                                   sample=test.with_name("sample_submission.csv"))
         fallback_ok = True
         say(f"fallback {out} written first ({n} rows, {source})")
     except Exception as exc:  # noqa: BLE001 - the real run may still manage (it reads the file more tolerantly)

@@ -21,8 +21,6 @@ the student only loses the rows it fails on); only a broken environment — no r
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import sys
 import time
@@ -39,6 +37,7 @@ from arena_kd.common.durations import format_seconds, parse_time_budget
 from arena_kd.common.errors import UserError
 from arena_kd.common.io import atomic_write_csv, atomic_write_json
 from arena_kd.common.keys import LABELS
+from arena_kd.data.text import read_id_column
 from arena_kd.llm.placement import free_accelerator_memory
 from arena_kd.submission.budget import Deadline, Governor
 from arena_kd.submission.fallback import class_prior, load_stacker_or_none, stacker_probs, student_softmax
@@ -108,7 +107,10 @@ def submission_ids(df: pd.DataFrame, sample_path: Path | None) -> list[str]:
     test_ids = df["id"].astype(str).tolist()
     if sample_path is None:
         return test_ids
-    ids = read_id_column(sample_path)
+    try:
+        ids = read_id_column(sample_path)
+    except ValueError as exc:  # no id column: nothing to submit against
+        raise UserError(str(exc)) from None
     known = set(test_ids)
     missing = [i for i in ids if i not in known]
     extra = len(known - set(ids))
@@ -117,21 +119,6 @@ def submission_ids(df: pd.DataFrame, sample_path: Path | None) -> list[str]:
                   "the sample); the file follows the sample: missing rows get the fallback answer, extra rows are left out",
                   sample_path, len(missing), missing[0] if missing else "-", extra)
     return ids
-
-
-def read_id_column(path: Path) -> list[str]:
-    """The ``id`` column of a CSV file, decoded like the test file (UTF-8, BOM, cp1252/latin-1; any field size)."""
-    from arena_kd.data.text import decode_bytes, raise_csv_field_limit, repair_text
-
-    raise_csv_field_limit()
-    text, _ = decode_bytes(Path(path).read_bytes())
-    rows = csv.reader(io.StringIO(text, newline=""), strict=False)
-    header = [h.strip().lstrip("\ufeff") for h in next(rows, [])]
-    if "id" not in header:
-        raise UserError(f"{path}: column 'id' is missing")
-    k = header.index("id")
-    ids = [repair_text(r[k].strip())[0] for r in rows if len(r) > k and r[k].strip()]
-    return list(dict.fromkeys(ids))  # a repeated id once, like the test reader
 
 
 def _frame(test_ids: pd.Series, probs: np.ndarray, ids: list[str], fill: np.ndarray) -> pd.DataFrame:
