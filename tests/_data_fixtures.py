@@ -27,14 +27,17 @@ def tiny_bpe(style: str = "llama", vocab_size: int = 320):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(CORPUS * 4, trainer=trainer)
     ids = {s: tok.token_to_id(s) for s in SPECIALS}
     if style == "llama":
-        tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", ids["<s>"])])
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
+                                                           special_tokens=[("<s>", ids["<s>"])])
     elif style == "bert":
         tok.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])]
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+            special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])],
         )
     kw = dict(bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
     if style == "bert":
@@ -42,7 +45,8 @@ def tiny_bpe(style: str = "llama", vocab_size: int = 320):
     return PreTrainedTokenizerFast(tokenizer_object=tok, **kw)
 
 
-KAGGLE_TRAIN_HEADER = ["id", "model_a", "model_b", "prompt", "response_a", "response_b", "winner_model_a", "winner_model_b", "winner_tie"]
+KAGGLE_TRAIN_HEADER = ["id", "model_a", "model_b", "prompt", "response_a", "response_b", "winner_model_a",
+                       "winner_model_b", "winner_tie"]
 
 
 def kaggle_row(i, prompt, ra, rb, label=0, model_a="m1", model_b="m2") -> list:

@@ -48,7 +48,8 @@ def test_duplicate_ids(tmp_path):
     assert _one_line(e) == f"{path}: row 3 (line 4), column 'id': duplicate id '1' (first seen at row 1 (line 2))"
 
 
-@pytest.mark.parametrize("bits,problem", [([1, 1, 0], "exactly one-hot"), ([0, 0, 0], "exactly one-hot"), ([2, 0, 0], "must be 0 or 1"), (["yes", 0, 0], "must be 0 or 1")])
+@pytest.mark.parametrize("bits,problem", [([1, 1, 0], "exactly one-hot"), ([0, 0, 0], "exactly one-hot"),
+                                          ([2, 0, 0], "must be 0 or 1"), (["yes", 0, 0], "must be 0 or 1")])
 def test_labels_not_one_hot(tmp_path, bits, problem):
     row = _ok(5)
     row[6:9] = bits
@@ -79,7 +80,8 @@ def test_turn_counts_differ(tmp_path):
     path = _train(tmp_path, [kaggle_row(1, ["q1", "q2"], ["a1", "a2"], ["b1"])])
     with pytest.raises(UserError) as e:
         read_pairs(path)
-    assert "row 1 (line 2), column 'response_b': turn counts differ: prompt has 2, response_a 2, response_b 1" in _one_line(e)
+    want = "row 1 (line 2), column 'response_b': turn counts differ: prompt has 2, response_a 2, response_b 1"
+    assert want in _one_line(e)
 
 
 def test_row_numbers_count_records_not_lines(tmp_path):
@@ -138,7 +140,8 @@ def test_unreadable_csv_and_field_count(tmp_path):
 
 
 def test_arena_errors_name_line(tmp_path):
-    good = {"question_id": "1", "winner": "model_a", "conversation_a": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+    good = {"question_id": "1", "winner": "model_a", "conversation_a": [{"role": "user", "content": "q"},
+                                                                        {"role": "assistant", "content": "a"}],
             "conversation_b": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "b"}]}
     bad_winner = dict(good, question_id="2", winner="model_c")
     path = tmp_path / "a.jsonl"
@@ -168,7 +171,8 @@ def test_arena_errors_name_line(tmp_path):
 
 
 def test_validate_data_report_prints_summary(tmp_path, capsys):
-    path = _train(tmp_path, [kaggle_row(1, ["q1", "q2"], ["a1", None], ["b1", "b2"], label=2), _ok(2, label=0), kaggle_row(3, ["q"], [""], ["b"], label=1)])
+    path = _train(tmp_path, [kaggle_row(1, ["q1", "q2"], ["a1", None], ["b1", "b2"], label=2), _ok(2, label=0),
+                             kaggle_row(3, ["q"], [""], ["b"], label=1)])
     s = validate_data_report(str(path))
     out = capsys.readouterr().out
     assert s["rows"] == 3 and s["labels"] == {"A wins": 1, "B wins": 1, "tie": 1, "unlabelled": 0}

@@ -28,6 +28,7 @@ def test_evaluate_reports_interval_and_per_source(tmp_path, capsys):
 def test_evaluate_without_source_column_has_no_per_source(tmp_path):
     labels = pd.read_csv("data/sample/test_labels.csv").head(40).drop(columns=["source"])
     labels.to_csv(tmp_path / "labels.csv", index=False)
-    pd.DataFrame({"id": labels["id"], "winner_model_a": 0.3, "winner_model_b": 0.3, "winner_tie": 0.4}).to_csv(tmp_path / "p.csv", index=False)
+    pd.DataFrame({"id": labels["id"], "winner_model_a": 0.3, "winner_model_b": 0.3,
+                  "winner_tie": 0.4}).to_csv(tmp_path / "p.csv", index=False)
     res = evaluate_files(str(tmp_path / "p.csv"), str(tmp_path / "labels.csv"))
     assert "per_source" not in res and np.isfinite(res["log_loss_95"][0])

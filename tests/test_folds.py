@@ -17,8 +17,10 @@ def _frame(n_prompts=60, per_prompt=3, seed=0):
     rows = []
     for p in range(n_prompts):
         for k in range(per_prompt):
-            prompt = [f"Question {p} ?"] if k == 0 else [f"  question {p}   ?", "follow up"]  # same first turn, other spacing/case
-            rows.append({"id": f"r{p}-{k}", "prompt": prompt, "response_a": ["a"], "response_b": ["b"], "label": int(rng.choice(3, p=[0.45, 0.45, 0.1]))})
+            # same first turn, other spacing/case
+            prompt = [f"Question {p} ?"] if k == 0 else [f"  question {p}   ?", "follow up"]
+            rows.append({"id": f"r{p}-{k}", "prompt": prompt, "response_a": ["a"], "response_b": ["b"],
+                         "label": int(rng.choice(3, p=[0.45, 0.45, 0.1]))})
     return make_frame(rows)
 
 

@@ -1,4 +1,5 @@
-"""arena_kd.blend.features: exact counts on crafted rows, similarity edge cases, A/B swap consistency, embeddings + cache."""
+"""arena_kd.blend.features: exact counts on crafted rows, similarity edge cases, A/B swap consistency,
+embeddings + cache."""
 
 from __future__ import annotations
 
@@ -21,10 +22,13 @@ TEXT_B = "I'm sorry, but I cannot help. As an AI model I can't."
 
 def crafted() -> pd.DataFrame:
     rows = [
-        {"id": "c0", "prompt": ["What is 2+2?", "And 3+3?"], "response_a": [TEXT_A, ""], "response_b": [TEXT_B, "ok"], "label": 0},
+        {"id": "c0", "prompt": ["What is 2+2?", "And 3+3?"], "response_a": [TEXT_A, ""], "response_b": [TEXT_B, "ok"],
+         "label": 0},
         {"id": "c1", "prompt": ["q1", "q2"], "response_a": ["x", None], "response_b": ["", ""], "label": 1},
-        {"id": "c2", "prompt": ["tell me"], "response_a": ["Same answer here."], "response_b": ["Same answer here."], "label": 2},
-        {"id": "c3", "prompt": ["words"], "response_a": ["alpha beta gamma"], "response_b": ["delta epsilon zeta"], "label": 0},
+        {"id": "c2", "prompt": ["tell me"], "response_a": ["Same answer here."], "response_b": ["Same answer here."],
+         "label": 2},
+        {"id": "c3", "prompt": ["words"], "response_a": ["alpha beta gamma"], "response_b": ["delta epsilon zeta"],
+         "label": 0},
     ]
     return make_frame(rows)
 
@@ -96,7 +100,8 @@ def test_swap_consistency(with_swap_logits):
 
     df = pd.concat([crafted(), read_pairs(SAMPLE).head(60)], ignore_index=True)
     rng = np.random.default_rng(0)
-    student = {"orig": rng.normal(size=(len(df), 3)), "swap": rng.normal(size=(len(df), 3)) if with_swap_logits else None}
+    student = {"orig": rng.normal(size=(len(df), 3)),
+               "swap": rng.normal(size=(len(df), 3)) if with_swap_logits else None}
     tfidf = fit_similarity(df)
     emb = HashEmbedder()
     feats = compute_features(df, student=student, embedder=emb, tfidf=tfidf)
@@ -181,8 +186,10 @@ def test_sentence_embedder_mean_pooling_and_cache(tmp_path, monkeypatch):
 
 def test_missing_fields_and_parquet_arrays_are_handled():
     df = make_frame([
-        {"id": "n0", "prompt": np.array(["hi there"], dtype=object), "response_a": None, "response_b": pd.NA, "label": 0},
-        {"id": "n1", "prompt": ["hi"], "response_a": np.array(["yes", None], dtype=object), "response_b": ["no"], "label": 1},
+        {"id": "n0", "prompt": np.array(["hi there"], dtype=object), "response_a": None, "response_b": pd.NA,
+         "label": 0},
+        {"id": "n1", "prompt": ["hi"], "response_a": np.array(["yes", None], dtype=object), "response_b": ["no"],
+         "label": 1},
     ])
     f = compute_features(df)
     assert f[["a_null", "b_null", "a_empty", "b_empty"]].iloc[0].tolist() == [1, 1, 1, 1]
@@ -208,7 +215,8 @@ def test_markdown_line_patterns():
     from arena_kd.blend.features import text_stats
     from arena_kd.blend.text_bytes import ByteDocs
 
-    texts = ["- a\n- b\n  * c\n1. x\n12) y\n\u2022 z\nnot-a-list\n1.5 no", "#no\n# yes\n   ## yes\n    # no\n####### no\ntext # no"]
+    texts = ["- a\n- b\n  * c\n1. x\n12) y\n\u2022 z\nnot-a-list\n1.5 no",
+             "#no\n# yes\n   ## yes\n    # no\n####### no\ntext # no"]
     st = text_stats(texts, ByteDocs.from_texts(texts))
     assert st["list_items"].tolist() == [6, 0]
     assert st["headers"].tolist() == [0, 2]

@@ -1,5 +1,5 @@
-"""arena_kd.blend.temperature + arena_kd.blend.booster: temperature recovery, never-worse calibration, symmetric LightGBM stacker
-that beats its inputs, LightGBM text save/load."""
+"""arena_kd.blend.temperature + arena_kd.blend.booster: temperature recovery, never-worse calibration, symmetric
+LightGBM stacker that beats its inputs, LightGBM text save/load."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from arena_kd.common.config_stages import StackingConfig
 from arena_kd.common.metrics import log_loss, softmax
 from arena_kd.data.schema import make_frame, swap_frame
 
-FAST = StackingConfig(num_boost_round=200, early_stopping_rounds=20, min_data_in_leaf=10, learning_rate=0.1, num_leaves=7)
+FAST = StackingConfig(num_boost_round=200, early_stopping_rounds=20, min_data_in_leaf=10, learning_rate=0.1,
+                      num_leaves=7)
 
 
 def _sample_labels(probs: np.ndarray, rng) -> np.ndarray:
@@ -84,7 +85,8 @@ def test_stacker_beats_its_inputs(trained):
     ll_stack, ll_student, ll_fo = log_loss(y, cv.oof), log_loss(y, student_avg), log_loss(y, cv_fo.oof)
     assert ll_stack < ll_student - 0.02, (ll_stack, ll_student)
     assert ll_stack < ll_fo - 0.02, (ll_stack, ll_fo)
-    assert ll_fo < log_loss(y, np.tile(np.bincount(y, minlength=3) / len(y), (len(y), 1))) - 0.02  # length carries signal
+    # length carries signal
+    assert ll_fo < log_loss(y, np.tile(np.bincount(y, minlength=3) / len(y), (len(y), 1))) - 0.02
     assert all(b >= 1 for b in cv.best_iterations) and len(cv.boosters) == 3
 
 
@@ -140,7 +142,8 @@ def test_inner_split_takes_whole_groups():
 
 
 def test_the_scored_fold_never_influences_its_own_prediction():
-    """Early stopping uses an inner split of the training folds: permuting fold 0's labels changes nothing in fold 0's OOF."""
+    """Early stopping uses an inner split of the training folds: permuting fold 0's labels changes nothing in fold
+    0's OOF."""
     df, y, student = synthetic_pairs(300, seed=4)
     feats = compute_features(df, student=student)
     folds = np.arange(len(df)) % 2

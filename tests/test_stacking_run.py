@@ -25,7 +25,8 @@ SMOKE = ROOT / "configs" / "smoke.yaml"
 
 
 def _cfg(tmp_path, *sets):
-    return load_config(SMOKE, [f"workdir={tmp_path / 'work'}", "data.max_rows=160", "stacking.num_boost_round=40", *sets])
+    return load_config(SMOKE, [f"workdir={tmp_path / 'work'}", "data.max_rows=160", "stacking.num_boost_round=40",
+                               *sets])
 
 
 def _training_frame(cfg):
@@ -74,13 +75,14 @@ def test_run_stacking_with_student_resume_and_predict(tmp_path, capsys):
     out = cfg.workdir_path / "stacking"
     printed = capsys.readouterr().out
     assert "| stacker (student TTA + features) |" in printed and "| teacher ensemble OOF |" in printed
-    for name in ("stacker_full.txt", "stacker_fold0.txt", "stacker_fold1.txt", "stacker_single_full.txt", "features_only_full.txt",
-                 "length_only_full.txt", "temperature.json", "oof.parquet", "report.md", "reliability_stacker.png",
-                 "importance_stacker.png", "config.resolved.yaml", "tfidf.json"):
+    for name in ("stacker_full.txt", "stacker_fold0.txt", "stacker_fold1.txt", "stacker_single_full.txt",
+                 "features_only_full.txt", "length_only_full.txt", "temperature.json", "oof.parquet", "report.md",
+                 "reliability_stacker.png", "importance_stacker.png", "config.resolved.yaml", "tfidf.json"):
         assert (out / name).is_file(), name
     models = manifest["models"]
     assert models["stacker"]["features"] and not any(c.startswith("stu_") for c in models["features_only"]["features"])
-    assert set(models["length_only"]["features"]) <= {"p_chars", "p_words"} | {f"{p}_{u}" for p in ("a", "b", "diff", "ratio") for u in ("chars", "words", "tokens", "newlines")}
+    lengths = {f"{p}_{u}" for p in ("a", "b", "diff", "ratio") for u in ("chars", "words", "tokens", "newlines")}
+    assert set(models["length_only"]["features"]) <= {"p_chars", "p_words"} | lengths
     assert set(manifest["selection"]) == {"tta", "single", "none", "short"}
     temps = json.loads((out / "temperature.json").read_text())
     assert temps["stacker"]["log_loss_after"] <= temps["stacker"]["log_loss_before"]
@@ -113,7 +115,8 @@ def test_run_stacking_with_student_resume_and_predict(tmp_path, capsys):
     from arena_kd.blend.temperature import apply_temperature
 
     raw = stacker.predict_model(test, "stacker", st, calibrate=False)
-    np.testing.assert_allclose(apply_temperature(raw, models["stacker"]["temperature"]), stacker.predict_model(test, "stacker", st), rtol=1e-12)
+    np.testing.assert_allclose(apply_temperature(raw, models["stacker"]["temperature"]),
+                               stacker.predict_model(test, "stacker", st), rtol=1e-12)
     fo = stacker.predict_features_only(test)
     np.testing.assert_array_equal(stacker.predict(test, None), fo)
     np.testing.assert_allclose(fo, stacker.predict_model(test, manifest["selection"]["none"]))
@@ -178,7 +181,8 @@ def test_heldout_rows_reach_the_stacker_with_their_provenance(tmp_path):
     assert (oof["in_llm_rows"] == (oof["provenance"] == "oof")).all()
     sub = oof[oof["provenance"] == "oof"].set_index("id")["fold"]
     assert (sub.loc[frame["id"]].to_numpy() == frame["fold"].to_numpy()).all()  # LLM rows keep their folds
-    groups = prompt_groups(pd.concat([frame, data.heldout], ignore_index=True).set_index("id").loc[oof["id"]].reset_index())
+    every_row = pd.concat([frame, data.heldout], ignore_index=True)
+    groups = prompt_groups(every_row.set_index("id").loc[oof["id"]].reset_index())
     assert (pd.Series(oof["fold"].to_numpy()).groupby(groups).nunique() == 1).all()
     assert set(oof["fold"]) == {0, 1}
     report = (cfg.workdir_path / "stacking" / "report.md").read_text()
@@ -194,7 +198,8 @@ def test_student_without_tta_trains_single_orientation_stackers(tmp_path):
     _write_student_oof(cfg, frame, {"orig": st["orig"], "swap": np.full_like(st["orig"], np.nan)})
     m = run_stacking(cfg)
     assert m["models"]["stacker"] is None and m["models"]["stacker_single"]["student_input"] == "single"
-    assert "tta" not in m["selection"] and m["selection"]["single"] in ("stacker_single", "features_only", "student_single", "length_only", "prior")
+    assert "tta" not in m["selection"]
+    assert m["selection"]["single"] in ("stacker_single", "features_only", "student_single", "length_only", "prior")
     stacker = load_stacker(cfg.workdir_path / "stacking")
     test = frame.head(20).reset_index(drop=True)
     one = {"orig": st["orig"][:20], "swap": None}
@@ -248,8 +253,8 @@ def test_bad_student_oof_is_a_one_line_error(tmp_path, monkeypatch, capsys):
     write_keyed_table(path, pd.DataFrame({"id": frame["id"], "fold": frame["fold"], "score": 0.0}), {})
     with pytest.raises(UserError, match="oof.parquet: student OOF needs columns"):
         run_stacking(cfg)
-    monkeypatch.setattr(sys, "argv", ["arena-kd", "stack", "--config", str(SMOKE), "--set", f"workdir={tmp_path / 'work'}",
-                                      "--set", "data.max_rows=160"])
+    monkeypatch.setattr(sys, "argv", ["arena-kd", "stack", "--config", str(SMOKE),
+                                      "--set", f"workdir={tmp_path / 'work'}", "--set", "data.max_rows=160"])
     with pytest.raises(SystemExit) as exc:
         cli.main()
     assert exc.value.code == 2

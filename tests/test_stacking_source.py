@@ -14,7 +14,8 @@ from arena_kd.data.schema import swap_frame
 
 def _sample(n=300):
     df = read_pairs("data/sample/train.csv")
-    df = pd.concat([df[df["source"] == "mtbench_human"].head(n // 2), df[df["source"] == "hh_harmless"].head(n // 2)], ignore_index=True)
+    df = pd.concat([df[df["source"] == "mtbench_human"].head(n // 2), df[df["source"] == "hh_harmless"].head(n // 2)],
+                   ignore_index=True)
     return df
 
 
