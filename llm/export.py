@@ -26,15 +26,20 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from arena_kd.common.config import PipelineConfig, write_resolved
 from arena_kd.common.errors import UserError
-from arena_kd.common.io import atomic_write_json
+from arena_kd.common.io import atomic_write_json, read_keyed_table, write_keyed_table
+from arena_kd.common.keys import LABELS, LOGIT_COLUMNS
 from arena_kd.common.metrics import softmax
+from arena_kd.llm.devices import DTYPE_NAMES, DTYPES, keep_bnb_4bit_layout_on_cpu, native_bf16
+from arena_kd.llm.head import HEAD_NAMES
 
 EXPORT_FORMAT = 1
-_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+PROB_COLUMNS = tuple("prob_" + c.removeprefix("logit_") for c in LOGIT_COLUMNS)
+"""Probability columns of ``reference_logits.parquet`` (beside ``LOGIT_COLUMNS``, their log), in class order."""
 
 # Max |Δprob| allowed between a loaded export and the trained model(s) on the reference rows, by how the export is
 # loaded. Assumptions, checked by the measurements in README "Export drift": rounding a merged model to fp16/bf16
@@ -106,7 +111,7 @@ def save_export(
     tmp = export_dir.with_name(export_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    dtype = _DTYPES[cfg.student.export_dtype]
+    dtype = DTYPES[cfg.student.export_dtype]
     if merged_model is not None:
         m = _base_model(merged_model).to(dtype)
         m.save_pretrained(tmp / "model", safe_serialization=True)
@@ -124,7 +129,7 @@ def save_export(
         "format": EXPORT_FORMAT,
         "merged": merged_model is not None,
         "dtype": cfg.student.export_dtype,
-        "labels": ["winner_model_a", "winner_model_b", "winner_tie"],
+        "labels": list(LABELS),
         "render": render_settings(cfg),
         "load": settings_load,
         "predict": cfg.student.predict.model_dump(mode="json"),
@@ -133,8 +138,6 @@ def save_export(
         **(extra or {}),
     }
     if reference is not None:
-        from arena_kd.common.io import write_keyed_table
-
         write_keyed_table(tmp / "reference_logits.parquet", reference,
                           {"what": "input ids and probabilities (logit_* = their log) of the trained model(s) on the first training rows, "
                                    "original A/B order, no TTA: " + str(settings.get("reference", "the trained model's probabilities")),
@@ -176,12 +179,10 @@ def read_export_settings(export_dir: str | Path) -> dict[str, Any]:
 
 def _resolve_dtype(dtype: str, device: str) -> torch.dtype:
     if dtype != "auto":
-        if dtype not in _DTYPES:
+        if dtype not in DTYPES:
             raise UserError(f"load_export: dtype must be auto, fp32, fp16 or bf16, got '{dtype}'")
-        return _DTYPES[dtype]
+        return DTYPES[dtype]
     if device.startswith("cuda"):
-        from arena_kd.llm.devices import native_bf16
-
         return torch.bfloat16 if native_bf16(device) else torch.float16
     return torch.float32
 
@@ -209,7 +210,7 @@ def load_export(export_dir: str | Path, *, quantization: str = "none", dtype: st
     if load.get("attn_implementation"):
         kwargs["attn_implementation"] = load["attn_implementation"]
     if quantization != "none":
-        skip = ["score", "classifier"]
+        skip = list(HEAD_NAMES)
         if quantization == "8bit":
             kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
         else:
@@ -222,8 +223,6 @@ def load_export(export_dir: str | Path, *, quantization: str = "none", dtype: st
     if quantization == "none":
         model = model.to(device)
     if str(device).startswith("cpu") and quantization != "none":
-        from arena_kd.llm.devices import keep_bnb_4bit_layout_on_cpu
-
         keep_bnb_4bit_layout_on_cpu(model)
     if not settings.get("merged", True):
         from peft import PeftModel
@@ -240,17 +239,13 @@ def load_export(export_dir: str | Path, *, quantization: str = "none", dtype: st
 
 def reference_probs(ref) -> "np.ndarray":
     """float64 [n,3] probabilities stored in a reference table (prob_* columns; older exports: softmax of logit_*)."""
-    import numpy as np
-
-    if all(c in ref.columns for c in ("prob_a", "prob_b", "prob_tie")):
-        return ref[["prob_a", "prob_b", "prob_tie"]].to_numpy(dtype=np.float64)
-    return softmax(ref[["logit_a", "logit_b", "logit_tie"]].to_numpy(dtype=np.float64))
+    if all(c in ref.columns for c in PROB_COLUMNS):
+        return ref[list(PROB_COLUMNS)].to_numpy(dtype=np.float64)
+    return softmax(ref[list(LOGIT_COLUMNS)].to_numpy(dtype=np.float64))
 
 
 def reference_logits(model, input_ids: list[list[int]]) -> "np.ndarray":
     """float32 [n,3] logits of ``model`` on token-id rows, one row at a time (no padding, so no padding effects)."""
-    import numpy as np
-
     dev = next(model.parameters()).device
     out = []
     with torch.no_grad():
@@ -262,8 +257,6 @@ def reference_logits(model, input_ids: list[list[int]]) -> "np.ndarray":
 
 def prob_drift(got_logits, want_probs) -> dict[str, float | int]:
     """max / mean |Δprob| between logits [n,3] and probabilities [n,3]; rows with non-finite logits are counted, not compared."""
-    import numpy as np
-
     got_logits = np.asarray(got_logits, dtype=np.float64)
     finite = np.isfinite(got_logits).all(axis=1)
     diff = np.abs(softmax(got_logits[finite]) - np.asarray(want_probs, dtype=np.float64)[finite]) if finite.any() else np.zeros((0, 3))
@@ -285,10 +278,6 @@ def verify_export(export_dir: str | Path, *, quantization: str = "none", dtype: 
     :func:`tolerance`; wider for a fold soup). Pass ``model`` to check a copy already loaded (then ``quantization``
     and ``dtype`` only name how it was loaded).
     """
-    import numpy as np
-
-    from arena_kd.common.io import read_keyed_table
-
     export_dir = Path(export_dir)
     ref_path = export_dir / "reference_logits.parquet"
     if not ref_path.is_file():
@@ -298,7 +287,7 @@ def verify_export(export_dir: str | Path, *, quantization: str = "none", dtype: 
     if model is None:
         model, _, _ = load_export(export_dir, quantization=quantization, dtype=dtype, device=device)
     got = reference_logits(model, list(ref["input_ids"]))
-    loaded_dtype = {v: k for k, v in _DTYPES.items()}.get(getattr(model, "dtype", None), dtype)
+    loaded_dtype = DTYPE_NAMES.get(getattr(model, "dtype", None), dtype)
     out: dict[str, Any] = prob_drift(got, reference_probs(ref))
     # logits are defined up to a constant per row: compare log-probabilities (log-softmax vs the stored log of the reference)
     want_lp = np.log(np.clip(reference_probs(ref), 1e-300, 1.0))
@@ -306,7 +295,7 @@ def verify_export(export_dir: str | Path, *, quantization: str = "none", dtype: 
     got_lp = got[finite] - np.log(np.exp(got[finite] - got[finite].max(axis=1, keepdims=True)).sum(axis=1, keepdims=True)) - got[finite].max(axis=1, keepdims=True)
     out["max_abs_logit_diff"] = float(np.abs(got_lp - want_lp[finite]).max()) if finite.any() else 0.0
     soup = bool(meta.get("folds")) or settings.get("final") == "fold_soup"
-    tol = tolerance(quantization, loaded_dtype if loaded_dtype in _DTYPES else "fp16", soup)
+    tol = tolerance(quantization, loaded_dtype if loaded_dtype in DTYPES else "fp16", soup)
     out.update({"quantization": quantization, "dtype": loaded_dtype, "tolerance": tol,
                 "ok": out["nonfinite_rows"] == 0 and out["max_abs_prob_diff"] <= tol})
     return out

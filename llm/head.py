@@ -6,9 +6,10 @@ from __future__ import annotations
 import torch
 
 from arena_kd.common.errors import UserError
+from arena_kd.common.keys import LABELS
 
 NUM_LABELS = 3
-ID2LABEL = {0: "model_a", 1: "model_b", 2: "tie"}  # class order of arena_kd.common.keys.LABELS
+ID2LABEL = {i: c.removeprefix("winner_") for i, c in enumerate(LABELS)}  # model_a, model_b, tie
 HEAD_NAMES = ("score", "classifier")  # decoder heads are `score`, encoder heads `classifier`
 
 

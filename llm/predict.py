@@ -18,10 +18,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from arena_kd.data.schema import swap_logits
 from arena_kd.llm.batching import accepts_position_ids, collate, token_budget_batches
 from arena_kd.llm.tokenizer import PADDING_SIDE
-
-SWAP_COLUMNS = [1, 0, 2]
 
 
 def process_group() -> tuple[int, int]:
@@ -193,10 +192,10 @@ def predict_tta(model, tokenizer, df: pd.DataFrame, **kwargs) -> dict[str, np.nd
 
     Returns float32[n,3] arrays: "orig"; "swap" = the swapped pair's logits with the A/B columns
     swapped back to the original order; "avg" = mean log-softmax of the two. Exactly symmetric:
-    ``predict_tta(swap_frame(df))["avg"]`` equals ``avg[:, [1,0,2]]``.
+    ``predict_tta(swap_frame(df))["avg"]`` equals ``avg[:, SWAP_PERMUTATION]``.
     """
     kwargs.pop("swap", None)
     orig = predict_logits(model, tokenizer, df, swap=False, **kwargs)
     swapped = predict_logits(model, tokenizer, df, swap=True, **kwargs)
-    swap_back = np.ascontiguousarray(swapped[:, SWAP_COLUMNS])
+    swap_back = swap_logits(swapped)
     return {"orig": orig, "swap": swap_back, "avg": tta_average(orig, swap_back)}

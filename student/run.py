@@ -22,7 +22,7 @@ from arena_kd.common.config import PipelineConfig, write_resolved
 from arena_kd.common.config_model import PLACEMENT_FIELDS
 from arena_kd.common.errors import UserError
 from arena_kd.common.io import atomic_write_json, json_hash, read_keyed_table, write_keyed_table
-from arena_kd.common.keys import LOGIT_COLUMNS as LOGIT_NAMES
+from arena_kd.common.keys import LOGIT_COLUMNS
 from arena_kd.common.metrics import accuracy, log_loss, softmax
 from arena_kd.kfold.dist import main_write
 from arena_kd.kfold.fold_model import train_and_predict
@@ -40,7 +40,7 @@ from arena_kd.kfold.training_data import TrainingData, load_training_data
 from arena_kd.llm.train import frame_texts
 from arena_kd.student.losses import DistillationLoss
 
-OOF_COLUMNS = ["id", "fold", *LOGIT_NAMES, *ORIG_COLUMNS, *SWAP_COLUMNS]
+OOF_COLUMNS = ["id", "fold", *LOGIT_COLUMNS, *ORIG_COLUMNS, *SWAP_COLUMNS]
 
 
 def student_dir(cfg: PipelineConfig) -> Path:
@@ -96,12 +96,12 @@ def _oof_stage(cfg, data: TrainingData, frame: pd.DataFrame, soft: SoftLabels | 
     per_fold = {}
     for k in sorted(oof["fold"].unique()):
         mask = oof["fold"].to_numpy() == k
-        sm = _metrics(labels[mask], oof.loc[mask, list(LOGIT_NAMES)].to_numpy())
+        sm = _metrics(labels[mask], oof.loc[mask, list(LOGIT_COLUMNS)].to_numpy())
         tm = _metrics(labels[mask], teacher_logp[mask]) if teacher_logp is not None else None
         _, fm = read_keyed_table(fold_path(sdir, int(k)))
         per_fold[str(int(k))] = {"student": sm, "teacher_ensemble": tm, "wall_time_s": fm.get("wall_time_s"), "adapter_dir": fm.get("adapter_dir")}
         _print_compare(f"fold {int(k)}", sm, tm)
-    overall = _metrics(labels, oof[list(LOGIT_NAMES)].to_numpy())
+    overall = _metrics(labels, oof[list(LOGIT_COLUMNS)].to_numpy())
     t_overall = _metrics(labels, teacher_logp) if teacher_logp is not None else None
     _print_compare("overall", overall, t_overall)
     meta = {
@@ -132,7 +132,7 @@ def _average_heldout(sdir: Path, folds: list[int], heldout: pd.DataFrame, hashes
     from scipy.special import log_softmax
 
     parts = {c: [] for c in ("avg", "orig", "swap")}
-    cols = {"avg": list(LOGIT_NAMES), "orig": list(ORIG_COLUMNS), "swap": list(SWAP_COLUMNS)}
+    cols = {"avg": list(LOGIT_COLUMNS), "orig": list(ORIG_COLUMNS), "swap": list(SWAP_COLUMNS)}
     for k in folds:
         path = sdir / f"heldout_fold{k}.parquet"
         df, meta = read_keyed_table(path)
@@ -147,7 +147,7 @@ def _average_heldout(sdir: Path, folds: list[int], heldout: pd.DataFrame, hashes
             out[name] = mean[:, j].astype(np.float32)
     out["provenance"] = "heldout"
     labels = heldout["label"].astype(int).to_numpy()
-    metrics = _metrics(labels, out[list(LOGIT_NAMES)].to_numpy())
+    metrics = _metrics(labels, out[list(LOGIT_COLUMNS)].to_numpy())
     print(f"[student] held-out rows (beyond data.max_rows, mean of {len(folds)} fold models): log loss {metrics['log_loss']:.4f} "
           f"(acc {metrics['accuracy']:.3f}, {metrics['rows']} rows)")
     main_write(write_keyed_table, sdir / "heldout.parquet", out,

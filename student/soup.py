@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 
 from arena_kd.common.config_model import ModelConfig
+from arena_kd.common.keys import LOGIT_COLUMNS
 from arena_kd.common.metrics import softmax
-from arena_kd.llm.export import prob_drift, reference_logits
+from arena_kd.llm.export import PROB_COLUMNS, prob_drift, reference_logits
 from arena_kd.llm.placement import free_accelerator_memory
 
 
@@ -40,9 +41,9 @@ def reference_table(ids: pd.Series, input_ids: list[list[int]], probs: np.ndarra
     """id, input_ids, logit_* (log of the reference probabilities), prob_*: the export's reference_logits.parquet."""
     ref = pd.DataFrame({"id": ids.astype(str).to_numpy(), "input_ids": [list(map(int, r)) for r in input_ids]})
     logp = np.log(np.clip(probs, 1e-12, 1.0))
-    for j, s in enumerate(("a", "b", "tie")):
-        ref[f"logit_{s}"] = logp[:, j].astype(np.float32)
-        ref[f"prob_{s}"] = probs[:, j].astype(np.float64)
+    for j, (logit_col, prob_col) in enumerate(zip(LOGIT_COLUMNS, PROB_COLUMNS)):
+        ref[logit_col] = logp[:, j].astype(np.float32)
+        ref[prob_col] = probs[:, j].astype(np.float64)
     return ref
 
 
