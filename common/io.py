@@ -19,7 +19,6 @@ import pandas as pd
 
 from arena_kd.common.errors import UserError
 
-LOGIT_COLUMNS = ("logit_a", "logit_b", "logit_tie")
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 

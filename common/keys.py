@@ -11,6 +11,9 @@ LABELS = ("winner_model_a", "winner_model_b", "winner_tie")
 LOGIT_COLUMNS = ("logit_a", "logit_b", "logit_tie")
 """Logit columns of every OOF / soft-label / export-reference table, in class order."""
 
+CLASS_SUFFIXES = tuple(c.removeprefix("logit_") for c in LOGIT_COLUMNS)
+"""Short class names ('a', 'b', 'tie'), in class order: suffixes of per-class columns and keys of per-class reports."""
+
 SWAP_PERMUTATION = (1, 0, 2)
 """Index permutation of the class axis that exchanges A and B (tie stays): ``x[..., SWAP_PERMUTATION]``."""
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from arena_kd.common.keys import CLASS_SUFFIXES
+
 EPS = 1e-15
 
 
@@ -31,7 +33,7 @@ def calibration_table(labels: np.ndarray, probs: np.ndarray) -> list[dict]:
     """Per class: mean predicted probability vs observed frequency (a calibration summary)."""
     y = np.asarray(labels)
     out = []
-    for k, name in enumerate(("a", "b", "tie")):
+    for k, name in enumerate(CLASS_SUFFIXES):
         out.append({"class": name, "mean_pred": float(np.mean(probs[:, k])), "observed": float(np.mean(y == k))})
     return out
 

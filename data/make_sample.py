@@ -22,12 +22,13 @@ import numpy as np
 import pandas as pd
 
 from arena_kd.common.io import atomic_write_csv, atomic_write_text
+from arena_kd.common.keys import LABELS
 from arena_kd.data.folds import prompt_groups
 from arena_kd.data.readers import read_pairs
 
 SOURCES = ("mtbench_human.csv", "hh_harmless.csv")
 ARENA_SOURCE = "mtbench_human.arena.jsonl"
-KAGGLE_TRAIN_COLUMNS = ["id", "model_a", "model_b", "prompt", "response_a", "response_b", "winner_model_a", "winner_model_b", "winner_tie"]
+KAGGLE_TRAIN_COLUMNS = ["id", "model_a", "model_b", "prompt", "response_a", "response_b", *LABELS]
 KAGGLE_TEST_COLUMNS = ["id", "prompt", "response_a", "response_b"]
 ARENA_EXAMPLE_ROWS = 40
 
@@ -62,7 +63,7 @@ def build(source: Path, out: Path, seed: int = 0, test_fraction: float = 0.2) ->
     atomic_write_csv(out / "train.csv", train)  # Kaggle train layout + a trailing `source` column
     atomic_write_csv(out / "test.csv", test[KAGGLE_TEST_COLUMNS])
     atomic_write_csv(out / "test_labels.csv", test)
-    sub = pd.DataFrame({"id": test["id"], "winner_model_a": 1 / 3, "winner_model_b": 1 / 3, "winner_tie": 1 / 3})
+    sub = pd.DataFrame({"id": test["id"], **{c: 1 / 3 for c in LABELS}})
     atomic_write_csv(out / "sample_submission.csv", sub)
 
     # a small example of the arena conversation layout: rows whose prompt is in the train split

@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from arena_kd.common.keys import SWAP_PERMUTATION
+
 CANONICAL_COLUMNS = ("id", "prompt", "response_a", "response_b", "label", "source", "model_a", "model_b")
 TURN_COLUMNS = ("prompt", "response_a", "response_b")
 
@@ -33,12 +35,12 @@ def make_frame(rows: list[dict] | pd.DataFrame) -> pd.DataFrame:
 
 
 def swap_logits(x):
-    """Swap the A and B entries (index 0 and 1 of the last axis) of a logit/probability array of shape (..., 3)."""
-    arr = np.array(x, copy=True)
+    """A copy of a logit/probability array of shape (..., 3) with the A and B entries of the last axis exchanged
+    (:data:`arena_kd.common.keys.SWAP_PERMUTATION`); non-float input becomes float64."""
+    arr = np.asarray(x)
     if arr.dtype.kind != "f":
         arr = arr.astype(np.float64)
-    arr[..., [0, 1]] = arr[..., [1, 0]]
-    return arr
+    return arr[..., list(SWAP_PERMUTATION)]
 
 
 def swap_frame(df: pd.DataFrame) -> pd.DataFrame:

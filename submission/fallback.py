@@ -17,9 +17,6 @@ import pandas as pd
 
 log = logging.getLogger("arena_kd.submission")
 
-SWAP_AB = [1, 0, 2]
-"""Column permutation that exchanges the A and B classes (tie stays)."""
-
 
 def load_stacker_or_none(stack_dir: str | Path, embedding_model: str | None = None):
     """``arena_kd.blend.stacker.load_stacker(stack_dir)``, or None (logged) when it is missing or broken.
@@ -40,7 +37,7 @@ def load_stacker_or_none(stack_dir: str | Path, embedding_model: str | None = No
 
 def stacker_probs(stacker, df: pd.DataFrame, student: dict | None, swap_average: bool) -> np.ndarray:
     """Calibrated probabilities float64[n, 3] from the stacker; student=None → features-only model."""
-    from arena_kd.data.schema import swap_frame
+    from arena_kd.data.schema import swap_frame, swap_logits
 
     def one(frame: pd.DataFrame, stud: dict | None) -> np.ndarray:
         if stud is None:
@@ -52,8 +49,8 @@ def stacker_probs(stacker, df: pd.DataFrame, student: dict | None, swap_average:
         return p
     swapped_student = None
     if student is not None:
-        swapped_student = {"orig": student["swap"][:, SWAP_AB], "swap": student["orig"][:, SWAP_AB]}
-    q = one(swap_frame(df), swapped_student)[:, SWAP_AB]
+        swapped_student = {"orig": swap_logits(student["swap"]), "swap": swap_logits(student["orig"])}
+    q = swap_logits(one(swap_frame(df), swapped_student))
     return (p + q) / 2.0
 
 
