@@ -1,4 +1,5 @@
-"""arena_kd.llm.loading: BPE tokenizer cache, dtype/attention refusals, softcapping switch, head init, LoRA wiring, info."""
+"""arena_kd.llm.loading: BPE tokenizer cache, dtype/attention refusals, softcapping switch, head init, LoRA wiring,
+info."""
 
 from __future__ import annotations
 
@@ -45,12 +46,14 @@ def test_pad_token_is_set_when_missing(tiny_bpe_tokenizer):
 
 def test_gemma2_refuses_sdpa_and_cpu_refuses_flash(tiny_gemma2_cfg, tmp_path):
     with pytest.raises(UserError, match="gemma2 needs eager"):
-        load_classifier(tiny_gemma2_cfg.model_copy(update={"attn_implementation": "sdpa"}), training=False, workdir=tmp_path)
+        load_classifier(tiny_gemma2_cfg.model_copy(update={"attn_implementation": "sdpa"}), training=False,
+                        workdir=tmp_path)
     with pytest.raises(UserError, match="does not change this"):
         load_classifier(tiny_gemma2_cfg.model_copy(update={"attn_implementation": "sdpa", "disable_softcapping": True}),
                         training=False, workdir=tmp_path)
     with pytest.raises(UserError, match="flash_attention_2 needs a CUDA GPU"):
-        load_classifier(tiny_gemma2_cfg.model_copy(update={"attn_implementation": "flash_attention_2"}), training=False, workdir=tmp_path)
+        load_classifier(tiny_gemma2_cfg.model_copy(update={"attn_implementation": "flash_attention_2"}), training=False,
+                        workdir=tmp_path)
 
 
 def test_dtype_rules(monkeypatch):
@@ -75,12 +78,14 @@ def test_gemma2_info_softcapping_and_eager(tiny_gemma2_cfg, tmp_path):
     model, tok, info = load_classifier(tiny_gemma2_cfg, training=False, workdir=tmp_path)
     assert info["attn_implementation"] == "eager" and info["attn_logit_softcapping"] == 50.0
     assert info["padding_side"] == "right" and info["pad_token_id"] == tok.pad_token_id == model.config.pad_token_id
-    off, _, info_off = load_classifier(tiny_gemma2_cfg.model_copy(update={"disable_softcapping": True}), training=False, workdir=tmp_path)
+    off, _, info_off = load_classifier(tiny_gemma2_cfg.model_copy(update={"disable_softcapping": True}), training=False,
+                                       workdir=tmp_path)
     assert info_off["disable_softcapping"] is True and info_off["attn_logit_softcapping"] is None
     assert off.config.attn_logit_softcapping is None and info_off["attn_logit_softcapping_original"] == 50.0
     with pytest.raises(UserError, match="no attention softcapping"):
-        load_classifier(tiny_gemma2_cfg.model_copy(update={"disable_softcapping": True, "random_init": {"model_type": "llama",
-                        "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}}),
+        llama = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                 "num_attention_heads": 2}
+        load_classifier(tiny_gemma2_cfg.model_copy(update={"disable_softcapping": True, "random_init": llama}),
                         training=False, workdir=tmp_path)
 
 
@@ -109,7 +114,8 @@ def test_full_finetune_without_lora_trains_everything(tiny_llama_cfg, tmp_path):
 def test_bf16_on_cpu_when_asked(tiny_llama_cfg, tiny_pairs, tmp_path):
     from arena_kd.llm.predict import predict_logits
 
-    model, tok, info = load_classifier(tiny_llama_cfg.model_copy(update={"dtype": "bf16"}), training=False, workdir=tmp_path)
+    model, tok, info = load_classifier(tiny_llama_cfg.model_copy(update={"dtype": "bf16"}), training=False,
+                                       workdir=tmp_path)
     assert info["dtype"] == "bf16" and next(model.parameters()).dtype == torch.bfloat16
     out = predict_logits(model, tok, tiny_pairs.head(3), max_length=96, progress=False)
     assert out.dtype == np.float32 and np.isfinite(out).all()
@@ -117,6 +123,8 @@ def test_bf16_on_cpu_when_asked(tiny_llama_cfg, tiny_pairs, tmp_path):
 
 def test_unknown_backbone_is_a_user_error(tiny_llama_cfg, tmp_path):
     with pytest.raises(UserError, match="cannot load"):
-        load_classifier(tiny_llama_cfg.model_copy(update={"backbone": str(tmp_path / "nope")}), training=False, workdir=tmp_path)
+        load_classifier(tiny_llama_cfg.model_copy(update={"backbone": str(tmp_path / "nope")}), training=False,
+                        workdir=tmp_path)
     with pytest.raises(UserError, match="model_type"):
-        load_classifier(tiny_llama_cfg.model_copy(update={"random_init": {"hidden_size": 8}}), training=False, workdir=tmp_path)
+        load_classifier(tiny_llama_cfg.model_copy(update={"random_init": {"hidden_size": 8}}), training=False,
+                        workdir=tmp_path)

@@ -19,7 +19,8 @@ KW = dict(max_length=96, progress=False)
 
 
 def _train(cfg, df, out, wd, seed=0, steps=3):
-    tc = TrainConfig(max_steps=steps, batch_size=4, grad_accum=1, learning_rate=2e-2, warmup_ratio=0.0, swap_augmentation="none")
+    tc = TrainConfig(max_steps=steps, batch_size=4, grad_accum=1, learning_rate=2e-2, warmup_ratio=0.0,
+                     swap_augmentation="none")
     return train_classifier(cfg, tc, RenderConfig(max_length=96), df, None, out, seed=seed, workdir=wd, progress=False)
 
 
@@ -60,7 +61,8 @@ def test_average_of_identical_adapters_is_that_adapter(trained, tmp_path):
     soup = average_adapters([a.adapter_dir] * 3, tmp_path / "soup")
     model, tok, _ = load_classifier(cfg, training=False, workdir=wd, adapter=soup)
     ref, _tok, _ = load_classifier(cfg, training=False, workdir=wd, adapter=a.adapter_dir)
-    np.testing.assert_allclose(predict_logits(model, tok, df, **KW), predict_logits(ref, _tok, df, **KW), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(predict_logits(model, tok, df, **KW), predict_logits(ref, _tok, df, **KW),
+                               atol=1e-6, rtol=0)
 
 
 def test_average_is_the_elementwise_mean_of_lora_and_head(trained, tmp_path):
@@ -71,13 +73,15 @@ def test_average_is_the_elementwise_mean_of_lora_and_head(trained, tmp_path):
     assert any("score" in k for k in ws) and any("lora_A" in k for k in ws) and any("lora_B" in k for k in ws)
     for k in ws:
         np.testing.assert_allclose(ws[k].numpy(), (wa[k].numpy() + wb[k].numpy()) / 2, atol=1e-7)
-    assert not np.allclose(wa[next(k for k in ws if "lora_B" in k)].numpy(), wb[next(k for k in ws if "lora_B" in k)].numpy())
+    lora_b = next(k for k in ws if "lora_B" in k)
+    assert not np.allclose(wa[lora_b].numpy(), wb[lora_b].numpy())
     assert json.loads((soup / "soup.json").read_text())["folds"] == [str(a.adapter_dir), str(b.adapter_dir)]
 
 
 def test_average_refuses_adapters_of_different_rank(trained, tmp_path):
     cfg, wd, df, a, _ = trained
-    other = _train(cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"r": 2})}), df.head(4), tmp_path / "r2", wd, steps=1)
+    other = _train(cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"r": 2})}), df.head(4), tmp_path / "r2",
+                   wd, steps=1)
     with pytest.raises(UserError, match="'r'"):
         average_adapters([a.adapter_dir, other.adapter_dir], tmp_path / "soup")
     assert not (tmp_path / "soup").exists()
@@ -89,4 +93,5 @@ def test_full_finetune_saves_and_reloads_the_whole_model(tiny_llama_cfg, tiny_pa
     assert (res.adapter_dir / "config.json").is_file() and not (res.adapter_dir / "adapter_config.json").exists()
     model, tok, info = load_classifier(cfg, training=False, workdir=tmp_path, adapter=res.adapter_dir)
     assert info["source"] == str(res.adapter_dir)
-    np.testing.assert_array_equal(predict_logits(model, tok, tiny_pairs, **KW), predict_logits(res.model, res.tokenizer, tiny_pairs, **KW))
+    np.testing.assert_array_equal(predict_logits(model, tok, tiny_pairs, **KW),
+                                  predict_logits(res.model, res.tokenizer, tiny_pairs, **KW))

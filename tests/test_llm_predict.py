@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 KW = dict(max_length=96, truncation="budget", prompt_fraction=0.2, progress=False)
 
 
-TINY_BERT = {"model_type": "bert", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-             "max_position_embeddings": 128}
+TINY_BERT = {"model_type": "bert", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+             "num_attention_heads": 2, "max_position_embeddings": 128}
 
 
 @pytest.fixture(scope="module", params=["gemma2", "llama", "bert"])
@@ -90,7 +90,8 @@ def test_padding_side_and_batch_composition_do_not_change_logits(tiny_model, tin
     mixed = logits_for_ids(model, pair, pad, tokens_per_batch=10_000, max_batch_size=2, padding_side="left")
     assert len(seqs[order[-1]]) - len(seqs[order[0]]) > 10
     np.testing.assert_allclose(right, alone, atol=1e-5, rtol=0)
-    if info["pooling"] == "first_token":  # encoders pool the first position: only right padding is valid (the engine's side)
+    # encoders pool the first position: only right padding is valid (the engine's side)
+    if info["pooling"] == "first_token":
         assert not np.allclose(left, alone, atol=1e-5)
         return
     np.testing.assert_allclose(left, alone, atol=1e-5, rtol=0)
@@ -107,7 +108,9 @@ def test_tta_is_exactly_symmetric(tiny_model, tiny_pairs):
     np.testing.assert_allclose(sw["orig"], out["swap"][:, [1, 0, 2]], atol=1e-6, rtol=0)
     # avg is a mean of log-probabilities: its exp sums to <= 1 and it lies between the two members
     lsm = lambda x: x - np.log(np.exp(x).sum(1, keepdims=True))  # noqa: E731
-    np.testing.assert_allclose(out["avg"], (lsm(out["orig"].astype(np.float64)) + lsm(out["swap"].astype(np.float64))) / 2, atol=1e-6)
+    np.testing.assert_allclose(out["avg"],
+                               (lsm(out["orig"].astype(np.float64)) + lsm(out["swap"].astype(np.float64))) / 2,
+                               atol=1e-6)
     assert not np.allclose(out["orig"], out["swap"])  # the model is not trivially symmetric
 
 
@@ -149,12 +152,14 @@ def test_two_processes_give_the_same_logits_as_one(tiny_llama_cfg, tiny_pairs_ro
     import multiprocessing as mp
 
     wd = tmp_path / "wd"
-    model, tok, _ = load_classifier(tiny_llama_cfg, training=False, workdir=wd)  # also builds the shared random backbone
+    # also builds the shared random backbone
+    model, tok, _ = load_classifier(tiny_llama_cfg, training=False, workdir=wd)
     single = predict_logits(model, tok, tiny_pairs, tokens_per_batch=10_000, max_batch_size=64, **KW)
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
     port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, 2, port, tiny_llama_cfg.model_dump_json(), str(wd), tiny_pairs_rows, queue))
+    cfg_json = tiny_llama_cfg.model_dump_json()
+    procs = [ctx.Process(target=_worker, args=(r, 2, port, cfg_json, str(wd), tiny_pairs_rows, queue))
              for r in range(2)]
     for p in procs:
         p.start()

@@ -38,8 +38,13 @@ def test_top_layers_stops_backward_below_the_adapted_layers():
     m = apply_lora(_model(), LoraConfig(r=4, alpha=8, top_layers=2))
     needs_grad = {}
     layers = m.base_model.model.model.layers
+    def record(i):
+        def hook(mod, inp, out):
+            needs_grad[i] = (out[0] if isinstance(out, tuple) else out).requires_grad
+        return hook
+
     for i, layer in enumerate(layers):
-        layer.register_forward_hook(lambda mod, inp, out, i=i: needs_grad.__setitem__(i, (out[0] if isinstance(out, tuple) else out).requires_grad))
+        layer.register_forward_hook(record(i))
     out = m(input_ids=torch.randint(1, 100, (2, 8)), labels=torch.tensor([0, 2]))
     out.loss.backward()
     # layers 0-1 have no trainable parameters and no grad-requiring input: autograd never walks through them

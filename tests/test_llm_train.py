@@ -1,4 +1,5 @@
-"""arena_kd.llm.train: overfitting, pluggable loss + teacher logits, swap augmentation, grad-accum equivalence, resume, quantized bases."""
+"""arena_kd.llm.train: overfitting, pluggable loss + teacher logits, swap augmentation, grad-accum equivalence,
+resume, quantized bases."""
 
 from __future__ import annotations
 
@@ -55,8 +56,8 @@ def test_loss_fn_sees_teacher_logits_and_both_orientations(tiny_gemma2_cfg, tiny
         kl = (logits.log_softmax(-1) - batch["teacher_logits"].mean(1).log_softmax(-1)).pow(2).mean()
         return ce + 0.1 * kl, {"ce": float(ce.detach()), "kl": float(kl.detach())}
 
-    train_classifier(tiny_gemma2_cfg, _tc(batch_size=4, swap_augmentation="both", group_by_length=False), RENDER, df, None,
-                     tmp_path / "run", seed=0, workdir=tmp_path, loss_fn=loss_fn, progress=False)
+    train_classifier(tiny_gemma2_cfg, _tc(batch_size=4, swap_augmentation="both", group_by_length=False), RENDER, df,
+                     None, tmp_path / "run", seed=0, workdir=tmp_path, loss_fn=loss_fn, progress=False)
     b = seen[0]
     assert b["labels"].shape == (8,) and b["teacher_logits"].shape == (8, 2, 3)
     lab, t = b["labels"].numpy(), b["teacher_logits"].numpy()
@@ -69,7 +70,8 @@ def test_loss_fn_sees_teacher_logits_and_both_orientations(tiny_gemma2_cfg, tiny
 
 
 def test_random_swap_is_seeded_per_row_and_epoch():
-    items = [{"row": i, "ids": [1, 2, 3 + i], "ids_swapped": [1, 3 + i, 2], "label": i % 3, "teacher": None} for i in range(64)]
+    items = [{"row": i, "ids": [1, 2, 3 + i], "ids_swapped": [1, 3 + i, 2], "label": i % 3, "teacher": None}
+             for i in range(64)]
     c = PairCollator(pad_token_id=0, padding_side="right", swap="random", seed=7, position_ids=True)
     a = c(items)
     again = PairCollator(pad_token_id=0, padding_side="right", swap="random", seed=7, position_ids=True)(items)
@@ -86,20 +88,22 @@ def test_random_swap_is_seeded_per_row_and_epoch():
 
 @pytest.mark.parametrize("rows,small,big", [(4, (2, 2), (4, 1)), (3, (2, 2), (3, 1))])
 def test_grad_accumulation_matches_one_big_batch(tiny_llama_cfg, tiny_pairs, tmp_path, rows, small, big):
-    """One SGD step: batch 2 x accum 2 == batch 4 x accum 1 (and uneven micro-batches 2+1 == 3), via num_items_in_batch."""
+    """One SGD step: batch 2 x accum 2 == batch 4 x accum 1 (and uneven micro-batches 2+1 == 3), via
+    num_items_in_batch."""
     df = tiny_pairs.head(rows)
     states, losses = [], []
     for bs, ga in (small, big):
         out = tmp_path / f"b{bs}a{ga}"
-        res = train_classifier(tiny_llama_cfg, _tc(batch_size=bs, grad_accum=ga, optim="sgd", learning_rate=0.5, max_grad_norm=1e9,
-                                                   group_by_length=False, max_steps=1),
+        res = train_classifier(tiny_llama_cfg, _tc(batch_size=bs, grad_accum=ga, optim="sgd", learning_rate=0.5,
+                                                   max_grad_norm=1e9, group_by_length=False, max_steps=1),
                                RENDER, df, None, out, seed=0, workdir=tmp_path, progress=False)
         states.append(_lora_state(res.model))
         losses.append([json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][0]["loss"])
     for k in states[0]:
         np.testing.assert_allclose(states[0][k].numpy(), states[1][k].numpy(), atol=2e-6, rtol=1e-5, err_msg=k)
     lora_b = [k for k in states[0] if "lora_B" in k]
-    assert lora_b and all(float(states[0][k].abs().max()) > 0 for k in lora_b)  # the step moved the (zero-initialised) B
+    # the step moved the (zero-initialised) B
+    assert lora_b and all(float(states[0][k].abs().max()) > 0 for k in lora_b)
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
 
 
@@ -115,37 +119,42 @@ class _StopAt(TrainerCallback):
 def test_resume_from_checkpoint_reaches_the_same_weights(tiny_gemma2_cfg, tiny_pairs, tmp_path):
     df = tiny_pairs.head(12)
     tc = _tc(epochs=2, batch_size=4, swap_augmentation="random", save_steps=2, group_by_length=True)
-    full = train_classifier(tiny_gemma2_cfg, tc, RENDER, df, None, tmp_path / "full", seed=3, workdir=tmp_path, progress=False)
+    full = train_classifier(tiny_gemma2_cfg, tc, RENDER, df, None, tmp_path / "full", seed=3, workdir=tmp_path,
+                            progress=False)
     with pytest.raises(KeyboardInterrupt):
-        train_classifier(tiny_gemma2_cfg, tc, RENDER, df, None, tmp_path / "cut", seed=3, workdir=tmp_path, progress=False,
-                         callbacks=[_StopAt(5)])
+        train_classifier(tiny_gemma2_cfg, tc, RENDER, df, None, tmp_path / "cut", seed=3, workdir=tmp_path,
+                         progress=False, callbacks=[_StopAt(5)])
     assert (tmp_path / "cut" / "checkpoints" / "checkpoint-4").is_dir()
     assert not (tmp_path / "cut" / "train_result.json").exists()
     # checkpoints of other settings are never resumed
     import shutil
 
     shutil.copytree(tmp_path / "cut", tmp_path / "other")
-    changed = train_classifier(tiny_gemma2_cfg, tc.model_copy(update={"learning_rate": 1e-3}), RENDER, df, None, tmp_path / "other",
-                               seed=3, workdir=tmp_path, progress=False)
+    changed = train_classifier(tiny_gemma2_cfg, tc.model_copy(update={"learning_rate": 1e-3}), RENDER, df, None,
+                               tmp_path / "other", seed=3, workdir=tmp_path, progress=False)
     assert changed.metrics["resumed_from"] is None and changed.metrics["global_step"] == 6
-    resumed = train_classifier(tiny_gemma2_cfg, tc, RENDER, df, None, tmp_path / "cut", seed=3, workdir=tmp_path, progress=False)
+    resumed = train_classifier(tiny_gemma2_cfg, tc, RENDER, df, None, tmp_path / "cut", seed=3, workdir=tmp_path,
+                               progress=False)
     assert resumed.metrics["resumed_from"].endswith("checkpoint-4")
     a, b = _lora_state(full.model), _lora_state(resumed.model)
     assert a.keys() == b.keys() and a
     for k in a:
         np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), atol=1e-6, rtol=1e-5, err_msg=k)
     # a finished run with the same settings is reloaded, not retrained
-    again = train_classifier(tiny_gemma2_cfg, tc, RENDER, df, None, tmp_path / "cut", seed=3, workdir=tmp_path, progress=False)
+    again = train_classifier(tiny_gemma2_cfg, tc, RENDER, df, None, tmp_path / "cut", seed=3, workdir=tmp_path,
+                             progress=False)
     assert again.metrics["global_step"] == resumed.metrics["global_step"]
     np.testing.assert_allclose(predict_logits(again.model, again.tokenizer, df, max_length=96, progress=False),
-                               predict_logits(resumed.model, resumed.tokenizer, df, max_length=96, progress=False), atol=1e-6)
+                               predict_logits(resumed.model, resumed.tokenizer, df, max_length=96, progress=False),
+                               atol=1e-6)
 
 
 @pytest.mark.parametrize("quant", ["4bit", "8bit"])
 def test_quantized_base_trains_a_step_and_predicts_on_cpu(tiny_llama_cfg, tiny_pairs, tmp_path, quant):
     cfg = tiny_llama_cfg.model_copy(update={"quantization": quant, "gradient_checkpointing": True})
     df = tiny_pairs.head(4)
-    res = train_classifier(cfg, _tc(max_steps=2, batch_size=2), RENDER, df, None, tmp_path / "run", seed=0, workdir=tmp_path, progress=False)
+    res = train_classifier(cfg, _tc(max_steps=2, batch_size=2), RENDER, df, None, tmp_path / "run", seed=0,
+                           workdir=tmp_path, progress=False)
     assert res.info["quantization"] == quant
     layer = res.model.get_base_model().model.layers[0].self_attn.q_proj.base_layer
     assert type(layer).__name__ == ("Linear4bit" if quant == "4bit" else "Linear8bitLt")
@@ -153,7 +162,8 @@ def test_quantized_base_trains_a_step_and_predicts_on_cpu(tiny_llama_cfg, tiny_p
     assert out.shape == (4, 3) and np.isfinite(out).all()
     assert res.metrics["global_step"] == 2 and np.isfinite(res.metrics["train_loss"])
     b = [v for k, v in res.model.named_parameters() if "lora_B" in k]
-    assert b and all(float(v.detach().abs().max()) > 0 for v in b)  # gradients flowed through the checkpointed k-bit base
+    # gradients flowed through the checkpointed k-bit base
+    assert b and all(float(v.detach().abs().max()) > 0 for v in b)
     # the saved adapter loads onto a freshly quantized base for inference and gives the same logits
     from arena_kd.llm.loading import load_classifier
 
@@ -166,7 +176,8 @@ def test_missing_label_in_training_rows_is_a_user_error(tiny_llama_cfg, tiny_pai
     df = tiny_pairs.head(4).copy()
     df.loc[2, "label"] = None
     with pytest.raises(UserError, match=r"row 2, column 'label'"):
-        train_classifier(tiny_llama_cfg, _tc(max_steps=1), RENDER, df, None, tmp_path / "run", seed=0, workdir=tmp_path, progress=False)
+        train_classifier(tiny_llama_cfg, _tc(max_steps=1), RENDER, df, None, tmp_path / "run", seed=0, workdir=tmp_path,
+                         progress=False)
 
 
 def test_length_grouped_sampler_is_seeded_per_epoch_and_groups_lengths():
@@ -193,10 +204,11 @@ def test_bpe_tokenizer_texts_can_be_shared_across_folds(tiny_llama_cfg, tiny_pai
     cfg = tiny_llama_cfg.model_copy(update={"tokenizer": "bpe:300"})
     texts = frame_texts(tiny_pairs)
     tc = _tc(max_steps=1)
-    a = train_classifier(cfg, tc, RENDER, tiny_pairs.head(8), None, tmp_path / "f0", seed=0, workdir=tmp_path, progress=False,
-                         tokenizer_texts=texts)
-    b = train_classifier(cfg, tc, RENDER, tiny_pairs.iloc[8:16], None, tmp_path / "f1", seed=0, workdir=tmp_path, progress=False,
-                         tokenizer_texts=texts)
-    c = train_classifier(cfg, tc, RENDER, tiny_pairs.iloc[8:16], None, tmp_path / "f2", seed=0, workdir=tmp_path, progress=False)
+    a = train_classifier(cfg, tc, RENDER, tiny_pairs.head(8), None, tmp_path / "f0", seed=0, workdir=tmp_path,
+                         progress=False, tokenizer_texts=texts)
+    b = train_classifier(cfg, tc, RENDER, tiny_pairs.iloc[8:16], None, tmp_path / "f1", seed=0, workdir=tmp_path,
+                         progress=False, tokenizer_texts=texts)
+    c = train_classifier(cfg, tc, RENDER, tiny_pairs.iloc[8:16], None, tmp_path / "f2", seed=0, workdir=tmp_path,
+                         progress=False)
     assert a.tokenizer.get_vocab() == b.tokenizer.get_vocab()
     assert c.tokenizer.get_vocab() != a.tokenizer.get_vocab()  # default: the fold's own texts

@@ -121,7 +121,9 @@ def test_resume_keys_are_the_keys_written_before_the_losses_moved():
     # hand values: what llm.train.loss_key returned for these losses before issue 15 (closures in student.losses and
     # llm.train); a finished fold's train_result.json carries them, so they must not change
     fn = DistillationLoss(alpha=0.5, temperature=2.0, label_smoothing=0.1, teacher_weights=[0.25, 0.75])
-    assert loss_key(fn) == "student.losses|distillation_loss(alpha=0.5,T=2.0,ls=0.1,w=[0.25, 0.75])|0.5|0.1|[0.25, 0.75]|2.0"
-    assert loss_key(DistillationLoss(alpha=0.7)) == "student.losses|distillation_loss(alpha=0.7,T=1.0,ls=0.0,w=None)|0.7|0.0|None|1.0"
+    assert loss_key(fn) == ("student.losses|distillation_loss(alpha=0.5,T=2.0,ls=0.1,w=[0.25, 0.75])"
+                            "|0.5|0.1|[0.25, 0.75]|2.0")
+    assert loss_key(DistillationLoss(alpha=0.7)) == ("student.losses|distillation_loss(alpha=0.7,T=1.0,ls=0.0,w=None)"
+                                                     "|0.7|0.0|None|1.0")
     assert loss_key(hard_label_ce) == "llm.train|hard_label_ce" and hard_label_ce.name() == "hard_label_ce"
     assert loss_key(None) == "ce"

@@ -1,4 +1,5 @@
-"""Fold soup: one initialisation for every fold, the exact soup = the mean of the fold deltas, merging a 4-bit student."""
+"""Fold soup: one initialisation for every fold, the exact soup = the mean of the fold deltas, merging a 4-bit
+student."""
 
 from __future__ import annotations
 
@@ -28,9 +29,10 @@ class InitialWeights(TrainerCallback):
 
 
 def _train(cfg, df, out, wd, *, seed, init_seed, steps=3, callbacks=None):
-    tc = TrainConfig(max_steps=steps, batch_size=4, grad_accum=1, learning_rate=2e-2, warmup_ratio=0.0, swap_augmentation="none")
-    return train_classifier(cfg, tc, RenderConfig(max_length=96), df, None, out, seed=seed, init_seed=init_seed, workdir=wd,
-                            progress=False, callbacks=callbacks)
+    tc = TrainConfig(max_steps=steps, batch_size=4, grad_accum=1, learning_rate=2e-2, warmup_ratio=0.0,
+                     swap_augmentation="none")
+    return train_classifier(cfg, tc, RenderConfig(max_length=96), df, None, out, seed=seed, init_seed=init_seed,
+                            workdir=wd, progress=False, callbacks=callbacks)
 
 
 @pytest.fixture(scope="module")
@@ -76,11 +78,13 @@ def test_exact_soup_merged_delta_is_the_mean_of_the_fold_deltas(folds, tmp_path)
     assert worst < 1e-5
     soup_cfg = json.loads((exact / "adapter_config.json").read_text())
     src_cfg = json.loads((a.adapter_dir / "adapter_config.json").read_text())
-    assert soup_cfg["r"] == 2 * src_cfg["r"] and soup_cfg["lora_alpha"] / soup_cfg["r"] == src_cfg["lora_alpha"] / src_cfg["r"]
+    assert soup_cfg["r"] == 2 * src_cfg["r"]
+    assert soup_cfg["lora_alpha"] / soup_cfg["r"] == src_cfg["lora_alpha"] / src_cfg["r"]
     assert json.loads((exact / "soup.json").read_text())["mode"] == "exact"
     # the element-wise average is not the mean of the deltas (cross terms (B1-B2)(A1-A2)/4 remain)
     dv = _delta(cfg, wd, average_adapters([a.adapter_dir, b.adapter_dir], tmp_path / "avg"))
-    assert max(float((dv[n] - (da.get(n, 0) + db.get(n, 0)) / 2).abs().max()) for n in dv if "lora" not in n and "score" not in n) > 1e-5
+    assert max(float((dv[n] - (da.get(n, 0) + db.get(n, 0)) / 2).abs().max())
+               for n in dv if "lora" not in n and "score" not in n) > 1e-5
 
 
 def test_soup_modes_and_refusals(folds, tmp_path):
@@ -114,6 +118,7 @@ def test_4bit_student_merges_into_its_dequantised_weights(tiny_gemma2_cfg, tmp_p
     assert not any("lora_" in n for n, _ in merged.named_parameters()) and merged.dtype == torch.float32
     got = reference_logits(merged, ids)
     assert np.abs(got - want).max() < 1e-4
-    naive, _, _ = load_classifier(cfg.model_copy(update={"quantization": "none"}), training=False, workdir=tmp_path, adapter=trained.adapter_dir)
+    naive, _, _ = load_classifier(cfg.model_copy(update={"quantization": "none"}), training=False, workdir=tmp_path,
+                                  adapter=trained.adapter_dir)
     naive_err = np.abs(reference_logits(merge_and_unload(naive), ids) - want).max()
     assert naive_err > 10 * np.abs(got - want).max()
