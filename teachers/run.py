@@ -186,8 +186,9 @@ def _soft_label_frame(ids: pd.Series, names: list[str], logits: list[np.ndarray]
     return out
 
 
-def format_table(rows: list[tuple[str, float | None, dict[str, float]]]) -> str:
-    """Plain-text table: name, weight, OOF log loss, accuracy, rows."""
+def teacher_table(rows: list[tuple[str, float | None, dict[str, float]]]) -> str:
+    """The console table of the teachers stage (fixed-width text, not the reports' Markdown
+    ``common.tables.format_table``): name, weight, OOF log loss, accuracy, rows."""
     lines = [f"{'teacher':<28} {'weight':>7} {'oof_logloss':>12} {'accuracy':>9} {'rows':>7}"]
     for name, w, m in rows:
         ws = f"{w:7.3f}" if w is not None else f"{'-':>7}"
@@ -231,7 +232,7 @@ def combine_teachers(cfg: PipelineConfig, data: TrainingData, oofs: dict[str, pd
         main_write(write_keyed_table, teachers_dir(cfg) / "soft_labels_extra.parquet", ex_soft,
                    {**meta, "rows": "data.extra pseudo-labels (no labels: metrics are those of the training OOF)"})
     rows = [(n, float(w), per_teacher[n]) for n, w in zip(names, weights)] + [("ENSEMBLE", None, ensemble)]
-    print(format_table(rows))
+    print(teacher_table(rows))
     print(f"soft labels: {out} (weights={cfg.teachers.combine.weights}, T={T})")
     return meta
 
