@@ -91,7 +91,8 @@ def check_coverage(path: str | Path, have_ids: pd.Series, need_ids: pd.Series, w
 
 def oof_logits(table: pd.DataFrame, ids: pd.Series) -> np.ndarray:
     """float64 [n,3] LOGIT_COLUMNS of an id-keyed table for ``ids`` in that order (NaN rows where an id is absent)."""
-    return ids.to_frame().merge(table, on="id", how="left")[list(LOGIT_COLUMNS)].to_numpy(dtype=np.float64)
+    rows = pd.DataFrame({"id": ids.to_numpy()}).merge(table, on="id", how="left")
+    return rows[list(LOGIT_COLUMNS)].to_numpy(dtype=np.float64)
 
 
 def align_logits(path: str | Path, table: pd.DataFrame, ids: pd.Series) -> np.ndarray:

@@ -116,6 +116,28 @@ def tta_frame(ids: pd.Series, fold: int, tta: dict[str, np.ndarray]) -> pd.DataF
     return out
 
 
+def mean_fold_logprobs(paths: list[Path], ids: pd.Series, hashes: dict[str, str],
+                       groups: tuple[tuple[str, ...], ...] = (LOGIT_COLUMNS,)) -> pd.DataFrame:
+    """id + every column of ``groups`` (class-order triples) for ``ids`` in that order: the mean over the fold files
+    ``paths`` (each hash-checked) of the log-softmax of each triple, float32. How the fold models of a stage predict
+    rows none of them trained on (the teachers' data.extra, the student's held-out rows)."""
+    from scipy.special import log_softmax
+
+    parts: dict[tuple[str, ...], list[np.ndarray]] = {g: [] for g in groups}
+    for path in paths:
+        df, meta = read_keyed_table(path)
+        check_hashes(path, meta, hashes)
+        df = pd.DataFrame({"id": ids.astype(str).to_numpy()}).merge(df, on="id", how="left")
+        for g in groups:
+            parts[g].append(log_softmax(df[list(g)].to_numpy(dtype=np.float64), axis=1))
+    out = pd.DataFrame({"id": ids.astype(str).to_numpy()})
+    for g in groups:
+        mean = np.mean(parts[g], axis=0)
+        for j, c in enumerate(g):
+            out[c] = mean[:, j].astype(np.float32)
+    return out
+
+
 def remove_checkpoints(out_dir: str | Path) -> None:
     """Delete HF Trainer checkpoints (``checkpoints/``, ``checkpoint-*``) under ``out_dir``.
 

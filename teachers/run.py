@@ -30,7 +30,7 @@ from arena_kd.kfold import dist
 from arena_kd.kfold.dist import main_write
 from arena_kd.kfold.fold_model import train_and_predict
 from arena_kd.kfold.oof import align_logits, oof_logits, read_teacher_logits
-from arena_kd.kfold.runner import FaultInjector, check_hashes, fold_metrics, model_meta, run_folds
+from arena_kd.kfold.runner import FaultInjector, fold_metrics, mean_fold_logprobs, model_meta, run_folds
 from arena_kd.kfold.soft_labels import teacher_columns
 from arena_kd.kfold.training_data import TrainingData, load_training_data
 from arena_kd.llm.train import frame_texts
@@ -133,15 +133,7 @@ def _model_teacher(cfg: PipelineConfig, t: TeacherConfig, data: TrainingData, ex
 
 def _average_extra(out_dir: Path, folds: list[int], extra: pd.DataFrame, hashes: dict[str, str]) -> None:
     """Mean of the fold models' log-probabilities on data.extra → <name>/extra.parquet."""
-    logps = []
-    for k in folds:
-        df, meta = read_keyed_table(out_dir / f"extra_fold{k}.parquet")
-        check_hashes(out_dir / f"extra_fold{k}.parquet", meta, hashes)
-        logps.append(temper_logits(oof_logits(df, extra["id"].astype(str))))
-    mean = np.mean(logps, axis=0)
-    out = pd.DataFrame({"id": extra["id"].astype(str).to_numpy()})
-    for j, c in enumerate(LOGIT_COLUMNS):
-        out[c] = mean[:, j].astype(np.float32)
+    out = mean_fold_logprobs([out_dir / f"extra_fold{k}.parquet" for k in folds], extra["id"], hashes)
     main_write(write_keyed_table, out_dir / "extra.parquet", out,
                {"folds": folds, "hashes": hashes, "reduction": "mean log-softmax over fold models"})
 
