@@ -29,7 +29,8 @@ def parse_time_budget(text: str | int | float, source: str = "--time-budget") ->
         else:
             parts = _PART.findall(s)
             units = [u for _, u in parts]
-            if not s or "".join(n + u for n, u in parts) != s or len(set(units)) != len(units) or units != sorted(units, key="dhms".index):
+            if (not s or "".join(n + u for n, u in parts) != s or len(set(units)) != len(units)
+                    or units != sorted(units, key="dhms".index)):
                 raise UserError(f"{source}: '{text}' is not a time budget (use e.g. 30600, 8h30m, 45m, 90s)")
             seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
     if not seconds > 0 or seconds == float("inf"):

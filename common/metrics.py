@@ -44,7 +44,8 @@ BOOTSTRAP_DRAWS = 2000
 
 
 def row_log_loss(labels: np.ndarray, probs: np.ndarray, eps: float = EPS) -> np.ndarray:
-    """float64[n]: each row's term of :func:`log_loss` (same renormalisation and clipping); their mean is the log loss."""
+    """float64[n]: each row's term of :func:`log_loss` (same renormalisation and clipping); their mean is the log
+    loss."""
     p = np.asarray(probs, dtype=np.float64)
     p = np.clip(p / p.sum(axis=1, keepdims=True), eps, 1 - eps)
     y = np.asarray(labels, dtype=np.int64)
@@ -70,7 +71,8 @@ def bootstrap_mean(values: np.ndarray, groups: np.ndarray | None = None, *, draw
     v = np.asarray(values, dtype=np.float64)
     n = len(v)
     idx, g = _group_index(groups, n)
-    out = {"mean": float(v.mean()) if n else float("nan"), "lo": float("nan"), "hi": float("nan"), "n": int(n), "groups": int(g)}
+    out = {"mean": float(v.mean()) if n else float("nan"), "lo": float("nan"), "hi": float("nan"), "n": int(n),
+           "groups": int(g)}
     if g < 2:
         return out
     sums = np.bincount(idx, weights=v, minlength=g)
@@ -87,12 +89,14 @@ def bootstrap_mean(values: np.ndarray, groups: np.ndarray | None = None, *, draw
     return out
 
 
-def log_loss_interval(labels: np.ndarray, probs: np.ndarray, groups: np.ndarray | None = None, **kw) -> dict[str, float]:
+def log_loss_interval(labels: np.ndarray, probs: np.ndarray, groups: np.ndarray | None = None,
+                      **kw) -> dict[str, float]:
     """Log loss with a bootstrap interval (see :func:`bootstrap_mean`)."""
     return bootstrap_mean(row_log_loss(labels, probs), groups, **kw)
 
 
-def log_loss_difference(labels: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, groups: np.ndarray | None = None, **kw) -> dict[str, float]:
+def log_loss_difference(labels: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray,
+                        groups: np.ndarray | None = None, **kw) -> dict[str, float]:
     """Paired difference log_loss(a) − log_loss(b) on the same rows, with a bootstrap interval (same resamples for
     both: the interval of the difference, much narrower than the two separate intervals suggest).
     Negative = a is better."""

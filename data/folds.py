@@ -25,7 +25,8 @@ def prompt_groups(df: pd.DataFrame) -> np.ndarray:
     for turns in df["prompt"]:
         first = turns[0] if len(turns) and isinstance(turns[0], str) else ""
         norm = " ".join(first.split()).casefold()
-        keys.append(int.from_bytes(hashlib.blake2b(norm.encode("utf-8", "replace"), digest_size=8).digest(), "little") >> 1)
+        digest = hashlib.blake2b(norm.encode("utf-8", "replace"), digest_size=8).digest()
+        keys.append(int.from_bytes(digest, "little") >> 1)
     return np.asarray(keys, dtype=np.int64)
 
 
@@ -57,7 +58,8 @@ def load_folds(path: str | Path) -> pd.DataFrame:
     except Exception as exc:
         raise UserError(f"{p}: unreadable folds file ({type(exc).__name__}); delete it to recreate") from None
     if list(folds.columns[:2]) != ["id", "fold"]:
-        raise UserError(f"{p}: folds file must have columns id,fold (has {', '.join(map(str, folds.columns))}); delete it to recreate")
+        raise UserError(f"{p}: folds file must have columns id,fold (has {', '.join(map(str, folds.columns))}); "
+                        "delete it to recreate")
     if folds["id"].duplicated().any():
         dup = folds.loc[folds["id"].duplicated(), "id"].iloc[0]
         raise UserError(f"{p}: duplicate id {dup!r} in folds file; delete it to recreate")
@@ -78,7 +80,8 @@ def make_or_load_folds(df: pd.DataFrame, path: str | Path, n_folds: int, seed: i
         folds = load_folds(p)
         found = folds["fold"].nunique()
         if found != n_folds or folds["fold"].max() != n_folds - 1:
-            raise UserError(f"{p}: folds file has {found} folds but the config asks for {n_folds}; delete it or set folds.file to a new path")
+            raise UserError(f"{p}: folds file has {found} folds but the config asks for {n_folds}; "
+                            "delete it or set folds.file to a new path")
         mapping = dict(zip(folds["id"], folds["fold"]))
         missing = [i for i in ids if i not in mapping]
         if missing:

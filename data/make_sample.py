@@ -1,6 +1,7 @@
 """Build the embedded real sample in data/sample/ from the shared source files (deterministic).
 
-    python -m arena_kd.data.make_sample [--source /work/shared/data] [--out data/sample] [--seed 0] [--test-fraction 0.2]
+    python -m arena_kd.data.make_sample [--source /work/shared/data] [--out data/sample] [--seed 0] \\
+        [--test-fraction 0.2]
 
 Combines mtbench_human.csv and hh_harmless.csv (already in the Kaggle train.csv layout),
 splits them grouped by prompt (the first user turn, as in data/folds.py) into ~80% train /

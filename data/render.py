@@ -87,12 +87,15 @@ def chat_wrap(tokenizer) -> tuple[list[int], list[int]]:
     if not getattr(tokenizer, "chat_template", None):
         from arena_kd.common.errors import UserError
 
-        raise UserError(f"render.template=chat: tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template; use template: blocks")
-    text = tokenizer.apply_chat_template([{"role": "user", "content": _SENTINEL}], tokenize=False, add_generation_prompt=True)
+        raise UserError(f"render.template=chat: tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat "
+                        "template; use template: blocks")
+    text = tokenizer.apply_chat_template([{"role": "user", "content": _SENTINEL}], tokenize=False,
+                                         add_generation_prompt=True)
     if _SENTINEL not in text:
         from arena_kd.common.errors import UserError
 
-        raise UserError(f"render.template=chat: the chat template of {getattr(tokenizer, 'name_or_path', '')!r} does not keep the message text verbatim; use template: blocks")
+        raise UserError(f"render.template=chat: the chat template of {getattr(tokenizer, 'name_or_path', '')!r} "
+                        "does not keep the message text verbatim; use template: blocks")
     pre, _, post = text.partition(_SENTINEL)
     # the template's own text carries its special tokens (e.g. '<bos>', '<|im_start|>'): parse them as specials
     pre_ids = tokenizer(pre, add_special_tokens=False)["input_ids"] if pre else []
@@ -144,7 +147,8 @@ def _cut(ids: list[int], n: int, keep_end: bool) -> list[int]:
 
 
 def _cut_text(text: str, cap: int, keep_end: bool) -> str | None:
-    """At most ``cap`` characters from the kept side, cut at whitespace (so no word is split); None if no whitespace near the cut."""
+    """At most ``cap`` characters from the kept side, cut at whitespace (so no word is split); None if no whitespace
+    near the cut."""
     if keep_end:
         window = text[-cap:]
         k = next((i for i in range(min(len(window), cap // 2)) if window[i].isspace()), -1)
@@ -155,7 +159,8 @@ def _cut_text(text: str, cap: int, keep_end: bool) -> str | None:
 
 
 def _tokenize_fields(tokenizer, texts: list[str], avail: int, keep_end: bool) -> list[list[int]]:
-    """Token ids of each field text; the ``avail`` tokens on the kept side equal those of the whole text (module doc)."""
+    """Token ids of each field text; the ``avail`` tokens on the kept side equal those of the whole text (module
+    doc)."""
     cap = CHARS_PER_TOKEN_CAP * (avail + CUT_MARGIN)
     short = [(_cut_text(t, cap, keep_end) if len(t) > cap else t) for t in texts]
     cut = [s is not None and s is not t for s, t in zip(short, texts)]

@@ -11,7 +11,8 @@ A results file (JSON, schema ``arena-kd/gpu-results/v1``)::
                   "tokens_per_s": ..., "tokens_per_s_full": ..., "peak_gib": ..., "peak_gib_full": ...,
                   "gradient_checkpointing": false, "lora_r": null}, ...],
      "skipped": [{"what": "bnb 8-bit", "why": "bitsandbytes not installed"}],
-     "steps": [{"name": "rehearsal: train + export on CUDA", "status": "ok|failed|skipped", "seconds": 41.0, "detail": "..."}]}
+     "steps": [{"name": "rehearsal: train + export on CUDA", "status": "ok|failed|skipped", "seconds": 41.0,
+                "detail": "..."}]}
 
 ``*_full`` figures are scaled from ``layers_built`` to ``layers_full`` decoder layers (time x full/built; memory: the
 layer-proportional part x full/built), so a short GPU window can stand for the whole model.

@@ -68,10 +68,12 @@ class Estimate:
         return {"name": self.stage, "model": self.model, "precision": self.precision, "hardware": self.hardware,
                 "rows": self.rows, "passes": self.passes, "tokens": self.tokens, "flops": self.flops,
                 "low_s": t[0] if t else None, "expected_s": t[1] if t else None, "high_s": t[2] if t else None,
-                "mem_gib_per_gpu": self.mem_gib, "placement": self.placement, "sources": self.sources, "notes": self.notes}
+                "mem_gib_per_gpu": self.mem_gib, "placement": self.placement, "sources": self.sources,
+                "notes": self.notes}
 
 
-def fixed_stage(stage: str, hardware: str, seconds: tuple[float, float, float], source: str, rows: float = 0) -> Estimate:
+def fixed_stage(stage: str, hardware: str, seconds: tuple[float, float, float], source: str,
+                rows: float = 0) -> Estimate:
     """A stage whose time comes from a rate, not from FLOPs (loading, the stacker)."""
     return Estimate(stage, "-", "-", hardware, rows, 1, 0.0, 0.0, seconds, None, "-", [source])
 
@@ -147,14 +149,16 @@ def efficiency(hw_key: str, precision: str, mode: str, calib: dict[tuple[str, st
 
 
 def _transferred(eff: Efficiency, name: str) -> Efficiency:
-    """Say so when a figure measured on one model (the public runs and the GPU check use Gemma2-9B) stands for another."""
+    """Say so when a figure measured on one model (the public runs and the GPU check use Gemma2-9B) stands for
+    another."""
     if name == "gemma2-9b" or not eff.source.startswith(("public", "calibrated")):
         return eff
     return Efficiency(eff.low, eff.expected, eff.high,
                       f"{eff.source}; measured on Gemma2-9B, applied to {name} per FLOP (assumption)")
 
 
-def forward_flops(arch: Arch, lengths: Lengths, max_length: int, passes: float, which: str = "expected") -> tuple[float, float]:
+def forward_flops(arch: Arch, lengths: Lengths, max_length: int, passes: float,
+                  which: str = "expected") -> tuple[float, float]:
     """(tokens, FLOPs) of ``passes`` forward passes over every row at ``max_length``."""
     tokens = lengths.tokens(max_length, which) * passes
     linear = 2.0 * arch.block_params() * tokens * PADDING_OVERHEAD
@@ -181,7 +185,8 @@ def estimate_inference(stage: str, name: str, arch: Arch, hw_key: str, *, quanti
 
     def mem_at(tpb: float) -> float:
         rows = max(1.0, min(max_batch_size, tpb / max(seq, 1)))
-        return weight_gib(arch, prec) + activation_gib(arch, min(tpb, rows * seq), rows, seq, False, False, eager) + ALLOCATOR_SLACK_GIB
+        activations = activation_gib(arch, min(tpb, rows * seq), rows, seq, False, False, eager)
+        return weight_gib(arch, prec) + activations + ALLOCATOR_SLACK_GIB
 
     tpb = float(tokens_per_batch)
     mem = mem_at(tpb)
@@ -189,7 +194,8 @@ def estimate_inference(stage: str, name: str, arch: Arch, hw_key: str, *, quanti
         tpb /= 2
         mem = mem_at(tpb)
     if tpb < tokens_per_batch:
-        notes.append(f"needs tokens_per_batch <= {int(tpb)} (configured {tokens_per_batch}) to fit {hw.usable_gib:.1f} GiB")
+        notes.append(f"needs tokens_per_batch <= {int(tpb)} (configured {tokens_per_batch}) "
+                     f"to fit {hw.usable_gib:.1f} GiB")
     n_par, where = placement(mem, hw)
     if n_par == 1 and hw.gpus > 1 and mem > hw.usable_gib:
         mem = mem / hw.gpus
@@ -199,7 +205,8 @@ def estimate_inference(stage: str, name: str, arch: Arch, hw_key: str, *, quanti
                     f"mean {lengths.mean(max_length):.0f} tokens/row at max_length {max_length}")
     if prec == "bf16" and not hw.bf16:
         notes.append(f"{hw.name} has no bf16: compute is emulated (use dtype fp16)")
-    sources = [f"throughput: {eff.source}", f"tokens: {lengths.source}", f"memory: {hw.memory_source}; peak: {hw.peak_source}"]
+    sources = [f"throughput: {eff.source}", f"tokens: {lengths.source}",
+               f"memory: {hw.memory_source}; peak: {hw.peak_source}"]
     return Estimate(stage, name, prec, hw_key, lengths.rows, passes, tokens, flops["expected"],
                     _seconds(flops, eff, hw, n_par), mem, where, sources, notes)
 
@@ -215,14 +222,16 @@ def estimate_training(stage: str, name: str, arch: Arch, hw_key: str, *, model: 
     seq = float(min(max_length, lengths.sample.max())) if len(lengths.sample) else float(max_length)
     if model.lora.enabled:
         trainable = arch.lora_params(model.lora.r)
-        state_bytes = 4 + 4 + (2 if "8bit" in optim else 8)  # fp32 params + grads + Adam moments (8-bit optimizers: 2 B)
+        # fp32 params + grads + Adam moments (8-bit optimizers: 2 B)
+        state_bytes = 4 + 4 + (2 if "8bit" in optim else 8)
         frozen = weight_gib(arch, prec)
     else:
         trainable = arch.total_params()
         state_bytes = 2 + 2 + 4 + (2 if "8bit" in optim else 8)
         frozen = 0.0
     mem = (frozen + trainable * state_bytes / 2**30 + ALLOCATOR_SLACK_GIB
-           + activation_gib(arch, batch_size * seq, batch_size, seq, True, model.gradient_checkpointing, uses_eager(model)))
+           + activation_gib(arch, batch_size * seq, batch_size, seq, True, model.gradient_checkpointing,
+                            uses_eager(model)))
     n_par, where = placement(mem, hw)
     eff = _transferred(efficiency(hw_key, prec, "train", calib or {}), name)
     notes = [f"efficiency {eff.low:.3f}/{eff.expected:.3f}/{eff.high:.3f} of {hw.peak_tflops_fp16:g} TFLOPS",

@@ -74,8 +74,9 @@ def local_tokenizer(cfg: PipelineConfig):
                 candidates.append(Path(resolve_path(spec)))
             except UserError:
                 pass
+    tokenizer_files = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
     for c in candidates:
-        if c.is_dir() and any((c / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        if c.is_dir() and any((c / f).is_file() for f in tokenizer_files):
             try:
                 from transformers import AutoTokenizer
 

@@ -122,41 +122,46 @@ def _sum(stages: list[Estimate]) -> tuple[float, float, float] | None:
     return tuple(sum(s.seconds[i] for s in stages) for i in range(3))  # type: ignore[return-value]
 
 
-def _submission_stages(cfg: PipelineConfig, arch: Arch, name: str, lengths: Lengths, calib: dict, **change) -> list[Estimate]:
+def _submission_stages(cfg: PipelineConfig, arch: Arch, name: str, lengths: Lengths, calib: dict,
+                       **change) -> list[Estimate]:
     """Load the export, run the student over the hidden test (TTA = 2 passes), run the stacker — on 2x T4."""
     sub, p, s = cfg.submission, cfg.submission.predict, cfg.student
     max_length = change.get("max_length") or p.max_length or s.predict.max_length or cfg.render.max_length
     tta = change.get("tta", p.tta)
     student = estimate_inference("submission: student inference", name, arch, KAGGLE_HW,
-                                 quantization=change.get("quantization", sub.quantization), dtype=sub.dtype, lengths=lengths,
-                                 max_length=max_length, passes=2 if tta else 1, tokens_per_batch=p.tokens_per_batch,
-                                 max_batch_size=p.max_batch_size, calib=calib, eager=uses_eager(s.model))
+                                 quantization=change.get("quantization", sub.quantization), dtype=sub.dtype,
+                                 lengths=lengths, max_length=max_length, passes=2 if tta else 1,
+                                 tokens_per_batch=p.tokens_per_batch, max_batch_size=p.max_batch_size, calib=calib,
+                                 eager=uses_eager(s.model))
     load = HARDWARE[KAGGLE_HW].gpus * weight_gib(arch, s.export_dtype) / LOAD_GIB_PER_S
     per_row = STACKER_S_PER_ROW["features"] + (STACKER_S_PER_ROW["embeddings"] if cfg.stacking.embedding_model else 0.0)
+    export_gib = weight_gib(arch, s.export_dtype)
+    features = "features + MiniLM" if cfg.stacking.embedding_model else "features"
     return [
         fixed_stage("submission: load export", KAGGLE_HW, tuple(load * f for f in RATE_RANGE),
-                    f"assumption: {LOAD_GIB_PER_S} GiB/s per GPU copy of a {weight_gib(arch, s.export_dtype):.1f} GiB export, x0.5-x2"),
+                    f"assumption: {LOAD_GIB_PER_S} GiB/s per GPU copy of a {export_gib:.1f} GiB export, x0.5-x2"),
         student,
         fixed_stage("submission: stacker", KAGGLE_HW, tuple(lengths.rows * per_row * f for f in RATE_RANGE),
-                    f"assumption: {per_row * 1000:.0f} ms/row (features{' + MiniLM' if cfg.stacking.embedding_model else ''}), x0.5-x2",
-                    lengths.rows),
+                    f"assumption: {per_row * 1000:.0f} ms/row ({features}), x0.5-x2", lengths.rows),
     ]
 
 
-def _alternatives(cfg: PipelineConfig, arch: Arch, name: str, lengths: Lengths, calib: dict, budget_s: float) -> list[dict]:
+def _alternatives(cfg: PipelineConfig, arch: Arch, name: str, lengths: Lengths, calib: dict,
+                  budget_s: float) -> list[dict]:
     sub = cfg.submission
     cur_len = sub.predict.max_length or cfg.student.predict.max_length or cfg.render.max_length
     options: list[tuple[str, dict]] = []
     options.append(("drop TTA (submission.predict.tta=false)", {"tta": False}) if sub.predict.tta
                    else ("add TTA (submission.predict.tta=true)", {"tta": True}))
     if sub.degraded_max_length < cur_len:
-        options.append((f"max length {sub.degraded_max_length} (submission.predict.max_length={sub.degraded_max_length})",
-                        {"max_length": sub.degraded_max_length}))
+        short = sub.degraded_max_length
+        options.append((f"max length {short} (submission.predict.max_length={short})", {"max_length": short}))
     for q in ("4bit", "8bit"):
         if sub.quantization != q:
             options.append((f"{q[0]}-bit weights (submission.quantization={q})", {"quantization": q}))
     if sub.predict.tta and sub.degraded_max_length < cur_len:
-        options.append((f"drop TTA and max length {sub.degraded_max_length}", {"tta": False, "max_length": sub.degraded_max_length}))
+        options.append((f"drop TTA and max length {sub.degraded_max_length}",
+                        {"tta": False, "max_length": sub.degraded_max_length}))
     if sub.predict.tta and sub.quantization != "4bit" and sub.degraded_max_length < cur_len:
         options.append((f"4-bit weights and max length {sub.degraded_max_length}, keep TTA",
                         {"quantization": "4bit", "max_length": sub.degraded_max_length}))
@@ -179,8 +184,8 @@ def _test_lengths(cfg: PipelineConfig, test: str | None, tokenizer, token_source
     source_df = test_df
     if cfg.submission.expected_test_rows is None and len(test_df) < 100:
         rows = KAGGLE_TEST_ROWS
-        notes.append(f"{test_path} has {len(test_df)} rows (Kaggle's public test.csv?): planning for ~{KAGGLE_TEST_ROWS:,} hidden "
-                     "rows (set submission.expected_test_rows)")
+        notes.append(f"{test_path} has {len(test_df)} rows (Kaggle's public test.csv?): planning for "
+                     f"~{KAGGLE_TEST_ROWS:,} hidden rows (set submission.expected_test_rows)")
         if train_df is not None:
             source_df = train_df
     scale = 1.0
@@ -191,9 +196,9 @@ def _test_lengths(cfg: PipelineConfig, test: str | None, tokenizer, token_source
     if target > 0 and mean_chars > 0:
         scale = target / mean_chars
         why = KAGGLE_HIDDEN_CHARS_SOURCE if test_chars is None else "--test-chars-per-row"
-        notes.append(f"test lengths: the shape of {len(source_df):,} rows of {test_path} (mean {mean_chars:,.0f} chars/row) "
-                     f"rescaled x{scale:.2f} to {target:,.0f} chars/row for the {rows:,} planned rows ({why}; "
-                     "--test-chars-per-row 0 keeps the file's lengths)")
+        notes.append(f"test lengths: the shape of {len(source_df):,} rows of {test_path} "
+                     f"(mean {mean_chars:,.0f} chars/row) rescaled x{scale:.2f} to {target:,.0f} chars/row "
+                     f"for the {rows:,} planned rows ({why}; --test-chars-per-row 0 keeps the file's lengths)")
         src = f"{token_source}; rows rescaled to {target:,.0f} chars ({why.split(':')[0]})"
     return measure_lengths(source_df, rows, tokenizer, src, cfg.seed, scale, cfg.render.template), train_df
 
@@ -214,10 +219,11 @@ def build_plan(cfg: PipelineConfig, test: str | None = None, hardware: str = KAG
     test_len, train_df = _test_lengths(cfg, test, tokenizer, token_source, test_chars, notes)
     if train_df is not None:
         train_rows = min(len(train_df), cfg.data.max_rows or len(train_df))
-        train_len = measure_lengths(train_df, train_rows, tokenizer, token_source, cfg.seed, template=cfg.render.template)
+        train_len = measure_lengths(train_df, train_rows, tokenizer, token_source, cfg.seed,
+                                    template=cfg.render.template)
     else:
-        notes.append(f"training file {cfg.data.train} not readable: assuming {KAGGLE_TRAIN_ROWS:,} rows (Kaggle train.csv) "
-                     "with the test set's lengths")
+        notes.append(f"training file {cfg.data.train} not readable: assuming {KAGGLE_TRAIN_ROWS:,} rows "
+                     "(Kaggle train.csv) with the test set's lengths")
         train_len = test_len.with_rows(KAGGLE_TRAIN_ROWS)
     k = cfg.folds.n_folds
     est: list[Estimate] = []
@@ -233,15 +239,18 @@ def build_plan(cfg: PipelineConfig, test: str | None = None, hardware: str = KAG
         if arch is None:
             notes.append(f"teacher {t.name}: {src}; skipped")
             continue
+        # k models on (k-1)/k of the rows
         est.append(estimate_training(f"teacher {t.name}: train x{k} folds", name, arch, hardware, model=t.model,
-                                     lengths=train_len.with_rows(train_len.rows * (k - 1)),  # k models on (k-1)/k of the rows
+                                     lengths=train_len.with_rows(train_len.rows * (k - 1)),
                                      max_length=t.train.max_length or cfg.render.max_length,
                                      row_passes=t.train.epochs * aug(t.train), batch_size=t.train.batch_size,
                                      optim=t.train.optim, calib=calibration))
-        est.append(estimate_inference(f"teacher {t.name}: OOF predict", name, arch, hardware, quantization=t.model.quantization,
-                                      dtype=t.model.dtype, lengths=train_len, max_length=t.predict.max_length or cfg.render.max_length,
+        est.append(estimate_inference(f"teacher {t.name}: OOF predict", name, arch, hardware,
+                                      quantization=t.model.quantization, dtype=t.model.dtype, lengths=train_len,
+                                      max_length=t.predict.max_length or cfg.render.max_length,
                                       passes=2 if t.predict.tta else 1, tokens_per_batch=t.predict.tokens_per_batch,
-                                      max_batch_size=t.predict.max_batch_size, calib=calibration, eager=uses_eager(t.model)))
+                                      max_batch_size=t.predict.max_batch_size, calib=calibration,
+                                      eager=uses_eager(t.model)))
 
     s = cfg.student
     name, arch, src = resolve_arch(s.model)
@@ -255,14 +264,17 @@ def build_plan(cfg: PipelineConfig, test: str | None = None, hardware: str = KAG
         runs = f"{k} folds" if s.oof else ""
         runs += (" + full" if s.final == "full" else "") if runs else "full"
         est.append(estimate_training(f"student: train ({runs})", name, arch, hardware, model=s.model,
-                                     lengths=train_len.with_rows(full_rows), max_length=s.train.max_length or cfg.render.max_length,
+                                     lengths=train_len.with_rows(full_rows),
+                                     max_length=s.train.max_length or cfg.render.max_length,
                                      row_passes=s.train.epochs * aug(s.train), batch_size=s.train.batch_size,
                                      optim=s.train.optim, calib=calibration))
     if s.oof:
         est.append(estimate_inference("student: OOF predict", name, arch, hardware, quantization=s.model.quantization,
-                                      dtype=s.model.dtype, lengths=train_len, max_length=s.predict.max_length or cfg.render.max_length,
+                                      dtype=s.model.dtype, lengths=train_len,
+                                      max_length=s.predict.max_length or cfg.render.max_length,
                                       passes=2 if s.predict.tta else 1, tokens_per_batch=s.predict.tokens_per_batch,
-                                      max_batch_size=s.predict.max_batch_size, calib=calibration, eager=uses_eager(s.model)))
+                                      max_batch_size=s.predict.max_batch_size, calib=calibration,
+                                      eager=uses_eager(s.model)))
     sub = _submission_stages(cfg, arch, name, test_len, calibration)
     total = _sum(sub)
     alternatives = _alternatives(cfg, arch, name, test_len, calibration, budget_s)
@@ -305,7 +317,8 @@ def print_plan(cfg: PipelineConfig, res: PlanResult) -> None:
         print(f"note: {n}")
     if res.verdict is None:
         return
-    budget = f"{format_seconds(res.budget_s)} (min of Kaggle's {KAGGLE_LIMIT_H:g} h and submission.time_budget {cfg.submission.time_budget})"
+    budget = (f"{format_seconds(res.budget_s)} (min of Kaggle's {KAGGLE_LIMIT_H:g} h and submission.time_budget "
+              f"{cfg.submission.time_budget})")
     tta = "with" if cfg.submission.predict.tta else "without"
     print(f"Kaggle submission on 2x T4, {tta} TTA: {_fmt(res.total)} against {budget} -> {_word(res.verdict)}")
     for a in res.alternatives:

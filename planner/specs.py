@@ -158,8 +158,8 @@ PUBLIC_T4_RUNS: dict[str, PublicRun] = {
                       "hidden test (Kaggle notebook by emiz6413); 3-4 h reported in the discussions; 5 h = +25 % "
                       "margin (assumption)"),
     "8bit": PublicRun("gemma2-9b", "8bit", 25_000, KAGGLE_HIDDEN_CHARS_PER_ROW, 2, (4.0, 4.5, 6.0),
-                      "public run: same notebook with bnb 8-bit weights + fp16 activations 'within 4.5 h' (author's note); "
-                      "6 h slowest = bnb int8 reported slower on long inputs (anecdotal; assumption)"),
+                      "public run: same notebook with bnb 8-bit weights + fp16 activations 'within 4.5 h' "
+                      "(author's note); 6 h slowest = bnb int8 reported slower on long inputs (anecdotal; assumption)"),
 }
 
 
@@ -178,8 +178,10 @@ def _t4_efficiency() -> dict[str, Efficiency]:
     }
 
 
-def _assumed(fp16: tuple[float, float, float], q8: tuple[float, float, float], q4: tuple[float, float, float]) -> dict[str, Efficiency]:
-    src = "assumption (HF kernels; bitsandbytes int8 decomposition slow on long inputs): calibrate with benchmarks/gpu_check.sh"
+def _assumed(fp16: tuple[float, float, float], q8: tuple[float, float, float],
+             q4: tuple[float, float, float]) -> dict[str, Efficiency]:
+    src = ("assumption (HF kernels; bitsandbytes int8 decomposition slow on long inputs): "
+           "calibrate with benchmarks/gpu_check.sh")
     e16 = Efficiency(*fp16, src)
     return {"fp16": e16, "bf16": e16, "8bit": Efficiency(*q8, src), "4bit": Efficiency(*q4, src)}
 
@@ -221,12 +223,14 @@ HARDWARE: dict[str, Hardware] = {
     "l4": Hardware("1x L4", 1, 24, 22.0, "24 GB label; ~22.0 GiB reported (assumption, not read on a card here)", 121.0,
                    "NVIDIA L4 datasheet: 242 TFLOPS fp16 with sparsity = 121 dense", True,
                    _assumed((0.20, 0.30, 0.40), (0.08, 0.14, 0.20), (0.13, 0.20, 0.28)), ("L4",)),
-    "a100-40": Hardware("1x A100 40GB", 1, 40, 39.4, "40 GB label; ~39.4 GiB reported (assumption, not read here)", 312.0,
-                        "NVIDIA A100 datasheet: 312 TFLOPS bf16/fp16 dense", True,
-                        _assumed((0.35, 0.45, 0.55), (0.08, 0.15, 0.25), (0.20, 0.30, 0.40)), ("A100-SXM4-40GB", "A100-PCIE-40GB", "A100 40")),
-    "a100-80": Hardware("1x A100 80GB", 1, 80, 79.1, "80 GB label; ~79.1 GiB reported (assumption, not read here)", 312.0,
-                        "NVIDIA A100 datasheet: 312 TFLOPS bf16/fp16 dense", True,
-                        _assumed((0.35, 0.45, 0.55), (0.08, 0.15, 0.25), (0.20, 0.30, 0.40)), ("A100-SXM4-80GB", "A100 80", "A100-PCIE-80GB")),
+    "a100-40": Hardware("1x A100 40GB", 1, 40, 39.4, "40 GB label; ~39.4 GiB reported (assumption, not read here)",
+                        312.0, "NVIDIA A100 datasheet: 312 TFLOPS bf16/fp16 dense", True,
+                        _assumed((0.35, 0.45, 0.55), (0.08, 0.15, 0.25), (0.20, 0.30, 0.40)),
+                        ("A100-SXM4-40GB", "A100-PCIE-40GB", "A100 40")),
+    "a100-80": Hardware("1x A100 80GB", 1, 80, 79.1, "80 GB label; ~79.1 GiB reported (assumption, not read here)",
+                        312.0, "NVIDIA A100 datasheet: 312 TFLOPS bf16/fp16 dense", True,
+                        _assumed((0.35, 0.45, 0.55), (0.08, 0.15, 0.25), (0.20, 0.30, 0.40)),
+                        ("A100-SXM4-80GB", "A100 80", "A100-PCIE-80GB")),
     "h100": Hardware("1x H100 80GB", 1, 80, 78.0, "this workplace's lent H100: 'about 78 GiB of GPU memory'", 989.0,
                      "NVIDIA H100 datasheet (SXM): 989 TFLOPS bf16/fp16 dense", True,
                      _assumed((0.25, 0.35, 0.50), (0.04, 0.08, 0.15), (0.12, 0.20, 0.30)), ("H100",)),

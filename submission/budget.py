@@ -78,7 +78,10 @@ class Governor:
         spt = self.sec_per_token()
         if spt is None:
             return None
-        total = float(sum(remaining_tokens)) if not isinstance(remaining_tokens, (int, float)) else float(remaining_tokens)
+        if isinstance(remaining_tokens, (int, float)):
+            total = float(remaining_tokens)
+        else:
+            total = float(sum(remaining_tokens))
         return spt * total * PASSES[mode] * self.safety
 
     def choose(self, remaining: dict[str, float], next_chunk: dict[str, float] | None = None) -> str | None:

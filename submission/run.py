@@ -115,8 +115,9 @@ def submission_ids(df: pd.DataFrame, sample_path: Path | None) -> list[str]:
     missing = [i for i in ids if i not in known]
     extra = len(known - set(ids))
     if missing or extra:
-        log.error("%s: ids differ from the test file (%d sample ids have no test row, e.g. '%s'; %d test rows are not in "
-                  "the sample); the file follows the sample: missing rows get the fallback answer, extra rows are left out",
+        log.error("%s: ids differ from the test file (%d sample ids have no test row, e.g. '%s'; %d test rows are "
+                  "not in the sample); the file follows the sample: missing rows get the fallback answer, extra rows "
+                  "are left out",
                   sample_path, len(missing), missing[0] if missing else "-", extra)
     return ids
 
@@ -143,8 +144,8 @@ def answering_models(stacker, head: np.ndarray, spass: StudentPass) -> np.ndarra
     """object[n]: the stacking candidate that answered each row (``stacker.json`` ``selection``), for paths.csv.
 
     ``head`` says stacker / features_only, but the stacker routes each student mode to the model chosen out of fold
-    for it (``arena_kd.blend.stacker`` module doc), which may be the features-only model or the student with temperature.
-    Rows without a stacker keep their head name.
+    for it (``arena_kd.blend.stacker`` module doc), which may be the features-only model or the student with
+    temperature. Rows without a stacker keep their head name.
     """
     out = np.asarray(head, dtype=object).copy()
     if stacker is None or not hasattr(stacker, "chosen"):
@@ -207,7 +208,8 @@ def run_submission(
             ok = valid_rows(fo) if fo.shape == probs.shape else np.zeros(n, dtype=bool)
             probs[ok], head[ok] = fo[ok], "features_only"
             if not ok.all():
-                log.error("features-only stacker gave invalid probabilities for %d row(s); they use the class prior", int((~ok).sum()))
+                log.error("features-only stacker gave invalid probabilities for %d row(s); they use the class prior",
+                          int((~ok).sum()))
         except Exception as exc:  # noqa: BLE001
             log.warning("features-only stacker failed (%s); using the class prior", short_reason(exc))
     prior = None
@@ -219,7 +221,8 @@ def run_submission(
     try:
         write_submission(out_path, _frame(df["id"], probs, ids, prior), ids, sub.clip_eps)
     except OSError as exc:  # a broken environment, not the data: the one failure left, in one line
-        raise UserError(f"{out_path}: cannot write the submission ({exc.strerror or exc}: {exc.filename or out_path})") from None
+        raise UserError(f"{out_path}: cannot write the submission "
+                        f"({exc.strerror or exc}: {exc.filename or out_path})") from None
     log.info("provisional %s written (%s, %s)", out_path, head[0] if n else "empty", format_seconds(fallback_seconds))
 
     # 2. the student under the budget ----------------------------------------------------------
@@ -232,7 +235,8 @@ def run_submission(
             pass
         elif deadline.remaining() <= reserve:
             spass.error = "no time left for the student"
-            log.warning("time budget: %s left, %s reserved — skipping the student", format_seconds(deadline.remaining()), format_seconds(reserve))
+            log.warning("time budget: %s left, %s reserved — skipping the student",
+                        format_seconds(deadline.remaining()), format_seconds(reserve))
         else:
             try:
                 backend = load_student(student_dir, quantization=sub.quantization, dtype=sub.dtype, devices=devices)
@@ -260,7 +264,8 @@ def run_submission(
             swap = spass.swap[sel] if tta else None
             try:
                 if stacker is not None:
-                    probs[sel] = stacker_probs(stacker, df.iloc[sel].reset_index(drop=True), {"orig": orig, "swap": swap, "max_length": spass.max_length[sel]}, sub.swap_average)
+                    student = {"orig": orig, "swap": swap, "max_length": spass.max_length[sel]}
+                    probs[sel] = stacker_probs(stacker, df.iloc[sel].reset_index(drop=True), student, sub.swap_average)
                     head[sel] = "stacker"
                 else:
                     probs[sel] = student_softmax(orig, swap)

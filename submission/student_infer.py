@@ -83,11 +83,13 @@ class StudentBackend:
         if tta:
             out = predict_tta(replica.model, replica.tokenizer, df, **kw)
             return np.asarray(out["orig"], dtype=np.float32), np.asarray(out["swap"], dtype=np.float32)
-        return np.asarray(predict_logits(replica.model, replica.tokenizer, df, swap=False, **kw), dtype=np.float32), None
+        logits = predict_logits(replica.model, replica.tokenizer, df, swap=False, **kw)
+        return np.asarray(logits, dtype=np.float32), None
 
     def predict(self, df: pd.DataFrame, *, max_length: int, tta: bool, tokens_per_batch: int,
                 max_batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """(orig float32[n,3], swap float32[n,3] in the original A/B order, or None without TTA), rows in ``df`` order."""
+        """(orig float32[n,3], swap float32[n,3] in the original A/B order, or None without TTA), rows in ``df``
+        order."""
         n = len(df)
         kw = dict(max_length=max_length, tta=tta, tokens_per_batch=tokens_per_batch, max_batch_size=max_batch_size)
         if self.n_devices == 1 or n <= 1:
@@ -120,15 +122,18 @@ def check_copy(export_dir: str | Path, model, quantization: str, dtype: str, dev
     from arena_kd.llm.export import describe_drift, verify_export
 
     if not (Path(export_dir) / "reference_logits.parquet").is_file():
-        log.warning("%s: no reference rows in the export (student.reference_rows=0): the student on %s is used unchecked", export_dir, device)
+        log.warning("%s: no reference rows in the export (student.reference_rows=0): the student on %s is used "
+                    "unchecked", export_dir, device)
         return None
     d = verify_export(export_dir, quantization=quantization, dtype=dtype, model=model)
     (log.info if d["ok"] else log.error)("student on %s vs the trained model(s): %s", device, describe_drift(d))
     return d
 
 
-def load_student(export_dir: str | Path, *, quantization: str, dtype: str, devices: list[str] | None = None) -> StudentBackend:
-    """One verified copy of the exported student per device; raises when no copy loads and passes (the caller falls back)."""
+def load_student(export_dir: str | Path, *, quantization: str, dtype: str,
+                 devices: list[str] | None = None) -> StudentBackend:
+    """One verified copy of the exported student per device; raises when no copy loads and passes (the caller falls
+    back)."""
     from arena_kd.llm.export import load_export
 
     devices = devices or visible_devices()
@@ -139,7 +144,8 @@ def load_student(export_dir: str | Path, *, quantization: str, dtype: str, devic
     for dev in devices:
         try:
             _use_device(dev)
-            model, tokenizer, settings = load_export(str(export_dir), quantization=quantization, dtype=dtype, device=dev)
+            model, tokenizer, settings = load_export(str(export_dir), quantization=quantization, dtype=dtype,
+                                                     device=dev)
             model.eval()
             check = check_copy(export_dir, model, quantization, dtype, dev)
         except Exception as exc:  # noqa: BLE001 - a copy that does not load only costs its GPU's share
@@ -151,7 +157,8 @@ def load_student(export_dir: str | Path, *, quantization: str, dtype: str, devic
         if check is not None and not check["ok"]:
             err = RuntimeError(
                 f"student export on {dev} ({quantization}/{check['dtype']}) is not the trained model within tolerance: "
-                f"max |Δp| {check['max_abs_prob_diff']:.4f} > {check['tolerance']:g}, {check['nonfinite_rows']} non-finite row(s)")
+                f"max |Δp| {check['max_abs_prob_diff']:.4f} > {check['tolerance']:g}, "
+                f"{check['nonfinite_rows']} non-finite row(s)")
             first_error = first_error or err
             log.error("%s — this copy is not used", err)  # this device's drift, not an earlier device's error
             del model

@@ -155,8 +155,10 @@ def run_student_pass(
             size = first_chunk if pos == 0 else chunk_rows
             idx = order[pos : pos + size]
             rest = order[pos:]
-            remaining = {"tta": float(lens_full[rest].sum()), "single": float(lens_full[rest].sum()), "short": float(lens_short[rest].sum())}
-            nxt = {"tta": float(lens_full[idx].sum()), "single": float(lens_full[idx].sum()), "short": float(lens_short[idx].sum())}
+            remaining = {"tta": float(lens_full[rest].sum()), "single": float(lens_full[rest].sum()),
+                         "short": float(lens_short[rest].sum())}
+            nxt = {"tta": float(lens_full[idx].sum()), "single": float(lens_full[idx].sum()),
+                   "short": float(lens_short[idx].sum())}
             mode = governor.choose(remaining, nxt)
             if mode is None:
                 stop_reason = "not reached: time budget"
@@ -175,12 +177,14 @@ def run_student_pass(
                         if _is_oom(exc) and attempt < MAX_OOM_RETRIES and tpb > length:
                             free_accelerator_memory()
                             tpb, mbs = max(length, tpb // 2), max(1, mbs // 2)
-                            log.warning("out of memory: retrying the chunk with tokens_per_batch=%d, max_batch_size=%d", tpb, mbs)
+                            log.warning("out of memory: retrying the chunk with tokens_per_batch=%d, max_batch_size=%d",
+                                        tpb, mbs)
                             continue
                         raise
                 orig = np.asarray(orig, dtype=np.float32)
                 if orig.shape != (len(idx), 3) or (mode == "tta" and (swap is None or np.shape(swap) != (len(idx), 3))):
-                    raise ValueError(f"student returned logits of shape {orig.shape}/{None if swap is None else np.shape(swap)} for {len(idx)} rows")
+                    swap_shape = None if swap is None else np.shape(swap)
+                    raise ValueError(f"student returned logits of shape {orig.shape}/{swap_shape} for {len(idx)} rows")
             except Exception as exc:  # noqa: BLE001 - this chunk's rows go to the fallback, the next chunk is tried
                 why = short_reason(exc)
                 free_accelerator_memory()
@@ -192,8 +196,10 @@ def run_student_pass(
                 pos += len(idx)
                 bar.update(len(idx))
                 if failed_in_a_row >= MAX_CONSECUTIVE_FAILURES:
-                    stop_reason = f"not reached: student given up after {failed_in_a_row} failed chunks in a row ({why})"
-                    log.error("%d student chunks failed in a row; the remaining %d rows go features-only", failed_in_a_row, m - pos)
+                    stop_reason = (f"not reached: student given up after {failed_in_a_row} failed chunks in a row "
+                                   f"({why})")
+                    log.error("%d student chunks failed in a row; the remaining %d rows go features-only",
+                              failed_in_a_row, m - pos)
                     break
                 continue
             failed_in_a_row = 0
@@ -219,7 +225,8 @@ def run_student_pass(
             bar.update(len(idx))
             left_rows = order[pos:]
             est = governor.estimate(mode, float((lens_short if mode == "short" else lens_full)[left_rows].sum()))
-            bar.set_postfix_str(f"mode={mode} finish≈{format_seconds(est or 0)} budget_left={format_seconds(governor.deadline.remaining())}")
+            bar.set_postfix_str(f"mode={mode} finish≈{format_seconds(est or 0)} "
+                                f"budget_left={format_seconds(governor.deadline.remaining())}")
     except Exception as exc:  # noqa: BLE001 - bookkeeping failed: keep what is done, the rest go features-only
         res.error = short_reason(exc)
         stop_reason = f"not reached: student stopped ({res.error})"

@@ -39,7 +39,8 @@ def valid_rows(probs: np.ndarray) -> np.ndarray:
     return ok
 
 
-def validate_submission(df: pd.DataFrame, expected_ids: Sequence[str], eps: float, name: str = "submission") -> pd.DataFrame:
+def validate_submission(df: pd.DataFrame, expected_ids: Sequence[str], eps: float,
+                        name: str = "submission") -> pd.DataFrame:
     """Checked, clipped, renormalised copy of ``df`` in the order of ``expected_ids``.
 
     Raises :class:`UserError` naming ``name``, the row and the column of the first problem.
@@ -54,7 +55,8 @@ def validate_submission(df: pd.DataFrame, expected_ids: Sequence[str], eps: floa
         raise data_error(name, row=r, column="id", problem=f"id '{ids[r]}' appears more than once")
     expected = pd.Index([str(i) for i in expected_ids])
     if expected.duplicated().any():
-        raise UserError(f"{name}: the expected test ids contain duplicates (e.g. '{expected[expected.duplicated()][0]}')")
+        first = expected[expected.duplicated()][0]
+        raise UserError(f"{name}: the expected test ids contain duplicates (e.g. '{first}')")
     have = pd.Index(ids)
     absent = expected.difference(have, sort=False)
     if len(absent):
