@@ -32,10 +32,13 @@ from typing import Iterator
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from arena_kd.blend.similarity import SimilarityModel, row_cosine, row_jaccard
 from arena_kd.blend.text_bytes import ByteDocs, run_starts, truncated
+from arena_kd.common.keys import LOGIT_COLUMNS
 from arena_kd.common.metrics import softmax
+from arena_kd.data.schema import swap_logits
 
 TEXT_STATS = (
     "chars", "words", "tokens", "turns", "newlines", "headers", "list_items", "bold",
@@ -55,9 +58,11 @@ assert sorted(p for _, g in _REFUSAL_GROUPS for p in g) == sorted(REFUSAL_PHRASE
 # engine jump between newlines instead of trying every position (3-4x faster than re.M with "^")
 _HEADER = re.compile(r"\n[ \t]{0,3}#{1,6}[ \t]")
 _LIST_ITEM = re.compile(r"\n[ \t]*(?:[-*+\u2022]|\d{1,3}[.)])[ \t]")
-_CLASSES = ("a", "b", "tie")
+CLASS_SUFFIXES = tuple(c.removeprefix("logit_") for c in LOGIT_COLUMNS)
+"""Class suffixes in class order (a, b, tie): ``stu_*_<cls>`` features and ``<model>_<cls>`` probability columns."""
 _SOURCES = ("orig", "swap", "avg")
 CHUNK_ROWS = 2048
+WORD_DESIGN = "_word_design"  # a chunk's summed word TF-IDF rows, carried beside its columns
 
 
 # --------------------------------------------------------------------------- texts
@@ -92,7 +97,7 @@ def _turn_info(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
 
 
 def text_stats(texts: list[str], docs: ByteDocs) -> dict[str, np.ndarray]:
-    """Per-text counts (float64[n] each, every name of TEXT_STATS except ``turns``). ``docs`` = the same texts as bytes."""
+    """Per-text counts (float64[n] each, every name of TEXT_STATS but ``turns``); ``docs``: the same texts as bytes."""
     word = docs.word_bytes()
     blank = docs.blank_bytes()
     punct = ~word & ~blank
@@ -153,7 +158,8 @@ def fit_similarity(df: pd.DataFrame, n_features: int = 262144, max_rows: int = 1
 # --------------------------------------------------------------------------- features
 
 
-def _pair_block(prefix_a: str, prefix_b: str, name: str, a: np.ndarray, b: np.ndarray, ratio: bool) -> dict[str, np.ndarray]:
+def _pair_block(prefix_a: str, prefix_b: str, name: str, a: np.ndarray, b: np.ndarray,
+                ratio: bool) -> dict[str, np.ndarray]:
     out = {f"{prefix_a}{name}": a, f"{prefix_b}{name}": b, f"diff_{name}": a - b}
     if ratio:
         out[f"ratio_{name}"] = (a + 1.0) / (b + 1.0)
@@ -183,10 +189,13 @@ def _text_features(texts: dict[str, list[str]], turn_info: dict, tfidf: Similari
         counts = {f: space.counts(short[f]) for f in ("p", "a", "b")}
         vec = {f: space.transform(short[f], counts=counts[f]) for f in ("p", "a", "b")}
         cols[f"sim_{space_name}_cos_ab"] = row_cosine(vec["a"], vec["b"])
-        cols.update(_pair_block("a_", "b_", f"{space_name}_cos_prompt", row_cosine(vec["a"], vec["p"]), row_cosine(vec["b"], vec["p"]), ratio=False))
+        cols.update(_pair_block("a_", "b_", f"{space_name}_cos_prompt", row_cosine(vec["a"], vec["p"]),
+                                row_cosine(vec["b"], vec["p"]), ratio=False))
         if space_name == "word":
+            cols[WORD_DESIGN] = vec["p"] + vec["a"] + vec["b"]  # not a column: see features_and_words
             cols["sim_word_jaccard_ab"] = row_jaccard(counts["a"], counts["b"])
-            cols.update(_pair_block("a_", "b_", "word_jaccard_prompt", row_jaccard(counts["a"], counts["p"]), row_jaccard(counts["b"], counts["p"]), ratio=False))
+            cols.update(_pair_block("a_", "b_", "word_jaccard_prompt", row_jaccard(counts["a"], counts["p"]),
+                                    row_jaccard(counts["b"], counts["p"]), ratio=False))
     return cols
 
 
@@ -205,17 +214,16 @@ def student_features(orig: np.ndarray, swap: np.ndarray | None) -> dict[str, np.
     la = _log_softmax((lo + ls) / 2.0)
     cols: dict[str, np.ndarray] = {}
     for src, lp in (("orig", lo), ("swap", ls), ("avg", la)):
-        for k, c in enumerate(_CLASSES):
+        for k, c in enumerate(CLASS_SUFFIXES):
             cols[f"stu_{src}_logp_{c}"] = lp[:, k]
-        for k, c in enumerate(_CLASSES):
+        for k, c in enumerate(CLASS_SUFFIXES):
             cols[f"stu_{src}_prob_{c}"] = np.exp(lp[:, k])
     cols["diff_stu_avg_logp"] = la[:, 0] - la[:, 1]
     return cols
 
 
-def compute_features(
-    df: pd.DataFrame, student: dict | None = None, embedder=None, tfidf: SimilarityModel | None = None, *, n_threads: int = 2
-) -> pd.DataFrame:
+def compute_features(df: pd.DataFrame, student: dict | None = None, embedder=None,
+                     tfidf: SimilarityModel | None = None, *, n_threads: int = 2) -> pd.DataFrame:
     """Feature table for the canonical pair frame ``df`` (same row order; RangeIndex; float64 columns).
 
     ``student``: {"orig": logits [n,3], "swap": logits [n,3] or None} in A/B order, or None (no student columns).
@@ -223,6 +231,14 @@ def compute_features(
     ``tfidf``: fitted :class:`SimilarityModel` (from training); None fits one on ``df`` itself.
     ``n_threads``: worker threads over row chunks (results do not depend on it).
     """
+    return features_and_words(df, student, embedder, tfidf, n_threads=n_threads)[0]
+
+
+def features_and_words(df: pd.DataFrame, student: dict | None = None, embedder=None,
+                       tfidf: SimilarityModel | None = None, *, n_threads: int = 2
+                       ) -> tuple[pd.DataFrame, sp.csr_matrix | None]:
+    """:func:`compute_features` and the sum of the word TF-IDF rows of prompt, A and B, CSR [n, buckets] (None for
+    no rows): the source model's input (:func:`arena_kd.blend.source_model.design`) from the same vectors."""
     n = len(df)
     if tfidf is None:
         tfidf = fit_similarity(df)
@@ -240,10 +256,12 @@ def compute_features(
     else:
         with ThreadPoolExecutor(max_workers=n_threads) as pool:
             parts = list(pool.map(one_chunk, _chunks(n)))
+    words = sp.vstack([p.pop(WORD_DESIGN) for p in parts]).tocsr() if parts else None
     if parts:
         cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     else:
-        cols = {k: np.zeros(0) for k in _text_features({f: [] for f in "pab"}, {f: (np.zeros(0, np.int64), np.zeros(0, bool)) for f in "pab"}, tfidf)}
+        empty = {f: (np.zeros(0, np.int64), np.zeros(0, bool)) for f in "pab"}
+        cols = {k: np.zeros(0) for k in _text_features({f: [] for f in "pab"}, empty, tfidf)}
     if embedder is not None:
         cols.update(embedding_features(texts, embedder))
     if student is not None:
@@ -252,11 +270,13 @@ def compute_features(
         if orig.shape != (n, 3) or (swap is not None and np.asarray(swap).shape != (n, 3)):
             raise ValueError(f"student logits must have shape ({n}, 3)")
         cols.update(student_features(orig, None if swap is None else np.asarray(swap, dtype=np.float64)))
-    return pd.DataFrame({k: np.asarray(v, dtype=np.float64) for k, v in cols.items()})
+    cols.pop(WORD_DESIGN, None)
+    return pd.DataFrame({k: np.asarray(v, dtype=np.float64) for k, v in cols.items()}), words
 
 
 def embedding_features(texts: dict[str, list[str]], embedder) -> dict[str, np.ndarray]:
-    """Cosines of sentence embeddings: A vs B (symmetric), prompt vs A / vs B and their difference; NaN for empty texts."""
+    """Cosines of sentence embeddings: A vs B (symmetric), prompt vs A / vs B and their difference; NaN for empty
+    texts."""
     n = len(texts["p"])
     emb = embedder.encode(texts["p"] + texts["a"] + texts["b"])
     p, a, b = emb[:n], emb[n : 2 * n], emb[2 * n :]
@@ -268,7 +288,8 @@ def embedding_features(texts: dict[str, list[str]], embedder) -> dict[str, np.nd
         return c
 
     cols = {"sim_emb_cos_ab": cos(a, b, texts["a"], texts["b"])}
-    cols.update(_pair_block("a_", "b_", "emb_cos_prompt", cos(a, p, texts["a"], texts["p"]), cos(b, p, texts["b"], texts["p"]), ratio=False))
+    cols.update(_pair_block("a_", "b_", "emb_cos_prompt", cos(a, p, texts["a"], texts["p"]),
+                            cos(b, p, texts["b"], texts["p"]), ratio=False))
     return cols
 
 
@@ -315,11 +336,10 @@ def swap_student(student: dict | None) -> dict | None:
     """The student dict of the A/B-swapped pairs: orig' = swap with classes a↔b, swap' = orig with classes a↔b."""
     if student is None:
         return None
-    perm = [1, 0, 2]
     orig = np.asarray(student["orig"])
     swap = student.get("swap")
     swap = orig if swap is None else np.asarray(swap)
-    return {"orig": swap[:, perm], "swap": orig[:, perm]}
+    return {"orig": swap_logits(swap), "swap": swap_logits(orig)}
 
 
 def student_probs(student: dict) -> np.ndarray:

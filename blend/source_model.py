@@ -65,7 +65,8 @@ class SourceModel:
     """Saved logistic regression: coef [n_classes or 1, buckets] (sparse rows), intercept, classes."""
 
     def __init__(self, classes: list[str], coef: np.ndarray, intercept: np.ndarray):
-        self.classes, self.coef, self.intercept = list(classes), np.asarray(coef, dtype=np.float64), np.asarray(intercept, dtype=np.float64)
+        self.classes = list(classes)
+        self.coef, self.intercept = np.asarray(coef, dtype=np.float64), np.asarray(intercept, dtype=np.float64)
 
     @property
     def columns(self) -> list[str]:
@@ -78,16 +79,21 @@ class SourceModel:
             return np.stack([1.0 - p1, p1], axis=1)
         return softmax(z, axis=1)
 
-    def features(self, df: pd.DataFrame, tfidf: SimilarityModel) -> pd.DataFrame:
-        p = self.predict_proba(design(df, tfidf)) if len(df) else np.zeros((0, len(self.classes)))
+    def features(self, df: pd.DataFrame, tfidf: SimilarityModel, words: sp.csr_matrix | None = None) -> pd.DataFrame:
+        """``words``: :func:`design` of ``df`` when the caller has it (blend.features.features_and_words)."""
+        if not len(df):
+            return pd.DataFrame(np.zeros((0, len(self.classes))), columns=self.columns)
+        p = self.predict_proba(design(df, tfidf) if words is None else words)
         return pd.DataFrame(p, columns=self.columns)
 
     def save(self, out_dir: Path) -> list[str]:
         nz = np.flatnonzero(np.any(self.coef != 0, axis=0))
-        table = pd.DataFrame({"bucket": nz.astype(np.int64), **{f"coef{r}": self.coef[r, nz] for r in range(self.coef.shape[0])}})
+        rows = {f"coef{r}": self.coef[r, nz] for r in range(self.coef.shape[0])}
+        table = pd.DataFrame({"bucket": nz.astype(np.int64), **rows})
         atomic_write_parquet(Path(out_dir) / COEF_PARQUET, table)
         atomic_write_json(Path(out_dir) / MODEL_JSON, {"classes": self.classes, "intercept": self.intercept.tolist(),
-                                                       "buckets": int(self.coef.shape[1]), "rows": int(self.coef.shape[0]), "C": C})
+                                                       "buckets": int(self.coef.shape[1]),
+                                                       "rows": int(self.coef.shape[0]), "C": C})
         return [MODEL_JSON, COEF_PARQUET]
 
     @classmethod
@@ -100,13 +106,15 @@ class SourceModel:
         return cls(meta["classes"], coef, np.asarray(meta["intercept"]))
 
 
-def fit_source_features(df: pd.DataFrame, folds: np.ndarray, tfidf: SimilarityModel, seed: int) -> tuple[pd.DataFrame, SourceModel] | None:
-    """(cross-fitted training features, the model fitted on every row), or None for fewer than two sources."""
+def fit_source_features(df: pd.DataFrame, folds: np.ndarray, tfidf: SimilarityModel, seed: int,
+                        words: sp.csr_matrix | None = None) -> tuple[pd.DataFrame, SourceModel] | None:
+    """(cross-fitted training features, the model fitted on every row), or None for fewer than two sources.
+    ``words``: :func:`design` of ``df`` when the caller has it."""
     y = df["source"].astype(str).to_numpy()
     classes = sorted(set(y.tolist()))
     if len(classes) < 2:
         return None
-    x = design(df, tfidf)
+    x = design(df, tfidf) if words is None else words
     oof = np.zeros((len(df), len(classes)))
     for k in np.unique(folds):
         tr, va = folds != k, folds == k

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from arena_kd.blend.booster import load_booster, predict_symmetric
-from arena_kd.blend.features import compute_features, is_student_column, student_features, student_probs
+from arena_kd.blend.features import features_and_words, is_student_column, student_features, student_probs
 from arena_kd.blend.similarity import SimilarityModel
 from arena_kd.blend.temperature import apply_temperature
 from arena_kd.common.errors import UserError
@@ -52,7 +52,8 @@ class _Model:
 class Stacker:
     """A trained stacker folder: ``predict(df, student)`` and ``predict_features_only(df)`` -> float64[n, 3]."""
 
-    def __init__(self, stack_dir: Path, manifest: dict, models: dict[str, _Model | None], tfidf: SimilarityModel, embedder=None):
+    def __init__(self, stack_dir: Path, manifest: dict, models: dict[str, _Model | None], tfidf: SimilarityModel,
+                 embedder=None):
         self.stack_dir = stack_dir
         self.manifest = manifest
         self.models = models
@@ -70,25 +71,28 @@ class Stacker:
     def chosen(self, mode: str) -> str:
         """Name of the model answering rows of student ``mode`` (tta | single | short | none)."""
         if mode not in MODES:
-            raise UserError(f"{self.stack_dir / MANIFEST}: unknown student mode {mode!r} (expected one of {', '.join(MODES)})")
+            raise UserError(f"{self.stack_dir / MANIFEST}: unknown student mode {mode!r} "
+                            f"(expected one of {', '.join(MODES)})")
         name = self.selection.get(mode)
         if mode == "tta" and (name is None or self.models.get(name) is None):
-            name = self.selection.get("single")  # trained without TTA: both orientations still make a one-orientation input
+            # trained without TTA: both orientations still make a one-orientation input
+            name = self.selection.get("single")
         if name is None or self.models.get(name) is None:
             name = self.selection.get("none", "features_only")
         return name
 
     def features(self, df: pd.DataFrame, student: dict | None = None) -> pd.DataFrame:
         """The feature table exactly as at training time (same TF-IDF fit, embedding model and source classifier)."""
-        feats = compute_features(df, student=student, embedder=self.embedder, tfidf=self.tfidf)
+        feats, words = features_and_words(df, student, self.embedder, self.tfidf)
         if self.source_model is not None:
-            feats = pd.concat([feats, self.source_model.features(df, self.tfidf)], axis=1)
+            feats = pd.concat([feats, self.source_model.features(df, self.tfidf, words)], axis=1)
         return feats
 
     def predict_model(self, df: pd.DataFrame, which: str, student: dict | None = None, *, calibrate: bool = True,
                       feats: pd.DataFrame | None = None) -> np.ndarray:
         """Probabilities float64[n,3] of one named model (any candidate in stacker.json); ``calibrate=False`` skips the
-        temperature (for reports). A model trained on one-orientation student columns gets them built from ``orig`` only."""
+        temperature (for reports). A model trained on one-orientation student columns gets them built from ``orig``
+        only."""
         model = self.models.get(which)
         if model is None:
             raise UserError(f"{self.stack_dir / MANIFEST}: no '{which}' model in this stacker folder")
@@ -99,7 +103,8 @@ class Stacker:
             raw = np.tile(model.probs, (len(df), 1))
         elif model.kind == STUDENT_ONLY:
             if stud is None:
-                raise UserError(f"{self.stack_dir / MANIFEST}: the '{which}' model calibrates the student and needs its logits")
+                raise UserError(f"{self.stack_dir / MANIFEST}: the '{which}' model calibrates the student and needs "
+                                "its logits")
             raw = student_probs(stud)
         else:
             if feats is None:
@@ -112,7 +117,8 @@ class Stacker:
                 feats = pd.concat([feats, pd.DataFrame(student_features(orig, swap))], axis=1)
             missing = [c for c in model.features if c not in feats.columns]
             if missing:
-                raise UserError(f"{self.stack_dir / MANIFEST}: feature(s) {', '.join(missing[:5])} missing at prediction time")
+                raise UserError(f"{self.stack_dir / MANIFEST}: feature(s) {', '.join(missing[:5])} missing at "
+                                "prediction time")
             raw = predict_symmetric(model.booster, feats[model.features])
         return apply_temperature(raw, model.temperature) if calibrate else raw
 
@@ -129,14 +135,15 @@ class Stacker:
             modes[short & (np.broadcast_to(np.asarray(lens), (n,)) > 0)] = "short"
         return modes
 
-    def predict(self, df: pd.DataFrame, student: dict | None = None, *, mode: str | None = None, calibrate: bool = True) -> np.ndarray:
+    def predict(self, df: pd.DataFrame, student: dict | None = None, *, mode: str | None = None,
+                calibrate: bool = True, feats: pd.DataFrame | None = None) -> np.ndarray:
         """float64[n,3] (A wins, B wins, tie): each row from the model selected for its student mode (module doc).
 
-        ``student``: {"orig": [n,3], "swap": [n,3] | None, "max_length": int | int[n] (optional)} or None."""
+        ``student``: {"orig": [n,3], "swap": [n,3] | None, "max_length": int | int[n] (optional)} or None.
+        ``feats``: ``self.features(df)`` when the caller has it already."""
         n = len(df)
         modes = self.row_modes(n, student, mode)
         out = np.zeros((n, 3))
-        feats = None
         for m in dict.fromkeys(modes):
             sel = np.flatnonzero(modes == m)
             name = self.chosen(m)
@@ -157,7 +164,8 @@ class Stacker:
         return self.predict(df, None, mode="none", calibrate=calibrate)
 
 
-def load_stacker(stack_dir: str | Path, *, embedding_model: str | None = None, embedding_cache_dir: str | Path | None = None, device: str | None = None) -> Stacker:
+def load_stacker(stack_dir: str | Path, *, embedding_model: str | None = None,
+                 embedding_cache_dir: str | Path | None = None, device: str | None = None) -> Stacker:
     """Load ``<workdir>/stacking``. ``embedding_model`` overrides the trained one's path (same model, other location).
 
     Embeddings are always cached in memory for the Stacker's lifetime; ``embedding_cache_dir`` also keeps them on disk
@@ -182,13 +190,15 @@ def load_stacker(stack_dir: str | Path, *, embedding_model: str | None = None, e
                 raise UserError(f"{model_file}: model file missing (rerun `arena-kd stack --force`)")
             booster = load_booster(model_file)
         probs = np.asarray(spec["probs"], dtype=np.float64) if spec["kind"] == PRIOR else None
-        models[name] = _Model(kind=spec["kind"], features=list(spec["features"]), temperature=float(spec["temperature"]),
-                              booster=booster, student_input=spec.get("student_input"), probs=probs)
+        models[name] = _Model(kind=spec["kind"], features=list(spec["features"]),
+                              temperature=float(spec["temperature"]), booster=booster,
+                              student_input=spec.get("student_input"), probs=probs)
     tfidf = SimilarityModel.load(d)
     embedder = None
     emb = manifest.get("embedding")
     if emb:
         from arena_kd.blend.embeddings import SentenceEmbedder
 
-        embedder = SentenceEmbedder(embedding_model or emb["model"], batch_size=emb.get("batch_size", 64), max_length=emb["max_length"], cache_dir=embedding_cache_dir, device=device)
+        embedder = SentenceEmbedder(embedding_model or emb["model"], batch_size=emb.get("batch_size", 64),
+                                    max_length=emb["max_length"], cache_dir=embedding_cache_dir, device=device)
     return Stacker(d, manifest, models, tfidf, embedder)

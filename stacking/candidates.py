@@ -8,8 +8,8 @@ Candidates per student mode (the kind of student input a test row comes with):
           without TTA gives them), features_only, student_single, length_only, prior
   none    features_only, length_only, prior (rows the student never reached)
 
-Every candidate's OOF is honest: LightGBM models are cross-validated (:func:`arena_kd.blend.booster.train_cv`), the prior of
-fold k is the label mix of the other folds, and the temperature applied to fold k is fitted on the other folds
+Every candidate's OOF is honest: LightGBM models are cross-validated (:func:`arena_kd.blend.booster.train_cv`), the
+prior of fold k is the label mix of the other folds, and the temperature applied to fold k is fitted on the other folds
 (:func:`cross_fitted_temperature`) — fitting it on the rows it is then scored on would flatter every candidate.
 The winner of each mode is the candidate with the lowest OOF log loss over every stacker row (OOF and held-out).
 
@@ -21,9 +21,14 @@ what such a row has: its text) — the documented rule of :meth:`arena_kd.blend.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
+from arena_kd.blend.booster import early_stopped_rounds, predict_symmetric, train_full
+from arena_kd.blend.features import compute_features, fit_similarity
 from arena_kd.blend.temperature import apply_temperature, fit_temperature
+from arena_kd.common.config_stages import StackingConfig
 from arena_kd.common.metrics import log_loss, log_loss_difference, log_loss_interval
+from arena_kd.data.folds import prompt_groups
 
 MODES = ("tta", "single", "none")
 LENGTH_FEATURES = (
@@ -35,6 +40,23 @@ LENGTH_FEATURES = (
 )
 """The length-only model's columns (lengths of prompt and answers, their differences and ratios): 'the longer
 answer wins' plus how long the question is — the baseline every richer model must beat."""
+
+
+def length_columns(features: pd.DataFrame) -> pd.DataFrame:
+    """The length-only model's input: the LENGTH_FEATURES columns of a feature table (blend.features)."""
+    return features[[c for c in LENGTH_FEATURES if c in features.columns]]
+
+
+def length_only_probs(train: pd.DataFrame, test: pd.DataFrame, cfg: StackingConfig, seed: int) -> np.ndarray:
+    """float64[n,3] for ``test``: the length-only candidate fitted on every labelled row of ``train`` (rounds
+    early-stopped on an inner prompt split, as each CV fold does), position-symmetric. For reports without a trained
+    stacker folder; the stacking stage trains the same model cross-validated."""
+    tfidf = fit_similarity(train, seed=seed)  # compute_features needs one; the length columns do not depend on it
+    x = length_columns(compute_features(train, tfidf=tfidf))
+    y = train["label"].to_numpy(dtype=np.int64)
+    rounds = early_stopped_rounds(x, y, prompt_groups(train), cfg, seed)
+    booster = train_full(x, y, cfg, seed, rounds)
+    return predict_symmetric(booster, length_columns(compute_features(test, tfidf=tfidf)))
 
 
 def candidate_names(mode: str) -> list[str]:
@@ -74,8 +96,8 @@ def cross_fitted_temperature(raw: np.ndarray, labels: np.ndarray, folds: np.ndar
     return out
 
 
-def select(oof: dict[str, np.ndarray], labels: np.ndarray, groups: np.ndarray, modes: list[str], *, enabled: bool = True,
-           seed: int = 0) -> tuple[dict[str, str], dict[str, list[dict]]]:
+def select(oof: dict[str, np.ndarray], labels: np.ndarray, groups: np.ndarray, modes: list[str], *,
+           enabled: bool = True, seed: int = 0) -> tuple[dict[str, str], dict[str, list[dict]]]:
     """Winner per mode and the table behind it.
 
     ``oof``: name -> honest calibrated OOF probabilities float64[n,3] (missing names are skipped).

@@ -12,8 +12,10 @@ Outputs under ``<workdir>/stacking/``:
                                        features_only, length_only (fold models + the full model used to predict)
   temperature.json                     temperature per candidate (fitted on all its OOF; the OOF itself is cross-fitted)
   features.json                        feature list of each model
-  oof.parquet (+meta)                  id, fold, label, source, provenance, in_llm_rows, group (prompt), <model>_raw_{a,b,tie}, <model>_{a,b,tie}
-  stacker.json                         manifest: models, selection per student mode, candidate table, input hash (written last)
+  oof.parquet (+meta)                  id, fold, label, source, provenance, in_llm_rows, group (prompt),
+                                       <model>_raw_{a,b,tie}, <model>_{a,b,tie}
+  stacker.json                         manifest: models, selection per student mode, candidate table, input hash
+                                       (written last)
   report.md, *.png, config.resolved.yaml
 
 Without ``<workdir>/student/oof.parquet`` only the candidates that need no student are trained (and said so).
@@ -33,20 +35,27 @@ import numpy as np
 import pandas as pd
 
 from arena_kd.blend.booster import capacity, gain_importance, save_booster, train_cv, train_full
-from arena_kd.blend.features import compute_features, fit_similarity, is_student_column, student_features, student_probs
+from arena_kd.blend.features import (
+    features_and_words,
+    fit_similarity,
+    is_student_column,
+    student_features,
+    student_probs,
+)
 from arena_kd.blend.stacker import MANIFEST, PRIOR, STUDENT_ONLY
 from arena_kd.blend.temperature import TemperatureFit, fit_temperature
 from arena_kd.common.config import PipelineConfig, write_resolved
 from arena_kd.common.io import atomic_write_json, file_hash, frame_hash, read_keyed_table, write_keyed_table
+from arena_kd.common.tables import format_table
 from arena_kd.data.folds import prompt_groups
 from arena_kd.stacking.candidates import (
-    LENGTH_FEATURES,
     cross_fitted_temperature,
     fold_pooled_prior,
+    length_columns,
     pooled_prior,
     select,
 )
-from arena_kd.stacking.report import format_table, prob_columns, write_report
+from arena_kd.stacking.report import prob_columns, write_report
 from arena_kd.stacking.rows import all_rows, load_student
 
 FORMAT_VERSION = 2
@@ -84,7 +93,8 @@ def _up_to_date(out: Path, input_hash: str) -> dict | None:
     return manifest if all(p.is_file() for p in needed) else None
 
 
-def _train_model(name: str, x: pd.DataFrame, y: np.ndarray, folds: np.ndarray, groups: np.ndarray, cfg: PipelineConfig, out: Path) -> dict[str, Any]:
+def _train_model(name: str, x: pd.DataFrame, y: np.ndarray, folds: np.ndarray, groups: np.ndarray,
+                 cfg: PipelineConfig, out: Path) -> dict[str, Any]:
     """CV + full LightGBM model for one feature set; writes <name>_fold<k>.txt and <name>_full.txt."""
     for old in out.glob(f"{name}_fold*.txt"):
         old.unlink()
@@ -93,7 +103,8 @@ def _train_model(name: str, x: pd.DataFrame, y: np.ndarray, folds: np.ndarray, g
     full = train_full(x, y, cfg.stacking, cfg.seed, cv.full_rounds)
     files.append(save_booster(full, out / f"{name}_full.txt").name)
     spec = {"kind": "lightgbm", "features": list(x.columns), "model_file": f"{name}_full.txt", "fold_files": files[:-1],
-            "best_iterations": cv.best_iterations, "full_rounds": cv.full_rounds, "capacity": capacity(cfg.stacking, len(x))}
+            "best_iterations": cv.best_iterations, "full_rounds": cv.full_rounds,
+            "capacity": capacity(cfg.stacking, len(x))}
     return {"spec": spec, "files": files, "oof_raw": cv.oof, "importance": gain_importance(full)}
 
 
@@ -112,7 +123,8 @@ def _student_max_length(path: Path) -> int | None:
 
 
 def run_stacking(cfg: PipelineConfig, force: bool = False) -> dict:
-    """Train the candidates for ``cfg``, choose per student mode (see module doc); returns the manifest (stacker.json)."""
+    """Train the candidates for ``cfg``, choose per student mode (see module doc); returns the manifest
+    (stacker.json)."""
     from arena_kd.kfold.training_data import DATA_HASH_COLUMNS, load_training_data
 
     t0 = time.time()
@@ -128,8 +140,8 @@ def run_stacking(cfg: PipelineConfig, force: bool = False) -> dict:
         student, present, provenance = load_student(spath, hpath, frame)
         student_hash = file_hash(spath) + (file_hash(hpath) if hpath.is_file() else "")
         if not present.all():
-            notes.append(f"the student predicted {int(present.sum())} of {len(frame)} labelled rows; every candidate trains on those rows"
-                         " (student.predict_heldout=true lets the fold students predict the rest)")
+            notes.append(f"the student predicted {int(present.sum())} of {len(frame)} labelled rows; every candidate "
+                         "trains on those rows (student.predict_heldout=true lets the fold students predict the rest)")
             frame = frame[present].reset_index(drop=True)
     else:
         notes.append(f"no student OOF at {spath}: training the candidates that need no student only")
@@ -139,13 +151,14 @@ def run_stacking(cfg: PipelineConfig, force: bool = False) -> dict:
     for n in notes:
         print(f"[stack] {n}")
 
-    rows_hash = frame_hash(frame.assign(fold=frame["fold"].astype(int)), [*DATA_HASH_COLUMNS, "source", "fold", "provenance"])
+    rows_hash = frame_hash(frame.assign(fold=frame["fold"].astype(int)),
+                           [*DATA_HASH_COLUMNS, "source", "fold", "provenance"])
     input_hash = _input_hash(cfg, rows_hash, data.folds_hash, student_hash)
     if not force:
         manifest = _up_to_date(out, input_hash)
         if manifest is not None:
             print(f"[stack] {out / MANIFEST} is up to date (input hash {input_hash}); --force retrains")
-            print(format_table(manifest.get("stages", [])))
+            print(format_table(manifest.get("stages", []), counts=True))
             return manifest
 
     out.mkdir(parents=True, exist_ok=True)
@@ -156,20 +169,22 @@ def run_stacking(cfg: PipelineConfig, force: bool = False) -> dict:
     if sc.embedding_model:
         from arena_kd.blend.embeddings import SentenceEmbedder
 
-        embedder = SentenceEmbedder(sc.embedding_model, batch_size=sc.embedding_batch_size, max_length=sc.embedding_max_length,
+        embedder = SentenceEmbedder(sc.embedding_model, batch_size=sc.embedding_batch_size,
+                                    max_length=sc.embedding_max_length,
                                     cache_dir=cfg.workdir_path / "cache" / "embeddings")
-    feats = compute_features(frame, student=None, embedder=embedder, tfidf=tfidf)
+    feats, words = features_and_words(frame, None, embedder, tfidf)
     folds = frame["fold"].astype(int).to_numpy()
     source_model = None
     if sc.source_features:
         from arena_kd.blend.source_model import fit_source_features
 
-        fitted = fit_source_features(frame, folds, tfidf, cfg.seed)
+        fitted = fit_source_features(frame, folds, tfidf, cfg.seed, words)
         if fitted is not None:
             feats, source_model = pd.concat([feats, fitted[0]], axis=1), fitted[1]
             notes.append(f"source features {', '.join(source_model.columns)}: text classifier of the row's source "
                          f"({', '.join(source_model.classes)}), cross-fitted on the stacker folds")
-    write_keyed_table(out / "features.parquet", pd.concat([frame[["id"]], feats], axis=1), {"input_hash": input_hash, "rows": len(frame)})
+    write_keyed_table(out / "features.parquet", pd.concat([frame[["id"]], feats], axis=1),
+                      {"input_hash": input_hash, "rows": len(frame)})
     print(f"[stack] {feats.shape[1]} text features for {len(frame)} rows ({time.time() - t0:.1f}s)")
 
     y = frame["label"].astype(int).to_numpy()
@@ -178,8 +193,9 @@ def run_stacking(cfg: PipelineConfig, force: bool = False) -> dict:
     files = ["tfidf.json", "tfidf_idf.parquet", "temperature.json", "features.json", "oof.parquet", "report.md"]
     if source_model is not None:
         files += source_model.save(out)
-    oof = pd.DataFrame({"id": frame["id"].astype(str).to_numpy(), "fold": folds, "label": y, "source": frame["source"].astype(str).to_numpy(),
-                        "provenance": frame["provenance"].to_numpy(), "in_llm_rows": frame["in_llm_rows"].to_numpy(dtype=bool),
+    oof = pd.DataFrame({"id": frame["id"].astype(str).to_numpy(), "fold": folds, "label": y,
+                        "source": frame["source"].astype(str).to_numpy(), "provenance": frame["provenance"].to_numpy(),
+                        "in_llm_rows": frame["in_llm_rows"].to_numpy(dtype=bool),
                         "group": groups})
     calibrated: dict[str, np.ndarray] = {}
     temps: dict[str, dict] = {}
@@ -205,23 +221,27 @@ def run_stacking(cfg: PipelineConfig, force: bool = False) -> dict:
 
     fo_cols = [c for c in feats.columns if not is_student_column(c)]
     lightgbm("features_only", feats[fo_cols])
-    lightgbm("length_only", feats[[c for c in LENGTH_FEATURES if c in feats.columns]])
-    record("prior", {"kind": PRIOR, "features": [], "probs": pooled_prior(y).tolist()}, fold_pooled_prior(y, folds), fit_t=False)
+    lightgbm("length_only", length_columns(feats))
+    record("prior", {"kind": PRIOR, "features": [], "probs": pooled_prior(y).tolist()}, fold_pooled_prior(y, folds),
+           fit_t=False)
     modes = ["none"]
     if student is not None:
         modes = (["tta"] if student["swap"] is not None else []) + ["single", "none"]
         if student["swap"] is None:
-            notes.append("the student OOF has no swapped orientation (student.predict.tta=false): only the single-orientation candidates are trained")
+            notes.append("the student OOF has no swapped orientation (student.predict.tta=false): only the "
+                         "single-orientation candidates are trained")
         for mode in modes[:-1]:
             suffix = "" if mode == "tta" else "_single"
             stud = student if mode == "tta" else {"orig": student["orig"], "swap": None}
-            record(f"student{suffix}", {"kind": STUDENT_ONLY, "features": [], "student_input": mode}, student_probs(stud))
+            record(f"student{suffix}", {"kind": STUDENT_ONLY, "features": [], "student_input": mode},
+                   student_probs(stud))
             if sc.enabled:
                 cols = pd.DataFrame(student_features(stud["orig"], stud["swap"]))
                 lightgbm(f"stacker{suffix}", pd.concat([feats, cols], axis=1))
                 models[f"stacker{suffix}"]["student_input"] = mode
             else:
-                notes.append(f"stacking.enabled=false: the '{mode}' stacker is the student's probabilities with a temperature")
+                notes.append(f"stacking.enabled=false: the '{mode}' stacker is the student's probabilities with a "
+                             "temperature")
                 models[f"stacker{suffix}"] = models[f"student{suffix}"]
                 calibrated[f"stacker{suffix}"] = calibrated[f"student{suffix}"]
     models.setdefault("stacker", None)
@@ -230,7 +250,8 @@ def run_stacking(cfg: PipelineConfig, force: bool = False) -> dict:
     winners["short"] = winners["none"]
     for mode, name in winners.items():
         if mode != "short":
-            notes.append(f"selected for student mode '{mode}': {name} (out-of-fold log loss {dict((r['name'], r['log_loss']) for r in tables[mode])[name]:.4f})")
+            loss = {r["name"]: r["log_loss"] for r in tables[mode]}[name]
+            notes.append(f"selected for student mode '{mode}': {name} (out-of-fold log loss {loss:.4f})")
     atomic_write_json(out / "temperature.json", temps)
     atomic_write_json(out / "features.json", {name: (spec or {}).get("features", []) for name, spec in models.items()})
     write_keyed_table(out / "oof.parquet", oof, {"input_hash": input_hash, "models": list(temps), "selection": winners})
@@ -241,10 +262,13 @@ def run_stacking(cfg: PipelineConfig, force: bool = False) -> dict:
         "models": models,
         "selection": winners,
         "candidates": tables,
-        "short_rule": "rows the student saw at a max length below student_max_length use the 'none' winner (no stacker was trained on truncated student logits)",
+        "short_rule": "rows the student saw at a max length below student_max_length use the 'none' winner (no stacker "
+                      "was trained on truncated student logits)",
         "student_max_length": _student_max_length(spath) if student is not None else None,
-        "source_model": None if source_model is None else {"classes": source_model.classes, "columns": source_model.columns},
-        "embedding": {"model": sc.embedding_model, "max_length": sc.embedding_max_length, "batch_size": sc.embedding_batch_size} if sc.embedding_model else None,
+        "source_model": None if source_model is None else {"classes": source_model.classes,
+                                                           "columns": source_model.columns},
+        "embedding": {"model": sc.embedding_model, "max_length": sc.embedding_max_length,
+                      "batch_size": sc.embedding_batch_size} if sc.embedding_model else None,
         "rows": len(frame),
         "provenance": {k: int(v) for k, v in counts.items()},
         "files": sorted(set(files)),
@@ -252,6 +276,6 @@ def run_stacking(cfg: PipelineConfig, force: bool = False) -> dict:
         "notes": notes,
     }
     atomic_write_json(out / MANIFEST, manifest)
-    print(format_table(stages))
+    print(format_table(stages, counts=True))
     print(f"[stack] done in {time.time() - t0:.1f}s: {out}")
     return manifest

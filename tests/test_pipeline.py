@@ -10,9 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from arena_kd.common.config import load_config
+from arena_kd.common.config import StackingConfig, load_config
 from arena_kd.common.keys import LABELS
-from arena_kd.pipeline import format_table, hard_student_config, length_only_lgbm, run_pipeline
+from arena_kd.common.tables import format_table
+from arena_kd.pipeline import hard_student_config, run_pipeline
+from arena_kd.stacking.candidates import length_only_probs
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_ROWS = 96
@@ -142,7 +144,7 @@ def test_length_only_baseline_learns_the_longer_answer_wins_signal():
 
     df = make_frame(rows)
     train, test = df.iloc[:450].reset_index(drop=True), df.iloc[450:].reset_index(drop=True)
-    p = length_only_lgbm(train, test, seed=0)
+    p = length_only_probs(train, test, StackingConfig(), seed=0)
     from arena_kd.common.metrics import log_loss
 
     y = test["label"].to_numpy(dtype=np.int64)
@@ -150,7 +152,7 @@ def test_length_only_baseline_learns_the_longer_answer_wins_signal():
     # position-symmetric by construction: the swapped test set swaps the A/B columns
     from arena_kd.data.schema import swap_frame
 
-    ps = length_only_lgbm(train, swap_frame(test), seed=0)
+    ps = length_only_probs(train, swap_frame(test), StackingConfig(), seed=0)
     np.testing.assert_allclose(ps[:, [1, 0, 2]], p, atol=1e-9)
 
 

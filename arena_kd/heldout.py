@@ -1,0 +1,259 @@
+"""`make all`'s evaluation on the held-out test labels (``data.test_labels``): the probabilities of every stage on the
+same test rows, and their statistics — each stage with a 95% interval, paired differences for every "did it pay for
+itself" line, per-source rows. :mod:`arena_kd.report` writes them out.
+
+Stages: uniform, class prior, the length-only LightGBM, each teacher and the teacher ensemble (fold models averaged
+over the test rows, written by the teachers stage when ``data.extra`` holds the test file and
+``teachers.predict_extra`` is on), the hard-label and the distilled student (swap TTA), the stacker candidates before
+and after temperature, and the submission file itself.
+
+Intervals are percentile bootstraps that resample prompts (data.folds.prompt_groups: the first user turn), not rows:
+MT-Bench rows share their question across model pairs and turns, so their errors are not independent. A verdict
+("yes" / "NO") is given only when the 95% interval of the paired difference excludes zero (metrics.verdict);
+otherwise the line says "not resolved at this size".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from arena_kd.common.config import PipelineConfig
+from arena_kd.common.io import read_keyed_table
+from arena_kd.common.keys import LABELS, LOGIT_COLUMNS
+from arena_kd.common.metrics import log_loss_difference, softmax, verdict
+from arena_kd.common.tables import finite, interval_row
+
+FINAL = "submission.csv (final)"
+STACKER_LABELS = {
+    "stacker": "stacker + temperature", "stacker_single": "stacker, one orientation + temperature",
+    "features_only": "features-only stacker + temperature (fallback)",
+    "student": "student TTA + temperature (stacker candidate)",
+    "student_single": "student one orientation + temperature (stacker candidate)",
+}
+ANSWERS = {"a better": "yes", "b better": "NO"}  # metrics.verdict of a − b -> "does a beat b?"
+
+
+@dataclass
+class Evaluation:
+    """Probabilities of every stage on the same test rows, their labels, prompt groups and sources; ``train``: the
+    labelled training rows (label, source), for the per-source class priors."""
+
+    labels: np.ndarray
+    groups: np.ndarray
+    sources: np.ndarray | None
+    seed: int = 0
+    probs: dict[str, np.ndarray | None] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+    train: pd.DataFrame | None = None
+
+    def add(self, stage: str, probs: np.ndarray | None, note: str = "") -> None:
+        self.probs[stage] = None if probs is None else np.asarray(probs, dtype=np.float64)
+        self.notes[stage] = note
+
+    def row(self, stage: str, mask: np.ndarray | None = None) -> dict[str, Any]:
+        p = self.probs.get(stage)
+        if p is None:
+            return {"stage": stage, "log_loss": None, "lo": None, "hi": None, "accuracy": None, "rows": 0,
+                    "note": self.notes.get(stage, "")}
+        m = np.ones(len(self.labels), dtype=bool) if mask is None else mask
+        return interval_row(stage, self.labels[m], p[m], self.groups[m], self.seed, self.notes.get(stage, ""))
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [self.row(s) for s in self.probs]
+
+    def source_masks(self) -> dict[str, np.ndarray]:
+        if self.sources is None:
+            return {}
+        return {s: self.sources == s for s in sorted(set(self.sources.tolist()))}
+
+    def per_source_rows(self, stages: list[str], extra: dict[str, dict[str, np.ndarray]] | None = None
+                        ) -> list[dict[str, Any]]:
+        """Rows per source for ``stages`` (those with probabilities) plus per-source-only entries of ``extra``
+        ({stage: {source: probs for that source's rows}})."""
+        out = []
+        for src, m in self.source_masks().items():
+            for s in stages:
+                if self.probs.get(s) is not None:
+                    out.append({**self.row(s, m), "source": src})
+            for s, by_src in (extra or {}).items():
+                if src in by_src:
+                    row = interval_row(s, self.labels[m], by_src[src], self.groups[m], self.seed)
+                    out.append({**row, "source": src})
+        return out
+
+    def compare(self, a: str, b: str, what: str, mask: np.ndarray | None = None, scope: str = ""
+                ) -> dict[str, Any] | None:
+        """'Does a beat b?' with the paired difference log_loss(a) − log_loss(b) and its interval."""
+        pa, pb = self.probs.get(a), self.probs.get(b)
+        if pa is None or pb is None:
+            return None
+        m = np.ones(len(self.labels), dtype=bool) if mask is None else mask
+        d = log_loss_difference(self.labels[m], pa[m], pb[m], self.groups[m], seed=self.seed)
+        answer = ANSWERS.get(verdict(d), "not resolved at this size")
+        return {"what": what, "scope": scope or "all test rows", "a": a, "b": b, "diff": d["mean"],
+                "lo": finite(d["lo"]), "hi": finite(d["hi"]), "answer": answer, "rows": int(m.sum())}
+
+
+# --------------------------------------------------------------------------- reading what each stage wrote
+
+
+def _test_frame(cfg: PipelineConfig) -> tuple[pd.DataFrame, np.ndarray]:
+    """Test pairs, their labels, and (as ``test['source']``) each row's source from the labels file when it has one."""
+    from arena_kd.common.errors import UserError
+    from arena_kd.data.readers import read_labels, read_pairs
+
+    test = read_pairs(cfg.data.test)
+    labels = read_labels(cfg.data.test_labels)
+    merged = test[["id"]].merge(labels, on="id", how="left")
+    if merged["label"].isna().any():
+        missing = merged.loc[merged["label"].isna(), "id"].head(3).tolist()
+        raise UserError(f"{cfg.data.test_labels}: {int(merged['label'].isna().sum())} test ids have no label "
+                        f"(e.g. {missing})")
+    test = test.drop(columns=["source"])
+    src = _label_sources(cfg.data.test_labels)
+    test["source"] = test["id"].map(src) if src is not None else None
+    return test, merged["label"].to_numpy(dtype=np.int64)
+
+
+def _label_sources(path: str) -> dict[str, str] | None:
+    """id -> source from the labels file's `source` column (None when it has none)."""
+    head = pd.read_csv(path, nrows=0)
+    if "source" not in head.columns:
+        return None
+    df = pd.read_csv(path, usecols=["id", "source"], dtype=str, keep_default_na=False)
+    return dict(zip(df["id"].str.strip(), df["source"].str.strip()))
+
+
+def _train_labels(cfg: PipelineConfig) -> pd.DataFrame:
+    """Every labelled training row (the stacker's rows, data.max_rows or not), with its source."""
+    from arena_kd.data.readers import read_pairs
+
+    df = read_pairs(cfg.data.train, fmt=cfg.data.format, seed=cfg.seed)
+    return df[df["label"].notna()].reset_index(drop=True)
+
+
+def _logit_probs(path: Path, ids: pd.Series) -> np.ndarray | None:
+    """Softmax of the logit columns of a keyed table for ``ids`` (in their order); None when an id is missing."""
+    df, _ = read_keyed_table(path)
+    df = df.set_index("id").reindex(ids.astype(str))
+    if df[list(LOGIT_COLUMNS)].isna().any().any():
+        return None
+    return softmax(df[list(LOGIT_COLUMNS)].to_numpy())
+
+
+def _teacher_test_probs(cfg: PipelineConfig, ids: pd.Series) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Each teacher's test probabilities (fold models averaged, from the teachers' extra predictions) and the
+    ensemble."""
+    tdir = cfg.workdir_path / "teachers"
+    per: dict[str, np.ndarray] = {}
+    for t in cfg.teachers.models:
+        path = tdir / t.name / "extra.parquet"
+        probs = _logit_probs(path, ids) if path.is_file() else None
+        if probs is not None:
+            per[t.name] = probs
+    path = tdir / "soft_labels_extra.parquet"
+    return per, _logit_probs(path, ids) if path.is_file() else None
+
+
+def _student_test(export_dir: Path, test: pd.DataFrame, cfg: PipelineConfig) -> dict[str, np.ndarray] | None:
+    """Student logits on the test rows, both orientations (as the submission computes them)."""
+    if not export_dir.is_dir():
+        return None
+    from arena_kd.llm.export import load_export
+    from arena_kd.llm.predict import predict_tta
+
+    model, tokenizer, settings = load_export(export_dir, quantization="none", dtype="auto")
+    r = settings["render"]
+    p = cfg.student.predict
+    out = predict_tta(model, tokenizer, test, max_length=r["max_length"], truncation=r["truncation"],
+                      prompt_fraction=r["prompt_fraction"], template=r.get("template", "blocks"),
+                      tokens_per_batch=p.tokens_per_batch, max_batch_size=p.max_batch_size)
+    del model
+    return out
+
+
+def _load_stacker(cfg: PipelineConfig):
+    stack_dir = cfg.workdir_path / "stacking"
+    if not cfg.stacking.enabled or not (stack_dir / "stacker.json").is_file():
+        return None
+    from arena_kd.blend.stacker import load_stacker
+
+    return load_stacker(stack_dir)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def evaluate_stages_on_test(cfg: PipelineConfig, hard_cfg: PipelineConfig | None,
+                            nested_cfg: PipelineConfig | None = None) -> Evaluation:
+    """Probabilities of every stage on the held-out test rows (module doc)."""
+    from arena_kd.data.folds import prompt_groups
+    from arena_kd.stacking.candidates import length_only_probs, pooled_prior
+
+    test, y = _test_frame(cfg)
+    train = _train_labels(cfg)
+    sources = test["source"].to_numpy(dtype=object) if test["source"].notna().all() else None
+    ev = Evaluation(labels=y, groups=prompt_groups(test), sources=sources, seed=cfg.seed,
+                    train=train[["label", "source"]] if sources is not None else None)
+    n = len(y)
+    ev.add("uniform (1/3 each)", np.full((n, 3), 1 / 3))
+    prior = pooled_prior(train["label"].to_numpy(dtype=np.int64))
+    ev.add("class prior (train frequencies)", np.tile(prior, (n, 1)), f"A/B pooled, {len(train)} training rows")
+    stacker = _load_stacker(cfg)
+    feats = None if stacker is None else stacker.features(test, None)  # every candidate's text features, once
+    if stacker is not None and stacker.models.get("length_only") is not None:
+        ev.add("length-only LightGBM", stacker.predict_model(test, "length_only", feats=feats),
+               f"the stacker's length-only candidate ({stacker.manifest['rows']} rows)")
+    else:
+        ev.add("length-only LightGBM", length_only_probs(train, test, cfg.stacking, cfg.seed),
+               f"{len(train)} training rows")
+    per, ens = _teacher_test_probs(cfg, test["id"])
+    for t in cfg.teachers.models:
+        ev.add(f"teacher {t.name}", per.get(t.name), "" if t.name in per else "no test predictions")
+    if cfg.teachers.models:
+        ev.add("teacher ensemble", ens, "" if ens is not None else "no test predictions")
+    if hard_cfg is not None:
+        hard = _student_test(hard_cfg.workdir_path / "student" / "export", test, cfg)
+        ev.add("student, hard labels only (alpha=0), TTA", None if hard is None else softmax(hard["avg"]))
+    student = _student_test(cfg.workdir_path / "student" / "export", test, cfg)
+    stud = None if student is None else {"orig": student["orig"], "swap": student["swap"]}
+    if student is not None:
+        ev.add("student, distilled, no TTA", softmax(student["orig"]))
+        ev.add("student, distilled, TTA", softmax(student["avg"]))
+    if stacker is not None:
+        _stacker_rows(ev, stacker, test, stud, feats)
+    if nested_cfg is not None and student is not None and stacker is not None:
+        other = _load_stacker(nested_cfg)
+        if other is not None:
+            mine, theirs = ("nested", "plain") if cfg.student.distill.nested else ("plain", "nested")
+            ev.add(f"stacker as selected, fold students on {mine} soft labels",
+                   stacker.predict(test, stud, feats=feats), "this run")
+            ev.add(f"stacker as selected, fold students on {theirs} soft labels", other.predict(test, stud),
+                   "ablation")
+    sub_path = Path(cfg.submission.out) if cfg.submission.out else cfg.workdir_path / "submission.csv"
+    if sub_path.is_file():
+        sub = pd.read_csv(sub_path, dtype={"id": str}).set_index("id").reindex(test["id"].astype(str))
+        ev.add(FINAL, sub[list(LABELS)].to_numpy())
+    return ev
+
+
+def _stacker_rows(ev: Evaluation, stacker, test: pd.DataFrame, stud: dict | None, feats: pd.DataFrame) -> None:
+    """Each stacker candidate of STACKER_LABELS that can answer (the ones needing the student only with one)."""
+    sel = stacker.selection
+    for name, label in STACKER_LABELS.items():
+        model = stacker.models.get(name)
+        needs_student = model is not None and (model.kind != "lightgbm"
+                                               or any(c.startswith("stu_") for c in model.features))
+        if model is None or needs_student and stud is None:
+            continue
+        chosen = [m for m, w in sel.items() if w == name and m != "short"]
+        note = f"selected for student mode {', '.join(chosen)}" if chosen else ""
+        if name == "stacker" and stud is not None:
+            ev.add("stacker (before temperature)",
+                   stacker.predict_model(test, name, stud, calibrate=False, feats=feats))
+        ev.add(label, stacker.predict_model(test, name, stud, feats=feats), note)

@@ -1,0 +1,170 @@
+"""`make all`'s report: ``<workdir>/report.md`` + ``report.json`` + ``report_logloss.png`` from the held-out test
+evaluation (:mod:`arena_kd.heldout`), the nested soft-label ablation and the wall time / peak memory of every stage.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from arena_kd.common.config import PipelineConfig
+from arena_kd.common.io import atomic_write_json, atomic_write_text, read_keyed_table
+from arena_kd.common.keys import LOGIT_COLUMNS
+from arena_kd.common.metrics import log_loss, log_loss_difference, softmax, verdict
+from arena_kd.common.profiling import StageRecord
+from arena_kd.common.tables import bar_chart, format_table
+from arena_kd.heldout import FINAL, Evaluation
+
+UNIFORM_LOG_LOSS = float(np.log(3.0))
+CHECKS = (  # (a, b, what): "does a beat b?"
+    ("student, distilled, TTA", "student, hard labels only (alpha=0), TTA",
+     "distilled student beats the hard-label student"),
+    ("student, distilled, TTA", "student, distilled, no TTA", "TTA beats one orientation"),
+    ("stacker + temperature", "student, distilled, TTA", "stacker + temperature beats the student"),
+    ("stacker + temperature", "stacker (before temperature)", "temperature improves the stacker"),
+    ("stacker + temperature", "features-only stacker + temperature (fallback)",
+     "the student's logits improve the stacker"),
+    (FINAL, "length-only LightGBM", "final submission beats the length-only LightGBM"),
+    (FINAL, "class prior (train frequencies)", "final submission beats the class prior"),
+    (FINAL, "uniform (1/3 each)", "final submission beats uniform"),
+    ("stacker as selected, fold students on nested soft labels",
+     "stacker as selected, fold students on plain soft labels",
+     "nested teacher soft labels beat plain ones (through the stacker)"),
+)
+PER_SOURCE_CHECKS = (("uniform (1/3 each)", "final submission beats uniform"),
+                     ("length-only LightGBM", "final submission beats the length-only LightGBM"))
+
+
+def verdicts(ev: Evaluation) -> list[dict[str, Any]]:
+    """Every 'did it pay for itself' line, with the paired-difference interval (Evaluation.compare)."""
+    out = [v for a, b, what in CHECKS if (v := ev.compare(a, b, what)) is not None]
+    for src, m in ev.source_masks().items():
+        for b, what in PER_SOURCE_CHECKS:
+            v = ev.compare(FINAL, b, what, mask=m, scope=f"source {src}")
+            if v is not None:
+                out.append(v)
+    return out
+
+
+def format_verdicts(lines: list[dict[str, Any]]) -> str:
+    out = []
+    for v in lines:
+        ci = "—" if v["lo"] is None else f"[{v['lo']:+.4f}, {v['hi']:+.4f}]"
+        out.append(f"- {v['what']} ({v['scope']}, {v['rows']} rows): **{v['answer']}** — log loss difference "
+                   f"{v['diff']:+.4f}, 95% interval {ci} ({v['a']} minus {v['b']})")
+    return "\n".join(out)
+
+
+def per_source(ev: Evaluation) -> list[dict[str, Any]]:
+    """Per test source: uniform, class prior, the source's own training prior (an oracle: test rows carry no source),
+    length-only, students, stacker candidates, final."""
+    extra = {}
+    if ev.train is not None and ev.sources is not None:
+        own = {}
+        for src, m in ev.source_masks().items():
+            y = ev.train.loc[ev.train["source"] == src, "label"].to_numpy(dtype=np.int64)
+            if len(y):
+                c = np.bincount(y, minlength=3)[:3] + 1.0
+                own[src] = np.tile(c / c.sum(), (int(m.sum()), 1))
+        extra["class prior of this source (oracle)"] = own
+    stages = [s for s in ev.probs if not s.startswith("teacher ")]
+    return ev.per_source_rows(stages, extra)
+
+
+def plot_log_loss(rows: list[dict[str, Any]], path: Path) -> None:
+    """Log loss per stage (bars), the uniform answer dashed."""
+    rs = [r for r in rows if r["log_loss"] is not None]
+    losses = [r["log_loss"] for r in rs]
+    bar_chart([r["stage"] for r in rs], losses, path, xlabel="log loss on held-out test labels (lower is better)",
+              width=8, bar_height=0.35, dpi=110, color="#4C72B0", vline=UNIFORM_LOG_LOSS,
+              xlim=(max(0.0, min(losses) - 0.1), max(losses) + 0.02))
+
+
+def nested_oof_comparison(cfg: PipelineConfig, nested_cfg: PipelineConfig) -> dict[str, Any] | None:
+    """Student OOF log loss with plain vs nested teacher soft labels on the same rows, paired, prompt-bootstrap
+    interval."""
+    from arena_kd.data.folds import prompt_groups
+    from arena_kd.kfold.training_data import load_training_data
+
+    paths = {nested_cfg.student.distill.nested: nested_cfg.workdir_path / "student" / "oof.parquet",
+             cfg.student.distill.nested: cfg.workdir_path / "student" / "oof.parquet"}
+    if not all(p.is_file() for p in paths.values()):
+        return None
+    frame = load_training_data(cfg).frame
+    y = frame["label"].to_numpy(dtype=np.int64)
+    probs = {}
+    for is_nested, p in paths.items():
+        df = frame[["id"]].merge(read_keyed_table(p)[0], on="id", how="left")
+        probs[is_nested] = softmax(df[list(LOGIT_COLUMNS)].to_numpy(dtype=np.float64))
+    d = log_loss_difference(y, probs[True], probs[False], prompt_groups(frame), seed=cfg.seed)
+    return {"rows": len(y), "plain": log_loss(y, probs[False]), "nested": log_loss(y, probs[True]),
+            "diff": d["mean"], "lo": d["lo"], "hi": d["hi"]}
+
+
+def _held_out_section(ev: Evaluation, out: Path, report: dict[str, Any]) -> list[str]:
+    rows = ev.rows()
+    selection = None
+    sj = out / "stacking" / "stacker.json"
+    if sj.is_file():
+        selection = json.loads(sj.read_text()).get("selection")
+    parts = ["## Held-out test set (never used for fitting)\n",
+             f"{len(ev.labels)} rows, {len(np.unique(ev.groups))} distinct prompts; 95% intervals: bootstrap over "
+             "prompts.\n", format_table(rows) + "\n"]
+    if selection:
+        parts.append("What the submission uses, chosen by out-of-fold log loss on the training rows "
+                     "(`stacking/report.md`): "
+                     + ", ".join(f"student mode `{m}` → `{w}`" for m, w in selection.items()) + ".\n")
+    lines = verdicts(ev)
+    if lines:
+        parts.append("### Did each stage pay for itself?\n\nA yes/NO only when the 95% interval of the paired "
+                     "difference excludes zero.\n\n" + format_verdicts(lines) + "\n")
+    by_source = per_source(ev)
+    if by_source:
+        parts.append("### Per source\n\n" + format_table(by_source) + "\n")
+    plot_log_loss(rows, out / "report_logloss.png")
+    parts.append("![log loss per stage](report_logloss.png)\n")
+    report.update({"rows": rows, "verdicts": lines, "per_source": by_source, "selection": selection})
+    return parts
+
+
+def _nested_section(cmp: dict[str, Any]) -> str:
+    resolved = verdict(cmp) != "not resolved at this size"
+    return ("### Nested teacher soft labels (fold k's student taught by teachers that never saw fold k)\n\n"
+            f"Student OOF log loss on the {cmp['rows']} LLM rows: plain {cmp['plain']:.4f}, nested "
+            f"{cmp['nested']:.4f}; nested minus plain {cmp['diff']:+.4f}, 95% interval [{cmp['lo']:+.4f}, "
+            f"{cmp['hi']:+.4f}] ({'resolved' if resolved else 'not resolved at this size'}; the plain OOF is "
+            "expected to look slightly better because its teachers saw the scored fold). The held-out test "
+            "difference through the stacker is the 'nested teacher soft labels' line above. The default stays the "
+            "cheaper plain labels unless the test interval shows nested ahead.\n")
+
+
+def write_report(cfg: PipelineConfig, ev: Evaluation | None, records: list[StageRecord],
+                 nested_cfg: PipelineConfig | None = None) -> dict[str, Any]:
+    """Write report.md and report.json under the workdir (and print the Markdown); return the report dict."""
+    out = cfg.workdir_path
+    stages = [r.as_dict() for r in records]
+    parts = [f"# arena-kd report — `{out}`\n"]
+    report: dict[str, Any] = {"rows": []}
+    if ev is not None:
+        parts += _held_out_section(ev, out, report)
+    if nested_cfg is not None:
+        cmp = nested_oof_comparison(cfg, nested_cfg)
+        if cmp is not None:
+            parts.append(_nested_section(cmp))
+            report["nested_oof"] = cmp
+    parts.append("## Wall time and peak memory per stage\n")
+    lines = ["| stage | wall time (s) | peak RSS (MiB) |", "|---|---|---|"]
+    lines += [f"| {s['stage']} | {s['seconds']:.1f} | {s['peak_rss_mib']:.0f} |" for s in stages]
+    parts.append("\n".join(lines) + "\n")
+    if (out / "stacking" / "report.md").is_file():
+        parts.append("Stacker details (every candidate out of fold, per source, per provenance): "
+                     "`stacking/report.md`.\n")
+    text = "\n".join(parts)
+    atomic_write_text(out / "report.md", text)
+    report = {**report, "stages": stages}
+    atomic_write_json(out / "report.json", report)
+    print("\n" + text)
+    return report
