@@ -23,7 +23,8 @@ app = typer.Typer(
     help="Knowledge distillation + stacking pipeline for LMSYS Chatbot Arena preference prediction.",
 )
 
-ConfigOpt = typer.Option([DEFAULT_CONFIG], "--config", "-c", help="Pipeline YAML config; repeat to lay override files over a base "
+ConfigOpt = typer.Option([DEFAULT_CONFIG], "--config", "-c",
+                         help="Pipeline YAML config; repeat to lay override files over a base "
                          "(--config configs/kaggle-gemma2.yaml --config configs/rehearsal.yaml).")
 SetOpt = typer.Option(None, "--set", help="Override a config value: dotted.key=value (repeatable).")
 ForceOpt = typer.Option(False, "--force", help="Redo work whose outputs already exist.")
@@ -39,7 +40,8 @@ def _cfg(config: List[str], sets: Optional[List[str]]):
 def teachers(config: List[str] = ConfigOpt, set: Optional[List[str]] = SetOpt, force: bool = ForceOpt) -> None:
     """Fine-tune each teacher k-fold and write out-of-fold logits; combine them into soft labels.
 
-    Outputs: <workdir>/teachers/<name>/oof.parquet (+meta.json), <workdir>/teachers/soft_labels.parquet. Resumable per fold.
+    Outputs: <workdir>/teachers/<name>/oof.parquet (+meta.json), <workdir>/teachers/soft_labels.parquet.
+    Resumable per fold.
     """
     cfg = _cfg(config, set)  # config errors first: fast, and before any heavy import
     from arena_kd.teachers.run import run_teachers
@@ -79,7 +81,8 @@ def submission(
     out: Optional[str] = typer.Option(None, "--out", help="Output CSV; default <workdir>/submission.csv."),
     time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Wall-clock budget, e.g. 30600 or 8h30m."),
 ) -> None:
-    """Predict the test pairs offline (student with swap TTA → features → stacker → temperature) and write submission.csv.
+    """Predict the test pairs offline (student with swap TTA → features → stacker → temperature) and write
+    submission.csv.
 
     Always writes a valid file inside the time budget, degrading (no TTA, shorter inputs, features-only) when needed.
     """
@@ -105,7 +108,8 @@ def validate_data(
     path: str = typer.Argument(..., help="Data file (Kaggle CSV, arena JSONL/Parquet, chosen/rejected pairs)."),
     format: str = typer.Option("auto", "--format", help="|".join(FORMATS)),
 ) -> None:
-    """Read and validate a data file; print rows, labels, turn histogram, repaired/flagged counts and length percentiles."""
+    """Read and validate a data file; print rows, labels, turn histogram, repaired/flagged counts and length
+    percentiles."""
     from arena_kd.data.validate import validate_data_report
 
     validate_data_report(path, fmt=format)
@@ -115,13 +119,22 @@ def validate_data(
 def plan(
     config: List[str] = ConfigOpt,
     set: Optional[List[str]] = SetOpt,
-    test: Optional[str] = typer.Option(None, "--test", help="Test CSV whose token counts drive the estimate; default data.test."),
+    test: Optional[str] = typer.Option(None, "--test",
+                                       help="Test CSV whose token counts drive the estimate; default data.test."),
     hardware: str = typer.Option("t4x2", "--hardware", help="t4x2 | t4x1 | l4 | a100-40 | a100-80 | h100 | h200"),
-    calibration: Optional[List[str]] = typer.Option(None, "--calibration", help="GPU results file written by benchmarks/gpu_check.sh (repeatable); shipped files are read anyway."),
-    test_chars: Optional[float] = typer.Option(None, "--test-chars-per-row", help="Mean characters of a hidden-test row; default: the competition's ~3,100 when the test file stands in for more rows; 0: the file's own lengths."),
-    as_json: bool = typer.Option(False, "--json", help="Print the plan as one JSON object (stages with low_s/expected_s/high_s and sources, budget_s, verdict)."),
+    calibration: Optional[List[str]] = typer.Option(
+        None, "--calibration",
+        help="GPU results file written by benchmarks/gpu_check.sh (repeatable); shipped files are read anyway."),
+    test_chars: Optional[float] = typer.Option(
+        None, "--test-chars-per-row",
+        help="Mean characters of a hidden-test row; default: the competition's ~3,100 when the test file stands in "
+        "for more rows; 0: the file's own lengths."),
+    as_json: bool = typer.Option(
+        False, "--json",
+        help="Print the plan as one JSON object (stages with low_s/expected_s/high_s and sources, budget_s, verdict)."),
 ) -> None:
-    """Estimate wall time (low/expected/high) and GPU memory of every stage; say if the Kaggle submission fits its budget."""
+    """Estimate wall time (low/expected/high) and GPU memory of every stage; say if the Kaggle submission fits its
+    budget."""
     cfg = _cfg(config, set)
     from arena_kd.planner.plan import run_plan
 

@@ -7,17 +7,17 @@ from typing import Any
 import numpy as np
 
 from arena_kd.common.errors import UserError
+from arena_kd.common.keys import LABELS
 from arena_kd.common.metrics import accuracy, calibration_table, log_loss
-
-PRED_COLUMNS = ["winner_model_a", "winner_model_b", "winner_tie"]
 
 
 def read_predictions(path: str):
-    """Predictions CSV (id, winner_model_a, winner_model_b, winner_tie) -> (ids, float64[n, 3]); rows must be valid probabilities."""
+    """Predictions CSV (id, winner_model_a, winner_model_b, winner_tie) -> (ids, float64[n, 3]); rows must be valid
+    probabilities."""
     from arena_kd.data.readers import read_sample_submission
 
     df = read_sample_submission(path)  # same layout: checks columns, numbers in [0, 1], unique ids
-    probs = df[PRED_COLUMNS].to_numpy(dtype=np.float64)
+    probs = df[list(LABELS)].to_numpy(dtype=np.float64)
     sums = probs.sum(axis=1)
     bad = np.flatnonzero(sums <= 0)
     if len(bad):
@@ -38,18 +38,22 @@ def evaluate_arrays(labels: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
 
 
 def format_evaluation(result: dict[str, Any]) -> str:
+    interval = ""
+    if "log_loss_95" in result and np.isfinite(result["log_loss_95"][0]):
+        lo, hi = result["log_loss_95"]
+        interval = f"   95% interval [{lo:.5f}, {hi:.5f}] (bootstrap over {result['interval_unit']}s)"
     lines = [
         f"rows: {result['rows']}",
-        f"log loss: {result['log_loss']:.5f}   (uniform 1/3: {result['uniform_log_loss']:.5f})"
-        + (f"   95% interval [{result['log_loss_95'][0]:.5f}, {result['log_loss_95'][1]:.5f}] (bootstrap over {result['interval_unit']}s)"
-           if "log_loss_95" in result and np.isfinite(result["log_loss_95"][0]) else ""),
+        f"log loss: {result['log_loss']:.5f}   (uniform 1/3: {result['uniform_log_loss']:.5f})" + interval,
         f"accuracy: {result['accuracy']:.4f}",
         "calibration (mean predicted vs observed):",
     ]
     for c in result["calibration"]:
-        lines.append(f"  {c['class']:<4} predicted {c['mean_pred']:.4f}  observed {c['observed']:.4f}  gap {c['mean_pred'] - c['observed']:+.4f}")
+        lines.append(f"  {c['class']:<4} predicted {c['mean_pred']:.4f}  observed {c['observed']:.4f}  "
+                     f"gap {c['mean_pred'] - c['observed']:+.4f}")
     for r in result.get("per_source", []):
-        lines.append(f"source {r['source']}: {r['rows']} rows, log loss {r['log_loss']:.5f} [{r['lo']:.5f}, {r['hi']:.5f}], "
+        lines.append(f"source {r['source']}: {r['rows']} rows, log loss {r['log_loss']:.5f} "
+                     f"[{r['lo']:.5f}, {r['hi']:.5f}], "
                      f"accuracy {r['accuracy']:.4f} (uniform {result['uniform_log_loss']:.5f})")
     return "\n".join(lines)
 
@@ -98,7 +102,8 @@ def _intervals_and_sources(labels_csv: str, ids: np.ndarray, y: np.ndarray, prob
         pass
     p = probs / probs.sum(axis=1, keepdims=True)
     ci = log_loss_interval(y, p, groups)
-    out: dict[str, Any] = {"log_loss_95": [ci["lo"], ci["hi"]], "interval_unit": "prompt" if groups is not None else "row"}
+    out: dict[str, Any] = {"log_loss_95": [ci["lo"], ci["hi"]],
+                           "interval_unit": "prompt" if groups is not None else "row"}
     if sources is not None and len(set(sources.tolist())) > 1:
         per = []
         for src in sorted(set(sources.tolist())):

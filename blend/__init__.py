@@ -3,5 +3,6 @@
 
 Modules: ``text_bytes`` (texts as one byte buffer), ``similarity`` (hashed TF-IDF), ``embeddings`` (cached sentence
 embeddings), ``features`` (compute_features / swap_features), ``booster`` (CV LightGBM, symmetric prediction),
-``temperature`` (fit / apply), ``source_model`` (the source of a pair learned from its text), ``stacker`` (load_stacker, Stacker.predict).
+``temperature`` (fit / apply), ``source_model`` (the source of a pair learned from its text), ``stacker``
+(load_stacker, Stacker.predict).
 """

@@ -19,10 +19,11 @@ import pandas as pd
 from arena_kd.blend.features import swap_features
 from arena_kd.common.config_stages import StackingConfig
 from arena_kd.common.io import atomic_path
+from arena_kd.common.keys import SWAP_PERMUTATION
 from arena_kd.common.metrics import log_loss
 
 log = logging.getLogger(__name__)
-SWAP_CLASSES = np.array([1, 0, 2])
+SWAP_CLASSES = np.array(SWAP_PERMUTATION)
 
 
 INNER_VALID_FRACTION = 0.2
@@ -49,7 +50,8 @@ def capacity(cfg: StackingConfig, n_rows: int) -> dict[str, float]:
 
 
 def lgb_params(cfg: StackingConfig, seed: int, n_rows: int = 0) -> dict:
-    """LightGBM parameters for the 3-class stacker on ``n_rows`` pairs (deterministic; threads follow OMP_NUM_THREADS)."""
+    """LightGBM parameters for the 3-class stacker on ``n_rows`` pairs (deterministic; threads follow
+    OMP_NUM_THREADS)."""
     return {
         "objective": "multiclass",
         "num_class": 3,
@@ -65,7 +67,8 @@ def lgb_params(cfg: StackingConfig, seed: int, n_rows: int = 0) -> dict:
 
 
 def inner_split(n: int, groups: np.ndarray | None, seed: int, fraction: float = INNER_VALID_FRACTION) -> np.ndarray:
-    """bool[n]: the inner validation rows (whole groups, ~``fraction`` of them, seeded) used only to pick the round count."""
+    """bool[n]: the inner validation rows (whole groups, ~``fraction`` of them, seeded) used only to pick the round
+    count."""
     g = np.arange(n) if groups is None else np.asarray(groups)
     uniq = np.unique(g)
     if len(uniq) < 2:
@@ -99,7 +102,8 @@ def _dataset(x: pd.DataFrame, y: np.ndarray, reference: lgb.Dataset | None = Non
 
 @dataclass
 class CVResult:
-    """Fold boosters (trained on the other folds), honest OOF probabilities float64[n,3] and the early-stopped rounds."""
+    """Fold boosters (trained on the other folds), honest OOF probabilities float64[n,3] and the early-stopped
+    rounds."""
 
     boosters: list[lgb.Booster]
     oof: np.ndarray
@@ -111,7 +115,8 @@ class CVResult:
         return max(1, int(round(float(np.mean(self.best_iterations)))))
 
 
-def early_stopped_rounds(x: pd.DataFrame, y: np.ndarray, groups: np.ndarray | None, cfg: StackingConfig, seed: int) -> int:
+def early_stopped_rounds(x: pd.DataFrame, y: np.ndarray, groups: np.ndarray | None, cfg: StackingConfig,
+                         seed: int) -> int:
     """Rounds chosen by early stopping on an inner split of (x, y) — rows the caller will score are never in it."""
     valid = inner_split(len(x), groups, seed)
     if not valid.any() or valid.all():
@@ -124,7 +129,8 @@ def early_stopped_rounds(x: pd.DataFrame, y: np.ndarray, groups: np.ndarray | No
     return int(booster.best_iteration or booster.current_iteration())
 
 
-def train_cv(x: pd.DataFrame, y: np.ndarray, folds: np.ndarray, cfg: StackingConfig, seed: int, groups: np.ndarray | None = None) -> CVResult:
+def train_cv(x: pd.DataFrame, y: np.ndarray, folds: np.ndarray, cfg: StackingConfig, seed: int,
+             groups: np.ndarray | None = None) -> CVResult:
     """k-fold training. For held-out fold k, the round count is early-stopped on an inner split (whole ``groups``,
     e.g. prompts) of the *other* folds, then a booster is refit on all the other folds for that many rounds and
     predicts fold k (both orientations). Fold k never influences its own model, so the OOF is honest."""
@@ -140,7 +146,8 @@ def train_cv(x: pd.DataFrame, y: np.ndarray, folds: np.ndarray, cfg: StackingCon
         rounds = early_stopped_rounds(x[tr].reset_index(drop=True), y[tr], g_tr, cfg, seed + int(k))
         booster = lgb.train(lgb_params(cfg, seed, int(tr.sum())), _dataset(x[tr], y[tr]), num_boost_round=rounds)
         oof[va] = predict_symmetric(booster, x[va])
-        log.info("stacker fold %s: %d rounds (inner early stopping), held-out log loss %.4f", k, rounds, log_loss(y[va], oof[va]))
+        log.info("stacker fold %s: %d rounds (inner early stopping), held-out log loss %.4f", k, rounds,
+                 log_loss(y[va], oof[va]))
         boosters.append(booster)
         best.append(int(rounds))
         fold_ids.append(int(k))

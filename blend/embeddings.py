@@ -31,7 +31,8 @@ class SentenceEmbedder:
     ``cache_dir``: ``<workdir>/cache/embeddings`` (a sub-folder per model is used); None = no cache.
     """
 
-    def __init__(self, model: str, *, batch_size: int = 64, max_length: int = 256, cache_dir: str | Path | None = None, device: str | None = None):
+    def __init__(self, model: str, *, batch_size: int = 64, max_length: int = 256,
+                 cache_dir: str | Path | None = None, device: str | None = None):
         self.model_spec = model
         self.batch_size = batch_size
         self.max_length = max_length
@@ -69,7 +70,8 @@ class SentenceEmbedder:
         with torch.inference_mode():
             for i in range(0, len(order), self.batch_size):
                 idx = order[i : i + self.batch_size]
-                enc = self._tokenizer([texts[j] for j in idx], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt").to(self.device)
+                enc = self._tokenizer([texts[j] for j in idx], padding=True, truncation=True,
+                                      max_length=self.max_length, return_tensors="pt").to(self.device)
                 hidden = self._model(**enc).last_hidden_state  # [B, L, D]
                 mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # [B, L, 1]
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # [B, D]

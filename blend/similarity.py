@@ -78,7 +78,8 @@ def _char_hashes(docs: ByteDocs, lower: np.ndarray, n: int) -> tuple[np.ndarray,
 
 
 def _count_matrix(rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int) -> sp.csr_matrix:
-    """CSR [n_rows, n_cols] of occurrence counts of (row, col) pairs, via one sort of packed keys (uint32 when it fits)."""
+    """CSR [n_rows, n_cols] of occurrence counts of (row, col) pairs, via one sort of packed keys (uint32 when it
+    fits)."""
     key_dtype = np.uint32 if n_rows * n_cols < 2**32 else np.uint64
     keys = rows.astype(key_dtype) * key_dtype(n_cols) + cols.astype(key_dtype)
     keys.sort()
@@ -112,7 +113,10 @@ class HashedTfidf:
     def counts(self, docs: ByteDocs) -> sp.csr_matrix:
         """Raw term counts, CSR float64 [n_docs, n_features], duplicates summed, indices sorted."""
         lower = _LOWER[docs.buf]
-        parts = [_word_hashes(docs, lower)] if self.analyzer == "word" else [_char_hashes(docs, lower, n) for n in self.ngram]
+        if self.analyzer == "word":
+            parts = [_word_hashes(docs, lower)]
+        else:
+            parts = [_char_hashes(docs, lower, n) for n in self.ngram]
         rows = np.concatenate([p[0] for p in parts])
         cols = np.concatenate([_bucket(p[1], self.n_features) for p in parts])
         return _count_matrix(rows, cols, docs.n_docs, self.n_features)
@@ -145,7 +149,8 @@ class HashedTfidf:
         return x
 
     def params(self) -> dict:
-        return {"analyzer": self.analyzer, "n_features": self.n_features, "ngram": list(self.ngram), "n_docs_fit": self.n_docs_fit}
+        return {"analyzer": self.analyzer, "n_features": self.n_features, "ngram": list(self.ngram),
+                "n_docs_fit": self.n_docs_fit}
 
 
 def row_cosine(x: sp.csr_matrix, y: sp.csr_matrix) -> np.ndarray:
@@ -177,13 +182,16 @@ class SimilarityModel:
     max_bytes: int = 2000
 
     @classmethod
-    def new(cls, n_features: int = 262144, char_ngram: tuple[int, ...] = (4,), max_bytes: int = 2000) -> "SimilarityModel":
+    def new(cls, n_features: int = 262144, char_ngram: tuple[int, ...] = (4,),
+            max_bytes: int = 2000) -> "SimilarityModel":
         """``n_features`` is rounded up to a power of two; each text is cut to its first ``max_bytes`` UTF-8 bytes."""
         nf = hash_buckets(n_features)
-        return cls(word=HashedTfidf("word", nf, (1,)), char=HashedTfidf("char", nf, tuple(char_ngram)), max_bytes=max_bytes)
+        return cls(word=HashedTfidf("word", nf, (1,)), char=HashedTfidf("char", nf, tuple(char_ngram)),
+                   max_bytes=max_bytes)
 
     def fit(self, chunks: Iterable[ByteDocs]) -> "SimilarityModel":
-        """Fit both IDFs on chunks of documents (already cut with :func:`arena_kd.blend.text_bytes.truncated` to ``max_bytes``)."""
+        """Fit both IDFs on chunks of documents (already cut with :func:`arena_kd.blend.text_bytes.truncated` to
+        ``max_bytes``)."""
         for docs in chunks:
             self.word.partial_fit(docs)
             self.char.partial_fit(docs)
@@ -194,7 +202,8 @@ class SimilarityModel:
     def save(self, out_dir: str | Path) -> None:
         out = Path(out_dir)
         atomic_write_parquet(out / "tfidf_idf.parquet", pd.DataFrame({"word": self.word.idf, "char": self.char.idf}))
-        atomic_write_json(out / "tfidf.json", {"word": self.word.params(), "char": self.char.params(), "max_bytes": self.max_bytes})
+        atomic_write_json(out / "tfidf.json", {"word": self.word.params(), "char": self.char.params(),
+                                               "max_bytes": self.max_bytes})
 
     @classmethod
     def load(cls, out_dir: str | Path) -> "SimilarityModel":
@@ -204,5 +213,6 @@ class SimilarityModel:
         spaces = {}
         for name in ("word", "char"):
             p = params[name]
-            spaces[name] = HashedTfidf(p["analyzer"], int(p["n_features"]), tuple(p["ngram"]), idf[name].to_numpy(np.float64), int(p["n_docs_fit"]))
+            spaces[name] = HashedTfidf(p["analyzer"], int(p["n_features"]), tuple(p["ngram"]),
+                                       idf[name].to_numpy(np.float64), int(p["n_docs_fit"]))
         return cls(**spaces, max_bytes=int(params["max_bytes"]))

@@ -99,4 +99,5 @@ def truncated(docs: ByteDocs, max_bytes: int) -> ByteDocs:
         return docs
     if docs.encoded is not None:
         return ByteDocs.from_encoded([b[:max_bytes] for b in docs.encoded])
-    return ByteDocs.from_encoded([docs.buf[s : min(e, s + max_bytes)].tobytes() for s, e in zip(docs.starts, docs.ends)])
+    cut = [docs.buf[s : min(e, s + max_bytes)].tobytes() for s, e in zip(docs.starts, docs.ends)]
+    return ByteDocs.from_encoded(cut)

@@ -1,7 +1,8 @@
 """The stacker's training rows: every labelled row, with where its student prediction came from.
 
 ``provenance``:
-  oof       a row of the LLM stages' ``data.max_rows`` subset, predicted by the one fold student that did not train on it
+  oof       a row of the LLM stages' ``data.max_rows`` subset, predicted by the one fold student that did not train
+            on it
   heldout   a row ``data.max_rows`` left out, predicted by the mean of the fold students (none trained on it)
   none      no student prediction (no student OOF at all: the stackers that need no student train on every row)
 
@@ -19,11 +20,12 @@ import pandas as pd
 
 from arena_kd.common.errors import UserError
 from arena_kd.common.io import read_keyed_table
+from arena_kd.common.keys import LOGIT_COLUMNS
 from arena_kd.data.folds import make_folds, prompt_groups
 
-LOGITS = ("logit_a", "logit_b", "logit_tie")
-ORIG = ("orig_logit_a", "orig_logit_b", "orig_logit_tie")
-SWAP = ("swap_logit_a", "swap_logit_b", "swap_logit_tie")
+LOGITS = LOGIT_COLUMNS
+ORIG = tuple(f"orig_{c}" for c in LOGIT_COLUMNS)
+SWAP = tuple(f"swap_{c}" for c in LOGIT_COLUMNS)
 PROVENANCE = ("oof", "heldout", "none")
 
 
@@ -69,8 +71,10 @@ def _read_predictions(path: Path, provenance: str) -> pd.DataFrame:
     return out
 
 
-def load_student(oof_path: Path, heldout_path: Path | None, rows: pd.DataFrame) -> tuple[dict | None, np.ndarray, list[str]]:
-    """Student logits for ``rows``: ({"orig": [m,3], "swap": [m,3] | None}, bool[n] present, provenance per present row).
+def load_student(oof_path: Path, heldout_path: Path | None, rows: pd.DataFrame
+                 ) -> tuple[dict | None, np.ndarray, list[str]]:
+    """Student logits for ``rows``: ({"orig": [m,3], "swap": [m,3] | None}, bool[n] present, provenance per present
+    row).
 
     ``swap`` is None when the student ran without TTA (every swap logit missing); a file with swap logits for some
     rows only is refused (one line naming the file and a row)."""
