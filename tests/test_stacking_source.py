@@ -39,3 +39,19 @@ def test_one_source_trains_nothing():
     df = _sample(40)
     df["source"] = "train"
     assert fit_source_features(df, np.arange(len(df)) % 2, fit_similarity(df, n_features=1024), seed=0) is None
+
+
+def test_word_design_from_the_features_is_the_source_models_input(monkeypatch):
+    """features_and_words hands the source model the word TF-IDF it already computed: the same matrix as design()
+    in one chunk, equal to rounding over several (the L2 norms are taken per chunk)."""
+    import arena_kd.blend.features as features
+    from arena_kd.blend.source_model import design
+
+    df = _sample(60)
+    tfidf = fit_similarity(df, n_features=4096)
+    want = design(df, tfidf)
+    feats, words = features.features_and_words(df, tfidf=tfidf)
+    assert (words != want).nnz == 0 and feats.equals(features.compute_features(df, tfidf=tfidf))
+    monkeypatch.setattr(features, "_chunks", lambda n: (slice(s, min(s + 16, n)) for s in range(0, n, 16)))
+    _, chunked = features.features_and_words(df, tfidf=tfidf)
+    np.testing.assert_allclose(chunked.toarray(), want.toarray(), rtol=0, atol=1e-12)
