@@ -29,10 +29,14 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from arena_kd.common.io import atomic_write_json, atomic_write_text
+from arena_kd.common.keys import LABELS
+
 REPO = Path(__file__).resolve().parents[1]
 BASE = REPO / "configs" / "kaggle-gemma2.yaml"
 OVERRIDES = REPO / "configs" / "rehearsal.yaml"
-DATASETS = {"code": "arena-kd-code", "artifacts": "arena-kd-artifacts", "wheels": "arena-kd-wheels", "competition": "lmsys-chatbot-arena"}
+DATASETS = {"code": "arena-kd-code", "artifacts": "arena-kd-artifacts", "wheels": "arena-kd-wheels",
+            "competition": "lmsys-chatbot-arena"}
 
 
 def _writable(path: Path) -> None:
@@ -57,12 +61,14 @@ def _read_only(path: Path) -> None:
 
 def _manifest(path: Path) -> list[tuple[str, int, int]]:
     """(relative path, size, mtime_ns) of every entry under ``path``: equal before and after = nothing written there."""
-    return sorted((str(p.relative_to(path)), p.stat().st_size if p.is_file() else 0, p.stat().st_mtime_ns) for p in path.rglob("*"))
+    return sorted((str(p.relative_to(path)), p.stat().st_size if p.is_file() else 0, p.stat().st_mtime_ns)
+                  for p in path.rglob("*"))
 
 
 def code_files() -> list[str]:
     """Tracked and untracked-but-not-ignored files of the working tree (what a `git archive` of it would hold)."""
-    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True)
+    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True,
+                         check=True)
     return sorted({f for f in out.stdout.decode().split("\0") if f and (REPO / f).is_file()})
 
 
@@ -88,14 +94,16 @@ def build_inputs(cfg, kaggle: Path, test_rows: int | None) -> dict[str, Path]:
 
     # with setuptools in this environment the wheel builds offline; without it pip fetches setuptools (build isolation)
     isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q", "-w", str(d["wheels"]), str(build)], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q", "-w", str(d["wheels"]),
+                    str(build)], check=True)
     shutil.rmtree(build)
     test = pd.read_csv(cfg.data.test, dtype={"id": str})
     sample = pd.read_csv(cfg.data.sample_submission, dtype={"id": str})
     if test_rows is not None:
         test = test.head(test_rows)
         sample = sample[sample["id"].isin(set(test["id"]))]
-    shutil.copy2(cfg.data.train, d["competition"] / "train.csv")  # the competition folder has it too (predict.py's class prior)
+    # the competition folder has it too (predict.py's class prior)
+    shutil.copy2(cfg.data.train, d["competition"] / "train.csv")
     test.to_csv(d["competition"] / "test.csv", index=False)
     sample.to_csv(d["competition"] / "sample_submission.csv", index=False)
     return d
@@ -114,7 +122,7 @@ def validate(out: Path, sample: Path) -> dict[str, Any]:
 
     sub = pd.read_csv(out, dtype={"id": str})
     ids = pd.read_csv(sample, dtype={"id": str})["id"].tolist()
-    cols = ["winner_model_a", "winner_model_b", "winner_tie"]
+    cols = list(LABELS)
     if list(sub.columns) != ["id", *cols]:
         raise ValueError(f"{out}: columns {list(sub.columns)}")
     if sub["id"].tolist() != ids:
@@ -128,7 +136,6 @@ def validate(out: Path, sample: Path) -> dict[str, Any]:
 def run(overrides: list[str], sets: list[str], out: Path, test_rows: int | None) -> int:
     from arena_kd.common.config import load_config
     from arena_kd.stacking.run import run_stacking
-    from arena_kd.student.export_stage import record_verification
     from arena_kd.student.run import run_distill
     from arena_kd.teachers.run import run_teachers
 
@@ -142,20 +149,21 @@ def run(overrides: list[str], sets: list[str], out: Path, test_rows: int | None)
         times[name] = round(time.time() - t, 1)
     export_dir = cfg.workdir_path / "student" / "export"
     settings = json.loads((export_dir / "export.json").read_text())
-    if "4bit" not in settings.get("verify", {}):
-        record_verification(export_dir, cfg, ["4bit"])
-        settings = json.loads((export_dir / "export.json").read_text())
-
-    report_merge = export_vs_final_adapter(cfg, export_dir, ["none", "8bit", "4bit"])
+    unchecked = [] if "4bit" in settings.get("verify", {}) else ["4bit"]  # distill checks none + the submission's
+    report_merge, checks = export_vs_final_adapter(cfg, export_dir, ["none", "8bit", "4bit"], verify=unchecked)
+    if checks:
+        settings["verify"] = {**settings.get("verify", {}), **checks}
+        atomic_write_json(export_dir / "export.json", settings)
 
     print("\n=== rehearsal: Kaggle folders ===", flush=True)
     t = time.time()
     kaggle = out / "kaggle"
     d = build_inputs(cfg, kaggle, test_rows)
     line = notebook_line(d)
-    (kaggle / "notebook.py").write_text("# Kaggle notebook cell (kaggle/README.md): !python /kaggle/input/arena-kd-code/kaggle/predict.py "
-                                        "--artifacts /kaggle/input/arena-kd-artifacts --test /kaggle/input/lmsys-chatbot-arena/test.csv "
-                                        "--out submission.csv\n# here /kaggle/input = " + str(kaggle / "input") + "\n" + line + "\n")
+    (kaggle / "notebook.py").write_text(
+        "# Kaggle notebook cell (kaggle/README.md): !python /kaggle/input/arena-kd-code/kaggle/predict.py "
+        "--artifacts /kaggle/input/arena-kd-artifacts --test /kaggle/input/lmsys-chatbot-arena/test.csv "
+        "--out submission.csv\n# here /kaggle/input = " + str(kaggle / "input") + "\n" + line + "\n")
     working = kaggle / "working"
     working.mkdir()
     for p in d.values():
@@ -177,23 +185,27 @@ def run(overrides: list[str], sets: list[str], out: Path, test_rows: int | None)
     try:
         report["submission"] = validate(sub, d["competition"] / "sample_submission.csv")
         paths = pd.read_csv(working / "submission.paths.csv")
-        report["rows_per_path"] = {f"{h}+{s}": int(n) for (h, s), n in paths.groupby(["head", "student"]).size().items()}
+        per_path = paths.groupby(["head", "student"]).size().items()
+        report["rows_per_path"] = {f"{h}+{s}": int(n) for (h, s), n in per_path}
     except (OSError, ValueError) as exc:
         report["submission"] = {"valid": False, "error": str(exc)}
     report["wall_time_s"] = round(time.time() - t0, 1)
     _print_report(report)
-    from arena_kd.common.io import atomic_write_text
-
     atomic_write_text(out / "rehearsal.json", json.dumps(report, indent=2, default=str) + "\n")
     return 0 if rc == 0 and report["submission"].get("valid") and input_unchanged else 1
 
 
-def export_vs_final_adapter(cfg, export_dir: Path, precisions: list[str]) -> dict[str, Any]:
+def export_vs_final_adapter(cfg, export_dir: Path, precisions: list[str], verify: list[str] = ()
+                            ) -> tuple[dict[str, Any], dict[str, Any]]:
     """|Δprob| of the loaded export vs the final adapter on its trained base (the soup before merging): what the merge,
-    the fp16 cast and the load precision alone cost, apart from the soup's own distance to the fold mean."""
+    the fp16 cast and the load precision alone cost, apart from the soup's own distance to the fold mean.
+
+    Each precision is loaded once; on that same copy the precisions in ``verify`` are also checked against the
+    export's reference probabilities (llm.export.verify_export, as the distill stage checks its own).
+    Returns (drift per ``<precision>/<dtype>``, verify result per precision in ``verify``)."""
     from arena_kd.common.io import read_keyed_table
     from arena_kd.common.metrics import softmax
-    from arena_kd.llm.export import load_export, prob_drift, reference_logits
+    from arena_kd.llm.export import describe_drift, load_export, prob_drift, reference_logits, verify_export
     from arena_kd.llm.placement import free_accelerator_memory
     from arena_kd.student.soup import adapter_logits
 
@@ -201,14 +213,17 @@ def export_vs_final_adapter(cfg, export_dir: Path, precisions: list[str]) -> dic
     ids = [list(map(int, r)) for r in ref["input_ids"]]
     final = json.loads((cfg.workdir_path / "student" / "final" / "final.json").read_text())["adapter_dir"]
     want = softmax(adapter_logits(cfg.student.model, final, ids, cfg.workdir).astype(float))
-    out = {}
+    out, checks = {}, {}
     for q in precisions:
         dtype = cfg.student.export_dtype if q == "none" else cfg.submission.dtype
         model, _, _ = load_export(export_dir, quantization=q, dtype=dtype, device="cpu")
+        if q in verify:
+            checks[q] = verify_export(export_dir, quantization=q, dtype=dtype, model=model)
+            print(f"[rehearsal] export check {describe_drift(checks[q])}")
         out[f"{q}/{dtype}"] = prob_drift(reference_logits(model, ids), want)
         del model
         free_accelerator_memory()
-    return out
+    return out, checks
 
 
 def _print_report(r: dict[str, Any]) -> None:
@@ -217,23 +232,28 @@ def _print_report(r: dict[str, Any]) -> None:
 
     print("\n=== rehearsal: summary ===")
     print(f"notebook line: {r['notebook_line']}")
-    print(f"notebook exit code: {r['notebook_rc']}; submission.csv: {r['submission']}; input folders unchanged: {r['input_unchanged']}")
+    print(f"notebook exit code: {r['notebook_rc']}; submission.csv: {r['submission']}; input folders unchanged: "
+          f"{r['input_unchanged']}")
     print(f"rows per path (head+student mode): {r.get('rows_per_path')}")
     if r.get("soup"):
         print(f"soup drift: {describe_soup(r['soup'])}")
     for d in (r.get("export_verify") or {}).values():
         print(f"export drift: {describe_drift(d) if 'max_abs_prob_diff' in d else d}")
     for k, d in (r.get("export_vs_final_adapter") or {}).items():
-        print(f"export {k} vs the final adapter on its trained base: max |Δp| {d['max_abs_prob_diff']:.4f}, mean {d['mean_abs_prob_diff']:.4f}, "
-              f"{d['nonfinite_rows']}/{d['rows']} rows non-finite")
+        print(f"export {k} vs the final adapter on its trained base: max |Δp| {d['max_abs_prob_diff']:.4f}, "
+              f"mean {d['mean_abs_prob_diff']:.4f}, {d['nonfinite_rows']}/{d['rows']} rows non-finite")
     print(f"seconds per step: {r['seconds']}; wall time {r['wall_time_s']:.0f}s")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Dress rehearsal of configs/kaggle-gemma2.yaml on CPU, down to the Kaggle notebook line.")
-    p.add_argument("--config", action="append", default=None, help=f"Override YAML laid over {BASE.name} (default {OVERRIDES.name}; repeatable).")
-    p.add_argument("--set", action="append", default=[], help="Extra dotted.key=value override (the CI test shrinks sizes further).")
-    p.add_argument("--out", default="runs/rehearsal", help="Folder for kaggle/ and rehearsal.json (default runs/rehearsal).")
+    p = argparse.ArgumentParser(
+        description="Dress rehearsal of configs/kaggle-gemma2.yaml on CPU, down to the Kaggle notebook line.")
+    p.add_argument("--config", action="append", default=None,
+                   help=f"Override YAML laid over {BASE.name} (default {OVERRIDES.name}; repeatable).")
+    p.add_argument("--set", action="append", default=[],
+                   help="Extra dotted.key=value override (the CI test shrinks sizes further).")
+    p.add_argument("--out", default="runs/rehearsal",
+                   help="Folder for kaggle/ and rehearsal.json (default runs/rehearsal).")
     p.add_argument("--test-rows", type=int, default=None, help="Use only the first N rows of the test file (CI).")
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
