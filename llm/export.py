@@ -73,7 +73,8 @@ def load_settings(model, tokenizer, info: dict | None, cfg: PipelineConfig) -> d
     info = dict(info or {})
     mcfg = model.config
     softcap = getattr(mcfg, "attn_logit_softcapping", None)
-    attn = info.get("attn_implementation") or getattr(mcfg, "_attn_implementation", None) or cfg.student.model.attn_implementation
+    attn = (info.get("attn_implementation") or getattr(mcfg, "_attn_implementation", None)
+            or cfg.student.model.attn_implementation)
     return {
         "attn_implementation": attn if attn in ("eager", "sdpa", "flash_attention_2") else None,
         "disable_softcapping": bool(info.get("disable_softcapping", cfg.student.model.disable_softcapping)),
@@ -139,8 +140,9 @@ def save_export(
     }
     if reference is not None:
         write_keyed_table(tmp / "reference_logits.parquet", reference,
-                          {"what": "input ids and probabilities (logit_* = their log) of the trained model(s) on the first training rows, "
-                                   "original A/B order, no TTA: " + str(settings.get("reference", "the trained model's probabilities")),
+                          {"what": "input ids and probabilities (logit_* = their log) of the trained model(s) on the "
+                                   "first training rows, original A/B order, no TTA: "
+                                   + str(settings.get("reference", "the trained model's probabilities")),
                            "max_length": settings["render"]["max_length"],
                            "folds": (extra or {}).get("soup", {}) and (extra or {})["soup"].get("folds")})
     atomic_write_json(tmp / "export.json", settings)
@@ -256,10 +258,13 @@ def reference_logits(model, input_ids: list[list[int]]) -> "np.ndarray":
 
 
 def prob_drift(got_logits, want_probs) -> dict[str, float | int]:
-    """max / mean |Δprob| between logits [n,3] and probabilities [n,3]; rows with non-finite logits are counted, not compared."""
+    """max / mean |Δprob| between logits [n,3] and probabilities [n,3]; rows with non-finite logits are counted, not
+    compared."""
     got_logits = np.asarray(got_logits, dtype=np.float64)
     finite = np.isfinite(got_logits).all(axis=1)
-    diff = np.abs(softmax(got_logits[finite]) - np.asarray(want_probs, dtype=np.float64)[finite]) if finite.any() else np.zeros((0, 3))
+    diff = np.zeros((0, 3))
+    if finite.any():
+        diff = np.abs(softmax(got_logits[finite]) - np.asarray(want_probs, dtype=np.float64)[finite])
     return {
         "rows": int(len(got_logits)),
         "nonfinite_rows": int((~finite).sum()),
@@ -273,10 +278,10 @@ def verify_export(export_dir: str | Path, *, quantization: str = "none", dtype: 
     """Compare the export's predictions with the trained model(s)' probabilities in ``reference_logits.parquet``.
 
     Runs each stored reference row's ``input_ids`` through the loaded export (one row at a time: no padding) and
-    returns {"rows", "nonfinite_rows", "max_abs_prob_diff", "mean_abs_prob_diff", "max_abs_logit_diff" (of log-probabilities),
-    "quantization", "dtype", "tolerance", "ok"}; ok = no non-finite row and max |Δprob| <= tolerance (see
-    :func:`tolerance`; wider for a fold soup). Pass ``model`` to check a copy already loaded (then ``quantization``
-    and ``dtype`` only name how it was loaded).
+    returns {"rows", "nonfinite_rows", "max_abs_prob_diff", "mean_abs_prob_diff", "max_abs_logit_diff" (of
+    log-probabilities), "quantization", "dtype", "tolerance", "ok"}; ok = no non-finite row and max |Δprob| <=
+    tolerance (see :func:`tolerance`; wider for a fold soup). Pass ``model`` to check a copy already loaded (then
+    ``quantization`` and ``dtype`` only name how it was loaded).
     """
     export_dir = Path(export_dir)
     ref_path = export_dir / "reference_logits.parquet"
@@ -289,10 +294,13 @@ def verify_export(export_dir: str | Path, *, quantization: str = "none", dtype: 
     got = reference_logits(model, list(ref["input_ids"]))
     loaded_dtype = DTYPE_NAMES.get(getattr(model, "dtype", None), dtype)
     out: dict[str, Any] = prob_drift(got, reference_probs(ref))
-    # logits are defined up to a constant per row: compare log-probabilities (log-softmax vs the stored log of the reference)
+    # logits are defined up to a constant per row: compare log-probabilities (log-softmax vs the stored log of the
+    # reference)
     want_lp = np.log(np.clip(reference_probs(ref), 1e-300, 1.0))
     finite = np.isfinite(got).all(axis=1)
-    got_lp = got[finite] - np.log(np.exp(got[finite] - got[finite].max(axis=1, keepdims=True)).sum(axis=1, keepdims=True)) - got[finite].max(axis=1, keepdims=True)
+    g = got[finite]
+    top = g.max(axis=1, keepdims=True)
+    got_lp = g - np.log(np.exp(g - top).sum(axis=1, keepdims=True)) - top
     out["max_abs_logit_diff"] = float(np.abs(got_lp - want_lp[finite]).max()) if finite.any() else 0.0
     soup = bool(meta.get("folds")) or settings.get("final") == "fold_soup"
     tol = tolerance(quantization, loaded_dtype if loaded_dtype in DTYPES else "fp16", soup)
@@ -303,5 +311,7 @@ def verify_export(export_dir: str | Path, *, quantization: str = "none", dtype: 
 
 def describe_drift(d: dict[str, Any]) -> str:
     """One line: '8bit/fp16: max |Δp| 0.0123, mean 0.0031 (tolerance 0.06), 0/16 rows non-finite — ok'."""
-    return (f"{d['quantization']}/{d['dtype']}: max |Δp| {d['max_abs_prob_diff']:.4f}, mean {d['mean_abs_prob_diff']:.4f} "
-            f"(tolerance {d['tolerance']:g}), {d['nonfinite_rows']}/{d['rows']} rows non-finite — {'ok' if d['ok'] else 'BEYOND TOLERANCE'}")
+    verdict = "ok" if d["ok"] else "BEYOND TOLERANCE"
+    return (f"{d['quantization']}/{d['dtype']}: max |Δp| {d['max_abs_prob_diff']:.4f}, "
+            f"mean {d['mean_abs_prob_diff']:.4f} (tolerance {d['tolerance']:g}), "
+            f"{d['nonfinite_rows']}/{d['rows']} rows non-finite — {verdict}")

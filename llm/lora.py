@@ -15,7 +15,8 @@ from arena_kd.common.errors import UserError
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
-_CARRIED_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "llm_info.json")
+_CARRIED_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                  "llm_info.json")
 
 
 def apply_lora(model, settings: LoraSettings, autocast_adapter_dtype: bool = True):
@@ -91,7 +92,8 @@ def _swap_into(tmp: Path, out: Path) -> None:
         os.replace(tmp, out)
 
 
-def save_adapter(model, out_dir: str | Path, tokenizer=None, info: dict | None = None, state_dict: dict | None = None) -> Path:
+def save_adapter(model, out_dir: str | Path, tokenizer=None, info: dict | None = None,
+                 state_dict: dict | None = None) -> Path:
     """Save the LoRA adapter (or the full model when there is no adapter) as safetensors, atomically.
 
     The tokenizer and ``info`` (llm_info.json) go into the same folder so it reloads on its own. ``state_dict``:
@@ -142,11 +144,13 @@ def _read_adapter(d: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return json.loads((d / ADAPTER_CONFIG).read_text()), load_file(str(d / ADAPTER_WEIGHTS))
 
 
-_SHAPE_KEYS = ("r", "lora_alpha", "target_modules", "modules_to_save", "task_type", "base_model_name_or_path", "use_dora", "use_rslora")
+_SHAPE_KEYS = ("r", "lora_alpha", "target_modules", "modules_to_save", "task_type", "base_model_name_or_path",
+               "use_dora", "use_rslora")
 
 
 def _read_folds(dirs: list[Path]) -> tuple[dict, list[dict[str, torch.Tensor]]]:
-    """(config of the first, the tensors of each) after checking the adapters share config keys and tensor names/shapes."""
+    """(config of the first, the tensors of each) after checking the adapters share config keys and tensor
+    names/shapes."""
     if not dirs:
         raise UserError("fold soup: no adapter folders given")
     cfg0, w0 = _read_adapter(dirs[0])
@@ -155,7 +159,8 @@ def _read_folds(dirs: list[Path]) -> tuple[dict, list[dict[str, torch.Tensor]]]:
         cfg, w = _read_adapter(d)
         for key in _SHAPE_KEYS:
             if cfg.get(key) != cfg0.get(key) and key != "base_model_name_or_path":
-                raise UserError(f"{d}: adapter config '{key}'={cfg.get(key)!r} differs from {dirs[0]} ({cfg0.get(key)!r})")
+                raise UserError(f"{d}: adapter config '{key}'={cfg.get(key)!r} differs from {dirs[0]} "
+                                f"({cfg0.get(key)!r})")
         if set(w) != set(w0):
             raise UserError(f"{d}: adapter tensors differ from {dirs[0]} ({len(set(w) ^ set(w0))} names not shared)")
         for k, v in w.items():
@@ -165,7 +170,8 @@ def _read_folds(dirs: list[Path]) -> tuple[dict, list[dict[str, torch.Tensor]]]:
     return cfg0, weights
 
 
-def _write_soup(dirs: list[Path], out_dir: str | Path, tensors: dict[str, torch.Tensor], cfg: dict, record: dict) -> Path:
+def _write_soup(dirs: list[Path], out_dir: str | Path, tensors: dict[str, torch.Tensor], cfg: dict,
+                record: dict) -> Path:
     from safetensors.torch import save_file
 
     out = Path(out_dir)
@@ -194,7 +200,8 @@ def average_adapters(dirs: list[str | Path], out_dir: str | Path) -> Path:
     """
     dirs = [Path(d) for d in dirs]
     cfg0, weights = _read_folds(dirs)
-    mean = {k: (sum(w[k].double() for w in weights) / len(weights)).to(v.dtype).contiguous() for k, v in weights[0].items()}
+    mean = {k: (sum(w[k].double() for w in weights) / len(weights)).to(v.dtype).contiguous()
+            for k, v in weights[0].items()}
     return _write_soup(dirs, out_dir, mean, cfg0, {"mode": "average"})
 
 
@@ -222,7 +229,8 @@ def concat_adapters(dirs: list[str | Path], out_dir: str | Path) -> Path:
             dim = 1 if ".lora_B." in name else 0
             out[name] = torch.cat([(w[name].double() / k).to(v.dtype) for w in weights], dim=dim).contiguous()
         elif "lora_" in name:
-            raise UserError(f"{dirs[0]}: tensor {name} cannot be concatenated for an exact soup; use student.soup=average")
+            raise UserError(f"{dirs[0]}: tensor {name} cannot be concatenated for an exact soup; "
+                            "use student.soup=average")
         else:
             out[name] = (sum(w[name].double() for w in weights) / k).to(v.dtype).contiguous()
     factor = math.sqrt(k) if cfg0.get("use_rslora") else k  # keeps the scaling alpha/r (rsLoRA: alpha/sqrt(r))

@@ -36,12 +36,14 @@ def launch_world_size() -> int:
 
 
 def sharding_launch() -> str | None:
-    """'fsdp' or 'zero3' when the launcher shards parameters over the processes; None for data parallel / one process."""
+    """'fsdp' or 'zero3' when the launcher shards parameters over the processes; None for data parallel / one
+    process."""
     if launch_world_size() <= 1:
         return None
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true"):
         return "fsdp"
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true") and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true")
+    if deepspeed and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
         return "zero3"
     return None
 
@@ -52,15 +54,18 @@ def sharded_storage_dtype(compute_dtype: torch.dtype) -> torch.dtype:
     return torch.bfloat16 if compute_dtype == torch.bfloat16 else torch.float32
 
 
-def placement_kwargs(device_map: str, max_memory: dict[str, str] | None, device: torch.device, quantized: bool) -> dict[str, Any]:
-    """``from_pretrained`` keyword arguments that place the weights (empty: the caller moves the model to ``device``)."""
+def placement_kwargs(device_map: str, max_memory: dict[str, str] | None, device: torch.device,
+                     quantized: bool) -> dict[str, Any]:
+    """``from_pretrained`` keyword arguments that place the weights (empty: the caller moves the model to
+    ``device``)."""
     if device_map == "auto":
         world = launch_world_size()
         if world > 1:
             raise UserError(
                 f"model.device_map=auto: spreads one model over the GPUs of a single process and cannot run under a "
                 f"{world}-process launch (accelerate refuses to train such a model distributed); launch one process, "
-                "or shard the model over the processes with an FSDP launch (configs/accelerate/fsdp-qlora.yaml) and device_map: single"
+                "or shard the model over the processes with an FSDP launch (configs/accelerate/fsdp-qlora.yaml) "
+                "and device_map: single"
             )
         kw: dict[str, Any] = {"device_map": "auto"}
         if max_memory:
@@ -119,20 +124,23 @@ def check_sharded_training(model_cfg, optim: str, save_steps: int) -> None:
     sharded = sharding_launch()
     if sharded is None:
         return
-    if sharded == "zero3":  # detected so that it is refused, not half-run: no lockstep prediction / gathered save for it
+    # ZeRO-3 is detected so that it is refused, not half-run: no lockstep prediction / gathered save for it
+    if sharded == "zero3":
         raise UserError("DeepSpeed ZeRO-3 launch: not supported (sharded prediction and adapter saving are implemented "
                         "for FSDP); use configs/accelerate/fsdp-qlora.yaml, or ZeRO-2 / data parallel")
     if model_cfg.quantization == "8bit":
-        raise UserError(f"model.quantization=8bit: bitsandbytes 8-bit weights cannot be sharded by {sharded}; use 4bit (FSDP-QLoRA) or a data-parallel launch")
+        raise UserError(f"model.quantization=8bit: bitsandbytes 8-bit weights cannot be sharded by {sharded}; "
+                        "use 4bit (FSDP-QLoRA) or a data-parallel launch")
     if "paged" in optim and "8bit" in optim and save_steps > 0:
         raise UserError(
-            f"train.optim={optim} with train.save_steps={save_steps} under {sharded}: saving a checkpoint fails with paged "
-            "8-bit AdamW (documented in peft's FSDP-QLoRA guide); use optim: adamw_torch, or save_steps: 0"
+            f"train.optim={optim} with train.save_steps={save_steps} under {sharded}: saving a checkpoint fails with "
+            "paged 8-bit AdamW (documented in peft's FSDP-QLoRA guide); use optim: adamw_torch, or save_steps: 0"
         )
 
 
 def free_accelerator_memory() -> None:
-    """Collect garbage and return cached CUDA blocks (between folds, after a model is dropped or an OOM); no-op on CPU."""
+    """Collect garbage and return cached CUDA blocks (between folds, after a model is dropped or an OOM); no-op on
+    CPU."""
     import gc
 
     gc.collect()

@@ -163,7 +163,9 @@ def predict_logits(
     rank, world = process_group()
     shard = np.arange(rank, n, world, dtype=np.int64) if world > 1 else np.arange(n, dtype=np.int64)
     part = df.iloc[shard] if world > 1 else df
-    seqs = render_batch(part, tokenizer, max_length, truncation, prompt_fraction, swap=swap, template=template) if len(part) else []
+    seqs = []
+    if len(part):
+        seqs = render_batch(part, tokenizer, max_length, truncation, prompt_fraction, swap=swap, template=template)
     local = logits_for_ids(
         model, seqs, tokenizer.pad_token_id,
         tokens_per_batch=tokens_per_batch, max_batch_size=max_batch_size,

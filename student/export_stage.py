@@ -44,7 +44,8 @@ def fold_adapter_dirs(cfg: PipelineConfig, frame: pd.DataFrame) -> list[Path]:
     for k in sorted(frame["fold"].unique()):
         _, fm = read_keyed_table(fold_path(sdir, int(k)))
         if not fm.get("adapter_dir") or not Path(fm["adapter_dir"]).exists():
-            raise UserError(f"{fold_path(sdir, int(k))}: fold adapter {fm.get('adapter_dir')} is missing; rerun with --force")
+            raise UserError(f"{fold_path(sdir, int(k))}: fold adapter {fm.get('adapter_dir')} is missing; "
+                            "rerun with --force")
         dirs.append(Path(fm["adapter_dir"]))
     return dirs
 
@@ -66,8 +67,10 @@ def _tokenizer(cfg: PipelineConfig, adapter: Path, in_memory):
     return tok
 
 
-def export_student(cfg: PipelineConfig, frame: pd.DataFrame, adapter: Path, in_memory, fhashes: dict[str, str], *, force: bool) -> Path:
-    """Write ``<workdir>/student/export`` (see module docstring); skipped when up to date. ``in_memory``: (model, tokenizer) or None."""
+def export_student(cfg: PipelineConfig, frame: pd.DataFrame, adapter: Path, in_memory, fhashes: dict[str, str], *,
+                   force: bool) -> Path:
+    """Write ``<workdir>/student/export`` (see module docstring); skipped when up to date. ``in_memory``: (model,
+    tokenizer) or None."""
     from arena_kd.data.render import render_batch
     from arena_kd.student.merge import load_trained_base, merged_student
 
@@ -75,8 +78,9 @@ def export_student(cfg: PipelineConfig, frame: pd.DataFrame, adapter: Path, in_m
     sdir = cfg.workdir_path / "student"
     edir = sdir / "export"
     rs = render_settings(cfg)
-    ehashes = {**fhashes, "export": json_hash({"dtype": s.export_dtype, "merged": s.export_merged, "render": rs, "ref": s.reference_rows,
-                                          "verify": verify_precisions(cfg), "rule": "dequantised-fp32-merge"})}
+    ehashes = {**fhashes, "export": json_hash({"dtype": s.export_dtype, "merged": s.export_merged, "render": rs,
+                                               "ref": s.reference_rows, "verify": verify_precisions(cfg),
+                                               "rule": "dequantised-fp32-merge"})}
     ej = edir / "export.json"
     if ej.is_file() and not force:
         from arena_kd.llm.export import read_json_record
@@ -93,7 +97,8 @@ def export_student(cfg: PipelineConfig, frame: pd.DataFrame, adapter: Path, in_m
     ref_rows = frame.head(s.reference_rows).reset_index(drop=True)
     reference, soup_report = None, None
     if len(ref_rows):
-        ids = render_batch(ref_rows, tok, rs["max_length"], rs["truncation"], rs["prompt_fraction"], template=rs["template"])
+        ids = render_batch(ref_rows, tok, rs["max_length"], rs["truncation"], rs["prompt_fraction"],
+                           template=rs["template"])
         ids = [list(map(int, r)) for r in ids]
         if s.final == "fold_soup":
             dirs = fold_adapter_dirs(cfg, frame)
@@ -109,19 +114,22 @@ def export_student(cfg: PipelineConfig, frame: pd.DataFrame, adapter: Path, in_m
         reference = reference_table(ref_rows["id"], ids, probs)
     in_memory = None
     free_accelerator_memory()
+    soup = s.final == "fold_soup"
     extra = {"reference_rows": len(ref_rows), "trained_quantization": s.model.quantization, "final": s.final,
-             "soup_mode": s.soup if s.final == "fold_soup" else None, "soup": soup_report,
-             "reference": "mean of the fold models' probabilities" if s.final == "fold_soup" else "the trained model's probabilities",
+             "soup_mode": s.soup if soup else None, "soup": soup_report,
+             "reference": "mean of the fold models' probabilities" if soup else "the trained model's probabilities",
              "merge_rule": "dequantised trained base, fp32 merge, one cast to export_dtype"}
     if s.export_merged:
         merged, tok2, info = merged_student(s.model, adapter, cfg.workdir)
-        out = save_export(edir, cfg, merged_model=merged, tokenizer=tok2, settings_load=load_settings(merged, tok2, info, cfg),
-                          hashes=ehashes, extra=extra, reference=reference)
+        out = save_export(edir, cfg, merged_model=merged, tokenizer=tok2,
+                          settings_load=load_settings(merged, tok2, info, cfg), hashes=ehashes, extra=extra,
+                          reference=reference)
         del merged
     else:
         base, tok2, info = load_trained_base(s.model, adapter, cfg.workdir)
-        out = save_export(edir, cfg, base_model=base, adapter_dir=adapter, tokenizer=tok2, settings_load=load_settings(base, tok2, info, cfg),
-                          hashes=ehashes, extra=extra, reference=reference)
+        out = save_export(edir, cfg, base_model=base, adapter_dir=adapter, tokenizer=tok2,
+                          settings_load=load_settings(base, tok2, info, cfg), hashes=ehashes, extra=extra,
+                          reference=reference)
         del base
     free_accelerator_memory()
     print(f"[student] export: {out} ({'merged' if s.export_merged else 'base + adapter'}, {s.export_dtype})")

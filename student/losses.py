@@ -110,12 +110,14 @@ class DistillationLoss:
 
     def resume_key(self) -> str:
         # Frozen at the key this loss had before issue 15 moved it (then a closure in module `student.losses`, keyed
-        # as module|name|closure values): folds finished before the move stay valid. Any setting change still changes it.
+        # as module|name|closure values): folds finished before the move stay valid. Any setting change still
+        # changes it.
         values = (self.alpha, self.label_smoothing, self.teacher_weights, self.temperature)
         return "|".join(["student.losses", self.name(), *map(repr, values)])
 
     def __call__(self, logits: torch.Tensor, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         teacher = batch.get("teacher_logits") if self.alpha > 0 else None
-        total, terms = distillation_loss(logits, batch["labels"], teacher, alpha=self.alpha, temperature=self.temperature,
-                                         label_smoothing=self.label_smoothing, teacher_weights=self.teacher_weights)
+        total, terms = distillation_loss(logits, batch["labels"], teacher, alpha=self.alpha,
+                                         temperature=self.temperature, label_smoothing=self.label_smoothing,
+                                         teacher_weights=self.teacher_weights)
         return total, {k: float(v.detach()) for k, v in terms.items()}

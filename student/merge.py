@@ -55,7 +55,8 @@ def merged_student(model_cfg: ModelConfig, adapter: str | Path, workdir: str | P
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    info = {**info, "merged_from": str(adapter), "merge_rule": "dequantised trained base, fp32 merge, one cast to the export dtype"}
+    info = {**info, "merged_from": str(adapter),
+            "merge_rule": "dequantised trained base, fp32 merge, one cast to the export dtype"}
     return model, tok, info
 
 

@@ -62,20 +62,24 @@ def _metrics(labels: np.ndarray, logits: np.ndarray) -> dict[str, float]:
 
 def _print_compare(title: str, student: dict, teacher: dict | None) -> None:
     t = f" | teacher ensemble {teacher['log_loss']:.4f} (acc {teacher['accuracy']:.3f})" if teacher else ""
-    print(f"[student] {title}: student OOF log loss {student['log_loss']:.4f} (acc {student['accuracy']:.3f}, {student['rows']} rows){t}")
+    print(f"[student] {title}: student OOF log loss {student['log_loss']:.4f} (acc {student['accuracy']:.3f}, "
+          f"{student['rows']} rows){t}")
 
 
-def _oof_stage(cfg, data: TrainingData, frame: pd.DataFrame, soft: SoftLabels | None, hashes, loss_fn, *, force, fault) -> pd.DataFrame:
+def _oof_stage(cfg, data: TrainingData, frame: pd.DataFrame, soft: SoftLabels | None, hashes, loss_fn, *, force,
+               fault) -> pd.DataFrame:
     sdir = student_dir(cfg)
     s = cfg.student
 
     heldout = heldout_rows(cfg, data)
 
     def fit_predict(k: int, train_df: pd.DataFrame, valid_df: pd.DataFrame, fold_dir: Path):
-        if s.distill.nested and s.distill.alpha > 0:  # teacher labels from teachers that never saw fold k (teachers/nested.py writes them)
+        # nested: teacher labels from teachers that never saw fold k (teachers/nested.py writes them)
+        if s.distill.nested and s.distill.alpha > 0:
             from arena_kd.kfold.soft_labels import load_nested_logits
 
-            train_df = train_df.assign(teacher_logits=load_nested_logits(cfg.soft_labels_path(), k, train_df["id"], s.distill.per_teacher))
+            nested = load_nested_logits(cfg.soft_labels_path(), k, train_df["id"], s.distill.per_teacher)
+            train_df = train_df.assign(teacher_logits=nested)
         tta, meta, held = train_and_predict(
             s.model, s.train, s.predict, cfg.render, train_df, valid_df, fold_dir,
             seed=cfg.seed + k, init_seed=cfg.seed, workdir=cfg.workdir, loss_fn=loss_fn, also_predict=heldout,
@@ -84,7 +88,8 @@ def _oof_stage(cfg, data: TrainingData, frame: pd.DataFrame, soft: SoftLabels | 
         if held is not None:  # written before the fold file, so a finished fold always has its held-out predictions
             from arena_kd.kfold.runner import tta_frame
 
-            main_write(write_keyed_table, sdir / f"heldout_fold{k}.parquet", tta_frame(heldout["id"], k, held), {"fold": k, "hashes": hashes})
+            main_write(write_keyed_table, sdir / f"heldout_fold{k}.parquet", tta_frame(heldout["id"], k, held),
+                       {"fold": k, "hashes": hashes})
         return tta, meta
 
     folds = run_folds(frame, sdir, hashes, fit_predict, force=force, fault=fault, label="student")
@@ -99,7 +104,8 @@ def _oof_stage(cfg, data: TrainingData, frame: pd.DataFrame, soft: SoftLabels | 
         sm = _metrics(labels[mask], oof.loc[mask, list(LOGIT_COLUMNS)].to_numpy())
         tm = _metrics(labels[mask], teacher_logp[mask]) if teacher_logp is not None else None
         _, fm = read_keyed_table(fold_path(sdir, int(k)))
-        per_fold[str(int(k))] = {"student": sm, "teacher_ensemble": tm, "wall_time_s": fm.get("wall_time_s"), "adapter_dir": fm.get("adapter_dir")}
+        per_fold[str(int(k))] = {"student": sm, "teacher_ensemble": tm, "wall_time_s": fm.get("wall_time_s"),
+                                 "adapter_dir": fm.get("adapter_dir")}
         _print_compare(f"fold {int(k)}", sm, tm)
     overall = _metrics(labels, oof[list(LOGIT_COLUMNS)].to_numpy())
     t_overall = _metrics(labels, teacher_logp) if teacher_logp is not None else None
@@ -118,7 +124,8 @@ def _oof_stage(cfg, data: TrainingData, frame: pd.DataFrame, soft: SoftLabels | 
 
 
 def heldout_rows(cfg: PipelineConfig, data: TrainingData) -> pd.DataFrame | None:
-    """The labelled rows data.max_rows left out, when the fold students should predict them (student.predict_heldout)."""
+    """The labelled rows data.max_rows left out, when the fold students should predict them
+    (student.predict_heldout)."""
     if not (cfg.student.oof and cfg.student.predict_heldout) or data.heldout is None or data.heldout.empty:
         return None
     return data.heldout
@@ -148,10 +155,12 @@ def _average_heldout(sdir: Path, folds: list[int], heldout: pd.DataFrame, hashes
     out["provenance"] = "heldout"
     labels = heldout["label"].astype(int).to_numpy()
     metrics = _metrics(labels, out[list(LOGIT_COLUMNS)].to_numpy())
-    print(f"[student] held-out rows (beyond data.max_rows, mean of {len(folds)} fold models): log loss {metrics['log_loss']:.4f} "
+    print(f"[student] held-out rows (beyond data.max_rows, mean of {len(folds)} fold models): "
+          f"log loss {metrics['log_loss']:.4f} "
           f"(acc {metrics['accuracy']:.3f}, {metrics['rows']} rows)")
     main_write(write_keyed_table, sdir / "heldout.parquet", out,
-               {"folds": folds, "hashes": hashes, "metrics": metrics, "reduction": "mean log-softmax over fold models, per orientation"})
+               {"folds": folds, "hashes": hashes, "metrics": metrics,
+                "reduction": "mean log-softmax over fold models, per orientation"})
     return out
 
 
@@ -180,7 +189,8 @@ def _final_stage(cfg, frame: pd.DataFrame, hashes: dict[str, str], loss_fn, *, f
         print(f"[student] final: training on all {len(frame)} rows")
         # no held-out rows exist in full mode: evaluate (on training rows, a sanity check) only when asked to
         eval_df = frame.head(min(len(frame), 64)).reset_index(drop=True) if s.train.eval_steps else None
-        result = train_classifier(s.model, s.train, cfg.render, frame, eval_df, fdir / "run", seed=cfg.seed, workdir=cfg.workdir, loss_fn=loss_fn,
+        result = train_classifier(s.model, s.train, cfg.render, frame, eval_df, fdir / "run", seed=cfg.seed,
+                                  workdir=cfg.workdir, loss_fn=loss_fn,
                                   tokenizer_texts=frame_texts(frame))
         adapter = Path(result.adapter_dir)
         in_memory = (result.model, result.tokenizer)
@@ -197,11 +207,13 @@ def _final_stage(cfg, frame: pd.DataFrame, hashes: dict[str, str], loss_fn, *, f
         adapter = fdir / "adapter"
         main_write(soup_adapters, dirs, adapter, s.soup)
         print(f"[student] final: {s.soup} soup of {len(dirs)} fold adapters → {adapter}")
-    main_write(atomic_write_json, record, {"hashes": fhashes, "adapter_dir": str(adapter), "mode": s.final, "wall_time_s": round(time.time() - t0, 3)})
+    main_write(atomic_write_json, record, {"hashes": fhashes, "adapter_dir": str(adapter), "mode": s.final,
+                                           "wall_time_s": round(time.time() - t0, 3)})
     return adapter, in_memory, fhashes
 
 
-def _export_stage(cfg, frame: pd.DataFrame, adapter: Path, holder: list, fhashes: dict[str, str], *, force: bool) -> Path:
+def _export_stage(cfg, frame: pd.DataFrame, adapter: Path, holder: list, fhashes: dict[str, str], *,
+                  force: bool) -> Path:
     """References from the trained model(s), merged (or base + adapter) export, self-check (student.export_stage).
     ``holder[0]``: (model, tokenizer) or None; taken out here so the trained model can be freed before the merge."""
     from arena_kd.student.export_stage import export_student
@@ -230,14 +242,18 @@ def run_distill(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
         frame = attach_teacher_logits(frame, soft, d.per_teacher)
         if d.per_teacher and d.per_teacher_weights == "combine":
             if soft.teacher_weights is None:
-                raise UserError(f"{soft.path}: per_teacher_weights=combine but the sidecar has no weights for {', '.join(soft.teacher_names)}")
+                raise UserError(f"{soft.path}: per_teacher_weights=combine but the sidecar has no weights for "
+                                f"{', '.join(soft.teacher_names)}")
             weights = soft.teacher_weights
-    if soft is not None and d.alpha > 0 and d.temperature != 1.0:  # the config check cannot see a file made under another config
+    # the config check cannot see a file made under another config
+    if soft is not None and d.alpha > 0 and d.temperature != 1.0:
         tc = float(soft.temperature)
         if tc != 1.0:
-            raise UserError(f"{soft.path}: soft labels already tempered at T={tc:g} (teachers.combine.temperature) and "
-                            f"student.distill.temperature={d.temperature:g}: the temperatures would compound; set one of them to 1")
-    loss_fn = DistillationLoss(alpha=d.alpha, temperature=d.temperature, label_smoothing=d.label_smoothing, teacher_weights=weights)
+            raise UserError(f"{soft.path}: soft labels already tempered at T={tc:g} (teachers.combine.temperature) "
+                            f"and student.distill.temperature={d.temperature:g}: the temperatures would compound; "
+                            "set one of them to 1")
+    loss_fn = DistillationLoss(alpha=d.alpha, temperature=d.temperature, label_smoothing=d.label_smoothing,
+                               teacher_weights=weights)
     hashes = {
         "config": student_config_hash(cfg),
         "data": data.data_hash,
@@ -254,7 +270,8 @@ def run_distill(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
         paths = [nested_soft_labels_path(soft_path, int(k)) for k in sorted(data.frame["fold"].unique())]
         missing = [p for p in paths if not p.is_file()]
         if missing:
-            raise UserError(f"{missing[0]}: student.distill.nested=true needs the nested soft labels; set teachers.nested=true and run `arena-kd teachers`")
+            raise UserError(f"{missing[0]}: student.distill.nested=true needs the nested soft labels; "
+                            "set teachers.nested=true and run `arena-kd teachers`")
         hashes["nested_soft_labels"] = json_hash([file_hash(p) for p in paths])
     summary: dict[str, Any] = {"hashes": hashes}
     fault = FaultInjector()

@@ -61,7 +61,8 @@ def soup_drift(model_cfg: ModelConfig, fold_dirs: list[Path], fold_logits: list[
     from arena_kd.llm.lora import soup_adapters
 
     mean = fold_mean_probs(fold_logits)
-    out: dict[str, Any] = {"rows": len(input_ids), "folds": len(fold_dirs), "reference": "mean of the fold models' probabilities"}
+    out: dict[str, Any] = {"rows": len(input_ids), "folds": len(fold_dirs),
+                           "reference": "mean of the fold models' probabilities"}
     singles = [prob_drift(z, mean) for z in fold_logits]
     out["single_fold"] = {
         "max_abs_prob_diff": max(d["max_abs_prob_diff"] for d in singles),
@@ -75,7 +76,8 @@ def soup_drift(model_cfg: ModelConfig, fold_dirs: list[Path], fold_logits: list[
 
 
 def describe_soup(d: dict[str, Any]) -> str:
-    parts = [f"{m} max {d[m]['max_abs_prob_diff']:.4f} / mean {d[m]['mean_abs_prob_diff']:.4f}" for m in ("exact", "average") if m in d]
+    parts = [f"{m} max {d[m]['max_abs_prob_diff']:.4f} / mean {d[m]['mean_abs_prob_diff']:.4f}"
+             for m in ("exact", "average") if m in d]
     s = d["single_fold"]
     return (f"|Δp| from the mean of {d['folds']} fold models on {d['rows']} rows: " + ", ".join(parts)
             + f"; a single fold model: max {s['max_abs_prob_diff']:.4f} / mean {s['mean_abs_prob_diff']:.4f}")
