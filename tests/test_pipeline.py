@@ -103,10 +103,13 @@ def test_nested_soft_labels_are_measured(smoke_run):
         assert set(df["id"]) == set(folds.loc[folds["fold"] != k, "id"]) and meta["nested_outer_fold"] == k
     assert (cfg.workdir_path / "ablation_nested_soft_labels" / "student" / "oof.parquet").is_file()
     held, _ = read_keyed_table(cfg.workdir_path / "student" / "heldout.parquet")
-    assert len(held) == 1958 - cfg.data.max_rows and set(held["provenance"]) == {"heldout"} and (held["fold"] == -1).all()
+    assert len(held) == 1958 - cfg.data.max_rows
+    assert set(held["provenance"]) == {"heldout"} and (held["fold"] == -1).all()
     assert not set(held["id"]) & set(folds["id"])
     stack_oof, _ = read_keyed_table(cfg.workdir_path / "stacking" / "oof.parquet")
-    assert len(stack_oof) == 1958 and stack_oof["provenance"].value_counts().to_dict() == {"heldout": 1958 - cfg.data.max_rows, "oof": cfg.data.max_rows}
+    assert len(stack_oof) == 1958
+    provenance = stack_oof["provenance"].value_counts().to_dict()
+    assert provenance == {"heldout": 1958 - cfg.data.max_rows, "oof": cfg.data.max_rows}
     cmp = report["nested_oof"]
     assert cmp["lo"] <= cmp["diff"] <= cmp["hi"] and np.isfinite(cmp["plain"]) and np.isfinite(cmp["nested"])
     assert any(v["what"].startswith("nested teacher soft labels") for v in report["verdicts"])
@@ -139,7 +142,8 @@ def test_length_only_baseline_learns_the_longer_answer_wins_signal():
     for i in range(600):
         la, lb = rng.integers(1, 80, size=2)
         label = 0 if la > lb + 5 else 1 if lb > la + 5 else 2
-        rows.append({"id": str(i), "prompt": ["q"], "response_a": ["w " * la], "response_b": ["w " * lb], "label": label})
+        rows.append({"id": str(i), "prompt": ["q"], "response_a": ["w " * la], "response_b": ["w " * lb],
+                     "label": label})
     from arena_kd.data.schema import make_frame
 
     df = make_frame(rows)
@@ -157,7 +161,8 @@ def test_length_only_baseline_learns_the_longer_answer_wins_signal():
 
 
 def test_format_table_marks_missing_values():
-    text = format_table([{"stage": "x", "log_loss": None, "lo": None, "hi": None, "accuracy": None, "note": "no test predictions"}])
+    text = format_table([{"stage": "x", "log_loss": None, "lo": None, "hi": None, "accuracy": None,
+                          "note": "no test predictions"}])
     assert "| x | — | — | — | no test predictions |" in text
 
 
@@ -209,7 +214,8 @@ def test_smoke_submission_valid_and_swap_symmetric(smoke_run, tmp_path):
     p = a[list(LABELS)].to_numpy()
     assert np.isfinite(p).all() and (p > 0).all() and (p < 1).all() and np.allclose(p.sum(1), 1)
     test = pd.read_csv(smoke.data.test)
-    test.rename(columns={"response_a": "response_b", "response_b": "response_a"}).to_csv(tmp_path / "test.csv", index=False)
+    swapped = test.rename(columns={"response_a": "response_b", "response_b": "response_a"})
+    swapped.to_csv(tmp_path / "test.csv", index=False)
     run_submission(smoke, test=str(tmp_path / "test.csv"), out=str(tmp_path / "b.csv"), progress=False)
     b = _probs(tmp_path / "b.csv").loc[a.index]
     assert np.abs(a[LABELS[0]].to_numpy() - b[LABELS[1]].to_numpy()).mean() < 0.02
@@ -220,7 +226,8 @@ def test_smoke_tiny_budget_and_broken_student(smoke_run, tmp_path):
     smoke, _ = smoke_run
     from arena_kd.submission.run import run_submission
 
-    assert run_submission(smoke, out=str(tmp_path / "c.csv"), time_budget="1s", progress=False).counts == {"features_only+none": TEST_ROWS}
+    res = run_submission(smoke, out=str(tmp_path / "c.csv"), time_budget="1s", progress=False)
+    assert res.counts == {"features_only+none": TEST_ROWS}
     broken = tmp_path / "export"
     shutil.copytree(smoke.workdir_path / "student/export", broken)
     (broken / "model" / "config.json").write_text("{not json")
