@@ -36,7 +36,7 @@ import scipy.sparse as sp
 
 from arena_kd.blend.similarity import SimilarityModel, row_cosine, row_jaccard
 from arena_kd.blend.text_bytes import ByteDocs, run_starts, truncated
-from arena_kd.common.keys import LOGIT_COLUMNS
+from arena_kd.common.keys import CLASS_SUFFIXES
 from arena_kd.common.metrics import softmax
 from arena_kd.data.schema import swap_logits
 
@@ -58,8 +58,7 @@ assert sorted(p for _, g in _REFUSAL_GROUPS for p in g) == sorted(REFUSAL_PHRASE
 # engine jump between newlines instead of trying every position (3-4x faster than re.M with "^")
 _HEADER = re.compile(r"\n[ \t]{0,3}#{1,6}[ \t]")
 _LIST_ITEM = re.compile(r"\n[ \t]*(?:[-*+\u2022]|\d{1,3}[.)])[ \t]")
-CLASS_SUFFIXES = tuple(c.removeprefix("logit_") for c in LOGIT_COLUMNS)
-"""Class suffixes in class order (a, b, tie): ``stu_*_<cls>`` features and ``<model>_<cls>`` probability columns."""
+
 _SOURCES = ("orig", "swap", "avg")
 CHUNK_ROWS = 2048
 WORD_DESIGN = "_word_design"  # a chunk's summed word TF-IDF rows, carried beside its columns

@@ -17,11 +17,10 @@ import pandas as pd
 
 from arena_kd.common.errors import UserError
 from arena_kd.common.io import frame_hash, read_keyed_table
-from arena_kd.common.keys import LOGIT_COLUMNS
+from arena_kd.common.keys import CLASS_SUFFIXES, LOGIT_COLUMNS
 from arena_kd.kfold.oof import check_coverage
 
 _PER_TEACHER = re.compile(r"^t_(.+)_a$")
-CLASS_SUFFIXES = tuple(c.removeprefix("logit_") for c in LOGIT_COLUMNS)  # a, b, tie
 
 
 @dataclass

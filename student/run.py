@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from arena_kd.common.config import PipelineConfig, write_resolved
@@ -23,7 +22,6 @@ from arena_kd.common.config_model import PLACEMENT_FIELDS
 from arena_kd.common.errors import UserError
 from arena_kd.common.io import atomic_write_json, json_hash, read_keyed_table, write_keyed_table
 from arena_kd.common.keys import LOGIT_COLUMNS
-from arena_kd.common.metrics import accuracy, log_loss, softmax
 from arena_kd.kfold.dist import main_write
 from arena_kd.kfold.fold_model import train_and_predict
 from arena_kd.kfold.runner import (
@@ -31,7 +29,9 @@ from arena_kd.kfold.runner import (
     SWAP_COLUMNS,
     FaultInjector,
     check_hashes,
+    fold_metrics,
     fold_path,
+    mean_fold_logprobs,
     model_meta,
     run_folds,
 )
@@ -53,11 +53,6 @@ def student_config_hash(cfg: PipelineConfig) -> str:
                                exclude={"model": set(PLACEMENT_FIELDS)})  # placement: where, not what (as for teachers)
     s["distill"].pop("soft_labels", None)  # the file's content hash is tracked separately
     return json_hash({"student": s, "render": cfg.render.model_dump(mode="json"), "seed": cfg.seed})
-
-
-def _metrics(labels: np.ndarray, logits: np.ndarray) -> dict[str, float]:
-    p = softmax(logits)
-    return {"log_loss": log_loss(labels, p), "accuracy": accuracy(labels, p), "rows": int(len(labels))}
 
 
 def _print_compare(title: str, student: dict, teacher: dict | None) -> None:
@@ -101,14 +96,14 @@ def _oof_stage(cfg, data: TrainingData, frame: pd.DataFrame, soft: SoftLabels | 
     per_fold = {}
     for k in sorted(oof["fold"].unique()):
         mask = oof["fold"].to_numpy() == k
-        sm = _metrics(labels[mask], oof.loc[mask, list(LOGIT_COLUMNS)].to_numpy())
-        tm = _metrics(labels[mask], teacher_logp[mask]) if teacher_logp is not None else None
+        sm = fold_metrics(labels[mask], oof.loc[mask, list(LOGIT_COLUMNS)].to_numpy())
+        tm = fold_metrics(labels[mask], teacher_logp[mask]) if teacher_logp is not None else None
         _, fm = read_keyed_table(fold_path(sdir, int(k)))
         per_fold[str(int(k))] = {"student": sm, "teacher_ensemble": tm, "wall_time_s": fm.get("wall_time_s"),
                                  "adapter_dir": fm.get("adapter_dir")}
         _print_compare(f"fold {int(k)}", sm, tm)
-    overall = _metrics(labels, oof[list(LOGIT_COLUMNS)].to_numpy())
-    t_overall = _metrics(labels, teacher_logp) if teacher_logp is not None else None
+    overall = fold_metrics(labels, oof[list(LOGIT_COLUMNS)].to_numpy())
+    t_overall = fold_metrics(labels, teacher_logp) if teacher_logp is not None else None
     _print_compare("overall", overall, t_overall)
     meta = {
         "stage": "student",
@@ -136,25 +131,12 @@ def _average_heldout(sdir: Path, folds: list[int], heldout: pd.DataFrame, hashes
 
     Same columns as oof.parquet (fold = -1) plus ``provenance`` = 'heldout': no fold model trained on these rows,
     so they are as honest as the OOF rows (the prediction is a k-model mean, like the final student's role at test)."""
-    from scipy.special import log_softmax
-
-    parts = {c: [] for c in ("avg", "orig", "swap")}
-    cols = {"avg": list(LOGIT_COLUMNS), "orig": list(ORIG_COLUMNS), "swap": list(SWAP_COLUMNS)}
-    for k in folds:
-        path = sdir / f"heldout_fold{k}.parquet"
-        df, meta = read_keyed_table(path)
-        check_hashes(path, meta, hashes)
-        df = heldout[["id"]].astype(str).merge(df, on="id", how="left")
-        for key, c in cols.items():
-            parts[key].append(log_softmax(df[c].to_numpy(dtype=np.float64), axis=1))
-    out = pd.DataFrame({"id": heldout["id"].astype(str).to_numpy(), "fold": -1})
-    for key, c in cols.items():
-        mean = np.mean(parts[key], axis=0)
-        for j, name in enumerate(c):
-            out[name] = mean[:, j].astype(np.float32)
+    paths = [sdir / f"heldout_fold{k}.parquet" for k in folds]
+    out = mean_fold_logprobs(paths, heldout["id"], hashes, groups=(LOGIT_COLUMNS, ORIG_COLUMNS, SWAP_COLUMNS))
+    out.insert(1, "fold", -1)
     out["provenance"] = "heldout"
     labels = heldout["label"].astype(int).to_numpy()
-    metrics = _metrics(labels, out[list(LOGIT_COLUMNS)].to_numpy())
+    metrics = fold_metrics(labels, out[list(LOGIT_COLUMNS)].to_numpy())
     print(f"[student] held-out rows (beyond data.max_rows, mean of {len(folds)} fold models): "
           f"log loss {metrics['log_loss']:.4f} "
           f"(acc {metrics['accuracy']:.3f}, {metrics['rows']} rows)")
