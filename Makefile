@@ -20,10 +20,10 @@ export TOKENIZERS_PARALLELISM := false
 SET_ARGS := $(foreach s,$(SET),--set $(s))
 ARENA := $(BIN)/arena-kd
 
-.PHONY: setup setup-demo test teachers distill stack submission all plan bench rehearsal clean help
+.PHONY: setup setup-demo test lint teachers distill stack submission all plan bench rehearsal clean help
 
 help:
-	@echo "make all | test | setup | teachers | distill | stack | submission | bench | rehearsal | clean   (CONFIG=$(CONFIG))"
+	@echo "make all | test | lint | setup | teachers | distill | stack | submission | bench | rehearsal | clean   (CONFIG=$(CONFIG))"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,8 +43,12 @@ $(VENV)/.demo-models: $(VENV)/.installed
 
 setup-demo: $(VENV)/.demo-models
 
-test: setup
+# The linter first (seconds), then the suite: CI runs `make test`, so both gate a landing.
+test: setup lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check --output-format concise .
 
 teachers: setup-demo
 	$(ARENA) teachers --config $(CONFIG) $(SET_ARGS)
