@@ -332,13 +332,14 @@ def swap_features(features: pd.DataFrame) -> pd.DataFrame:
 
 
 def swap_student(student: dict | None) -> dict | None:
-    """The student dict of the A/B-swapped pairs: orig' = swap with classes a↔b, swap' = orig with classes a↔b."""
+    """The student dict of the A/B-swapped pairs: orig' = swap with classes a↔b, swap' = orig with classes a↔b;
+    other keys (e.g. the per-row ``max_length``, which does not depend on the orientation) are kept."""
     if student is None:
         return None
     orig = np.asarray(student["orig"])
     swap = student.get("swap")
     swap = orig if swap is None else np.asarray(swap)
-    return {"orig": swap_logits(swap), "swap": swap_logits(orig)}
+    return {**student, "orig": swap_logits(swap), "swap": swap_logits(orig)}
 
 
 def student_probs(student: dict) -> np.ndarray:

@@ -37,6 +37,7 @@ def load_stacker_or_none(stack_dir: str | Path, embedding_model: str | None = No
 
 def stacker_probs(stacker, df: pd.DataFrame, student: dict | None, swap_average: bool) -> np.ndarray:
     """Calibrated probabilities float64[n, 3] from the stacker; student=None → features-only model."""
+    from arena_kd.blend.features import swap_student
     from arena_kd.data.schema import swap_frame, swap_logits
 
     def one(frame: pd.DataFrame, stud: dict | None) -> np.ndarray:
@@ -47,10 +48,7 @@ def stacker_probs(stacker, df: pd.DataFrame, student: dict | None, swap_average:
     p = one(df, student)
     if not swap_average or (student is not None and student.get("swap") is None):
         return p
-    swapped_student = None
-    if student is not None:
-        swapped_student = {"orig": swap_logits(student["swap"]), "swap": swap_logits(student["orig"])}
-    q = swap_logits(one(swap_frame(df), swapped_student))
+    q = swap_logits(one(swap_frame(df), swap_student(student)))  # keeps max_length: both orientations route alike
     return (p + q) / 2.0
 
 

@@ -511,3 +511,26 @@ def test_load_student_keeps_the_copies_that_load(monkeypatch):
     assert [r.device for r in backend.replicas] == ["cuda:0"] and backend.render == {"max_length": 64}
     with pytest.raises(RuntimeError, match="out of memory"):
         load_student("x", quantization="8bit", dtype="fp16", devices=["cuda:1"])
+
+
+def test_swap_average_routes_both_orientations_of_a_row_alike():
+    # the swapped copy of a row must reach the stacker with the row's student max_length: a row run at a shorter
+    # length than the stacker was trained on is "short" in both orientations, never averaged across two models
+    from arena_kd.submission.fallback import stacker_probs
+
+    seen = []
+
+    class Spy:
+        def predict(self, df, student):
+            seen.append(student)
+            return np.full((len(df), 3), 1 / 3)
+
+    from arena_kd.data.readers import read_pairs
+
+    df = read_pairs(ROOT / "data/sample/test.csv").head(3).reset_index(drop=True)
+    logits = np.arange(9, dtype=np.float64).reshape(3, 3)
+    lens = np.array([512, 128, 512])
+    stacker_probs(Spy(), df, {"orig": logits, "swap": logits[:, ::-1], "max_length": lens}, swap_average=True)
+    assert len(seen) == 2
+    np.testing.assert_array_equal(seen[1]["max_length"], lens)
+    np.testing.assert_array_equal(seen[1]["orig"], logits[:, ::-1][:, [1, 0, 2]])
