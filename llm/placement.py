@@ -140,9 +140,13 @@ def check_sharded_training(model_cfg, optim: str, save_steps: int) -> None:
 
 def free_accelerator_memory() -> None:
     """Collect garbage and return cached CUDA blocks (between folds, after a model is dropped or an OOM); no-op on
-    CPU."""
+    CPU. Best effort, never raises: it runs in failure handlers (a chunk that hit a CUDA error), where a second error
+    from ``empty_cache`` must not replace the first."""
     import gc
 
     gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    try:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except RuntimeError:  # a CUDA context already in error: nothing more to free
+        pass

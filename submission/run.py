@@ -38,7 +38,6 @@ from arena_kd.common.errors import UserError
 from arena_kd.common.io import atomic_write_csv, atomic_write_json
 from arena_kd.common.keys import LABELS
 from arena_kd.data.text import read_id_column
-from arena_kd.llm.placement import free_accelerator_memory
 from arena_kd.submission.budget import Deadline, Governor
 from arena_kd.submission.fallback import class_prior, load_stacker_or_none, stacker_probs, student_softmax
 from arena_kd.submission.student_pass import StudentPass, run_student_pass, short_reason
@@ -96,17 +95,17 @@ def _sample_submission_path(cfg: PipelineConfig, test: str | None) -> Path | Non
     return None
 
 
-def submission_ids(df: pd.DataFrame, sample_path: Path | None) -> list[str]:
+def submission_ids(df: pd.DataFrame, sample_path: Path | None) -> tuple[list[str], int, int]:
     """Row order of submission.csv: the sample submission's ids when there is one, else the test file's.
 
     Kaggle scores the sample submission's ids, so those are what the file must hold. A mismatch is not refused
     (a hidden test row the CSV parser could not recover would otherwise cost the whole run): test rows absent from
     the sample are left out, sample ids absent from the test rows get the fallback answer (:func:`_frame`); both
-    are logged and counted in ``run.json``.
+    are logged and counted in ``run.json``. Returns (ids, sample ids without a test row, test rows not in the sample).
     """
     test_ids = df["id"].astype(str).tolist()
     if sample_path is None:
-        return test_ids
+        return test_ids, 0, 0
     try:
         ids = read_id_column(sample_path)
     except ValueError as exc:  # no id column: nothing to submit against
@@ -119,7 +118,7 @@ def submission_ids(df: pd.DataFrame, sample_path: Path | None) -> list[str]:
                   "not in the sample); the file follows the sample: missing rows get the fallback answer, extra rows "
                   "are left out",
                   sample_path, len(missing), missing[0] if missing else "-", extra)
-    return ids
+    return ids, len(missing), extra
 
 
 def _frame(test_ids: pd.Series, probs: np.ndarray, ids: list[str], fill: np.ndarray) -> pd.DataFrame:
@@ -154,7 +153,7 @@ def answering_models(stacker, head: np.ndarray, spass: StudentPass) -> np.ndarra
         out[head == "features_only"] = stacker.chosen("none")
         st = np.flatnonzero(head == "stacker")
         for tta in (True, False):
-            sel = st[np.array([(spass.mode[i] == "tta") == tta for i in st], dtype=bool)] if len(st) else st
+            sel = st[(spass.mode[st] == "tta") == tta]
             if len(sel):
                 modes = stacker.row_modes(len(sel), {"orig": None, "swap": True if tta else None,
                                                      "max_length": spass.max_length[sel]})
@@ -189,10 +188,8 @@ def run_submission(
     stack_dir = Path(sub.stack_dir) if sub.stack_dir else wd / "stacking"
 
     df = _read_test(str(test_path))
-    ids = submission_ids(df, _sample_submission_path(cfg, test))
+    ids, ids_without_row, rows_not_in_sample = submission_ids(df, _sample_submission_path(cfg, test))
     n = len(df)
-    known = set(df["id"].astype(str))
-    ids_without_row = sum(i not in known for i in ids)
     if n == 0:  # nothing to answer: a header-only file is the valid submission
         log.warning("%s: no data rows; writing a header-only %s", test_path, out_path)
     log.info("%d test rows from %s; budget %s; output %s", n, test_path, format_seconds(budget_s), out_path)
@@ -253,6 +250,8 @@ def run_submission(
                     chunk_rows=sub.chunk_rows, progress=progress,
                 )
                 del backend  # free the GPUs for the stacker's embedder, if any
+                from arena_kd.llm.placement import free_accelerator_memory  # torch: only once a student ran
+
                 free_accelerator_memory()
 
         # 3. student rows through the stacker (only rows with finite logits: see student_pass) ---------
@@ -311,7 +310,7 @@ def run_submission(
         "counts": counts, "fallback_reasons": reasons, "nonfinite_logit_rows": spass.nonfinite_rows,
         "test_repairs": df.attrs.get("repairs", {}), "student_error": spass.error, "chunks": spass.chunks,
         "governor": governor.history, "sample_ids_without_test_row": ids_without_row,
-        "test_rows_not_in_sample": int(n - (len(ids) - ids_without_row)),
+        "test_rows_not_in_sample": rows_not_in_sample,
     })
     write_resolved(cfg, out_path.parent, name=f"{out_path.stem}.config.resolved.yaml")
     log.info("wrote %s (%d rows) in %s; paths: %s", out_path, len(written), format_seconds(seconds),

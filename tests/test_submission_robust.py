@@ -417,3 +417,24 @@ def test_invalid_features_only_rows_get_the_prior(run, tmp_path):
     assert summary["fallback_reasons"] == {"stacker on student logits failed: ValueError: stacker broke": 8}
     p = sub[list(LABELS)].to_numpy()
     assert np.allclose(p[0], p[1]) and p[0, 0] == pytest.approx(p[0, 1])  # the A/B-pooled prior
+
+
+def test_importing_the_submission_does_not_load_torch():
+    # the fallback answer is written before the student loads: a broken or slow torch import must not come first
+    code = "import sys, arena_kd.submission.run; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_freeing_accelerator_memory_never_raises(monkeypatch):
+    # it runs inside the chunk-failure handler: a CUDA context already in error must not raise a second time
+    import torch
+
+    from arena_kd.llm.placement import free_accelerator_memory
+
+    def broken():
+        raise RuntimeError("CUDA error: device-side assert triggered")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", broken)
+    free_accelerator_memory()  # returns
