@@ -26,7 +26,6 @@ import re
 import sys
 from pathlib import Path
 
-REPLACEMENT = "\ufffd"
 _HIGH_BYTE = re.compile(rb"[\x80-\xff]")
 _VALID_NON_ASCII = re.compile("[^\x00-\x7f\udc80-\udcff]")  # a character only a valid multi-byte sequence yields
 

@@ -133,9 +133,9 @@ def _submission_stages(cfg: PipelineConfig, arch: Arch, name: str, lengths: Leng
                                  lengths=lengths, max_length=max_length, passes=2 if tta else 1,
                                  tokens_per_batch=p.tokens_per_batch, max_batch_size=p.max_batch_size, calib=calib,
                                  eager=uses_eager(s.model))
-    load = HARDWARE[KAGGLE_HW].gpus * weight_gib(arch, s.export_dtype) / LOAD_GIB_PER_S
-    per_row = STACKER_S_PER_ROW["features"] + (STACKER_S_PER_ROW["embeddings"] if cfg.stacking.embedding_model else 0.0)
     export_gib = weight_gib(arch, s.export_dtype)
+    load = HARDWARE[KAGGLE_HW].gpus * export_gib / LOAD_GIB_PER_S
+    per_row = STACKER_S_PER_ROW["features"] + (STACKER_S_PER_ROW["embeddings"] if cfg.stacking.embedding_model else 0.0)
     features = "features + MiniLM" if cfg.stacking.embedding_model else "features"
     return [
         fixed_stage("submission: load export", KAGGLE_HW, tuple(load * f for f in RATE_RANGE),

@@ -203,18 +203,6 @@ def _frame(path: Path, header: list[str], records: list[dict[str, Any]], repairs
     return df
 
 
-def _csv_has_id(path: Path) -> bool:
-    """Whether a CSV file's header (in its first 64 KiB) names an ``id`` column; never raises."""
-    try:
-        raise_csv_field_limit()
-        with open(path, "rb") as fh:
-            head = fh.read(1 << 16)
-        text, _ = decode_bytes(head)
-        return "id" in csv_header(next(csv.reader(io.StringIO(text, newline=""), strict=False), []))
-    except Exception:  # noqa: BLE001
-        return False
-
-
 def _records_or_none(path: Path) -> tuple[list[str], list[dict[str, Any]], Counter, dict[str, int]] | None:
     try:
         return _records(path)
@@ -224,19 +212,17 @@ def _records_or_none(path: Path) -> tuple[list[str], list[dict[str, Any]], Count
 
 def read_test_pairs(path: str | Path) -> pd.DataFrame:
     """``data.readers.read_pairs``; when it refuses or fails on a file with an ``id`` column, the tolerant frame
-    (:func:`tolerant_kaggle_frame`). A CSV's header is sniffed first; any other container is read once."""
+    (:func:`tolerant_kaggle_frame`). The file is read once by the tolerant reader, whatever its container."""
     from arena_kd.data.readers import read_pairs
 
     try:
         return read_pairs(path)
     except Exception as exc:  # noqa: BLE001 - a hidden test set is repaired, never refused
         p = Path(path)
-        is_csv = p.suffix.lower() == ".csv"
-        read = _records_or_none(p) if p.is_file() and not is_csv else None
-        has_id = p.is_file() and (_csv_has_id(p) if is_csv else read is not None and "id" in read[0])
-        if not has_id:
+        read = _records_or_none(p) if p.is_file() else None
+        if read is None or "id" not in read[0]:
             if isinstance(exc, UserError):
                 raise
             raise UserError(f"{path}: unreadable test file ({type(exc).__name__}: {exc})") from None
         log.warning("strict reader refused the test file (%s); reading it tolerantly", str(exc)[:300])
-        return _frame(p, *(read or _records(p)))
+        return _frame(p, *read)
