@@ -159,7 +159,7 @@ class StackingConfig(Section):
                              "(35 s vs 3.5 s for the smoke stack stage).")
     source_features: bool = Field(
         True, description="With ≥ 2 sources in the training rows: features src_prob_<source> from a text classifier "
-        "of the source (stacking.source_model; test rows carry no source), so the stacker can learn per-source label "
+        "of the source (blend.source_model; test rows carry no source), so the stacker can learn per-source label "
         "mixes. Costs a logistic regression per fold on the hashed TF-IDF (seconds).")
     capacity: Literal["auto", "fixed"] = Field(
         "auto", description="auto: num_leaves / min_data_in_leaf / feature_fraction / lambda_l2 are the large-data "

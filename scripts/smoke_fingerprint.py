@@ -18,16 +18,21 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# JSON keys whose values are measurements of this run, not results: times, places, versions.
-VOLATILE = ("second", "time", "wall", "elapsed", "duration", "started", "finished", "date", "path", "dir",
-            "workdir", "host", "version", "pid", "throughput", "per_s", "rows_per", "tokens_per_s", "peak", "rss",
-            "memory", "profile", "log", "cwd", "file")
+# JSON keys that are measurements of this run, not results (times, places, versions, memory): a key is dropped when
+# one of its "_"-separated words is listed (so "log_loss" or "per_source" stay), or when it ends in "_s" (seconds).
+VOLATILE = {"second", "seconds", "time", "runtime", "wall", "elapsed", "duration", "started", "finished", "date",
+            "path", "dir", "workdir", "host", "version", "versions", "pid", "throughput", "peak", "rss", "memory",
+            "profile", "cwd", "left"}
+
+
+def _volatile(key: str) -> bool:
+    return bool(set(key.lower().split("_")) & VOLATILE) or key.endswith("_s")
 
 
 def _clean(obj):
     if isinstance(obj, dict):
         return {k: _clean(v) for k, v in sorted(obj.items())
-                if not (any(t in k.lower() for t in VOLATILE) or k.endswith("_s"))}
+                if not _volatile(k)}
     if isinstance(obj, list):
         items = [_clean(v) for v in obj]
         # peft writes target_modules from a set: its order changes run to run
@@ -40,27 +45,28 @@ def _clean(obj):
 def fingerprint(work: Path) -> dict[str, str]:
     import pandas as pd
 
+    from arena_kd.common.io import file_hash, json_hash
+
     out: dict[str, str] = {}
     for f in sorted(p for p in work.rglob("*") if p.is_file()):
         rel = str(f.relative_to(work))
-        h = hashlib.sha256()
-        if f.suffix == ".parquet":
+        if f.suffix == ".parquet":  # values in row order (common.io.frame_hash ignores the order)
+            h = hashlib.sha256()
             df = pd.read_parquet(f)
             for c in df.columns:
                 h.update(c.encode())
                 h.update(pd.util.hash_pandas_object(df[c].astype(str) if df[c].dtype == object else df[c],
                                                     index=False).values.tobytes())
-        elif f.suffix == ".json" or f.name.endswith(".meta.json"):
+            out[rel] = h.hexdigest()[:16]
+        elif f.suffix == ".json":
             try:
-                h.update(json.dumps(_clean(json.loads(f.read_text())), sort_keys=True).encode())
+                out[rel] = json_hash(_clean(json.loads(f.read_text())))
             except ValueError:
-                h.update(f.read_bytes())
+                out[rel] = file_hash(f)
         elif f.suffix in (".csv", ".safetensors", ".jsonl") and "metrics" not in f.name:
-            h.update(f.read_bytes())
+            out[rel] = file_hash(f)
         else:
             out[rel] = "(listed)"
-            continue
-        out[rel] = h.hexdigest()[:16]
     return out
 
 

@@ -6,7 +6,7 @@ OOF, plus the rows max_rows left out with the mean of the fold students (``stude
 
 Outputs under ``<workdir>/stacking/``:
   tfidf.json, tfidf_idf.parquet        fitted TF-IDF spaces (test-time features use them)
-  source_model.json, source_model_coef.parquet   text → source classifier (stacking.source_model), ≥ 2 sources only
+  source_model.json, source_model_coef.parquet   text → source classifier (blend.source_model), ≥ 2 sources only
   features.parquet (+meta)             the training feature table (id + text features)
   <model>_fold<k>.txt, <model>_full.txt   LightGBM candidates: stacker (student TTA), stacker_single (one orientation),
                                        features_only, length_only (fold models + the full model used to predict)
