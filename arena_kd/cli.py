@@ -33,7 +33,7 @@ ForceOpt = typer.Option(False, "--force", help="Redo work whose outputs already 
 def _cfg(config: List[str], sets: Optional[List[str]]):
     from arena_kd.common.config import load_config
 
-    return load_config(list(config) if isinstance(config, (list, tuple)) else config, sets or [])
+    return load_config(config, sets or [])
 
 
 @app.command()

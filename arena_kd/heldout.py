@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from arena_kd.blend.features import is_student_column
+from arena_kd.blend.temperature import apply_temperature
 from arena_kd.common.config import PipelineConfig
 from arena_kd.common.io import read_keyed_table
 from arena_kd.common.keys import LABELS, LOGIT_COLUMNS
@@ -248,12 +250,12 @@ def _stacker_rows(ev: Evaluation, stacker, test: pd.DataFrame, stud: dict | None
     for name, label in STACKER_LABELS.items():
         model = stacker.models.get(name)
         needs_student = model is not None and (model.kind != "lightgbm"
-                                               or any(c.startswith("stu_") for c in model.features))
+                                               or any(is_student_column(c) for c in model.features))
         if model is None or needs_student and stud is None:
             continue
         chosen = [m for m, w in sel.items() if w == name and m != "short"]
         note = f"selected for student mode {', '.join(chosen)}" if chosen else ""
+        raw = stacker.predict_model(test, name, stud, calibrate=False, feats=feats)  # the booster once
         if name == "stacker" and stud is not None:
-            ev.add("stacker (before temperature)",
-                   stacker.predict_model(test, name, stud, calibrate=False, feats=feats))
-        ev.add(label, stacker.predict_model(test, name, stud, feats=feats), note)
+            ev.add("stacker (before temperature)", raw)
+        ev.add(label, apply_temperature(raw, model.temperature), note)

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
+from arena_kd.common.config import write_resolved
 from arena_kd.common.io import atomic_write_json, atomic_write_text
 from arena_kd.common.keys import LABELS
 
@@ -87,7 +87,7 @@ def build_inputs(cfg, kaggle: Path, test_rows: int | None) -> dict[str, Path]:
     wd = cfg.workdir_path
     shutil.copytree(wd / "student" / "export", d["artifacts"] / "student" / "export")
     shutil.copytree(wd / "stacking", d["artifacts"] / "stacking", ignore=shutil.ignore_patterns("*.png"))
-    (d["artifacts"] / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    write_resolved(cfg, d["artifacts"], name="config.yaml")
     build = kaggle / "wheel-build"
     shutil.copytree(d["code"], build)
     import importlib.util

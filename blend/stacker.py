@@ -131,8 +131,8 @@ class Stacker:
         modes = np.full(n, "tta" if student.get("swap") is not None else "single", dtype=object)
         lens, trained = student.get("max_length"), self.manifest.get("student_max_length")
         if lens is not None and trained:
-            short = np.broadcast_to(np.asarray(lens), (n,)) < int(trained)
-            modes[short & (np.broadcast_to(np.asarray(lens), (n,)) > 0)] = "short"
+            lens = np.broadcast_to(np.asarray(lens), (n,))
+            modes[(lens < int(trained)) & (lens > 0)] = "short"
         return modes
 
     def predict(self, df: pd.DataFrame, student: dict | None = None, *, mode: str | None = None,
@@ -152,11 +152,8 @@ class Stacker:
             stud = None
             if student is not None and model.kind != PRIOR:
                 stud = {k: (None if student.get(k) is None else np.asarray(student[k])[sel]) for k in ("orig", "swap")}
-            if model.kind == "lightgbm" and len(sel) == n:
-                feats = feats if feats is not None else self.features(df, None)
-                out[sel] = self.predict_model(sub, name, stud, calibrate=calibrate, feats=feats)
-            else:
-                out[sel] = self.predict_model(sub, name, stud, calibrate=calibrate)
+            # the caller's features serve only a model answering every row (predict_model builds them otherwise)
+            out[sel] = self.predict_model(sub, name, stud, calibrate=calibrate, feats=feats if len(sel) == n else None)
         return out
 
     def predict_features_only(self, df: pd.DataFrame, *, calibrate: bool = True) -> np.ndarray:

@@ -12,8 +12,6 @@ there. ``load_config(path, overrides)`` reads, layers (:func:`merge_layer`) and 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -75,13 +73,6 @@ class PipelineConfig(Section):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
-
-    def hash(self, *sections: str) -> str:
-        """Stable hash of the whole config, or of the named top-level sections."""
-        d = self.to_dict()
-        if sections:
-            d = {k: d[k] for k in sections}
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- loading

@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from arena_kd.blend.features import CLASS_SUFFIXES
 from arena_kd.common.io import atomic_write_text, read_keyed_table
-from arena_kd.common.keys import LOGIT_COLUMNS
+from arena_kd.common.keys import CLASS_SUFFIXES, LOGIT_COLUMNS
 from arena_kd.common.metrics import log_loss, softmax, verdict
 from arena_kd.common.tables import bar_chart, format_table, interval_row, pyplot, save_figure
 

@@ -22,11 +22,9 @@ from arena_kd.common.errors import UserError
 from arena_kd.common.io import read_keyed_table
 from arena_kd.common.keys import LOGIT_COLUMNS
 from arena_kd.data.folds import make_folds, prompt_groups
+from arena_kd.kfold.runner import ORIG_COLUMNS, SWAP_COLUMNS
 
-LOGITS = LOGIT_COLUMNS
-ORIG = tuple(f"orig_{c}" for c in LOGIT_COLUMNS)
-SWAP = tuple(f"swap_{c}" for c in LOGIT_COLUMNS)
-PROVENANCE = ("oof", "heldout", "none")
+ORIG, SWAP = ORIG_COLUMNS, SWAP_COLUMNS  # the student OOF's TTA columns (kfold.runner writes them)
 
 
 def heldout_folds(subset: pd.DataFrame, heldout: pd.DataFrame, n_folds: int, seed: int) -> np.ndarray:
@@ -59,10 +57,10 @@ def all_rows(data, n_folds: int, seed: int) -> pd.DataFrame:
 def _read_predictions(path: Path, provenance: str) -> pd.DataFrame:
     df, _ = read_keyed_table(path)
     cols = set(df.columns)
-    if not set(ORIG) <= cols and not set(LOGITS) <= cols:
-        raise UserError(f"{path}: student OOF needs columns {', '.join(ORIG)} (or {', '.join(LOGITS)})")
+    if not set(ORIG) <= cols and not set(LOGIT_COLUMNS) <= cols:
+        raise UserError(f"{path}: student OOF needs columns {', '.join(ORIG)} (or {', '.join(LOGIT_COLUMNS)})")
     out = pd.DataFrame({"id": df["id"].astype(str)})
-    orig_cols = ORIG if set(ORIG) <= cols else LOGITS
+    orig_cols = ORIG if set(ORIG) <= cols else LOGIT_COLUMNS
     for src, dst in zip(orig_cols, ORIG):
         out[dst] = df[src].to_numpy(dtype=np.float64)
     for c in SWAP:

@@ -25,7 +25,6 @@ file it names exists, the stage only reprints the table; ``force=True`` retrains
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -45,7 +44,7 @@ from arena_kd.blend.features import (
 from arena_kd.blend.stacker import MANIFEST, PRIOR, STUDENT_ONLY
 from arena_kd.blend.temperature import TemperatureFit, fit_temperature
 from arena_kd.common.config import PipelineConfig, write_resolved
-from arena_kd.common.io import atomic_write_json, file_hash, frame_hash, read_keyed_table, write_keyed_table
+from arena_kd.common.io import atomic_write_json, file_hash, frame_hash, json_hash, read_keyed_table, write_keyed_table
 from arena_kd.common.tables import format_table
 from arena_kd.data.folds import prompt_groups
 from arena_kd.stacking.candidates import (
@@ -76,7 +75,7 @@ def student_heldout_path(cfg: PipelineConfig) -> Path:
 def _input_hash(cfg: PipelineConfig, data_hash: str, folds_hash: str, student_hash: str | None) -> str:
     d = {"v": FORMAT_VERSION, "stacking": cfg.stacking.model_dump(mode="json"), "seed": cfg.seed,
          "data": data_hash, "folds": folds_hash, "student": student_hash}
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+    return json_hash(d)
 
 
 def _up_to_date(out: Path, input_hash: str) -> dict | None:
