@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 
-from arena_kd.llm.placement import launch_world_size
-
 
 def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
@@ -18,6 +16,8 @@ def is_main_process() -> bool:
 
 def start() -> None:
     """Start the launch's process group (gloo when CUDA is absent) before the stage's first write; no-op alone."""
+    from arena_kd.llm.placement import launch_world_size  # here: importing kfold must not load torch
+
     if launch_world_size() <= 1:
         return
     import torch
@@ -36,6 +36,8 @@ def main_first():
 
 def barrier() -> None:
     """torch.distributed barrier when a process group is up; no-op in single-process runs."""
+    from arena_kd.llm.placement import launch_world_size
+
     if launch_world_size() <= 1:
         return
     import torch.distributed as dist

@@ -293,10 +293,11 @@ def verify_export(export_dir: str | Path, *, quantization: str = "none", dtype: 
         model, _, _ = load_export(export_dir, quantization=quantization, dtype=dtype, device=device)
     got = reference_logits(model, list(ref["input_ids"]))
     loaded_dtype = DTYPE_NAMES.get(getattr(model, "dtype", None), dtype)
-    out: dict[str, Any] = prob_drift(got, reference_probs(ref))
+    want = reference_probs(ref)
+    out: dict[str, Any] = prob_drift(got, want)
     # logits are defined up to a constant per row: compare log-probabilities (log-softmax vs the stored log of the
     # reference)
-    want_lp = np.log(np.clip(reference_probs(ref), 1e-300, 1.0))
+    want_lp = np.log(np.clip(want, 1e-300, 1.0))
     finite = np.isfinite(got).all(axis=1)
     g = got[finite]
     top = g.max(axis=1, keepdims=True)

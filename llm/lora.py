@@ -12,6 +12,7 @@ import torch
 
 from arena_kd.common.config_model import LoraConfig as LoraSettings
 from arena_kd.common.errors import UserError
+from arena_kd.llm.cache import temporary_sibling
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -101,7 +102,7 @@ def save_adapter(model, out_dir: str | Path, tokenizer=None, info: dict | None =
     """
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    tmp = temporary_sibling(out)
     shutil.rmtree(tmp, ignore_errors=True)
     if state_dict is not None:
         model.save_pretrained(str(tmp), safe_serialization=True, state_dict=state_dict)
@@ -176,7 +177,7 @@ def _write_soup(dirs: list[Path], out_dir: str | Path, tensors: dict[str, torch.
 
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    tmp = temporary_sibling(out)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})

@@ -34,6 +34,7 @@ from arena_kd.kfold.runner import (
     mean_fold_logprobs,
     model_meta,
     run_folds,
+    tta_frame,
 )
 from arena_kd.kfold.soft_labels import SoftLabels, attach_teacher_logits, load_soft_labels
 from arena_kd.kfold.training_data import TrainingData, load_training_data
@@ -81,8 +82,6 @@ def _oof_stage(cfg, data: TrainingData, frame: pd.DataFrame, soft: SoftLabels | 
             tokenizer_texts=frame_texts(data.frame),
         )
         if held is not None:  # written before the fold file, so a finished fold always has its held-out predictions
-            from arena_kd.kfold.runner import tta_frame
-
             main_write(write_keyed_table, sdir / f"heldout_fold{k}.parquet", tta_frame(heldout["id"], k, held),
                        {"fold": k, "hashes": hashes})
         return tta, meta

@@ -48,13 +48,14 @@ def run_nested_teacher(cfg: PipelineConfig, t: TeacherConfig, frame: pd.DataFram
     from arena_kd.llm.train import frame_texts
 
     out: dict[int, pd.DataFrame] = {}
+    texts = frame_texts(frame)  # the tokenizer's texts: the same for every inner fold
     for k in sorted(int(f) for f in frame["fold"].unique()):
         inner = inner_frame(frame, k, cfg.folds.n_folds, cfg.seed)
 
         def fit_predict(j: int, train_df: pd.DataFrame, valid_df: pd.DataFrame, fold_dir: Path, _k: int = k):
             tta, meta, _ = train_and_predict(
                 t.model, t.train, t.predict, cfg.render, train_df, valid_df, fold_dir,
-                seed=cfg.seed + 1000 * (_k + 1) + j, workdir=cfg.workdir, tokenizer_texts=frame_texts(frame),
+                seed=cfg.seed + 1000 * (_k + 1) + j, workdir=cfg.workdir, tokenizer_texts=texts,
             )
             return tta, meta
 

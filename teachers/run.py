@@ -30,7 +30,7 @@ from arena_kd.kfold import dist
 from arena_kd.kfold.dist import main_write
 from arena_kd.kfold.fold_model import train_and_predict
 from arena_kd.kfold.oof import align_logits, oof_logits, read_teacher_logits
-from arena_kd.kfold.runner import FaultInjector, fold_metrics, mean_fold_logprobs, model_meta, run_folds
+from arena_kd.kfold.runner import FaultInjector, fold_metrics, mean_fold_logprobs, model_meta, run_folds, tta_frame
 from arena_kd.kfold.soft_labels import teacher_columns
 from arena_kd.kfold.training_data import TrainingData, load_training_data
 from arena_kd.llm.train import frame_texts
@@ -101,8 +101,6 @@ def _model_teacher(cfg: PipelineConfig, t: TeacherConfig, data: TrainingData, ex
             tokenizer_texts=frame_texts(data.frame),
         )
         if extra_pred is not None:  # written before the fold file, so a finished fold always has its extra file
-            from arena_kd.kfold.runner import tta_frame
-
             main_write(write_keyed_table, out_dir / f"extra_fold{k}.parquet", tta_frame(extra["id"], k, extra_pred),
                        {"fold": k, "hashes": hashes})
         return tta, meta
