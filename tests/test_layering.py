@@ -7,6 +7,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 LAYERS = {
@@ -41,7 +43,9 @@ def module_imports(root: Path) -> dict[str, set[str]]:
             for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"), str(f))):
                 if isinstance(node, ast.Import):
                     found.update(a.name for a in node.names)
-                elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                elif isinstance(node, ast.ImportFrom) and node.level > 0:  # relative: would hide from the check
+                    raise AssertionError(f"{f}:{node.lineno}: relative import; write arena_kd.<layer>.<module>")
+                elif isinstance(node, ast.ImportFrom) and node.module:
                     found.add(node.module)
                     found.update(f"{node.module}.{a.name}" for a in node.names)  # `from pkg import module`
             graph[mod] = {m for m in found if m.startswith("arena_kd")}
@@ -126,6 +130,9 @@ def test_checker_finds_upward_cross_stage_and_circular_imports(tmp_path):
     assert any(b.startswith("arena_kd.kfold.runner imports arena_kd.blend.stacker") for b in bad)
     assert len(bad) == 3  # student -> kfold, teachers -> common, cli -> student are allowed
     assert import_circles(graph) == [["arena_kd.data.readers", "arena_kd.data.validate"]]
+    _tree(tmp_path, {"data/render.py": "from ..student import run\n"})
+    with pytest.raises(AssertionError, match="relative import"):
+        module_imports(root)
 
 
 def test_no_module_imports_a_higher_layer_or_another_stage():

@@ -54,7 +54,7 @@ def test_fold_adapters_share_their_initial_lora_a_and_head(folds, tmp_path):
     assert any("lora_A" in n for n in w0) and any("score" in n for n in w0)
     for n in w0:
         torch.testing.assert_close(w0[n], w1[n], rtol=0, atol=0)
-    # the fold's own seed still drives the data order: the trained adapters differ
+    # the init seed is recorded with the adapter (the fold's own seed still drives the data order)
     assert json.loads((a.adapter_dir / "llm_info.json").read_text())["init_seed"] == 42
     # and a different init seed does draw a different A (the check above can fail)
     other = InitialWeights()

@@ -66,8 +66,10 @@ def test_oof_with_soft_labels_and_comparison(tmp_path, fake, capsys):
     cfg = _cfg(tmp_path)
     trun.run_teachers(cfg)
     fake.calls.clear()
+    fake.init_seeds = []
     srun.run_distill(cfg)
     assert len(fake.calls) == 2 and all(c["teacher_shape"] == (3,) for c in fake.calls)
+    assert fake.init_seeds == [cfg.seed] * 2  # every fold student starts from one initialisation
     oof, meta = read_keyed_table(tmp_path / "work" / "student" / "oof.parquet")
     assert list(oof.columns) == srun.OOF_COLUMNS and len(oof) == 24 and oof["id"].is_unique
     assert meta["overall"]["teacher_ensemble"]["rows"] == 24 and set(meta["per_fold"]) == {"0", "1"}
