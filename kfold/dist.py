@@ -83,7 +83,7 @@ def main_write(fn, *args, **kwargs):
 
 def collective_failure(exc: BaseException, stage: str) -> CollectiveFailure | None:
     """The one-line error for ``exc`` when it is a failed collective of a multi-process launch, else None."""
-    from arena_kd.llm.placement import launch_world_size
+    from arena_kd.llm.placement import collective_timeout_s, launch_world_size
 
     world = launch_world_size()
     if world <= 1 or isinstance(exc, CollectiveFailure):
@@ -94,10 +94,12 @@ def collective_failure(exc: BaseException, stage: str) -> CollectiveFailure | No
     if not dist_error and not (isinstance(exc, RuntimeError) and any(s in text.lower() for s in _FAILURE_SIGNS)):
         return None
     first = text.splitlines()[0][:200] if text else type(exc).__name__
+    timeout = collective_timeout_s()
+    limit = f"collective_timeout_s={timeout:g}" if timeout is not None else "collective_timeout_s"
     return CollectiveFailure(
         f"rank {rank()} of {world}, stage '{stage}': a collective failed ({type(exc).__name__}: {first}); another "
-        "process of the launch fell out of step, died or waited longer than collective_timeout_s: see the other "
-        "ranks' errors")
+        f"process of the launch fell out of step, died or did not answer within {limit}: see the other ranks' "
+        "errors")
 
 
 @contextlib.contextmanager

@@ -78,7 +78,8 @@ def placement_kwargs(device_map: str, max_memory: dict[str, str] | None, device:
     return {}
 
 
-_LAUNCH = {"type": None}  # the distributed type of the launch before any Accelerator relabelled it FSDP
+# the launch's distributed type before any Accelerator relabelled it FSDP; the process group's collective timeout
+_LAUNCH: dict[str, Any] = {"type": None, "timeout_s": None}
 _SOLO = {"depth": 0}  # > 0: this process runs a block alone (rank 0's writers): no collectives inside it
 
 
@@ -107,6 +108,8 @@ def start_launch_state(on_cpu: bool, timeout_s: float | None = None):
     first = not PartialState._shared_state
     seconds = COLLECTIVE_TIMEOUT_S if timeout_s is None else float(timeout_s)
     state = PartialState(cpu=on_cpu, timeout=timedelta(seconds=seconds)) if first else PartialState(cpu=on_cpu)
+    if first:
+        _LAUNCH["timeout_s"] = seconds
     if on_cpu and sharding_launch() == "fsdp" and state.distributed_type == DistributedType.MULTI_CPU:
         if os.environ.get("FSDP_VERSION", "1") != "2":
             # FSDP1 needs an accelerator device in accelerate ("no available devices found", measured here)
@@ -155,6 +158,11 @@ def solo():
 
 def in_solo() -> bool:
     return _SOLO["depth"] > 0
+
+
+def collective_timeout_s() -> float | None:
+    """The collective timeout this process's group was started with (None: not started here)."""
+    return _LAUNCH["timeout_s"]
 
 
 def sharded_model(model) -> bool:
