@@ -123,6 +123,15 @@ def code_files(exclude: list[Path]) -> list[str]:
     return sorted(f for f in files if not any((REPO / f).resolve().is_relative_to(s) for s in skip))
 
 
+def copy_code(dest: Path, exclude: list[Path] = ()) -> list[str]:
+    """The code dataset: :func:`code_files` copied to ``dest`` (also what the project's wheel is built from)."""
+    files = code_files(list(exclude))
+    for f in files:
+        (dest / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / f, dest / f)
+    return files
+
+
 def find_config(run_dir: Path) -> Path:
     for rel in CONFIGS:
         if (run_dir / rel).is_file():
@@ -196,9 +205,7 @@ def package(run_dir: Path, owner: str, out: Path, *, prefix: str = "arena-kd", p
 def _build(tmp: Path, run_dir: Path, config: Path, names: Names, out: Path, python_version: str,
            wheel_cache: Path | None, download: Download | None, own_wheel, max_gb: float) -> dict[str, object]:
     d = {part: tmp / slug for part, slug in names.datasets.items()}
-    for f in code_files(exclude=[out, tmp]):
-        (d["code"] / f).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / f, d["code"] / f)
+    copy_code(d["code"], exclude=[out, tmp])
     shutil.copytree(run_dir / "student" / "export", d["artifacts"] / "student" / "export")
     shutil.copytree(run_dir / "stacking", d["artifacts"] / "stacking", ignore=shutil.ignore_patterns("*.png"))
     shutil.copy2(config, d["artifacts"] / "config.yaml")

@@ -251,3 +251,11 @@ def test_each_refusal_is_one_line_exit_2_and_writes_nothing(run_dir, tmp_path, a
     err = res.stderr.strip()
     assert res.returncode == 2 and "\n" not in err and err.startswith("error: ") and fragment in err, res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_kaggle_readme_shows_the_cell_package_writes():
+    from arena_kd.kaggle_package import notebook_cell
+
+    readme = (ROOT / "kaggle" / "README.md").read_text()
+    shown = readme.split("## 3. The notebook: one cell")[1].split("```python\n")[1].split("```")[0]
+    assert shown in notebook_cell(Names("alice")) and "predict.py" in shown
