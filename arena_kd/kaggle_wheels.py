@@ -4,9 +4,9 @@ platform, always with this project's own wheel.
 - The requirements are ``kaggle/predict.py --print-requirements``: the floors of pyproject.toml, torch excluded (the
   one list predict.py checks at run time).
 - From the package index (``download_from_index``): pip resolves the requirements *with* their dependencies for the
-  target (``--platform manylinux2014_x86_64 --python-version X --implementation cp --only-binary=:all:``, a dry run
-  that reads metadata only), then downloads exactly that set **without** torch and its CUDA stack (torch, triton,
-  nvidia-*: the image's CUDA build must stay, and they are gigabytes).
+  target (``--platform`` manylinux2014 / manylinux_2_28 x86_64, ``--python-version X --implementation cp
+  --only-binary=:all:``, a dry run that reads metadata only), then downloads exactly that set **without** torch and
+  its CUDA stack (torch, triton, nvidia-*: the image's CUDA build must stay, and they are gigabytes).
 - From a local wheel cache (``copy_from_cache``: no network): pip picks from the cache a wheel of every requirement at
   its floor for the same target (``--no-index --find-links``); dependencies are not resolved there (peft needs torch,
   which the cache should not hold), so a dependency the image lacks must be in the cache as well. A requirement with
@@ -29,7 +29,11 @@ from typing import Callable
 from arena_kd.common.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-PLATFORM = "manylinux2014_x86_64"
+# manylinux2014 (glibc 2.17, with pip's 2010/1 aliases) and manylinux_2_28: lightgbm 4.x is only tagged 2_28
+# (measured: `No matching distribution found for lightgbm>=4.3` with manylinux2014 alone). assumption: the Kaggle
+# image's glibc is 2.28 or newer (pip does not expand manylinux_2_28 to the tags between, so they are not asked for)
+PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_28_x86_64")
+PLATFORM = "manylinux x86_64"  # how the target is named in messages
 # assumption: the Kaggle image's Python. It was 3.10 from 2023 (Kaggle/docker-python PR 1231) and has moved on since;
 # no public source here gives today's version, so it is a flag (`--python-version`); check `!python --version`.
 KAGGLE_PYTHON = "3.11"
@@ -48,8 +52,8 @@ def requirements() -> list[str]:
 
 
 def _target(python_version: str) -> list[str]:
-    return ["--only-binary=:all:", "--platform", PLATFORM, "--python-version", python_version,
-            "--implementation", "cp"]
+    platforms = [arg for p in PLATFORMS for arg in ("--platform", p)]
+    return ["--only-binary=:all:", *platforms, "--python-version", python_version, "--implementation", "cp"]
 
 
 def _pip(args: list[str], isolated: bool = False) -> subprocess.CompletedProcess:
