@@ -259,3 +259,20 @@ def test_kaggle_readme_shows_the_cell_package_writes():
     readme = (ROOT / "kaggle" / "README.md").read_text()
     shown = readme.split("## 3. The notebook: one cell")[1].split("```python\n")[1].split("```")[0]
     assert shown in notebook_cell(Names("alice")) and "predict.py" in shown
+
+
+def test_the_command_prints_the_kaggle_commands_last(run_dir, stacker_ok, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import arena_kd.kaggle_package as kp
+    from arena_kd.cli import app
+
+    monkeypatch.setattr(kp, "build_own_wheel", fake_own_wheel)
+    out = tmp_path / "upload"
+    res = CliRunner().invoke(app, ["package", "--artifacts", str(run_dir), "--owner", "alice", "--out", str(out),
+                                   "--no-download", "--python-version", "3.10"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    lines = res.output.rstrip("\n").split("\n")
+    commands = read_json(out / "package.json")["commands"]
+    assert lines[-len(commands):] == [f"  {c}" for c in commands] and lines[-len(commands) - 1] == "then, in order:"
+    assert "wheels for Python 3.10" in res.output and "only arena-kd's own wheel" in res.output
