@@ -1,7 +1,7 @@
 """What Kaggle's CLI accepts, written and checked in one place: ``dataset-metadata.json``, ``kernel-metadata.json``,
 the notebook (nbformat 4), and a dataset folder's file count and size.
 
-Sources (docs/../shared/reference/public-facts.md, "Kaggle's CLI"): Kaggle/kaggle-api ``docs/datasets_metadata.md``,
+Sources (the project's public-facts notes, "Kaggle's CLI"): Kaggle/kaggle-api ``docs/datasets_metadata.md``,
 ``docs/kernels_metadata.md`` and ``src/kaggle/api/kaggle_api_extended.py`` (``dataset_create_new``: exactly one
 licence, slug and title 6-50 characters; ``kernels_push``: title at least 5 characters and slugifying to the id, slug
 at least 5, ``language`` / ``kernel_type`` from a fixed list, ``enable_internet`` **true when absent**); a

@@ -161,7 +161,12 @@ def _publish(tmp: Path, out: Path) -> None:
     old = out.with_name(f".{out.name}.old{os.getpid()}")
     if out.exists():
         os.replace(out, old)
-    os.replace(tmp, out)
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        if old.exists():
+            os.replace(old, out)
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -276,3 +276,22 @@ def test_the_command_prints_the_kaggle_commands_last(run_dir, stacker_ok, tmp_pa
     commands = read_json(out / "package.json")["commands"]
     assert lines[-len(commands):] == [f"  {c}" for c in commands] and lines[-len(commands) - 1] == "then, in order:"
     assert "wheels for Python 3.10" in res.output and "only arena-kd's own wheel" in res.output
+
+
+def test_a_failed_final_rename_puts_the_previous_upload_back(run_dir, stacker_ok, tmp_path, monkeypatch):
+    import arena_kd.kaggle_package as kp
+
+    out = tmp_path / "upload"
+    package(run_dir, "alice", out, download=None, own_wheel=fake_own_wheel)
+    real = os.replace
+
+    def replace(src, dst):
+        if Path(src).name.startswith("upload.tmp"):  # the finished upload, not an atomic file write
+            raise OSError("disk full")
+        real(src, dst)
+
+    monkeypatch.setattr(kp.os, "replace", replace)
+    with pytest.raises(OSError, match="disk full"):
+        package(run_dir, "bob", out, download=None, own_wheel=fake_own_wheel)
+    assert read_json(out / "package.json")["owner"] == "alice"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "upload"]
