@@ -4,13 +4,14 @@ platform, always with this project's own wheel.
 - The requirements are ``kaggle/predict.py --print-requirements``: the floors of pyproject.toml, torch excluded (the
   one list predict.py checks at run time).
 - From the package index (``download_from_index``): pip resolves the requirements *with* their dependencies for the
-  target (``--platform`` manylinux2014 / manylinux_2_28 x86_64, ``--python-version X --implementation cp
+  target (``--platform`` manylinux 2.17-2.28 x86_64, ``--python-version X --implementation cp
   --only-binary=:all:``, a dry run that reads metadata only), then downloads exactly that set **without** torch and
   its CUDA stack (torch, triton, nvidia-*: the image's CUDA build must stay, and they are gigabytes).
 - From a local wheel cache (``copy_from_cache``: no network): pip picks from the cache a wheel of every requirement at
-  its floor for the same target (``--no-index --find-links``); dependencies are not resolved there (peft needs torch,
-  which the cache should not hold), so a dependency the image lacks must be in the cache as well. A requirement with
-  no wheel is refused, naming them all.
+  its floor for the same target (``--no-index --find-links``); a requirement with no wheel is refused, naming them
+  all. Dependencies cannot be resolved there (peft needs torch, which the cache should not hold), so every other
+  wheel of the cache built for the target (by its file name's tags) goes along: a previous wheels folder is a
+  complete cache.
 - ``build_own_wheel``: ``pip wheel --no-deps`` of the code dataset (offline with setuptools installed).
 """
 
@@ -29,10 +30,11 @@ from typing import Callable
 from arena_kd.common.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-# manylinux2014 (glibc 2.17, with pip's 2010/1 aliases) and manylinux_2_28: lightgbm 4.x is only tagged 2_28
-# (measured: `No matching distribution found for lightgbm>=4.3` with manylinux2014 alone). assumption: the Kaggle
-# image's glibc is 2.28 or newer (pip does not expand manylinux_2_28 to the tags between, so they are not asked for)
-PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_28_x86_64")
+# every manylinux tag from glibc 2.17 (manylinux2014, with pip's 2010/1 aliases) to 2.28: pip does not expand a
+# manylinux_2_X tag to the older ones, and the wheels are spread over them (measured against PyPI: with manylinux2014
+# alone "No matching distribution found for lightgbm>=4.3", tagged 2_28; with 2014 + 2_28, the same for
+# bitsandbytes>=0.48, tagged 2_24). assumption: the Kaggle image's glibc is 2.28 or newer
+PLATFORMS = ("manylinux2014_x86_64", *(f"manylinux_2_{v}_x86_64" for v in range(17, 29)))
 PLATFORM = "manylinux x86_64"  # how the target is named in messages
 # assumption: the Kaggle image's Python. It was 3.10 from 2023 (Kaggle/docker-python PR 1231) and has moved on since;
 # no public source here gives today's version, so it is a flag (`--python-version`); check `!python --version`.
@@ -93,6 +95,22 @@ def download_from_index(reqs: list[str], dest: Path, python_version: str) -> lis
     return pins
 
 
+def fits_target(wheel: str, python_version: str) -> bool:
+    """A wheel file name built for the target (CPython ``python_version``, one of PLATFORMS or pure), and not torch's
+    stack: ``name-version[-build]-python-abi-platform.whl``, each tag possibly dotted (PEP 427)."""
+    parts = wheel.removesuffix(".whl").split("-")
+    if len(parts) < 5 or _NEVER_SHIP.match(_norm(parts[0])):
+        return False
+    py, abi, plat = (set(t.split(".")) for t in parts[-3:])
+    cp = "cp" + python_version.replace(".", "")
+    minor = int(python_version.split(".")[1])
+    python_ok = bool(py & {"py3", cp}) or "abi3" in abi and any(
+        re.fullmatch(r"cp3(\d+)", t) and int(t[3:]) <= minor for t in py)
+    abi_ok = bool(abi & {"none", "abi3", cp})
+    legacy = {"manylinux1_x86_64", "manylinux2010_x86_64"}
+    return python_ok and abi_ok and bool(plat & ({"any", *PLATFORMS} | legacy))
+
+
 def copy_from_cache(reqs: list[str], dest: Path, python_version: str, cache: Path) -> list[str]:
     """A wheel of every requirement for the target, picked by pip from ``cache`` (offline); UserError naming every
     requirement the cache cannot satisfy."""
@@ -100,6 +118,10 @@ def copy_from_cache(reqs: list[str], dest: Path, python_version: str, cache: Pat
         raise UserError(f"{cache}: wheel cache folder not found")
     local = ["--no-index", "--find-links", str(cache), "--no-deps", *_target(python_version), "--quiet"]
     if _pip(["download", *local, "-d", str(dest), *reqs], isolated=True).returncode == 0:
+        for whl in sorted(cache.glob("*.whl")):  # the dependencies: the rest of the cache that fits the target
+            own = whl.name.startswith("arena_kd-")  # built fresh from this checkout below, never an old copy
+            if fits_target(whl.name, python_version) and not own and not (dest / whl.name).exists():
+                shutil.copy2(whl, dest / whl.name)
         return reqs
     missing = [r for r in reqs if _pip(["download", *local, "-d", str(dest), r], isolated=True).returncode != 0]
     raise UserError(f"{cache}: no wheel for {', '.join(missing) or 'the requirements'} (Python {python_version}, "
@@ -150,6 +172,6 @@ def build_wheels(dest: Path, code_dir: Path, *, python_version: str = KAGGLE_PYT
     if source == "none":
         note += "only arena-kd's own wheel: the Kaggle image must already hold every requirement at its floor"
     elif source == "cache":
-        note += f"from {cache}: the requirements only, not their dependencies"
+        note += f"from {cache}: the requirements and every other wheel there built for the target"
     return {"source": source, "python_version": python_version, "platform": PLATFORM, "requirements": reqs,
             "own_wheel": own.name, "wheels": sorted(p.name for p in dest.glob("*.whl")), "note": note}

@@ -198,13 +198,40 @@ def test_wheels_from_the_cache_when_the_index_is_unreachable(tmp_path):
     for req in requirements():
         write_wheel(cache, req.split(">=")[0])
     write_wheel(cache, "lightgbm", "99.1", "cp311-cp311-win_amd64")  # not for Kaggle's platform: never picked
+    write_wheel(cache, "annotated-types", "0.8.0")  # a dependency: goes along
+    write_wheel(cache, "arena-kd", "0.0.1")  # an old own wheel: the fresh one is built instead
+    write_wheel(cache, "pydantic-core", "2.5", "cp310-cp310-manylinux_2_17_x86_64.manylinux2014_x86_64")  # 3.10 only
+    write_wheel(cache, "nvidia-cublas-cu12", "12.4", "py3-none-manylinux2014_x86_64")  # torch's stack: never
 
     def unreachable(reqs, dest, python_version):
         raise IndexUnreachable("Network is unreachable")
 
     info = build_wheels(tmp_path / "w", ROOT, cache=cache, download=unreachable, own_wheel=fake_own_wheel)
     assert info["source"] == "cache" and "Network is unreachable" in info["note"]
-    assert len(info["wheels"]) == len(requirements()) + 1 and "lightgbm-99.0-py3-none-any.whl" in info["wheels"]
+    assert len(info["wheels"]) == len(requirements()) + 2 and "lightgbm-99.0-py3-none-any.whl" in info["wheels"]
+    wheels = info["wheels"]
+    assert "annotated_types-0.8.0-py3-none-any.whl" in wheels and "arena_kd-0.0.1-py3-none-any.whl" not in wheels
+
+
+@pytest.mark.parametrize("wheel, python, fits", [
+    ("lightgbm-4.7.0-py3-none-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl", "3.11", True),
+    ("scipy-1.17.1-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl", "3.11", True),
+    ("scipy-1.17.1-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl", "3.10", False),
+    ("pydantic_core-2.5-cp310-cp310-manylinux_2_17_x86_64.manylinux2014_x86_64.whl", "3.10", True),
+    ("cryptography-46-cp39-abi3-manylinux2014_x86_64.whl", "3.11", True),
+    ("cryptography-46-cp312-abi3-manylinux2014_x86_64.whl", "3.11", False),  # needs 3.12 or newer
+    ("numpy-2.4-cp311-cp311-manylinux_2_34_x86_64.whl", "3.11", False),  # glibc 2.34: beyond what is assumed
+    ("numpy-2.4-cp311-cp311-win_amd64.whl", "3.11", False),
+    ("numpy-2.4-cp311-cp311-manylinux2014_aarch64.whl", "3.11", False),
+    ("six-1.17.0-py2.py3-none-any.whl", "3.11", True),
+    ("torch-2.6.0-cp311-cp311-manylinux1_x86_64.whl", "3.11", False),  # never shipped: the image's CUDA build stays
+    ("nvidia_cublas_cu12-12.4-py3-none-manylinux2014_x86_64.whl", "3.11", False),
+    ("triton-3.2.0-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl", "3.11", False),
+])
+def test_which_cached_wheels_fit_the_kaggle_image(wheel, python, fits):
+    from arena_kd.kaggle_wheels import fits_target
+
+    assert fits_target(wheel, python) is fits
 
 
 def test_a_cache_without_a_requirement_for_kaggle_is_refused_naming_it(tmp_path, monkeypatch):
