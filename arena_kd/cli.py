@@ -15,6 +15,7 @@ from arena_kd.common.errors import UserError
 from arena_kd.common.keys import FORMATS
 from arena_kd.kaggle_metadata import MAX_DATASET_GB
 from arena_kd.kaggle_wheels import KAGGLE_PYTHON
+from arena_kd.kfold.dist import CollectiveFailure, stage_guard
 
 DEFAULT_CONFIG = "configs/demo.yaml"
 
@@ -48,7 +49,8 @@ def teachers(config: List[str] = ConfigOpt, set: Optional[List[str]] = SetOpt, f
     cfg = _cfg(config, set)  # config errors first: fast, and before any heavy import
     from arena_kd.teachers.run import run_teachers
 
-    run_teachers(cfg, force=force)
+    with stage_guard("teachers"):
+        run_teachers(cfg, force=force)
 
 
 @app.command()
@@ -60,7 +62,8 @@ def distill(config: List[str] = ConfigOpt, set: Optional[List[str]] = SetOpt, fo
     cfg = _cfg(config, set)
     from arena_kd.student.run import run_distill
 
-    run_distill(cfg, force=force)
+    with stage_guard("distill"):
+        run_distill(cfg, force=force)
 
 
 @app.command()
@@ -188,7 +191,8 @@ def run_all(config: List[str] = ConfigOpt, set: Optional[List[str]] = SetOpt, fo
     cfg = _cfg(config, set)
     from arena_kd.pipeline import run_pipeline
 
-    run_pipeline(cfg, force=force)
+    with stage_guard("all"):  # each stage of the pipeline names itself inside
+        run_pipeline(cfg, force=force)
 
 
 def main() -> None:
@@ -198,6 +202,9 @@ def main() -> None:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except CollectiveFailure as exc:  # a multi-process launch out of step: one line per rank, not a hang
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
     except (typer.Exit, SystemExit) as exc:  # --help etc.
         code = getattr(exc, "exit_code", getattr(exc, "code", 0))
         sys.exit(code or 0)
