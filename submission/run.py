@@ -83,33 +83,50 @@ def _read_test(path: str) -> pd.DataFrame:
 
 
 def _sample_submission_path(cfg: PipelineConfig, test: str | None) -> Path | None:
-    """sample_submission.csv next to an explicit --test file, else data.sample_submission."""
+    """sample_submission.csv next to an explicit --test file, else data.sample_submission (None, logged, when that
+    file is missing: the test file's ids are enough to answer)."""
     if test is not None and (cfg.data.test is None or Path(test).resolve() != Path(cfg.data.test).resolve()):
         cand = Path(test).with_name("sample_submission.csv")
         return cand if cand.is_file() else None
     if cfg.data.sample_submission:
         p = Path(cfg.data.sample_submission)
         if not p.is_file():
-            raise UserError(f"{p}: data.sample_submission not found")
+            log.error("%s: data.sample_submission not found; the file follows the test file's ids", p)
+            return None
         return p
     return None
 
 
-def submission_ids(df: pd.DataFrame, sample_path: Path | None) -> tuple[list[str], int, int]:
-    """Row order of submission.csv: the sample submission's ids when there is one, else the test file's.
+@dataclass
+class IdOrder:
+    """Row order of submission.csv and how it was reached (all of it goes to ``run.json``)."""
+
+    ids: list[str]
+    sample_ids_without_test_row: int = 0
+    test_rows_not_in_sample: int = 0
+    sample_error: str | None = None  # why a sample submission beside the test file was not used
+
+
+def submission_ids(df: pd.DataFrame, sample_path: Path | None) -> IdOrder:
+    """Row order of submission.csv: the sample submission's ids when there is a readable one, else the test file's.
 
     Kaggle scores the sample submission's ids, so those are what the file must hold. A mismatch is not refused
     (a hidden test row the CSV parser could not recover would otherwise cost the whole run): test rows absent from
     the sample are left out, sample ids absent from the test rows get the fallback answer (:func:`_frame`); both
-    are logged and counted in ``run.json``. Returns (ids, sample ids without a test row, test rows not in the sample).
+    are logged and counted in ``run.json``. A sample that cannot be read or has no ``id`` column (or no ids) is not
+    needed either: the test file's ids answer, and why is logged and recorded (``sample_error``).
     """
     test_ids = df["id"].astype(str).tolist()
     if sample_path is None:
-        return test_ids, 0, 0
+        return IdOrder(test_ids)
     try:
         ids = read_id_column(sample_path)
-    except ValueError as exc:  # no id column: nothing to submit against
-        raise UserError(str(exc)) from None
+        if not ids and test_ids:
+            raise ValueError(f"{sample_path}: no ids")
+    except Exception as exc:  # noqa: BLE001 - unreadable, no id column: the test file's ids are enough
+        why = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        log.error("sample submission not used (%s); the file follows the test file's %d ids", why, len(test_ids))
+        return IdOrder(test_ids, sample_error=why)
     known = set(test_ids)
     missing = [i for i in ids if i not in known]
     extra = len(known - set(ids))
@@ -118,7 +135,7 @@ def submission_ids(df: pd.DataFrame, sample_path: Path | None) -> tuple[list[str
                   "not in the sample); the file follows the sample: missing rows get the fallback answer, extra rows "
                   "are left out",
                   sample_path, len(missing), missing[0] if missing else "-", extra)
-    return ids, len(missing), extra
+    return IdOrder(ids, len(missing), extra)
 
 
 def _frame(test_ids: pd.Series, probs: np.ndarray, ids: list[str], fill: np.ndarray) -> pd.DataFrame:
@@ -188,7 +205,8 @@ def run_submission(
     stack_dir = Path(sub.stack_dir) if sub.stack_dir else wd / "stacking"
 
     df = _read_test(str(test_path))
-    ids, ids_without_row, rows_not_in_sample = submission_ids(df, _sample_submission_path(cfg, test))
+    order = submission_ids(df, _sample_submission_path(cfg, test))
+    ids, ids_without_row = order.ids, order.sample_ids_without_test_row
     n = len(df)
     if n == 0:  # nothing to answer: a header-only file is the valid submission
         log.warning("%s: no data rows; writing a header-only %s", test_path, out_path)
@@ -310,7 +328,7 @@ def run_submission(
         "counts": counts, "fallback_reasons": reasons, "nonfinite_logit_rows": spass.nonfinite_rows,
         "test_repairs": df.attrs.get("repairs", {}), "student_error": spass.error, "chunks": spass.chunks,
         "governor": governor.history, "sample_ids_without_test_row": ids_without_row,
-        "test_rows_not_in_sample": rows_not_in_sample,
+        "test_rows_not_in_sample": order.test_rows_not_in_sample, "sample_submission_error": order.sample_error,
     })
     write_resolved(cfg, out_path.parent, name=f"{out_path.stem}.config.resolved.yaml")
     log.info("wrote %s (%d rows) in %s; paths: %s", out_path, len(written), format_seconds(seconds),
