@@ -53,7 +53,6 @@ def run_pipeline(cfg: PipelineConfig, force: bool = False, hard_student: bool = 
     from arena_kd.teachers.run import run_teachers
 
     cfg.workdir_path.mkdir(parents=True, exist_ok=True)
-    write_resolved(cfg, cfg.workdir_path)
     records: list[StageRecord] = []
 
     def stage(name: str, fn, *args, **kw):
@@ -87,4 +86,6 @@ def run_pipeline(cfg: PipelineConfig, force: bool = False, hard_student: bool = 
         with measure("report (test-set evaluation)") as rec:
             ev = evaluate_stages_on_test(cfg, hard_cfg, nested_cfg)
         records.append(rec)
-    return write_report(cfg, ev, records, nested_cfg)
+    report = write_report(cfg, ev, records, nested_cfg)
+    write_resolved(cfg, cfg.workdir_path)  # once every stage accepted this config (a refused resume writes nothing)
+    return report

@@ -161,7 +161,6 @@ def run_stacking(cfg: PipelineConfig, force: bool = False) -> dict:
             return manifest
 
     out.mkdir(parents=True, exist_ok=True)
-    write_resolved(cfg, out)
     tfidf = fit_similarity(frame, n_features=sc.tfidf_max_features, seed=cfg.seed)
     tfidf.save(out)
     embedder = None
@@ -275,6 +274,7 @@ def run_stacking(cfg: PipelineConfig, force: bool = False) -> dict:
         "notes": notes,
     }
     atomic_write_json(out / MANIFEST, manifest)
+    write_resolved(cfg, out)  # once the folder is complete (see teachers.run)
     print(format_table(stages, counts=True))
     print(f"[stack] done in {time.time() - t0:.1f}s: {out}")
     return manifest
