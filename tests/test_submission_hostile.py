@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from test_submission import N_ROWS, _assert_valid, artifacts  # noqa: F401 - artifacts: the fake-backed fixture
+from test_submission_real import export  # noqa: F401 - module fixture: a real tiny exported student
 
 from arena_kd.data.readers import read_pairs
 from arena_kd.data.text import decode_bytes, read_id_column
@@ -175,3 +176,61 @@ def test_configured_sample_submission_missing_is_not_fatal(artifacts):  # noqa: 
     res = run_mod.run_submission(artifacts["cfg"], out=str(artifacts["out"]), progress=False)
     _assert_valid(artifacts["out"], artifacts["src"]["id"].astype(str).tolist())
     assert res.counts == {"stacker+tta": N_ROWS}
+
+
+# --------------------------------------------------------------------------- 5. not verified → not used
+
+
+@pytest.fixture()
+def export_copy(export, tmp_path):  # noqa: F811
+    """A copy of tests/test_submission_real.py's real export (4 reference rows), free to damage."""
+    import shutil
+
+    cfg, export_dir, _ = export
+    dst = tmp_path / "export"
+    shutil.copytree(export_dir, dst)
+    return cfg, dst
+
+
+def _rewrite_export_json(export_dir: Path, **changes) -> None:
+    p = export_dir / "export.json"
+    p.write_text(json.dumps({**json.loads(p.read_text()), **changes}))
+
+
+@pytest.mark.parametrize("damage", ["reference deleted", "reference cut to 2 of 4 rows"])
+def test_student_without_its_full_reference_is_not_used(export_copy, damage, caplog):
+    """Was: reference_logits.parquet deleted → the check silently turned off ("used unchecked") while export.json
+    still recorded its rows, so tampered weights answered every row."""
+    from arena_kd.common.io import read_keyed_table, write_keyed_table
+    from arena_kd.submission.student_infer import load_student
+
+    cfg, d = export_copy
+    ref = d / "reference_logits.parquet"
+    if damage == "reference deleted":
+        ref.unlink()
+    else:
+        table, meta = read_keyed_table(ref)
+        write_keyed_table(ref, table.head(2), meta)
+    with pytest.raises(RuntimeError, match="is missing|NOT VERIFIED"):
+        load_student(d, quantization="none", dtype="fp32", devices=["cpu"])
+    # through the submission: every row gets the fallback, and why is recorded
+    test = cfg.data.test
+    out = d.parent / "out" / "submission.csv"
+    c = cfg.model_copy(deep=True)
+    c.submission.student_dir = str(d)
+    res = run_mod.run_submission(c, test=test, out=str(out), progress=False)
+    assert all(k.endswith("+none") for k in res.counts)
+    err = json.loads(out.with_name("submission.run.json").read_text())["student_error"]
+    assert "student failed to load" in err and ("cannot be verified" in err or "NOT VERIFIED" in err)
+
+
+def test_export_made_without_reference_rows_is_used_unchecked(export_copy):
+    """student.reference_rows: 0 (export.json records 0) is the user's choice of no check: used, with a warning."""
+    from arena_kd.submission.student_infer import load_student
+
+    _, d = export_copy
+    (d / "reference_logits.parquet").unlink()
+    (d / "reference_logits.meta.json").unlink(missing_ok=True)
+    _rewrite_export_json(d, reference_rows=0)
+    backend = load_student(d, quantization="none", dtype="fp32", devices=["cpu"])
+    assert backend.checks == {"cpu": None}
