@@ -39,7 +39,14 @@ from arena_kd.common.io import atomic_write_csv, atomic_write_json
 from arena_kd.common.keys import LABELS
 from arena_kd.data.text import read_id_column
 from arena_kd.submission.budget import Deadline, Governor
-from arena_kd.submission.fallback import class_prior, load_stacker_or_none, stacker_probs, student_softmax
+from arena_kd.submission.fallback import (
+    class_prior,
+    fallback_losses,
+    load_stacker_or_none,
+    stacker_probs,
+    student_beats_prior,
+    student_softmax,
+)
 from arena_kd.submission.student_pass import StudentPass, run_student_pass, short_reason
 from arena_kd.submission.validate import valid_rows, write_submission
 
@@ -245,6 +252,7 @@ def run_submission(
     governor = Governor(deadline, reserve_s=reserve, safety=sub.safety_factor, allow_tta=sub.predict.tta)
     spass = StudentPass.empty(n)
     fallback_probs, fallback_head = probs.copy(), head.copy()
+    no_stacker: dict | None = None  # without a stacker: the OOF losses deciding student softmax vs prior, and why
     try:
         if n == 0:
             pass
@@ -284,9 +292,18 @@ def run_submission(
                     student = {"orig": orig, "swap": swap, "max_length": spass.max_length[sel]}
                     probs[sel] = stacker_probs(stacker, df.iloc[sel].reset_index(drop=True), student, sub.swap_average)
                     head[sel] = "stacker"
-                else:
-                    probs[sel] = student_softmax(orig, swap)
-                    head[sel] = "student_softmax"
+                else:  # the best remaining candidate by out-of-fold log loss: raw student softmax or the prior
+                    if no_stacker is None:
+                        no_stacker = {"losses": fallback_losses(stack_dir, wd / "student" / "oof.parquet",
+                                                                cfg.data.train)}
+                    use, why = student_beats_prior(no_stacker["losses"][0], "tta" if tta else "single")
+                    no_stacker["tta" if tta else "single"] = why
+                    log.warning("no usable stacker: %d student row(s) answered by the %s", len(sel), why)
+                    if use:
+                        probs[sel] = student_softmax(orig, swap)
+                        head[sel] = "student_softmax"
+                    else:
+                        spass.drop(sel, f"no stacker; {why}")
             except Exception as exc:  # noqa: BLE001
                 why = short_reason(exc)
                 log.error("stacker on student logits failed (%s); %d rows keep the fallback", why, len(sel))
@@ -329,6 +346,10 @@ def run_submission(
         "test_repairs": df.attrs.get("repairs", {}), "student_error": spass.error, "chunks": spass.chunks,
         "governor": governor.history, "sample_ids_without_test_row": ids_without_row,
         "test_rows_not_in_sample": order.test_rows_not_in_sample, "sample_submission_error": order.sample_error,
+        "stacker_models_not_used": getattr(stacker, "unusable", {}) if stacker is not None else None,
+        "no_stacker_choice": None if no_stacker is None else {
+            "losses": no_stacker["losses"][0], "source": no_stacker["losses"][1],
+            **{k: v for k, v in no_stacker.items() if k != "losses"}},
     })
     write_resolved(cfg, out_path.parent, name=f"{out_path.stem}.config.resolved.yaml")
     log.info("wrote %s (%d rows) in %s; paths: %s", out_path, len(written), format_seconds(seconds),
