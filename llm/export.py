@@ -221,7 +221,9 @@ def load_export(export_dir: str | Path, *, quantization: str = "none", dtype: st
                 bnb_4bit_compute_dtype=torch_dtype, llm_int8_skip_modules=skip,
             )
         kwargs["device_map"] = {"": device}
-    model = AutoModelForSequenceClassification.from_pretrained(export_dir / "model", **kwargs)
+    # safetensors only (save_export writes nothing else): a pickled weights file in an artifacts folder is refused,
+    # never unpickled
+    model = AutoModelForSequenceClassification.from_pretrained(export_dir / "model", use_safetensors=True, **kwargs)
     if quantization == "none":
         model = model.to(device)
     if str(device).startswith("cpu") and quantization != "none":

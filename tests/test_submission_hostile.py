@@ -234,3 +234,43 @@ def test_export_made_without_reference_rows_is_used_unchecked(export_copy):
     _rewrite_export_json(d, reference_rows=0)
     backend = load_student(d, quantization="none", dtype="fp32", devices=["cpu"])
     assert backend.checks == {"cpu": None}
+
+
+# --------------------------------------------------------------------------- pickled weights are never loaded
+
+
+def _pickled_weights_only(model_dir: Path) -> None:
+    """Replace model.safetensors by the same weights as a pickled pytorch_model.bin (what a tampered folder holds)."""
+    import torch
+    from safetensors.torch import load_file
+
+    st = model_dir / "model.safetensors"
+    torch.save(load_file(str(st)), model_dir / "pytorch_model.bin")
+    st.unlink()
+
+
+def test_student_export_with_pickled_weights_is_refused(export_copy):
+    from arena_kd.llm.export import load_export
+
+    _, d = export_copy
+    load_export(d, quantization="none", dtype="fp32", device="cpu")  # the intact copy loads
+    _pickled_weights_only(d / "model")
+    with pytest.raises(OSError, match="safetensors"):
+        load_export(d, quantization="none", dtype="fp32", device="cpu")
+
+
+def test_sentence_embedder_with_pickled_weights_is_refused(export_copy, tmp_path):
+    """blend.embeddings loads its encoder safetensors-only too (the export's tiny model stands in for one)."""
+    import shutil
+
+    from arena_kd.blend.embeddings import SentenceEmbedder
+
+    _, d = export_copy
+    enc = tmp_path / "encoder"
+    shutil.copytree(d / "model", enc)
+    for f in (d / "tokenizer").iterdir():
+        shutil.copy(f, enc / f.name)
+    SentenceEmbedder(str(enc), max_length=16)._load()  # the intact copy loads
+    _pickled_weights_only(enc)
+    with pytest.raises(OSError, match="safetensors"):
+        SentenceEmbedder(str(enc), max_length=16)._load()
