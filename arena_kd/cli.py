@@ -70,7 +70,7 @@ def distill(config: List[str] = ConfigOpt, set: Optional[List[str]] = SetOpt, fo
 def stack(config: List[str] = ConfigOpt, set: Optional[List[str]] = SetOpt, force: bool = ForceOpt) -> None:
     """Train the LightGBM stacker on student OOF logits + length/similarity features, then fit a temperature.
 
-    Outputs: <workdir>/stacking/ (LightGBM text models, temperature.json, report.md + PNGs).
+    Outputs: <workdir>/stacking/ (LightGBM text models, stacker.json with the temperatures, report.md + PNGs).
     """
     cfg = _cfg(config, set)
     from arena_kd.stacking.run import run_stacking

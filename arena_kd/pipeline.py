@@ -61,7 +61,6 @@ def run_pipeline(cfg: PipelineConfig, force: bool = False, hard_student: bool = 
 
     cfg.workdir_path.mkdir(parents=True, exist_ok=True)
     dist.start(cfg.collective_timeout_s)
-    dist.main_write(write_resolved, cfg, cfg.workdir_path)
     records: list[StageRecord] = []
 
     def stage(name: str, fn, *args, **kw):
@@ -101,4 +100,6 @@ def run_pipeline(cfg: PipelineConfig, force: bool = False, hard_student: bool = 
             with measure("report (test-set evaluation)") as rec:
                 ev = evaluate_stages_on_test(cfg, hard_cfg, nested_cfg)
             records.append(rec)
-        return write_report(cfg, ev, records, nested_cfg)
+        report = write_report(cfg, ev, records, nested_cfg)
+        write_resolved(cfg, cfg.workdir_path)  # once every stage accepted this config (a refused resume writes nothing)
+        return report

@@ -56,7 +56,8 @@ class SentenceEmbedder:
 
         path = resolve_path(self.model_spec)
         self._tokenizer = AutoTokenizer.from_pretrained(path)
-        self._model = AutoModel.from_pretrained(path).eval()
+        # safetensors only: a pickled pytorch_model.bin in a downloaded or shipped folder could run code on load
+        self._model = AutoModel.from_pretrained(path, use_safetensors=True).eval()
         self.device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self._model.to(self.device)
 

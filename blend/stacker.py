@@ -12,6 +12,10 @@ winner (trained on student columns built from one orientation, exactly as here);
 winner; a row whose student ``max_length`` is below the length the student OOF was predicted at
 (``student_max_length``) → the ``short`` winner, which is the ``none`` winner: no stacker was trained on truncated
 student logits, so those rows are answered from their text alone. ``mode=`` forces one of these for every row.
+Every fitted model is checked when it is read back (:mod:`arena_kd.blend.stacker_spec`: temperature range, prior
+probabilities, a model file inside the folder, ...); a model that fails is not used (``unusable``: name → reason) and
+its rows go to the best remaining candidate of their mode by out-of-fold log loss (``stacker.json`` ``candidates``;
+the prior is always one).
 ``stacker.json`` (written by :func:`stacking.run.run_stacking`) names the models, their feature lists and
 temperatures; the fitted TF-IDF lives in ``tfidf.json`` + ``tfidf_idf.parquet``.
 """
@@ -20,43 +24,34 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from arena_kd.blend.booster import load_booster, predict_symmetric
+from arena_kd.blend.booster import predict_symmetric
 from arena_kd.blend.features import features_and_words, is_student_column, student_features, student_probs
 from arena_kd.blend.similarity import SimilarityModel
+from arena_kd.blend.stacker_spec import PRIOR, STUDENT_ONLY, FittedModel, read_models
 from arena_kd.blend.temperature import apply_temperature
 from arena_kd.common.errors import UserError
 
 log = logging.getLogger(__name__)
 MANIFEST = "stacker.json"
-STUDENT_ONLY = "student_only"
-PRIOR = "prior"
 MODES = ("tta", "single", "short", "none")
-
-
-@dataclass
-class _Model:
-    kind: str  # "lightgbm", "student_only" or "prior"
-    features: list[str]
-    temperature: float
-    booster: object | None
-    student_input: str | None = None  # "tta" / "single": which student columns the model was trained on
-    probs: np.ndarray | None = None  # kind "prior": the constant answer
+__all__ = ["MANIFEST", "MODES", "PRIOR", "STUDENT_ONLY", "Stacker", "load_stacker"]
 
 
 class Stacker:
     """A trained stacker folder: ``predict(df, student)`` and ``predict_features_only(df)`` -> float64[n, 3]."""
 
-    def __init__(self, stack_dir: Path, manifest: dict, models: dict[str, _Model | None], tfidf: SimilarityModel,
-                 embedder=None):
+    def __init__(self, stack_dir: Path, manifest: dict, models: dict[str, FittedModel | None],
+                 tfidf: SimilarityModel, embedder=None, unusable: dict[str, str] | None = None):
         self.stack_dir = stack_dir
         self.manifest = manifest
         self.models = models
+        self.unusable = dict(unusable or {})  # name -> why the model failed its read-back checks (not used)
         self.tfidf = tfidf
         self.embedder = embedder
         self.source_model = None
@@ -68,18 +63,34 @@ class Stacker:
         if not self.selection:  # a version-1 folder: the full stacker and the features-only fallback
             self.selection = {"tta": "stacker", "single": "stacker", "short": "stacker", "none": "features_only"}
 
+    def ranked(self, mode: str) -> list[str]:
+        """Model names that may answer rows of student ``mode``, best first: the selected one, then the mode's other
+        candidates by out-of-fold log loss (``candidates``; 'short' rows are the 'none' table's), then the older
+        folders' chain (tta → single → none)."""
+        names = [self.selection.get(mode)]
+        rows = (self.manifest.get("candidates") or {}).get("none" if mode == "short" else mode) or []
+
+        def loss(row: dict) -> float:
+            v = row.get("log_loss")
+            return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else math.inf
+
+        names += [r.get("name") for r in sorted((r for r in rows if isinstance(r, dict)), key=loss)]
+        if mode == "tta":  # trained without TTA: both orientations still make a one-orientation input
+            names.append(self.selection.get("single"))
+        names.append(self.selection.get("none", "features_only"))
+        return [n for n in dict.fromkeys(names) if isinstance(n, str)]
+
     def chosen(self, mode: str) -> str:
-        """Name of the model answering rows of student ``mode`` (tta | single | short | none)."""
+        """Name of the model answering rows of student ``mode`` (tta | single | short | none): the first usable one
+        of :meth:`ranked`."""
         if mode not in MODES:
             raise UserError(f"{self.stack_dir / MANIFEST}: unknown student mode {mode!r} "
                             f"(expected one of {', '.join(MODES)})")
-        name = self.selection.get(mode)
-        if mode == "tta" and (name is None or self.models.get(name) is None):
-            # trained without TTA: both orientations still make a one-orientation input
-            name = self.selection.get("single")
-        if name is None or self.models.get(name) is None:
-            name = self.selection.get("none", "features_only")
-        return name
+        for name in self.ranked(mode):
+            if self.models.get(name) is not None:
+                return name
+        raise UserError(f"{self.stack_dir / MANIFEST}: no usable model for student mode '{mode}' "
+                        f"({'; '.join(f'{k}: {v}' for k, v in self.unusable.items()) or 'none trained'})")
 
     def features(self, df: pd.DataFrame, student: dict | None = None) -> pd.DataFrame:
         """The feature table exactly as at training time (same TF-IDF fit, embedding model and source classifier)."""
@@ -172,24 +183,16 @@ def load_stacker(stack_dir: str | Path, *, embedding_model: str | None = None,
     if not path.is_file():
         raise UserError(f"{path}: stacker not found (run `arena-kd stack` first)")
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: unreadable stacker manifest ({exc.msg})") from None
-    models: dict[str, _Model | None] = {}
-    for name, spec in (manifest.get("models") or {}).items():
-        if spec is None:
-            models[name] = None
-            continue
-        booster = None
-        if spec["kind"] == "lightgbm":
-            model_file = d / spec["model_file"]
-            if not model_file.is_file():
-                raise UserError(f"{model_file}: model file missing (rerun `arena-kd stack --force`)")
-            booster = load_booster(model_file)
-        probs = np.asarray(spec["probs"], dtype=np.float64) if spec["kind"] == PRIOR else None
-        models[name] = _Model(kind=spec["kind"], features=list(spec["features"]),
-                              temperature=float(spec["temperature"]), booster=booster,
-                              student_input=spec.get("student_input"), probs=probs)
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: unreadable stacker manifest ({getattr(exc, 'msg', exc)})") from None
+    if not isinstance(manifest, dict):
+        raise UserError(f"{path}: unreadable stacker manifest (a JSON {type(manifest).__name__}, not an object)")
+    models, unusable = read_models(d, manifest.get("models"))
+    for name, why in unusable.items():
+        log.error("%s: model '%s' not used: %s", path, name, why)
+    if not any(m is not None for m in models.values()):
+        raise UserError(f"{path}: no usable model ({'; '.join(f'{k}: {v}' for k, v in unusable.items()) or 'none'})")
     tfidf = SimilarityModel.load(d)
     embedder = None
     emb = manifest.get("embedding")
@@ -198,4 +201,4 @@ def load_stacker(stack_dir: str | Path, *, embedding_model: str | None = None,
 
         embedder = SentenceEmbedder(embedding_model or emb["model"], batch_size=emb.get("batch_size", 64),
                                     max_length=emb["max_length"], cache_dir=embedding_cache_dir, device=device)
-    return Stacker(d, manifest, models, tfidf, embedder)
+    return Stacker(d, manifest, models, tfidf, embedder, unusable)

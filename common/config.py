@@ -87,10 +87,63 @@ class PipelineConfig(Section):
 # --------------------------------------------------------------------------- loading
 
 
-def _parse_value(raw: str) -> Any:
-    """`--set` values are parsed as YAML scalars/lists (so 1e-5, true, [a,b], null work)."""
+MAX_YAML_VALUES = 100_000
+"""Most values (scalars, lists, mappings) a config may hold once its aliases are expanded. The shipped configs hold a
+few hundred (configs/kaggle-gemma2.yaml: 267, counted by ``expanded_size``); the bound turns an alias bomb (a
+billion-laughs document expanding to 10^9 values from a few lines) into one error line instead of unbounded memory."""
+
+
+def expanded_size(node: yaml.Node, where: str) -> int:
+    """Number of values of a composed YAML document with every alias expanded, computed without expanding it (each
+    shared node once); UserError for a recursive alias (``x: &a [*a]``), which no config can mean."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(n: yaml.Node) -> int:
+        key = id(n)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise UserError(f"{where}: line {n.start_mark.line + 1}: recursive YAML alias (a value that contains "
+                            "itself)")
+        open_nodes.add(key)
+        if isinstance(n, yaml.SequenceNode):
+            total = 1 + sum(size(c) for c in n.value)
+        elif isinstance(n, yaml.MappingNode):
+            total = 1 + sum(size(k) + size(v) for k, v in n.value)
+        else:
+            total = 1
+        open_nodes.discard(key)
+        sizes[key] = total
+        return total
+
+    return size(node)
+
+
+def load_yaml_text(text: str, where: str) -> Any:
+    """``yaml.safe_load`` bounded in time and memory: a document whose aliases expand to more than
+    MAX_YAML_VALUES values, a recursive alias, or nesting too deep to parse is one UserError line naming ``where``.
+    yaml.YAMLError (a syntax error) propagates for the caller to word."""
+    loader = yaml.SafeLoader(text)
     try:
-        return yaml.safe_load(raw)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        n = expanded_size(node, where)
+        if n > MAX_YAML_VALUES:
+            raise UserError(f"{where}: YAML aliases expand to {n:,} values (limit {MAX_YAML_VALUES:,}); "
+                            "an alias bomb? write the values out or use fewer aliases")
+        return loader.construct_document(node)
+    except RecursionError:
+        raise UserError(f"{where}: YAML nested too deeply to read") from None
+    finally:
+        loader.dispose()
+
+
+def _parse_value(raw: str, source: str = "--set") -> Any:
+    """`--set` values are parsed as YAML scalars/lists (so 1e-5, true, [a,b], null work), aliases bounded."""
+    try:
+        return load_yaml_text(raw, source)
     except yaml.YAMLError:
         return raw
 
@@ -114,13 +167,14 @@ def apply_overrides(d: dict[str, Any], overrides: list[str], source: str = "--se
                 raise UserError(f"{source}: {key}: '{'.'.join(parts[:i])}' is not a section")
             node = node.setdefault(p, {})
         last = parts[-1]
+        value = _parse_value(raw, f"{source} {key}")
         if isinstance(node, list):
             try:
-                node[int(last)] = _parse_value(raw)
+                node[int(last)] = value
             except (ValueError, IndexError):
                 raise UserError(f"{source}: {key}: no list item '{last}'") from None
         else:
-            node[last] = _parse_value(raw)
+            node[last] = value
     return d
 
 
@@ -158,8 +212,15 @@ def _format_error(path: str, err: ValidationError, overrides: list[str] | None =
 def _read_yaml(p: Path) -> dict[str, Any]:
     if not p.is_file():
         raise UserError(f"{p}: config file not found")
+    data = p.read_bytes()
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise UserError(f"{p}: line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); save the config as "
+                        "UTF-8") from None
+    try:
+        raw = load_yaml_text(text, str(p)) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

@@ -127,7 +127,9 @@ class StudentConfig(Section):
     export_merged: bool = Field(True, description="Merge LoRA into the base for export (else base + adapter).")
     reference_rows: int = Field(16, ge=0, le=4096, description="Training rows whose trained-model probabilities (fold "
                                 "soup: the mean of the fold models') are stored in the export; the export is verified "
-                                "against them at export and at the start of submission (0 = no check).")
+                                "against them at export and at the start of submission (0 = no check, the student is "
+                                "then used unchecked; > 0: an export whose reference table is missing or short is not "
+                                "used).")
 
 
 # --------------------------------------------------------------------------- stacking

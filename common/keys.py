@@ -14,6 +14,9 @@ LOGIT_COLUMNS = ("logit_a", "logit_b", "logit_tie")
 CLASS_SUFFIXES = tuple(c.removeprefix("logit_") for c in LOGIT_COLUMNS)
 """Short class names ('a', 'b', 'tie'), in class order: suffixes of per-class columns and keys of per-class reports."""
 
+CLASS_NAMES = ("A wins", "B wins", "tie")
+"""Human names of the classes, in class order (reports and messages)."""
+
 SWAP_PERMUTATION = (1, 0, 2)
 """Index permutation of the class axis that exchanges A and B (tie stays): ``x[..., SWAP_PERMUTATION]``."""
 

@@ -21,6 +21,15 @@ def log_loss(labels: np.ndarray, probs: np.ndarray, eps: float = EPS) -> float:
     return float(np.mean(row_log_loss(labels, probs, eps)))
 
 
+def pooled_prior(labels: np.ndarray) -> np.ndarray:
+    """float64[3]: label frequencies with A and B wins pooled (no position preference), +1 smoothing per class: the
+    class prior of the stacking stage's ``prior`` candidate and of the submission's last-resort answer."""
+    c = np.bincount(np.asarray(labels, dtype=np.int64), minlength=3)[:3].astype(np.float64)
+    ab = (c[0] + c[1]) / 2.0
+    p = np.array([ab, ab, c[2]]) + 1.0
+    return p / p.sum()
+
+
 def accuracy(labels: np.ndarray, probs: np.ndarray) -> float:
     return float(np.mean(np.argmax(probs, axis=1) == np.asarray(labels)))
 

@@ -3,7 +3,9 @@
 :func:`read_raw` returns a :class:`RawTable`: the records as dicts, their columns, and where each record sits in the
 file (the row label every message names, see :func:`arena_kd.data.row_checks.row_label`). The layouts
 (:mod:`arena_kd.data.layouts`) turn the records into pairs.
-Containers: .csv, .jsonl/.ndjson (JSON lines), .json (a list of objects or JSON lines), .parquet.
+Containers: CSV, JSON lines, JSON (a list of objects or JSON lines), Parquet — told apart by the file's bytes, not its
+name (:func:`arena_kd.data.text.sniff_container`), gzip / bzip2 / xz / zip compressed or not
+(:func:`arena_kd.data.text.read_file_bytes`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import pandas as pd
 
 from arena_kd.common.errors import UserError, data_error
 from arena_kd.data.row_checks import ValidationStats, row_label
-from arena_kd.data.text import decode_bytes, raise_csv_field_limit
+from arena_kd.data.text import decode_bytes, raise_csv_field_limit, read_file_bytes, sniff_container
 
 
 class RawTable:
@@ -27,11 +29,11 @@ class RawTable:
         self.path, self.columns, self.records, self.wheres, self.stats = path, columns, records, wheres, stats
 
 
-def _read_csv(path: Path, stats: ValidationStats) -> RawTable:
+def _read_csv(path: Path, raw: bytes, stats: ValidationStats) -> RawTable:
     raise_csv_field_limit()
     # UTF-8 (BOM dropped); stray undecodable bytes become lone surrogates, repaired (and counted) per field
-    # below; a file with no UTF-8 at all is read as cp1252 / latin-1 (data.text.decode_bytes)
-    text, _ = decode_bytes(path.read_bytes())
+    # below; a file with no UTF-8 at all is read as cp1252 / latin-1; UTF-16/32 by their BOM (data.text.decode_bytes)
+    text, _ = decode_bytes(raw)
     reader = csv.reader(io.StringIO(text, newline=""))  # only \n, \r\n, \r end lines (not U+2028 etc.)
     try:
         header = next(reader)
@@ -64,8 +66,8 @@ def _read_csv(path: Path, stats: ValidationStats) -> RawTable:
     return RawTable(path, header, records, wheres, stats)
 
 
-def _read_json(path: Path, stats: ValidationStats) -> RawTable:
-    text = path.read_bytes().decode("utf-8", "surrogateescape").lstrip("\ufeff")
+def _read_json(path: Path, raw: bytes, stats: ValidationStats) -> RawTable:
+    text = decode_bytes(raw)[0].lstrip("\ufeff")
     records, wheres = [], []
     stripped = text.lstrip()
     if stripped.startswith("["):  # one JSON array of objects
@@ -101,9 +103,9 @@ def _read_json(path: Path, stats: ValidationStats) -> RawTable:
     return RawTable(path, columns, records, wheres, stats)
 
 
-def _read_parquet(path: Path, stats: ValidationStats) -> RawTable:
+def _read_parquet(path: Path, raw: bytes, stats: ValidationStats) -> RawTable:
     try:
-        df = pd.read_parquet(path)
+        df = pd.read_parquet(io.BytesIO(raw))
     except Exception as exc:  # pyarrow raises several types for corrupt files
         first_line = str(exc).splitlines()[0][:120]
         raise UserError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {first_line})") from None
@@ -113,20 +115,18 @@ def _read_parquet(path: Path, stats: ValidationStats) -> RawTable:
 
 
 def read_raw(path: str | Path) -> RawTable:
-    """Read records of a CSV / JSON lines / JSON / Parquet file (no layout interpretation yet)."""
+    """Read records of a CSV / JSON lines / JSON / Parquet file, compressed or not, whatever its name (no layout
+    interpretation yet)."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{p}: file not found")
     stats = ValidationStats()
-    suffix = p.suffix.lower()
-    if suffix == ".csv":
-        table = _read_csv(p, stats)
-    elif suffix in (".jsonl", ".ndjson", ".json"):
-        table = _read_json(p, stats)
-    elif suffix in (".parquet", ".pq"):
-        table = _read_parquet(p, stats)
-    else:
-        raise UserError(f"{p}: unknown file type {suffix!r} (expected .csv, .jsonl, .json or .parquet)")
+    try:
+        raw, _ = read_file_bytes(p)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    readers = {"csv": _read_csv, "json": _read_json, "parquet": _read_parquet}
+    table = readers[sniff_container(raw)](p, raw, stats)
     if not table.records:
         raise UserError(f"{p}: no data rows")
     return table

@@ -17,6 +17,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from arena_kd.common.errors import UserError
 from arena_kd.common.io import atomic_write_csv
+from arena_kd.common.keys import CLASS_NAMES
 
 
 def prompt_groups(df: pd.DataFrame) -> np.ndarray:
@@ -28,6 +29,27 @@ def prompt_groups(df: pd.DataFrame) -> np.ndarray:
         digest = hashlib.blake2b(norm.encode("utf-8", "replace"), digest_size=8).digest()
         keys.append(int.from_bytes(digest, "little") >> 1)
     return np.asarray(keys, dtype=np.int64)
+
+
+def label_problem(labels, folds=None) -> str | None:
+    """Why labelled rows cannot train a classifier, or None: every row has one label (nothing to tell apart), or
+    — with ``folds`` — the training rows of some fold (the rows outside it) all have one label, so that fold's model
+    would learn a constant. Labels are ints in class order; NA rows are ignored."""
+    y = pd.Series(labels).dropna().astype(int).to_numpy()
+    present = np.unique(y)
+    if len(y) and len(present) < 2:
+        return (f"all {len(y)} labelled rows are '{CLASS_NAMES[present[0]]}': a classifier needs rows of at least two "
+                f"of {' / '.join(CLASS_NAMES)}")
+    if folds is None or not len(y):
+        return None
+    f = pd.Series(folds).loc[pd.Series(labels).notna()].to_numpy()
+    for k in np.unique(f):
+        outside = np.unique(y[f != k])
+        if len(outside) < 2:
+            what = f"are all '{CLASS_NAMES[outside[0]]}'" if len(outside) else "are none"
+            return (f"the training rows of fold {int(k)} (the rows outside it) {what}: its model would learn a "
+                    "constant; use fewer folds or add rows of the other classes")
+    return None
 
 
 def make_folds(df: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFrame:

@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 
 from arena_kd.common.errors import UserError
-from arena_kd.common.keys import FORMATS
+from arena_kd.common.keys import CLASS_NAMES, FORMATS
+from arena_kd.data.folds import label_problem
 from arena_kd.data.readers import read_pairs
 
 # --------------------------------------------------------------------------- report
@@ -25,8 +26,7 @@ def summarize(df: pd.DataFrame) -> dict[str, Any]:
     """Figures printed by validate-data: rows, labels, turns, repaired/flagged counts, char-length percentiles."""
     stats = df.attrs.get("validation", {})
     labels = df["label"]
-    names = {0: "A wins", 1: "B wins", 2: "tie"}
-    label_counts = {names[k]: int((labels == k).sum()) for k in (0, 1, 2)}
+    label_counts = {name: int((labels == k).sum()) for k, name in enumerate(CLASS_NAMES)}
     label_counts["unlabelled"] = int(labels.isna().sum())
     turns = Counter(len(t) for t in df["prompt"])
     pct = (5, 25, 50, 75, 95, 99, 100)
@@ -43,12 +43,14 @@ def summarize(df: pd.DataFrame) -> dict[str, Any]:
         "flagged": {k: stats.get(k, 0) for k in ("empty_responses", "empty_prompts")},
         "examples": stats.get("examples", {}),
         "char_lengths": lengths,
+        "not_trainable": label_problem(labels),
     }
 
 
 def format_report(path, summary: dict[str, Any]) -> str:
     n = summary["rows"]
-    lines = [f"{path}: {n} rows (valid)"]
+    problem = summary.get("not_trainable")
+    lines = [f"{path}: {n} rows (valid data, NOT trainable: {problem})" if problem else f"{path}: {n} rows (valid)"]
     lab = summary["labels"]
     lines.append("labels: " + ", ".join(f"{k} {v} ({v / n:.1%})" if n else f"{k} {v}" for k, v in lab.items()))
     lines.append("turns per row: " + ", ".join(f"{k}: {v}" for k, v in summary["turns"].items()))

@@ -39,7 +39,7 @@ def subset_rows(df: pd.DataFrame, max_rows: int | None, seed: int) -> pd.DataFra
 
 def load_training_data(cfg: PipelineConfig) -> TrainingData:
     """Read ``data.train`` (validated canonical table), keep labelled rows, subset, attach the shared folds."""
-    from arena_kd.data.folds import make_or_load_folds
+    from arena_kd.data.folds import label_problem, make_or_load_folds
     from arena_kd.data.readers import read_pairs
 
     df = read_pairs(cfg.data.train, fmt=cfg.data.format, seed=cfg.seed)
@@ -48,6 +48,9 @@ def load_training_data(cfg: PipelineConfig) -> TrainingData:
         raise UserError(f"{cfg.data.train}: no labelled rows to train on")
     all_rows = df
     df = subset_rows(df, cfg.data.max_rows, cfg.seed)
+    problem = label_problem(df["label"])
+    if problem:  # before the folds file is written: nothing is made from data that cannot train
+        raise UserError(f"{cfg.data.train}: {problem}")
     heldout = all_rows[~all_rows["id"].isin(set(df["id"]))].reset_index(drop=True)
     folds_path = cfg.folds_path()
     folds = make_or_load_folds(df, folds_path, cfg.folds.n_folds, cfg.seed)
@@ -59,6 +62,9 @@ def load_training_data(cfg: PipelineConfig) -> TrainingData:
         raise UserError(f"{folds_path}: {int(missing.sum())} training ids have no fold (e.g. {ex}); "
                         "delete the folds file to rebuild it")
     frame["fold"] = frame["fold"].astype(int)
+    problem = label_problem(frame["label"], frame["fold"])
+    if problem:
+        raise UserError(f"{cfg.data.train} with {folds_path}: {problem}")
     return TrainingData(
         frame=frame,
         data_hash=frame_hash(frame, DATA_HASH_COLUMNS),

@@ -221,7 +221,9 @@ def load_export(export_dir: str | Path, *, quantization: str = "none", dtype: st
                 bnb_4bit_compute_dtype=torch_dtype, llm_int8_skip_modules=skip,
             )
         kwargs["device_map"] = {"": device}
-    model = AutoModelForSequenceClassification.from_pretrained(export_dir / "model", **kwargs)
+    # safetensors only (save_export writes nothing else): a pickled weights file in an artifacts folder is refused,
+    # never unpickled
+    model = AutoModelForSequenceClassification.from_pretrained(export_dir / "model", use_safetensors=True, **kwargs)
     if quantization == "none":
         model = model.to(device)
     if str(device).startswith("cpu") and quantization != "none":
@@ -278,10 +280,11 @@ def verify_export(export_dir: str | Path, *, quantization: str = "none", dtype: 
     """Compare the export's predictions with the trained model(s)' probabilities in ``reference_logits.parquet``.
 
     Runs each stored reference row's ``input_ids`` through the loaded export (one row at a time: no padding) and
-    returns {"rows", "nonfinite_rows", "max_abs_prob_diff", "mean_abs_prob_diff", "max_abs_logit_diff" (of
-    log-probabilities), "quantization", "dtype", "tolerance", "ok"}; ok = no non-finite row and max |Δprob| <=
-    tolerance (see :func:`tolerance`; wider for a fold soup). Pass ``model`` to check a copy already loaded (then
-    ``quantization`` and ``dtype`` only name how it was loaded).
+    returns {"rows", "expected_rows", "nonfinite_rows", "max_abs_prob_diff", "mean_abs_prob_diff",
+    "max_abs_logit_diff" (of log-probabilities), "quantization", "dtype", "tolerance", "ok"}; ok = as many reference
+    rows as export.json records (``reference_rows``: a table cut short checks less than the export claims), no
+    non-finite row and max |Δprob| <= tolerance (see :func:`tolerance`; wider for a fold soup). Pass ``model`` to
+    check a copy already loaded (then ``quantization`` and ``dtype`` only name how it was loaded).
     """
     export_dir = Path(export_dir)
     ref_path = export_dir / "reference_logits.parquet"
@@ -305,14 +308,19 @@ def verify_export(export_dir: str | Path, *, quantization: str = "none", dtype: 
     out["max_abs_logit_diff"] = float(np.abs(got_lp - want_lp[finite]).max()) if finite.any() else 0.0
     soup = bool(meta.get("folds")) or settings.get("final") == "fold_soup"
     tol = tolerance(quantization, loaded_dtype if loaded_dtype in DTYPES else "fp16", soup)
-    out.update({"quantization": quantization, "dtype": loaded_dtype, "tolerance": tol,
-                "ok": out["nonfinite_rows"] == 0 and out["max_abs_prob_diff"] <= tol})
+    expected = settings.get("reference_rows")
+    out.update({"expected_rows": expected, "quantization": quantization, "dtype": loaded_dtype, "tolerance": tol,
+                "ok": out["nonfinite_rows"] == 0 and out["max_abs_prob_diff"] <= tol
+                and (expected is None or out["rows"] == int(expected))})
     return out
 
 
 def describe_drift(d: dict[str, Any]) -> str:
     """One line: '8bit/fp16: max |Δp| 0.0123, mean 0.0031 (tolerance 0.06), 0/16 rows non-finite — ok'."""
-    verdict = "ok" if d["ok"] else "BEYOND TOLERANCE"
+    expected = d.get("expected_rows")
+    short = expected is not None and d["rows"] != int(expected)
+    verdict = "ok" if d["ok"] else ("NOT VERIFIED" if short else "BEYOND TOLERANCE")
+    rows = f" (export.json records {expected})" if short else ""
     return (f"{d['quantization']}/{d['dtype']}: max |Δp| {d['max_abs_prob_diff']:.4f}, "
             f"mean {d['mean_abs_prob_diff']:.4f} (tolerance {d['tolerance']:g}), "
-            f"{d['nonfinite_rows']}/{d['rows']} rows non-finite — {verdict}")
+            f"{d['nonfinite_rows']}/{d['rows']}{rows} rows non-finite — {verdict}")

@@ -27,7 +27,7 @@ from arena_kd.blend.booster import early_stopped_rounds, predict_symmetric, trai
 from arena_kd.blend.features import compute_features, fit_similarity
 from arena_kd.blend.temperature import apply_temperature, fit_temperature
 from arena_kd.common.config_stages import StackingConfig
-from arena_kd.common.metrics import log_loss, log_loss_difference, log_loss_interval
+from arena_kd.common.metrics import log_loss, log_loss_difference, log_loss_interval, pooled_prior
 from arena_kd.data.folds import prompt_groups
 
 MODES = ("tta", "single", "none")
@@ -65,14 +65,6 @@ def candidate_names(mode: str) -> list[str]:
         return ["features_only", "length_only", "prior"]
     suffix = "" if mode == "tta" else "_single"
     return [f"stacker{suffix}", "features_only", f"student{suffix}", "length_only", "prior"]
-
-
-def pooled_prior(labels: np.ndarray) -> np.ndarray:
-    """float64[3]: label frequencies with A and B wins pooled (no position preference), +1 smoothing per class."""
-    c = np.bincount(np.asarray(labels, dtype=np.int64), minlength=3)[:3].astype(np.float64)
-    ab = (c[0] + c[1]) / 2.0
-    p = np.array([ab, ab, c[2]]) + 1.0
-    return p / p.sum()
 
 
 def fold_pooled_prior(labels: np.ndarray, folds: np.ndarray) -> np.ndarray:

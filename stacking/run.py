@@ -10,12 +10,14 @@ Outputs under ``<workdir>/stacking/``:
   features.parquet (+meta)             the training feature table (id + text features)
   <model>_fold<k>.txt, <model>_full.txt   LightGBM candidates: stacker (student TTA), stacker_single (one orientation),
                                        features_only, length_only (fold models + the full model used to predict)
-  temperature.json                     temperature per candidate (fitted on all its OOF; the OOF itself is cross-fitted)
   features.json                        feature list of each model
   oof.parquet (+meta)                  id, fold, label, source, provenance, in_llm_rows, group (prompt),
                                        <model>_raw_{a,b,tie}, <model>_{a,b,tie}
-  stacker.json                         manifest: models, selection per student mode, candidate table, input hash
-                                       (written last)
+  stacker.json                         manifest: models (each with its temperature, fitted on all its OOF — the OOF
+                                       itself is cross-fitted — and the fit's record under temperature_fit),
+                                       selection per student mode, candidate table, input hash (written last). The one
+                                       source of the temperatures the submission applies: no separate temperature.json
+                                       is written (issue 22: one was, and nothing read it)
   report.md, *.png, config.resolved.yaml
 
 Without ``<workdir>/student/oof.parquet`` only the candidates that need no student are trained (and said so).
@@ -161,7 +163,6 @@ def run_stacking(cfg: PipelineConfig, force: bool = False) -> dict:
             return manifest
 
     out.mkdir(parents=True, exist_ok=True)
-    write_resolved(cfg, out)
     tfidf = fit_similarity(frame, n_features=sc.tfidf_max_features, seed=cfg.seed)
     tfidf.save(out)
     embedder = None
@@ -189,7 +190,7 @@ def run_stacking(cfg: PipelineConfig, force: bool = False) -> dict:
     y = frame["label"].astype(int).to_numpy()
     groups = prompt_groups(frame)
     models: dict[str, dict | None] = {}
-    files = ["tfidf.json", "tfidf_idf.parquet", "temperature.json", "features.json", "oof.parquet", "report.md"]
+    files = ["tfidf.json", "tfidf_idf.parquet", "features.json", "oof.parquet", "report.md"]
     if source_model is not None:
         files += source_model.save(out)
     oof = pd.DataFrame({"id": frame["id"].astype(str).to_numpy(), "fold": folds, "label": y,
@@ -207,7 +208,7 @@ def run_stacking(cfg: PipelineConfig, force: bool = False) -> dict:
             oof[col] = v
         for col, v in zip(prob_columns(name), cal.T):
             oof[col] = v
-        models[name] = {**spec, "temperature": temp.temperature}
+        models[name] = {**spec, "temperature": temp.temperature, "temperature_fit": temp.to_dict()}
         temps[name] = temp.to_dict()
         calibrated[name] = cal
 
@@ -251,7 +252,6 @@ def run_stacking(cfg: PipelineConfig, force: bool = False) -> dict:
         if mode != "short":
             loss = {r["name"]: r["log_loss"] for r in tables[mode]}[name]
             notes.append(f"selected for student mode '{mode}': {name} (out-of-fold log loss {loss:.4f})")
-    atomic_write_json(out / "temperature.json", temps)
     atomic_write_json(out / "features.json", {name: (spec or {}).get("features", []) for name, spec in models.items()})
     write_keyed_table(out / "oof.parquet", oof, {"input_hash": input_hash, "models": list(temps), "selection": winners})
     _, stages = write_report(cfg.workdir_path, importances, temps, notes, tables=tables, winners=winners, seed=cfg.seed)
@@ -275,6 +275,7 @@ def run_stacking(cfg: PipelineConfig, force: bool = False) -> dict:
         "notes": notes,
     }
     atomic_write_json(out / MANIFEST, manifest)
+    write_resolved(cfg, out)  # once the folder is complete (see teachers.run)
     print(format_table(stages, counts=True))
     print(f"[stack] done in {time.time() - t0:.1f}s: {out}")
     return manifest

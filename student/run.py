@@ -5,7 +5,7 @@ Outputs under ``<workdir>/student/``:
   oof.parquet (+meta)       id, fold, logit_* (TTA avg), orig_logit_*, swap_logit_* for every training row
   final/                    final adapter (full retrain, or the average of the fold adapters) + final.json
   export/                   see arena_kd.llm.export
-  config.resolved.yaml
+  config.resolved.yaml      the config of these outputs, written when the stage has finished (arena_kd.teachers.run)
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ from arena_kd.kfold.runner import (
 )
 from arena_kd.kfold.soft_labels import SoftLabels, attach_teacher_logits, load_soft_labels
 from arena_kd.kfold.training_data import TrainingData, load_training_data
-from arena_kd.llm.train import frame_texts
 from arena_kd.student.losses import DistillationLoss
 
 OOF_COLUMNS = ["id", "fold", *LOGIT_COLUMNS, *ORIG_COLUMNS, *SWAP_COLUMNS]
@@ -77,6 +76,8 @@ def _oof_stage(cfg, data: TrainingData, frame: pd.DataFrame, soft: SoftLabels | 
 
             nested = load_nested_logits(cfg.soft_labels_path(), k, train_df["id"], s.distill.per_teacher)
             train_df = train_df.assign(teacher_logits=nested)
+        from arena_kd.llm.train import frame_texts  # heavy: only once the data is checked (see teachers.run)
+
         tta, meta, held = train_and_predict(
             s.model, s.train, s.predict, cfg.render, train_df, valid_df, fold_dir,
             seed=cfg.seed + k, init_seed=cfg.seed, workdir=cfg.workdir, loss_fn=loss_fn, also_predict=heldout,
@@ -166,7 +167,7 @@ def _final_stage(cfg, frame: pd.DataFrame, hashes: dict[str, str], loss_fn, *, f
     t0 = time.time()
     in_memory = None
     if s.final == "full":
-        from arena_kd.llm.train import train_classifier
+        from arena_kd.llm.train import frame_texts, train_classifier
 
         print(f"[student] final: training on all {len(frame)} rows")
         # no held-out rows exist in full mode: evaluate (on training rows, a sanity check) only when asked to
@@ -214,7 +215,6 @@ def run_distill(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
         data = load_training_data(cfg)
     sdir = student_dir(cfg)
     sdir.mkdir(parents=True, exist_ok=True)
-    main_write(write_resolved, cfg, sdir)
 
     soft = None
     soft_path = cfg.soft_labels_path()
@@ -267,5 +267,6 @@ def run_distill(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
         holder = [in_memory]  # the export stage takes the trained model out of here and frees it
         del in_memory
         summary["export_dir"] = str(main_write(_export_stage, cfg, frame, adapter, holder, fhashes, force=force))
+    main_write(write_resolved, cfg, sdir)  # once the stage is accepted and done (see teachers.run)
     print(f"[student] done in {time.time() - t0:.1f}s")
     return summary

@@ -39,7 +39,14 @@ from arena_kd.common.io import atomic_write_csv, atomic_write_json
 from arena_kd.common.keys import LABELS
 from arena_kd.data.text import read_id_column
 from arena_kd.submission.budget import Deadline, Governor
-from arena_kd.submission.fallback import class_prior, load_stacker_or_none, stacker_probs, student_softmax
+from arena_kd.submission.fallback import (
+    class_prior,
+    fallback_losses,
+    load_stacker_or_none,
+    stacker_probs,
+    student_beats_prior,
+    student_softmax,
+)
 from arena_kd.submission.student_pass import StudentPass, run_student_pass, short_reason
 from arena_kd.submission.validate import valid_rows, write_submission
 
@@ -83,33 +90,50 @@ def _read_test(path: str) -> pd.DataFrame:
 
 
 def _sample_submission_path(cfg: PipelineConfig, test: str | None) -> Path | None:
-    """sample_submission.csv next to an explicit --test file, else data.sample_submission."""
+    """sample_submission.csv next to an explicit --test file, else data.sample_submission (None, logged, when that
+    file is missing: the test file's ids are enough to answer)."""
     if test is not None and (cfg.data.test is None or Path(test).resolve() != Path(cfg.data.test).resolve()):
         cand = Path(test).with_name("sample_submission.csv")
         return cand if cand.is_file() else None
     if cfg.data.sample_submission:
         p = Path(cfg.data.sample_submission)
         if not p.is_file():
-            raise UserError(f"{p}: data.sample_submission not found")
+            log.error("%s: data.sample_submission not found; the file follows the test file's ids", p)
+            return None
         return p
     return None
 
 
-def submission_ids(df: pd.DataFrame, sample_path: Path | None) -> tuple[list[str], int, int]:
-    """Row order of submission.csv: the sample submission's ids when there is one, else the test file's.
+@dataclass
+class IdOrder:
+    """Row order of submission.csv and how it was reached (all of it goes to ``run.json``)."""
+
+    ids: list[str]
+    sample_ids_without_test_row: int = 0
+    test_rows_not_in_sample: int = 0
+    sample_error: str | None = None  # why a sample submission beside the test file was not used
+
+
+def submission_ids(df: pd.DataFrame, sample_path: Path | None) -> IdOrder:
+    """Row order of submission.csv: the sample submission's ids when there is a readable one, else the test file's.
 
     Kaggle scores the sample submission's ids, so those are what the file must hold. A mismatch is not refused
     (a hidden test row the CSV parser could not recover would otherwise cost the whole run): test rows absent from
     the sample are left out, sample ids absent from the test rows get the fallback answer (:func:`_frame`); both
-    are logged and counted in ``run.json``. Returns (ids, sample ids without a test row, test rows not in the sample).
+    are logged and counted in ``run.json``. A sample that cannot be read or has no ``id`` column (or no ids) is not
+    needed either: the test file's ids answer, and why is logged and recorded (``sample_error``).
     """
     test_ids = df["id"].astype(str).tolist()
     if sample_path is None:
-        return test_ids, 0, 0
+        return IdOrder(test_ids)
     try:
         ids = read_id_column(sample_path)
-    except ValueError as exc:  # no id column: nothing to submit against
-        raise UserError(str(exc)) from None
+        if not ids and test_ids:
+            raise ValueError(f"{sample_path}: no ids")
+    except Exception as exc:  # noqa: BLE001 - unreadable, no id column: the test file's ids are enough
+        why = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        log.error("sample submission not used (%s); the file follows the test file's %d ids", why, len(test_ids))
+        return IdOrder(test_ids, sample_error=why)
     known = set(test_ids)
     missing = [i for i in ids if i not in known]
     extra = len(known - set(ids))
@@ -118,7 +142,7 @@ def submission_ids(df: pd.DataFrame, sample_path: Path | None) -> tuple[list[str
                   "not in the sample); the file follows the sample: missing rows get the fallback answer, extra rows "
                   "are left out",
                   sample_path, len(missing), missing[0] if missing else "-", extra)
-    return ids, len(missing), extra
+    return IdOrder(ids, len(missing), extra)
 
 
 def _frame(test_ids: pd.Series, probs: np.ndarray, ids: list[str], fill: np.ndarray) -> pd.DataFrame:
@@ -188,7 +212,8 @@ def run_submission(
     stack_dir = Path(sub.stack_dir) if sub.stack_dir else wd / "stacking"
 
     df = _read_test(str(test_path))
-    ids, ids_without_row, rows_not_in_sample = submission_ids(df, _sample_submission_path(cfg, test))
+    order = submission_ids(df, _sample_submission_path(cfg, test))
+    ids, ids_without_row = order.ids, order.sample_ids_without_test_row
     n = len(df)
     if n == 0:  # nothing to answer: a header-only file is the valid submission
         log.warning("%s: no data rows; writing a header-only %s", test_path, out_path)
@@ -227,6 +252,7 @@ def run_submission(
     governor = Governor(deadline, reserve_s=reserve, safety=sub.safety_factor, allow_tta=sub.predict.tta)
     spass = StudentPass.empty(n)
     fallback_probs, fallback_head = probs.copy(), head.copy()
+    no_stacker: dict | None = None  # without a stacker: the OOF losses deciding student softmax vs prior, and why
     try:
         if n == 0:
             pass
@@ -266,9 +292,18 @@ def run_submission(
                     student = {"orig": orig, "swap": swap, "max_length": spass.max_length[sel]}
                     probs[sel] = stacker_probs(stacker, df.iloc[sel].reset_index(drop=True), student, sub.swap_average)
                     head[sel] = "stacker"
-                else:
-                    probs[sel] = student_softmax(orig, swap)
-                    head[sel] = "student_softmax"
+                else:  # the best remaining candidate by out-of-fold log loss: raw student softmax or the prior
+                    if no_stacker is None:
+                        no_stacker = {"losses": fallback_losses(stack_dir, wd / "student" / "oof.parquet",
+                                                                cfg.data.train)}
+                    use, why = student_beats_prior(no_stacker["losses"][0], "tta" if tta else "single")
+                    no_stacker["tta" if tta else "single"] = why
+                    log.warning("no usable stacker: %d student row(s) answered by the %s", len(sel), why)
+                    if use:
+                        probs[sel] = student_softmax(orig, swap)
+                        head[sel] = "student_softmax"
+                    else:
+                        spass.drop(sel, f"no stacker; {why}")
             except Exception as exc:  # noqa: BLE001
                 why = short_reason(exc)
                 log.error("stacker on student logits failed (%s); %d rows keep the fallback", why, len(sel))
@@ -310,7 +345,11 @@ def run_submission(
         "counts": counts, "fallback_reasons": reasons, "nonfinite_logit_rows": spass.nonfinite_rows,
         "test_repairs": df.attrs.get("repairs", {}), "student_error": spass.error, "chunks": spass.chunks,
         "governor": governor.history, "sample_ids_without_test_row": ids_without_row,
-        "test_rows_not_in_sample": rows_not_in_sample,
+        "test_rows_not_in_sample": order.test_rows_not_in_sample, "sample_submission_error": order.sample_error,
+        "stacker_models_not_used": getattr(stacker, "unusable", {}) if stacker is not None else None,
+        "no_stacker_choice": None if no_stacker is None else {
+            "losses": no_stacker["losses"][0], "source": no_stacker["losses"][1],
+            **{k: v for k, v in no_stacker.items() if k != "losses"}},
     })
     write_resolved(cfg, out_path.parent, name=f"{out_path.stem}.config.resolved.yaml")
     log.info("wrote %s (%d rows) in %s; paths: %s", out_path, len(written), format_seconds(seconds),

@@ -6,8 +6,10 @@ the T4s) and checks every copy with ``arena_kd.llm.export.verify_export`` agains
 stored in the export. Order of degradation for a copy, documented in kaggle/README.md: it fails to load or its
 drift is beyond the tolerance of its precision (or a reference row gives non-finite logits, e.g. a Gemma2 fp16
 overflow) → that copy is not used and the drift is logged with its numbers; its rows go to the copies that passed;
-no copy left → ``load_student`` raises and every row takes the features-only stacker (submission.run). An export
-without reference rows (``student.reference_rows: 0``) is used unchecked, with a warning. It returns a
+no copy left → ``load_student`` raises and every row takes the features-only stacker (submission.run). Not verified
+means not used: a reference table that is missing, or holds fewer rows than export.json records, fails the copy like
+drift does. Only an export made with ``student.reference_rows: 0`` (export.json records 0: the user chose no check)
+is used unchecked, with a warning. It returns a
 :class:`StudentBackend`. ``StudentBackend.predict`` deals the rows of a chunk (already
 sorted by length) round-robin over the copies, runs them in one thread per GPU (CUDA kernels
 release the GIL) through ``llm.predict.predict_tta`` / ``predict_logits`` (token-budgeted,
@@ -119,12 +121,17 @@ def _use_device(device: str) -> None:
 def check_copy(export_dir: str | Path, model, quantization: str, dtype: str, device: str) -> dict[str, Any] | None:
     """verify_export on one loaded copy (None when the export has no reference rows); logs the numbers. The caller has
     already made ``device`` current (load_student)."""
-    from arena_kd.llm.export import describe_drift, verify_export
+    from arena_kd.llm.export import describe_drift, read_export_settings, verify_export
 
-    if not (Path(export_dir) / "reference_logits.parquet").is_file():
-        log.warning("%s: no reference rows in the export (student.reference_rows=0): the student on %s is used "
-                    "unchecked", export_dir, device)
-        return None
+    ref = Path(export_dir) / "reference_logits.parquet"
+    if not ref.is_file():
+        recorded = read_export_settings(export_dir).get("reference_rows")
+        if recorded == 0:
+            log.warning("%s: exported with student.reference_rows=0: the student on %s is used unchecked",
+                        export_dir, device)
+            return None
+        raise RuntimeError(f"{ref} is missing (export.json records {recorded if recorded is not None else 'unknown'} "
+                           "reference rows): the student cannot be verified, so it is not used")
     d = verify_export(export_dir, quantization=quantization, dtype=dtype, model=model)
     (log.info if d["ok"] else log.error)("student on %s vs the trained model(s): %s", device, describe_drift(d))
     return d
@@ -134,7 +141,7 @@ def load_student(export_dir: str | Path, *, quantization: str, dtype: str,
                  devices: list[str] | None = None) -> StudentBackend:
     """One verified copy of the exported student per device; raises when no copy loads and passes (the caller falls
     back)."""
-    from arena_kd.llm.export import load_export
+    from arena_kd.llm.export import describe_drift, load_export
 
     devices = devices or visible_devices()
     replicas: list[StudentReplica] = []
@@ -156,9 +163,8 @@ def load_student(export_dir: str | Path, *, quantization: str, dtype: str,
         checks[dev] = check
         if check is not None and not check["ok"]:
             err = RuntimeError(
-                f"student export on {dev} ({quantization}/{check['dtype']}) is not the trained model within tolerance: "
-                f"max |Δp| {check['max_abs_prob_diff']:.4f} > {check['tolerance']:g}, "
-                f"{check['nonfinite_rows']} non-finite row(s)")
+                f"student export on {dev} ({quantization}/{check['dtype']}) is not verified as the trained model: "
+                f"{describe_drift(check)}")
             first_error = first_error or err
             log.error("%s — this copy is not used", err)  # this device's drift, not an earlier device's error
             del model

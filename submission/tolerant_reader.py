@@ -5,8 +5,10 @@ set cannot be fixed by the user, and refusing it means scoring nothing. So when 
 (or fails on) a test file that has an ``id`` column, every row is parsed on its own with repairs and each
 repair is logged and counted (``df.attrs["repairs"]``):
 
-- the file is decoded like the strict reader does (:func:`data.text.decode_bytes`: UTF-8, BOM, stray
-  undecodable bytes, cp1252/latin-1), CSV fields of any size;
+- the file is opened like the strict reader does: compressed or not, its container sniffed from its bytes whatever
+  its name (:func:`data.text.read_file_bytes`, :func:`data.text.sniff_container`), decoded by
+  :func:`data.text.decode_bytes` (UTF-8, BOM, UTF-16/32 by their BOM, stray undecodable bytes, cp1252/latin-1),
+  CSV fields of any size;
 - every string goes through the strict reader's own :func:`data.text.repair_text` (lone surrogates → U+FFFD),
   so the tokenizer never sees text it cannot encode;
 - an empty, ``[]``, ``null`` or non-JSON cell becomes one turn (the raw text, or ""); ``null`` turns become "";
@@ -32,7 +34,14 @@ import pandas as pd
 
 from arena_kd.common.errors import UserError
 from arena_kd.data.row_checks import is_missing
-from arena_kd.data.text import csv_header, decode_bytes, raise_csv_field_limit, repair_text
+from arena_kd.data.text import (
+    csv_header,
+    decode_bytes,
+    raise_csv_field_limit,
+    read_file_bytes,
+    repair_text,
+    sniff_container,
+)
 
 log = logging.getLogger("arena_kd.submission")
 KAGGLE_COLUMNS = ("id", "prompt", "response_a", "response_b")
@@ -107,13 +116,13 @@ def repair_record(rec: dict[str, Any]) -> tuple[dict[str, list[str]], list[str]]
     return fields, kinds
 
 
-def _csv_records(path: Path) -> tuple[list[str], list[dict[str, Any]], Counter, dict[str, int]]:
-    """Header, records, problem counts and each problem's first data row of a CSV file, decoded like the strict
-    reader, any field size, ragged rows padded / cut."""
+def _csv_records(path: Path, raw: bytes) -> tuple[list[str], list[dict[str, Any]], Counter, dict[str, int]]:
+    """Header, records, problem counts and each problem's first data row of a CSV file's bytes, decoded like the
+    strict reader, any field size, ragged rows padded / cut."""
     raise_csv_field_limit()
-    text, encoding = decode_bytes(path.read_bytes())
+    text, encoding = decode_bytes(raw)
     if encoding not in ("utf-8", "utf-8-sig"):
-        log.warning("%s: not valid UTF-8; read as %s", path, encoding)
+        log.warning("%s: not plain UTF-8; read as %s", path, encoding)
     reader = csv.reader(io.StringIO(text, newline=""), strict=False)
     try:
         header = [repair_text(h)[0] for h in csv_header(next(reader))]
@@ -141,8 +150,9 @@ def _csv_records(path: Path) -> tuple[list[str], list[dict[str, Any]], Counter, 
 
 
 def _records(path: Path) -> tuple[list[str], list[dict[str, Any]], Counter, dict[str, int]]:
-    if path.suffix.lower() == ".csv":
-        return _csv_records(path)
+    raw, _ = read_file_bytes(path)
+    if sniff_container(raw) == "csv":
+        return _csv_records(path, raw)
     from arena_kd.data.containers import read_raw
 
     table = read_raw(path)

@@ -6,7 +6,7 @@ Outputs under ``<workdir>/teachers/``:
   <name>/extra.parquet (+meta)     pseudo-labels of data.extra (mean of the fold models), when predict_extra
   soft_labels.parquet (+meta)      id, logit_a/b/tie (log of the combined, tempered probs) + t_<name>_a/b/tie
   soft_labels_extra.parquet        the same for data.extra, when predict_extra
-  config.resolved.yaml
+  config.resolved.yaml             the config of these outputs, written when the stage has finished
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from arena_kd.kfold.oof import align_logits, oof_logits, read_teacher_logits
 from arena_kd.kfold.runner import FaultInjector, fold_metrics, mean_fold_logprobs, model_meta, run_folds, tta_frame
 from arena_kd.kfold.soft_labels import teacher_columns
 from arena_kd.kfold.training_data import TrainingData, load_training_data
-from arena_kd.llm.train import frame_texts
 from arena_kd.teachers.combine import combine_logits, resolve_weights, teacher_probs, temper_logits
 
 
@@ -95,6 +94,10 @@ def _model_teacher(cfg: PipelineConfig, t: TeacherConfig, data: TrainingData, ex
         hashes["extra"] = hashlib.sha256(id_hashes.tobytes()).hexdigest()[:16]
 
     def fit_predict(k: int, train_df: pd.DataFrame, valid_df: pd.DataFrame, fold_dir: Path):
+        # transformers / bitsandbytes only once the data has been read and checked: a data error stays one line,
+        # without their import-time log noise before it
+        from arena_kd.llm.train import frame_texts
+
         tta, meta, extra_pred = train_and_predict(
             t.model, t.train, t.predict, cfg.render, train_df, valid_df, fold_dir,
             seed=cfg.seed + k, init_seed=cfg.seed, workdir=cfg.workdir, also_predict=extra,
@@ -236,7 +239,6 @@ def run_teachers(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
         data = load_training_data(cfg)
     tdir = teachers_dir(cfg)
     tdir.mkdir(parents=True, exist_ok=True)
-    main_write(write_resolved, cfg, tdir)
     extra = _load_extra(cfg, data.frame["id"])
     fault = FaultInjector()
     oofs: dict[str, pd.DataFrame] = {}
@@ -258,6 +260,9 @@ def run_teachers(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
         weights = np.asarray([meta["weights"][n] for n in oofs])
         write_nested_soft_labels(cfg, list(oofs), nested, oofs, weights, _soft_label_frame, side,
                                  data.frame[["id", "label"]])
+    # the record of the config that made the outputs beside it: written once they all exist, so a run refused on
+    # resume (another config's fold files) or one that failed never replaces the record of the outputs it left
+    main_write(write_resolved, cfg, tdir)
     print(f"teachers done in {time.time() - t0:.1f}s")
     return meta
 

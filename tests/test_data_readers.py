@@ -158,8 +158,8 @@ def test_forced_format_and_detection_errors(tmp_path):
     assert detect_format(["conversation_a", "conversation_b", "winner"], "f") == "arena"
     with pytest.raises(UserError, match="file not found"):
         read_pairs(tmp_path / "nope.csv")
-    (tmp_path / "x.txt").write_text("hi")
-    with pytest.raises(UserError, match="unknown file type"):
+    (tmp_path / "x.txt").write_text("hi")  # the content decides (issue 22): a CSV header without rows
+    with pytest.raises(UserError, match="x.txt: no data rows"):
         read_pairs(tmp_path / "x.txt")
 
 

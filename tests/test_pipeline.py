@@ -50,7 +50,7 @@ def test_pipeline_writes_every_artifact(smoke_run):
         "teachers/tiny-llama/extra.parquet",
         "student/oof.parquet",
         "student/export/export.json",
-        "stacking/temperature.json",
+        "stacking/stacker.json",
         "submission.csv",
         "report.md",
         "report.json",

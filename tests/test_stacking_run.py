@@ -76,7 +76,7 @@ def test_run_stacking_with_student_resume_and_predict(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| stacker (student TTA + features) |" in printed and "| teacher ensemble OOF |" in printed
     for name in ("stacker_full.txt", "stacker_fold0.txt", "stacker_fold1.txt", "stacker_single_full.txt",
-                 "features_only_full.txt", "length_only_full.txt", "temperature.json", "oof.parquet", "report.md",
+                 "features_only_full.txt", "length_only_full.txt", "oof.parquet", "report.md",
                  "reliability_stacker.png", "importance_stacker.png", "config.resolved.yaml", "tfidf.json"):
         assert (out / name).is_file(), name
     models = manifest["models"]
@@ -84,8 +84,9 @@ def test_run_stacking_with_student_resume_and_predict(tmp_path, capsys):
     lengths = {f"{p}_{u}" for p in ("a", "b", "diff", "ratio") for u in ("chars", "words", "tokens", "newlines")}
     assert set(models["length_only"]["features"]) <= {"p_chars", "p_words"} | lengths
     assert set(manifest["selection"]) == {"tta", "single", "none", "short"}
-    temps = json.loads((out / "temperature.json").read_text())
-    assert temps["stacker"]["log_loss_after"] <= temps["stacker"]["log_loss_before"]
+    fit = models["stacker"]["temperature_fit"]  # stacker.json: the one source of the temperatures (issue 22)
+    assert fit["log_loss_after"] <= fit["log_loss_before"] and fit["temperature"] == models["stacker"]["temperature"]
+    assert not (out / "temperature.json").exists()
 
     oof, _ = read_keyed_table(out / "oof.parquet")
     assert len(oof) == len(frame) and not oof.filter(like="stacker_").isna().any().any()
@@ -225,7 +226,7 @@ def test_run_stacking_without_student_trains_the_no_student_candidates(tmp_path,
     assert manifest["models"]["stacker"] is None and manifest["rows"] == 1958  # every labelled row
     out = cfg.workdir_path / "stacking"
     assert (out / "features_only_full.txt").is_file() and not (out / "stacker_full.txt").exists()
-    assert json.loads((out / "temperature.json").read_text())["features_only"]["temperature"] == 1.0
+    assert manifest["models"]["features_only"]["temperature"] == 1.0
     stacker = load_stacker(out)
     frame = _training_frame(cfg).head(10).reset_index(drop=True)
     p = stacker.predict(frame, _fake_student(frame))  # no student model: the no-student winner

@@ -399,10 +399,24 @@ def test_no_student_no_stacker_uses_symmetric_prior(artifacts, monkeypatch):
 
 
 def test_student_without_stacker_uses_student_probabilities(artifacts, monkeypatch):
+    """Without a stacker the raw student answers only on out-of-fold evidence that it beats the class prior (issue 22):
+    here a student OOF that knows the training labels; without that evidence the prior answers (see
+    tests/test_stacker_readback.py)."""
+    from arena_kd.common.io import write_keyed_table
+    from arena_kd.data.readers import read_labels
+
+    labels = read_labels(artifacts["cfg"].data.train)
+    oof = pd.DataFrame({"id": labels["id"].astype(str)})
+    for j, c in enumerate(("a", "b", "tie")):
+        oof[f"logit_{c}"] = np.where(labels["label"].to_numpy() == j, 1.5, 0.0)
+    write_keyed_table(artifacts["cfg"].workdir_path / "student" / "oof.parquet", oof, {})
     monkeypatch.setattr(run_mod, "load_stacker_or_none", lambda d, e=None: None)
     res = run_mod.run_submission(artifacts["cfg"], out=str(artifacts["out"]), progress=False)
     _assert_valid(artifacts["out"], artifacts["src"]["id"].tolist()[::-1])
     assert res.counts == {"student_softmax+tta": N_ROWS}
+    (artifacts["cfg"].workdir_path / "student" / "oof.parquet").unlink()
+    res = run_mod.run_submission(artifacts["cfg"], out=str(artifacts["out"]), progress=False)
+    assert res.counts == {"prior+none": N_ROWS}
 
 
 def test_sample_submission_with_other_ids_is_followed_not_refused(artifacts):
@@ -492,7 +506,7 @@ def test_nan_student_logits_fall_back_per_row(artifacts):
     assert res.counts["features_only+none"] >= 1 and res.counts["stacker+tta"] >= N_ROWS - 4
 
 
-def test_load_student_keeps_the_copies_that_load(monkeypatch):
+def test_load_student_keeps_the_copies_that_load(monkeypatch, tmp_path):
     """A GPU whose copy fails to load (out of memory, say) only costs its share; no copy at all re-raises."""
     import arena_kd.llm.export as export_mod
     from arena_kd.submission.student_infer import load_student
@@ -507,10 +521,13 @@ def test_load_student_keeps_the_copies_that_load(monkeypatch):
         return M(), "tok", {"render": {"max_length": 64}}
 
     monkeypatch.setattr(export_mod, "load_export", fake_load_export)
-    backend = load_student("x", quantization="8bit", dtype="fp16", devices=["cuda:0", "cuda:1"])
+    x = tmp_path / "x"  # an export made with student.reference_rows=0: nothing to verify (that is tested elsewhere)
+    x.mkdir()
+    (x / "export.json").write_text('{"reference_rows": 0}')
+    backend = load_student(x, quantization="8bit", dtype="fp16", devices=["cuda:0", "cuda:1"])
     assert [r.device for r in backend.replicas] == ["cuda:0"] and backend.render == {"max_length": 64}
     with pytest.raises(RuntimeError, match="out of memory"):
-        load_student("x", quantization="8bit", dtype="fp16", devices=["cuda:1"])
+        load_student(x, quantization="8bit", dtype="fp16", devices=["cuda:1"])
 
 
 def test_swap_average_routes_both_orientations_of_a_row_alike():

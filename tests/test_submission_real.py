@@ -56,10 +56,22 @@ def export(tmp_path_factory):
                         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                         attn_implementation="eager")
     model = Gemma2ForSequenceClassification(mcfg).eval()
+    # reference rows as the export stage stores them: an export that cannot be verified is not used (issue 22)
+    from arena_kd.common.metrics import softmax
+    from arena_kd.data.readers import read_pairs
+    from arena_kd.data.render import render_batch
+    from arena_kd.llm.export import reference_logits, render_settings
+    from arena_kd.student.soup import reference_table
+
+    rs = render_settings(cfg)
+    ref_rows = read_pairs(tmp / "input" / "test.csv").head(4)
+    ids = render_batch(ref_rows, tok, rs["max_length"], rs["truncation"], rs["prompt_fraction"],
+                       template=rs["template"])
+    reference = reference_table(ref_rows["id"], ids, softmax(reference_logits(model, ids).astype(np.float64)))
     export_dir = save_export(cfg.workdir_path / "student" / "export", cfg, merged_model=model, tokenizer=tok,
                              settings_load={"attn_implementation": "eager", "padding_side": "left",
                                             "pad_token_id": tok.pad_token_id},
-                             hashes={})
+                             hashes={}, extra={"reference_rows": len(reference)}, reference=reference)
     return cfg, export_dir, test
 
 

@@ -1,0 +1,130 @@
+"""Read back the fitted models of a stacker folder (``stacker.json`` ``models``) and check every parameter before a
+model may answer.
+
+A stacker folder is read on another machine (the Kaggle artifacts dataset) long after it was fitted; a hand edit, a
+bad copy or tampering must not turn into confident wrong answers (a negative temperature flips every answer: issue 22).
+Each model is checked on its own; one that fails is *not used* and the reason is kept (``Stacker.unusable``, logged,
+and written to the submission's run.json) while the others still answer (:meth:`arena_kd.blend.stacker.Stacker.chosen`
+routes its rows to the best remaining candidate by out-of-fold log loss). Checks:
+
+- ``kind`` one of lightgbm / student_only / prior; ``features`` a list of names; ``student_input`` tta / single / none;
+- ``temperature`` finite and inside the range the stage fits it in (``blend.temperature.T_MIN``..``T_MAX``);
+- a prior's ``probs``: three finite probabilities > 0 summing to 1;
+- a LightGBM ``model_file``: a relative path that stays inside the folder (no ``..``, no absolute path, no link out),
+  a readable booster with 3 classes and exactly the recorded number of features.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from arena_kd.blend.booster import load_booster
+from arena_kd.blend.temperature import T_MAX, T_MIN
+
+LIGHTGBM, STUDENT_ONLY, PRIOR = "lightgbm", "student_only", "prior"
+KINDS = (LIGHTGBM, STUDENT_ONLY, PRIOR)
+STUDENT_INPUTS = (None, "tta", "single")
+
+
+class SpecError(ValueError):
+    """A fitted model's parameters are out of range: the model is not used."""
+
+
+@dataclass
+class FittedModel:
+    kind: str  # LIGHTGBM, STUDENT_ONLY or PRIOR
+    features: list[str]
+    temperature: float
+    booster: object | None
+    student_input: str | None = None  # "tta" / "single": which student columns the model was trained on
+    probs: np.ndarray | None = None  # kind PRIOR: the constant answer
+
+
+def _temperature(value) -> float:
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        raise SpecError(f"temperature {value!r} is not a number") from None
+    # the fit searches [T_MIN, T_MAX] and also tries T = 1 (blend.temperature); relative slack for float round trips
+    if not math.isfinite(t) or not (T_MIN * (1 - 1e-9) <= t <= T_MAX * (1 + 1e-9)):
+        raise SpecError(f"temperature {value!r} outside the fitted range [{T_MIN:g}, {T_MAX:g}]")
+    return t
+
+
+def model_file_inside(stack_dir: Path, rel) -> Path:
+    """``stack_dir / rel`` when ``rel`` is a relative path to a file inside ``stack_dir`` (links resolved); SpecError
+    otherwise."""
+    if not isinstance(rel, str) or not rel.strip():
+        raise SpecError(f"model_file {rel!r} is not a file name")
+    base = Path(stack_dir).resolve()
+    path = (base / rel).resolve()
+    if Path(rel).is_absolute() or not path.is_relative_to(base):
+        raise SpecError(f"model_file {rel!r} leaves the stacker folder")
+    if not path.is_file():
+        raise SpecError(f"model file {rel} missing (rerun `arena-kd stack --force`)")
+    return path
+
+
+def _prior_probs(value) -> np.ndarray:
+    try:
+        p = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise SpecError(f"prior probs {value!r} are not numbers") from None
+    if p.shape != (3,) or not np.isfinite(p).all() or (p <= 0).any() or abs(p.sum() - 1.0) > 1e-6:
+        raise SpecError(f"prior probs {value!r} are not three probabilities > 0 summing to 1")
+    return p
+
+
+def _booster(stack_dir: Path, spec: dict, n_features: int):
+    path = model_file_inside(stack_dir, spec.get("model_file"))
+    try:
+        booster = load_booster(path)
+    except Exception as exc:  # noqa: BLE001 - LightGBM raises its own error type for a damaged file
+        raise SpecError(f"model file {path.name} unreadable ({type(exc).__name__})") from None
+    if booster.num_model_per_iteration() != 3:
+        raise SpecError(f"model file {path.name} has {booster.num_model_per_iteration()} classes, not 3")
+    if booster.num_feature() != n_features:
+        raise SpecError(f"model file {path.name} takes {booster.num_feature()} features, stacker.json lists "
+                        f"{n_features}")
+    return booster
+
+
+def read_model(stack_dir: Path, spec) -> FittedModel:
+    """One ``stacker.json`` model spec, checked (module doc); SpecError says what is out of range."""
+    if not isinstance(spec, dict):
+        raise SpecError(f"spec is a {type(spec).__name__}, not an object")
+    kind = spec.get("kind")
+    if kind not in KINDS:
+        raise SpecError(f"unknown kind {kind!r}")
+    features = spec.get("features")
+    if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+        raise SpecError("features is not a list of names")
+    student_input = spec.get("student_input")
+    if student_input not in STUDENT_INPUTS:
+        raise SpecError(f"unknown student_input {student_input!r}")
+    temperature = _temperature(spec.get("temperature"))
+    probs = _prior_probs(spec.get("probs")) if kind == PRIOR else None
+    booster = _booster(stack_dir, spec, len(features)) if kind == LIGHTGBM else None
+    return FittedModel(kind=kind, features=list(features), temperature=temperature, booster=booster,
+                       student_input=student_input, probs=probs)
+
+
+def read_models(stack_dir: Path, specs) -> tuple[dict[str, FittedModel | None], dict[str, str]]:
+    """(models by name — None for a model the stage did not train or one that failed its checks, reasons by name of
+    the ones that failed)."""
+    models: dict[str, FittedModel | None] = {}
+    unusable: dict[str, str] = {}
+    for name, spec in (specs if isinstance(specs, dict) else {}).items():
+        if spec is None:
+            models[name] = None
+            continue
+        try:
+            models[name] = read_model(stack_dir, spec)
+        except SpecError as exc:
+            models[name] = None
+            unusable[name] = str(exc)
+    return models, unusable
