@@ -26,10 +26,10 @@ export TOKENIZERS_PARALLELISM := false
 SET_ARGS := $(foreach s,$(SET),--set $(s))
 ARENA := $(BIN)/arena-kd
 
-.PHONY: setup setup-demo test lint teachers distill stack submission all plan bench bench-learning rehearsal clean help
+.PHONY: setup setup-demo test lint teachers distill stack submission all all-full plan bench bench-learning rehearsal clean help
 
 help:
-	@echo "make all | test | lint | setup | teachers | distill | stack | submission | bench | bench-learning | rehearsal | clean   (CONFIG=$(CONFIG))"
+	@echo "make all | all-full | test | lint | setup | teachers | distill | stack | submission | bench | bench-learning | rehearsal | clean   (CONFIG=$(CONFIG))"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,10 @@ submission: setup-demo
 
 all: setup-demo
 	$(ARENA) all --config $(CONFIG) $(SET_ARGS)
+
+# The demo at the design's shape (Gemma 3 270M teacher on all rows, 256 tokens; configs/demo-full.yaml): longer.
+all-full: setup-demo
+	$(ARENA) all --config configs/demo-full.yaml $(SET_ARGS)
 
 plan: setup
 	$(ARENA) plan --config $(CONFIG) $(SET_ARGS) $(if $(TEST),--test $(TEST)) --hardware $(or $(HARDWARE),t4x2)
