@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 SECTION_MD = ROOT / "benchmarks" / "results" / "learning_curve.md"
 PLOT = ROOT / "benchmarks" / "results" / "learning_curve.png"
+THROUGHPUT = ROOT / "benchmarks" / "results" / "throughput.jsonl"
 BEGIN, END = "<!-- learning-curve:begin -->", "<!-- learning-curve:end -->"
 AXES = ("rows", "max_length", "epochs", "lora", "lr", "autocast", "threads")
 SOURCES = (("hh_harmless", "HH"), ("mtbench_human", "MT"))
@@ -116,6 +117,23 @@ def _on_axis(r: dict, axis: str, recs: list[dict]) -> bool:
     return all(str(r[a]) == base[a] for a in AXES if a != axis)
 
 
+def throughput_table(recs: list[dict]) -> str:
+    """benchmarks/learning_curve_throughput.py's lines: fp32 vs bf16 autocast, per CPU second and wall."""
+    if not recs:
+        return "Throughput: not measured yet (benchmarks/learning_curve_throughput.py).\n"
+    lines = ["### Training and prediction throughput, fp32 vs bf16 autocast "
+             "(benchmarks/learning_curve_throughput.py)\n",
+             "Interleaved rounds in one process (a busy machine slows both alike); per CPU second of the process.\n",
+             "| backbone | threads | kind | mode | tokens/CPU s | tokens/s wall | GFLOP/CPU s | "
+             "% of GEMM (same dtype) | % of fp32 GEMM | load |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in recs:
+        lines.append(f"| {r['backbone']} ({r['lora']}, {r['max_length']} tok) | {r['threads']} | {r['kind']} | "
+                     f"{r['mode']} | {r['tokens_per_cpu_s']:.0f} | {r['tokens_per_s']:.0f} | "
+                     f"{r['gflops_per_cpu_s']} | "
+                     f"{r['fraction_of_gemm']:.0%} | {r['fraction_of_fp32_gemm']:.0%} | {r['load']} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_report(log: Path) -> None:
     recs = read_log(log)
     plot(recs, PLOT)
@@ -129,6 +147,7 @@ def write_report(log: Path) -> None:
         "Load = `/proc/loadavg` 1-minute figure before / after the point (2 cores, shared).\n",
         *verdicts(recs), "",
         table(recs), "",
+        throughput_table(read_log(THROUGHPUT)), "",
         f"![learning curve]({PLOT.relative_to(RESULTS.parent).as_posix()})" if PLOT.is_file() else "", ""])
     atomic_write_text(SECTION_MD, body)
     text = RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n"

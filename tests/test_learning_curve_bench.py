@@ -92,6 +92,11 @@ def test_report_names_the_cheapest_point_that_beats_the_prior(tmp_path, monkeypa
     monkeypatch.setattr(rep, "RESULTS", tmp_path / "RESULTS.md")
     monkeypatch.setattr(rep, "SECTION_MD", tmp_path / "lc.md")
     monkeypatch.setattr(rep, "PLOT", tmp_path / "lc.png")
+    tp = {"backbone": "minilm-l6", "lora": "full", "max_length": 128, "threads": 1, "kind": "train", "mode": "bf16",
+          "tokens_per_cpu_s": 1920.4, "tokens_per_s": 331.4, "gflops_per_cpu_s": 124.4, "fraction_of_gemm": 0.286,
+          "fraction_of_fp32_gemm": 1.21, "load": 11.3}
+    monkeypatch.setattr(rep, "THROUGHPUT", tmp_path / "tp.jsonl")
+    (tmp_path / "tp.jsonl").write_text(json.dumps(tp) + "\n")
     (tmp_path / "RESULTS.md").write_text("# Benchmark results\n\nkept\n")
     rep.write_report(log)
     text = (tmp_path / "RESULTS.md").read_text()
@@ -99,5 +104,6 @@ def test_report_names_the_cheapest_point_that_beats_the_prior(tmp_path, monkeypa
     assert "beats the class prior first at rows 979" in text  # cheaper than 1958; 400 does not resolve
     assert "beats the per-source constants at none" in text
     assert (tmp_path / "lc.png").stat().st_size > 0
+    assert "| minilm-l6 (full, 128 tok) | 1 | train | bf16 | 1920 | 331 | 124.4 | 29% | 121% | 11.3 |" in text
     rep.write_report(log)  # rewritten in place, not appended
     assert (tmp_path / "RESULTS.md").read_text().count(rep.BEGIN) == 1
