@@ -41,7 +41,7 @@ def _timed(fn) -> tuple[float, float]:
     return time.perf_counter() - w, time.process_time() - c
 
 
-def measure(name: str, threads: list[int], steps: int, rounds: int, workdir: Path) -> list[dict]:
+def measure(name: str, threads: list[int], steps: int, rounds: int, workdir: Path, out_path: Path | None) -> list[dict]:
     from arena_kd.common.config_model import RenderConfig
     from arena_kd.llm.batching import collate
     from arena_kd.llm.loading import load_classifier
@@ -100,6 +100,9 @@ def measure(name: str, threads: list[int], steps: int, rounds: int, workdir: Pat
                         "fraction_of_fp32_gemm": round(flops / cpu / 1e9 / fp32["cpu"], 3),
                         "trainable_params": info["trainable_params"], "load": round(os.getloadavg()[0], 2)})
             print(json.dumps(out[-1]), flush=True)
+            if out_path is not None:  # appended as measured: a run stopped by its timeout keeps what it has
+                with open(out_path, "a") as f:
+                    f.write(json.dumps(out[-1]) + "\n")
     return out
 
 
@@ -115,10 +118,7 @@ def main() -> None:
     a.workdir.mkdir(parents=True, exist_ok=True)
     recs = []
     for name in a.backbone:
-        recs += measure(name, a.threads, a.steps, a.rounds, a.workdir)
-    if a.out:
-        with open(a.out, "a") as f:
-            f.writelines(json.dumps(r) + "\n" for r in recs)
+        recs += measure(name, a.threads, a.steps, a.rounds, a.workdir, a.out)
     print("\nPer CPU second of this process (the machine is shared; wall figures in the JSON lines):\n"
           "| backbone | threads | kind | mode | tokens/CPU s | tokens/s wall | GFLOP/CPU s | % of GEMM (same dtype) | "
           "% of fp32 GEMM | load |\n|---|---|---|---|---|---|---|---|---|---|")
