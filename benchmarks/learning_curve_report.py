@@ -81,7 +81,9 @@ def _where(r: dict) -> str:
 
 
 def plot(recs: list[dict], path: Path) -> None:
-    """Log loss (with its interval) and wall time against each axis that has more than one point per backbone."""
+    """Paired Δ log loss vs the class prior (with its interval; below 0 = better than the prior) and cost against
+    each axis that has more than one point per backbone. Cost: CPU seconds of the point (wall seconds, marked with
+    a hollow marker, for early records without them: the machine's load varied, so wall times mislead)."""
     axes = [a for a in AXES if any(len({str(r[a]) for r in recs if r["backbone"] == bb}) > 1
                                     for bb in {r["backbone"] for r in recs})]
     if not axes:
@@ -95,13 +97,17 @@ def plot(recs: list[dict], path: Path) -> None:
                 continue
             pts.sort(key=lambda r: (isinstance(r[axis], str), r[axis]))
             xs = [str(r[axis]) for r in pts]
-            ys = [r["logloss"] for r in pts]
-            err = [[r["logloss"] - r["ci"][0] for r in pts], [r["ci"][1] - r["logloss"] for r in pts]]
-            line = grid[0][j].errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=bb)
-            grid[0][j].plot(xs, [r["prior"] for r in pts], ls="--", color=line[0].get_color(), lw=1)
-            grid[1][j].plot(xs, [r["wall_s"] for r in pts], marker="o", label=bb)
-        grid[0][j].set_title(f"log loss vs {axis} (dashed: prior)", fontsize=9)
-        grid[1][j].set_title(f"wall s vs {axis}", fontsize=9)
+            d = [r["vs_prior"] for r in pts]
+            err = [[v[0] - v[1] for v in d], [v[2] - v[0] for v in d]]
+            line = grid[0][j].errorbar(xs, [v[0] for v in d], yerr=err, marker="o", capsize=3, label=bb)
+            color = line[0].get_color()
+            grid[1][j].plot(xs, [r.get("cpu_s", r["wall_s"]) for r in pts], color=color, label=bb)
+            for x, r in zip(xs, pts):
+                grid[1][j].plot([x], [r.get("cpu_s", r["wall_s"])], marker="o", color=color,
+                                mfc=color if "cpu_s" in r else "none")
+        grid[0][j].axhline(0.0, color="grey", ls="--", lw=1)
+        grid[0][j].set_title(f"Δ log loss vs prior, by {axis}", fontsize=9)
+        grid[1][j].set_title(f"CPU s (hollow: wall s) by {axis}", fontsize=9)
         grid[1][j].set_xlabel(axis)
     grid[0][0].legend(fontsize=7)
     save_figure(fig, path, dpi=80)
