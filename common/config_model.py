@@ -87,6 +87,10 @@ class ModelConfig(Section):
     gradient_checkpointing: bool = Field(True, description="Trade ~30% compute for much less activation memory.")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings.")
     head_init_std: float = Field(0.02, gt=0, le=1, description="Std of the re-initialised 3-way classification head.")
+    freeze_embeddings: bool = Field(
+        False, description="Full fine-tuning (lora.enabled: false) leaves the input token embedding frozen. Gemma 3 "
+        "270M: ~168M of its 268M parameters are the 262k-token embedding, which a few thousand pairs cannot train but "
+        "whose gradient and AdamW state cost memory and time; with LoRA the embedding is frozen anyway.")
     device_map: Literal["single", "auto"] = Field(
         "single",
         description="single: the whole model on this process's device (one GPU per process under accelerate/torchrun; "
@@ -137,6 +141,11 @@ class TrainConfig(Section):
                                  "metrics always go to JSONL under workdir.")
     optim: str = Field("adamw_torch", description="HF Trainer optimizer name (e.g. paged_adamw_8bit on GPU).")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
+    autocast: Literal["none", "bf16"] = Field(
+        "none", description="bf16: matmuls under bf16 autocast while the weights and optimizer state stay in the "
+        "model's dtype (fp32 on CPU). On a CPU with AVX-512 BF16 (or a GPU with native bf16) the GEMMs run ~2x "
+        "faster; the loss sees bf16 rounding (benchmarks/learning_curve.py measures speed and log loss). none: "
+        "the model's dtype throughout.")
 
 
 class PredictConfig(Section):
@@ -147,3 +156,7 @@ class PredictConfig(Section):
     max_batch_size: int = Field(64, ge=1, description="Upper bound on rows per inference batch.")
     tta: bool = Field(True, description="A/B-swap test-time augmentation: doubles inference cost, removes position "
                       "bias.")
+    autocast: Literal["none", "bf16"] = Field(
+        "none", description="bf16: the k-fold stages predict under bf16 autocast (fp32 weights): faster GEMMs on a CPU "
+        "with AVX-512 BF16 / AMX or a bf16 GPU, logits with bf16 rounding (benchmarks/learning_curve.py measures "
+        "both). none: the model's dtype.")

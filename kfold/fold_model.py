@@ -28,11 +28,21 @@ def predict_rows(model, tokenizer, df: pd.DataFrame, predict_cfg: PredictConfig,
         tokens_per_batch=predict_cfg.tokens_per_batch,
         max_batch_size=predict_cfg.max_batch_size,
     )
-    if predict_cfg.tta:
-        out = predict_tta(model, tokenizer, df, **kw)
-        return {k: np.asarray(out[k], dtype=np.float32) for k in ("orig", "swap", "avg")}
-    orig = np.asarray(predict_logits(model, tokenizer, df, swap=False, **kw), dtype=np.float32)
+    with autocast(model, predict_cfg.autocast):
+        if predict_cfg.tta:
+            out = predict_tta(model, tokenizer, df, **kw)
+            return {k: np.asarray(out[k], dtype=np.float32) for k in ("orig", "swap", "avg")}
+        orig = np.asarray(predict_logits(model, tokenizer, df, swap=False, **kw), dtype=np.float32)
     return {"orig": orig, "swap": np.full_like(orig, np.nan), "avg": orig}
+
+
+def autocast(model, kind: str):
+    """A bf16 autocast context on the model's device for ``kind`` 'bf16' (predict.autocast); a no-op for 'none'."""
+    import torch
+
+    from arena_kd.llm.predict import model_device
+
+    return torch.autocast(model_device(model).type, dtype=torch.bfloat16, enabled=kind == "bf16")
 
 
 def train_and_predict(

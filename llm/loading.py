@@ -28,7 +28,7 @@ from arena_kd.llm.devices import (
     resolve_device,
     resolve_dtype,
 )
-from arena_kd.llm.gguf import dequantized_gguf
+from arena_kd.llm.gguf import dequantized_gguf, gguf_folder
 from arena_kd.llm.head import reinit_head
 from arena_kd.llm.placement import main_process_first, placement_kwargs, sharded_storage_dtype, sharding_launch
 from arena_kd.llm.random_backbone import random_backbone_dir
@@ -94,7 +94,8 @@ def load_classifier(
         common: dict[str, Any] = {}
         if model_cfg.gguf_file and kind != "full":
             # dequantise once into a plain HF folder: later loads take seconds, and HF Trainer refuses GGUF models
-            source = str(dequantized_gguf(source, model_cfg.gguf_file, workdir))
+            folder = gguf_folder(model_cfg.backbone, model_cfg.gguf_file, workdir)  # assembled from chunks if needed
+            source = str(dequantized_gguf(folder, model_cfg.gguf_file, workdir))
             is_local = True
     if model_cfg.revision and not is_local:
         common["revision"] = model_cfg.revision
@@ -154,6 +155,8 @@ def _prepare_for_training(model, model_cfg: ModelConfig, adapter, kind: str | No
             model = lora_mod.load_adapter(model, adapter, trainable=True)
         else:
             model = lora_mod.apply_lora(model, model_cfg.lora, autocast_adapter_dtype=not sharded)
+    if model_cfg.freeze_embeddings and not model_cfg.lora.enabled:
+        model.get_input_embeddings().weight.requires_grad_(False)  # the token table: most of a small LLM's weights
     if dtype == torch.float16 and not sharded:  # GradScaler needs fp32 master copies of the trained weights
         for p in model.parameters():
             if p.requires_grad:

@@ -72,11 +72,15 @@ def train_bpe_tokenizer(texts: list[str], vocab_size: int, out_dir: str | Path):
     return fast
 
 
-def _tokenizer_source(model_cfg: ModelConfig) -> tuple[str, str | None]:
-    """(path or hub id, gguf_file) the tokenizer comes from."""
-    src = model_cfg.tokenizer or model_cfg.backbone
-    gguf = model_cfg.gguf_file if model_cfg.tokenizer is None else None
-    return resolve_path(src), gguf
+def _tokenizer_source(model_cfg: ModelConfig, workdir: str | Path) -> str:
+    """Path or hub id the tokenizer comes from; a GGUF's tokenizer is converted once into a folder under the
+    workdir (a chunked GGUF package's file is assembled first)."""
+    from arena_kd.llm.gguf import gguf_folder, gguf_tokenizer_dir
+
+    if model_cfg.tokenizer is None and model_cfg.gguf_file:
+        folder = gguf_folder(model_cfg.backbone, model_cfg.gguf_file, workdir)
+        return str(gguf_tokenizer_dir(folder, model_cfg.gguf_file, workdir))
+    return resolve_path(model_cfg.tokenizer or model_cfg.backbone)
 
 
 def _bpe_folder(spec: str, workdir: str | Path, train_texts: list[str] | None) -> Path:
@@ -111,13 +115,12 @@ def load_tokenizer(model_cfg: ModelConfig, workdir: str | Path, train_texts: lis
     if spec is not None and spec.startswith("bpe:"):
         tok = AutoTokenizer.from_pretrained(str(_bpe_folder(spec, workdir, train_texts)))
     else:
-        src, gguf = _tokenizer_source(model_cfg)
-        kw: dict[str, Any] = {}
-        if gguf:
-            kw["gguf_file"] = gguf
-        if model_cfg.revision and not Path(src).exists():
-            kw["revision"] = model_cfg.revision
+        src = model_cfg.tokenizer or model_cfg.backbone
         try:
+            src = _tokenizer_source(model_cfg, workdir)
+            kw: dict[str, Any] = {}
+            if model_cfg.revision and not Path(src).exists():
+                kw["revision"] = model_cfg.revision
             tok = AutoTokenizer.from_pretrained(src, **kw)
         except (OSError, ValueError) as exc:
             first = str(exc).splitlines()[0]

@@ -171,7 +171,7 @@ def _training_arguments(model_cfg: ModelConfig, train_cfg: TrainConfig, out: Pat
         report_to=list(train_cfg.report_to) or "none",
         seed=seed,
         data_seed=seed,
-        bf16=dtype == "bf16",
+        bf16=dtype == "bf16" or train_cfg.autocast == "bf16",  # fp32 weights + bf16 autocast (accelerate)
         fp16=dtype == "fp16",
         use_cpu=on_cpu,
         remove_unused_columns=False,
