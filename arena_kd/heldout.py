@@ -104,7 +104,7 @@ class Evaluation:
 # --------------------------------------------------------------------------- reading what each stage wrote
 
 
-def _test_frame(cfg: PipelineConfig) -> tuple[pd.DataFrame, np.ndarray]:
+def labelled_test_frame(cfg: PipelineConfig) -> tuple[pd.DataFrame, np.ndarray]:
     """Test pairs, their labels, and (as ``test['source']``) each row's source from the labels file when it has one."""
     from arena_kd.common.errors import UserError
     from arena_kd.data.readers import read_labels, read_pairs
@@ -162,7 +162,7 @@ def _teacher_test_probs(cfg: PipelineConfig, ids: pd.Series) -> tuple[dict[str, 
     return per, _logit_probs(path, ids) if path.is_file() else None
 
 
-def _student_test(export_dir: Path, test: pd.DataFrame, cfg: PipelineConfig) -> dict[str, np.ndarray] | None:
+def student_test_logits(export_dir: Path, test: pd.DataFrame, cfg: PipelineConfig) -> dict[str, np.ndarray] | None:
     """Student logits on the test rows, both orientations (as the submission computes them)."""
     if not export_dir.is_dir():
         return None
@@ -197,7 +197,7 @@ def evaluate_stages_on_test(cfg: PipelineConfig, hard_cfg: PipelineConfig | None
     from arena_kd.data.folds import prompt_groups
     from arena_kd.stacking.candidates import length_only_probs, pooled_prior
 
-    test, y = _test_frame(cfg)
+    test, y = labelled_test_frame(cfg)
     train = _train_labels(cfg)
     sources = test["source"].to_numpy(dtype=object) if test["source"].notna().all() else None
     ev = Evaluation(labels=y, groups=prompt_groups(test), sources=sources, seed=cfg.seed,
@@ -220,9 +220,9 @@ def evaluate_stages_on_test(cfg: PipelineConfig, hard_cfg: PipelineConfig | None
     if cfg.teachers.models:
         ev.add("teacher ensemble", ens, "" if ens is not None else "no test predictions")
     if hard_cfg is not None:
-        hard = _student_test(hard_cfg.workdir_path / "student" / "export", test, cfg)
+        hard = student_test_logits(hard_cfg.workdir_path / "student" / "export", test, cfg)
         ev.add("student, hard labels only (alpha=0), TTA", None if hard is None else softmax(hard["avg"]))
-    student = _student_test(cfg.workdir_path / "student" / "export", test, cfg)
+    student = student_test_logits(cfg.workdir_path / "student" / "export", test, cfg)
     stud = None if student is None else {"orig": student["orig"], "swap": student["swap"]}
     if student is not None:
         ev.add("student, distilled, no TTA", softmax(student["orig"]))
