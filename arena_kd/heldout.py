@@ -73,20 +73,30 @@ class Evaluation:
             return {}
         return {s: self.sources == s for s in sorted(set(self.sources.tolist()))}
 
-    def per_source_rows(self, stages: list[str], extra: dict[str, dict[str, np.ndarray]] | None = None
-                        ) -> list[dict[str, Any]]:
+    def per_source_rows(self, stages: list[str], extra: dict[str, dict[str, np.ndarray]] | None = None,
+                        baseline: str | None = None) -> list[dict[str, Any]]:
         """Rows per source for ``stages`` (those with probabilities) plus per-source-only entries of ``extra``
-        ({stage: {source: probs for that source's rows}})."""
+        ({stage: {source: probs for that source's rows}}). ``baseline`` (an entry of ``extra``): every other row of
+        that source also gets ``vs`` = its paired difference to the baseline with the interval and the answer to
+        'does it beat the baseline?' (:meth:`paired`)."""
         out = []
         for src, m in self.source_masks().items():
-            for s in stages:
-                if self.probs.get(s) is not None:
-                    out.append({**self.row(s, m), "source": src})
-            for s, by_src in (extra or {}).items():
-                if src in by_src:
-                    row = interval_row(s, self.labels[m], by_src[src], self.groups[m], self.seed)
-                    out.append({**row, "source": src})
+            entries = [(s, self.probs[s][m], self.notes.get(s, "")) for s in stages if self.probs.get(s) is not None]
+            entries += [(s, by_src[src], "") for s, by_src in (extra or {}).items() if src in by_src]
+            base = (extra or {}).get(baseline, {}).get(src) if baseline else None
+            for s, p, note in entries:
+                row = {**interval_row(s, self.labels[m], p, self.groups[m], self.seed, note), "source": src}
+                if base is not None and s != baseline:
+                    row["vs"] = self.paired(p, base, m)
+                out.append(row)
         return out
+
+    def paired(self, pa: np.ndarray, pb: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
+        """log_loss(a) − log_loss(b) on the rows of ``mask`` (``pa``/``pb``: those rows' probabilities), its
+        interval and the answer to 'does a beat b?' (yes / NO only when the interval excludes zero)."""
+        d = log_loss_difference(self.labels[mask], pa, pb, self.groups[mask], seed=self.seed)
+        return {"diff": d["mean"], "lo": finite(d["lo"]), "hi": finite(d["hi"]),
+                "answer": ANSWERS.get(verdict(d), "not resolved at this size")}
 
     def compare(self, a: str, b: str, what: str, mask: np.ndarray | None = None, scope: str = ""
                 ) -> dict[str, Any] | None:
@@ -95,10 +105,8 @@ class Evaluation:
         if pa is None or pb is None:
             return None
         m = np.ones(len(self.labels), dtype=bool) if mask is None else mask
-        d = log_loss_difference(self.labels[m], pa[m], pb[m], self.groups[m], seed=self.seed)
-        answer = ANSWERS.get(verdict(d), "not resolved at this size")
-        return {"what": what, "scope": scope or "all test rows", "a": a, "b": b, "diff": d["mean"],
-                "lo": finite(d["lo"]), "hi": finite(d["hi"]), "answer": answer, "rows": int(m.sum())}
+        return {"what": what, "scope": scope or "all test rows", "a": a, "b": b, **self.paired(pa[m], pb[m], m),
+                "rows": int(m.sum())}
 
 
 # --------------------------------------------------------------------------- reading what each stage wrote
