@@ -87,7 +87,8 @@ def generate_pairs(answers: list[pd.DataFrame], labelled: list[pd.DataFrame], ex
     out = pd.DataFrame(rows, columns=PAIR_COLUMNS[1:])
     if out.empty:
         return out.assign(id=pd.Series(dtype=str))[PAIR_COLUMNS]
-    out = out[~pd.Series(pair_keys(out)).isin(labelled_keys).to_numpy()].reset_index(drop=True)
+    keys = pd.Series(pair_keys(out))  # two models can give the same text: one pair per distinct pair of answers
+    out = out[~(keys.isin(labelled_keys) | keys.duplicated()).to_numpy()].reset_index(drop=True)
     rng = np.random.default_rng(seed)
     if max_pairs is not None and max_pairs < len(out):
         out = out.iloc[np.sort(rng.permutation(len(out))[:max_pairs])].reset_index(drop=True)

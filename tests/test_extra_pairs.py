@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _fakes import fake_logits
+from _fakes import fake_logits, patch_train_and_predict
 
 import arena_kd.student.run as srun
 import arena_kd.teachers.run as trun
@@ -71,6 +71,16 @@ def test_generator_never_repeats_a_labelled_pair_in_either_orientation():
     assert got == {frozenset(("m1", "m4")), frozenset(("m2", "m3"))}
     known = set(pair_keys(_answers())) | set(pair_keys(labelled))
     assert not set(pair_keys(out)) & known
+
+
+def test_generator_gives_one_pair_per_distinct_pair_of_answers():
+    same = _frame([_row(1, ["Q1"], "m1", ["same"], "m2", ["same"]),  # two models, one text
+                   _row(2, ["Q1"], "m3", ["other"], "m4", ["fourth"])])
+    out = generate_pairs([same], [], [], seed=0)
+    # uncompared: m1-m3, m1-m4, m2-m3, m2-m4; m1 and m2 answered alike, so m2-m3 repeats m1-m3 and m2-m4 repeats m1-m4
+    assert len(out) == len(set(pair_keys(out))) == 2
+    assert not ({frozenset(("m1", "m2")), frozenset(("m3", "m4"))}
+                & {frozenset((a, b)) for a, b in zip(out["model_a"], out["model_b"])})
 
 
 def test_generator_is_seeded_and_its_csv_reads_back_unlabelled(tmp_path):
@@ -152,10 +162,7 @@ class RecordingTrainer:
 
 @pytest.fixture
 def recorder(monkeypatch):
-    r = RecordingTrainer()
-    monkeypatch.setattr(trun, "train_and_predict", r)
-    monkeypatch.setattr(srun, "train_and_predict", r)
-    return r
+    return patch_train_and_predict(monkeypatch, RecordingTrainer(), trun, srun)
 
 
 def _cfg(tmp_path, *sets):
