@@ -71,8 +71,9 @@ plan: setup
 bench: setup-demo
 	$(BIN)/python benchmarks/run_all.py
 
-# Dress rehearsal: configs/kaggle-gemma2.yaml with only sizes overridden (configs/rehearsal.yaml) on CPU, then the three
-# Kaggle upload folders and the notebook's one line run against them read-only and offline (README "Dress rehearsal").
+# Dress rehearsal: configs/kaggle-gemma2.yaml with only sizes overridden (configs/rehearsal.yaml) on CPU, then the
+# Kaggle upload `arena-kd package` writes, and the notebook's own cell run on it read-only and offline
+# (README "Dress rehearsal").
 rehearsal: setup
 	$(BIN)/python -m arena_kd.rehearsal $(SET_ARGS)
 

@@ -13,6 +13,9 @@ import typer
 
 from arena_kd.common.errors import UserError
 from arena_kd.common.keys import FORMATS
+from arena_kd.kaggle_metadata import MAX_DATASET_GB
+from arena_kd.kaggle_wheels import KAGGLE_PYTHON
+from arena_kd.kfold.dist import CollectiveFailure, stage_guard
 
 DEFAULT_CONFIG = "configs/demo.yaml"
 
@@ -46,7 +49,8 @@ def teachers(config: List[str] = ConfigOpt, set: Optional[List[str]] = SetOpt, f
     cfg = _cfg(config, set)  # config errors first: fast, and before any heavy import
     from arena_kd.teachers.run import run_teachers
 
-    run_teachers(cfg, force=force)
+    with stage_guard("teachers"):
+        run_teachers(cfg, force=force)
 
 
 @app.command()
@@ -58,7 +62,8 @@ def distill(config: List[str] = ConfigOpt, set: Optional[List[str]] = SetOpt, fo
     cfg = _cfg(config, set)
     from arena_kd.student.run import run_distill
 
-    run_distill(cfg, force=force)
+    with stage_guard("distill"):
+        run_distill(cfg, force=force)
 
 
 @app.command()
@@ -161,13 +166,53 @@ def plan(
     run_plan(cfg, test=test, hardware=hardware, as_json=as_json, calibration_files=calibration, test_chars=test_chars)
 
 
+@app.command()
+def package(
+    artifacts: str = typer.Option(..., "--artifacts",
+                                  help="Run folder of a trained run (its workdir: student/export/, stacking/)."),
+    owner: str = typer.Option(..., "--owner", help="Your Kaggle username (the owner of the datasets and notebook)."),
+    out: str = typer.Option("upload", "--out", help="Folder for the upload (replaced only if this command wrote it)."),
+    prefix: str = typer.Option(
+        "arena-kd", "--prefix",
+        help="Slug prefix: datasets <prefix>-code|-artifacts|-wheels, notebook <prefix>-submission."),
+    python_version: str = typer.Option(
+        KAGGLE_PYTHON, "--python-version",
+        help="Python of the Kaggle image the wheels are for (an assumption; check `!python --version` there)."),
+    wheel_cache: Optional[str] = typer.Option(
+        None, "--wheel-cache", help="Folder of wheels used when the package index is unreachable (no network)."),
+    no_download: bool = typer.Option(
+        False, "--no-download",
+        help="Do not ask the package index; wheels from --wheel-cache, else only arena-kd's own wheel."),
+    max_dataset_gb: float = typer.Option(MAX_DATASET_GB, "--max-dataset-gb", min=0.001,
+                                         help="Size above which a dataset is refused (assumption: Kaggle's quota)."),
+) -> None:
+    """Write the Kaggle upload: code, artifacts and wheels datasets with their metadata, the submission notebook
+    (internet off, 2x T4) with its metadata; print the `kaggle` commands that upload and submit it, in order."""
+    from pathlib import Path
+
+    from arena_kd.kaggle_package import package as build_package
+    from arena_kd.kaggle_wheels import download_from_index
+
+    summary = build_package(Path(artifacts), owner, Path(out), prefix=prefix, python_version=python_version,
+                            wheel_cache=Path(wheel_cache) if wheel_cache else None,
+                            download=None if no_download else download_from_index, max_gb=max_dataset_gb)
+    wheels = summary["wheels"]
+    print(f"wrote {out}/: {', '.join(summary['datasets'])} (datasets), {summary['kernel']} (notebook)")
+    print(f"wheels for Python {wheels['python_version']} {wheels['platform']} from {wheels['source']}: "
+          f"{len(wheels['wheels'])} files" + (f" ({wheels['note']})" if wheels["note"] else ""))
+    print("then, in order:")
+    for cmd in summary["commands"]:
+        print(f"  {cmd}")
+
+
 @app.command("all")
 def run_all(config: List[str] = ConfigOpt, set: Optional[List[str]] = SetOpt, force: bool = ForceOpt) -> None:
     """Run teachers → distill → stack → submission, then write <workdir>/report.md."""
     cfg = _cfg(config, set)
     from arena_kd.pipeline import run_pipeline
 
-    run_pipeline(cfg, force=force)
+    with stage_guard("all"):  # each stage of the pipeline names itself inside
+        run_pipeline(cfg, force=force)
 
 
 def main() -> None:
@@ -177,6 +222,9 @@ def main() -> None:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except CollectiveFailure as exc:  # a multi-process launch out of step: one line per rank, not a hang
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
     except (typer.Exit, SystemExit) as exc:  # --help etc.
         code = getattr(exc, "exit_code", getattr(exc, "code", 0))
         sys.exit(code or 0)

@@ -1,16 +1,19 @@
-"""`make rehearsal`: the real recipe end to end on CPU, down to the Kaggle notebook's one line.
+"""`make rehearsal`: the real recipe end to end on CPU, down to the Kaggle notebook's own cell.
 
 1. teachers → distill → stack with ``configs/kaggle-gemma2.yaml`` laid under ``configs/rehearsal.yaml`` (sizes only;
    see that file and README "Dress rehearsal"); the export is then also checked loaded in 4-bit, so the export
    drifts for none / 8-bit / 4-bit are all on record.
-2. The three Kaggle upload folders under ``<out>/kaggle/input/``: ``arena-kd-artifacts`` (student/export, stacking,
-   config.yaml = the resolved config), ``arena-kd-code`` (the working tree's tracked and unignored files),
-   ``arena-kd-wheels`` (a wheel of this project, ``pip wheel --no-deps``); and the competition folder
-   ``lmsys-chatbot-arena`` (train.csv, test.csv, sample_submission.csv, as on Kaggle).
-3. The notebook's one line → ``<out>/kaggle/notebook.py``, run from ``<out>/kaggle/working`` with the input folders
-   made read-only, ``PIP_NO_INDEX=1`` and the Hugging Face hub offline.
-4. Prints the notebook line, the rows per path, the soup and export drifts, validates submission.csv and writes
-   ``<out>/rehearsal.json``. Exit 1 when the file is invalid or the notebook failed.
+2. ``arena-kd package`` of that run into ``<out>/kaggle/upload/`` (code, artifacts and wheels datasets with their
+   metadata, the submission notebook with its kernel metadata; no download: this environment has every package, so
+   the wheels dataset holds this project's wheel), mounted as on Kaggle under ``<out>/kaggle/input/`` (one link per
+   dataset) beside the competition folder ``lmsys-chatbot-arena`` (train.csv, test.csv, sample_submission.csv).
+3. Every metadata file checked again (kaggle_package.check_upload); the notebook's own code cell, read from the
+   .ipynb the kernel metadata names, run as a Python process from ``<out>/kaggle/working`` with the uploaded and
+   competition folders read-only, ``PIP_NO_INDEX=1``, the Hugging Face hub offline, and ``/kaggle/input`` pointed
+   at ``<out>/kaggle/input``.
+4. Prints the notebook cell, the `kaggle` commands, the rows per path, the soup and export drifts, validates
+   submission.csv and writes ``<out>/rehearsal.json``. Exit 1 when the file is invalid, a metadata rule fails or
+   the notebook failed.
 """
 
 from __future__ import annotations
@@ -28,15 +31,15 @@ from typing import Any
 
 import pandas as pd
 
-from arena_kd.common.config import write_resolved
 from arena_kd.common.io import atomic_write_json, atomic_write_text
 from arena_kd.common.keys import LABELS
+from arena_kd.kaggle_metadata import COMPETITION, KERNEL_META, code_cells, read_json
+from arena_kd.kaggle_package import INPUT_ENV, Names, check_upload, package
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = REPO / "configs" / "kaggle-gemma2.yaml"
 OVERRIDES = REPO / "configs" / "rehearsal.yaml"
-DATASETS = {"code": "arena-kd-code", "artifacts": "arena-kd-artifacts", "wheels": "arena-kd-wheels",
-            "competition": "lmsys-chatbot-arena"}
+OWNER = "rehearsal"  # any valid Kaggle username: nothing is uploaded
 
 
 def _writable(path: Path) -> None:
@@ -65,55 +68,38 @@ def _manifest(path: Path) -> list[tuple[str, int, int]]:
                   for p in path.rglob("*"))
 
 
-def code_files() -> list[str]:
-    """Tracked and untracked-but-not-ignored files of the working tree (what a `git archive` of it would hold)."""
-    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True,
-                         check=True)
-    return sorted({f for f in out.stdout.decode().split("\0") if f and (REPO / f).is_file()})
-
-
-def build_inputs(cfg, kaggle: Path, test_rows: int | None) -> dict[str, Path]:
-    """The three upload folders and the competition folder under ``kaggle/input``; returns their paths."""
-    inp = kaggle / "input"
+def build_inputs(cfg, kaggle: Path, test_rows: int | None) -> tuple[dict[str, Any], Names, dict[str, Path]]:
+    """``arena-kd package`` of the run into ``kaggle/upload`` (no download: this environment holds every package,
+    so the wheels dataset has the project's own wheel), mounted as Kaggle does: ``kaggle/input/<slug>`` is each
+    dataset folder (a link to it: the rehearsal runs on exactly what would be uploaded), beside the competition folder
+    (train.csv, test.csv, sample_submission.csv). Returns (package.json, the names, the real folders to protect)."""
     if kaggle.exists():
         _writable(kaggle)
         shutil.rmtree(kaggle)
-    d = {k: inp / v for k, v in DATASETS.items()}
-    for p in d.values():
-        p.mkdir(parents=True)
-    for f in code_files():
-        (d["code"] / f).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / f, d["code"] / f)
-    wd = cfg.workdir_path
-    shutil.copytree(wd / "student" / "export", d["artifacts"] / "student" / "export")
-    shutil.copytree(wd / "stacking", d["artifacts"] / "stacking", ignore=shutil.ignore_patterns("*.png"))
-    write_resolved(cfg, d["artifacts"], name="config.yaml")
-    build = kaggle / "wheel-build"
-    shutil.copytree(d["code"], build)
-    import importlib.util
-
-    # with setuptools in this environment the wheel builds offline; without it pip fetches setuptools (build isolation)
-    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q", "-w", str(d["wheels"]),
-                    str(build)], check=True)
-    shutil.rmtree(build)
+    upload, inp = kaggle / "upload", kaggle / "input"
+    names = Names(OWNER)
+    summary = package(cfg.workdir_path, OWNER, upload, download=None)
+    comp = inp / COMPETITION
+    comp.mkdir(parents=True)
+    for slug in names.datasets.values():
+        (inp / slug).symlink_to(upload / slug, target_is_directory=True)
     test = pd.read_csv(cfg.data.test, dtype={"id": str})
     sample = pd.read_csv(cfg.data.sample_submission, dtype={"id": str})
     if test_rows is not None:
         test = test.head(test_rows)
         sample = sample[sample["id"].isin(set(test["id"]))]
     # the competition folder has it too (predict.py's class prior)
-    shutil.copy2(cfg.data.train, d["competition"] / "train.csv")
-    test.to_csv(d["competition"] / "test.csv", index=False)
-    sample.to_csv(d["competition"] / "sample_submission.csv", index=False)
-    return d
+    shutil.copy2(cfg.data.train, comp / "train.csv")
+    test.to_csv(comp / "test.csv", index=False)
+    sample.to_csv(comp / "sample_submission.csv", index=False)
+    return summary, names, {"upload": upload, "competition": comp, "input": inp}
 
 
-def notebook_line(d: dict[str, Path]) -> str:
-    """kaggle/README.md's notebook line with /kaggle/input replaced by the rehearsal's input folder, as Python."""
-    args = [str(d["code"] / "kaggle" / "predict.py"), "--artifacts", str(d["artifacts"]),
-            "--test", str(d["competition"] / "test.csv"), "--wheels", str(d["wheels"]), "--out", "submission.csv"]
-    return f"import subprocess, sys; sys.exit(subprocess.call([sys.executable, *{args!r}]))"
+def notebook_source(upload: Path, names: Names) -> tuple[Path, str]:
+    """The notebook the kernel metadata names, and its code cells as Jupyter would run them."""
+    kdir = upload / names.kernel
+    path = kdir / read_json(kdir / KERNEL_META)["code_file"]
+    return path, "\n".join(code_cells(read_json(path)))
 
 
 def validate(out: Path, sample: Path) -> dict[str, Any]:
@@ -155,32 +141,31 @@ def run(overrides: list[str], sets: list[str], out: Path, test_rows: int | None)
         settings["verify"] = {**settings.get("verify", {}), **checks}
         atomic_write_json(export_dir / "export.json", settings)
 
-    print("\n=== rehearsal: Kaggle folders ===", flush=True)
+    print("\n=== rehearsal: arena-kd package ===", flush=True)
     t = time.time()
     kaggle = out / "kaggle"
-    d = build_inputs(cfg, kaggle, test_rows)
-    line = notebook_line(d)
-    (kaggle / "notebook.py").write_text(
-        "# Kaggle notebook cell (kaggle/README.md): !python /kaggle/input/arena-kd-code/kaggle/predict.py "
-        "--artifacts /kaggle/input/arena-kd-artifacts --test /kaggle/input/lmsys-chatbot-arena/test.csv "
-        "--out submission.csv\n# here /kaggle/input = " + str(kaggle / "input") + "\n" + line + "\n")
+    summary, names, d = build_inputs(cfg, kaggle, test_rows)
+    problems = check_upload(d["upload"], names)  # package refuses these; checked again on what it left
+    notebook, cell = notebook_source(d["upload"], names)
     working = kaggle / "working"
     working.mkdir()
-    for p in d.values():
+    for p in (d["upload"], d["competition"], d["input"]):
         _read_only(p)
-    _read_only(kaggle / "input")
     times["package"] = round(time.time() - t, 1)
-    print(f"notebook line ({kaggle / 'notebook.py'}):\n  {line}", flush=True)
+    print(f"notebook {notebook}, its cell run with {INPUT_ENV}={d['input']}:\n{cell}", flush=True)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
-    env.update({"PIP_NO_INDEX": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    env.update({"PIP_NO_INDEX": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                INPUT_ENV: str(d["input"])})
     t = time.time()
-    before = _manifest(kaggle / "input")
-    rc = subprocess.call([sys.executable, str(kaggle / "notebook.py")], cwd=working, env=env)
+    before = [_manifest(d["upload"]), _manifest(d["competition"])]
+    rc = subprocess.call([sys.executable, "-c", cell], cwd=working, env=env)  # a notebook kernel is a Python process
     times["notebook"] = round(time.time() - t, 1)
-    input_unchanged = _manifest(kaggle / "input") == before  # the mode bits do not stop root: check nothing was written
-    report: dict[str, Any] = {"notebook_line": line, "notebook_rc": rc, "seconds": times, "soup": settings.get("soup"),
-                              "export_verify": settings.get("verify"), "export_vs_final_adapter": report_merge,
-                              "input_unchanged": input_unchanged}
+    # the mode bits do not stop root: check nothing was written
+    input_unchanged = [_manifest(d["upload"]), _manifest(d["competition"])] == before
+    report: dict[str, Any] = {"notebook": str(notebook), "notebook_rc": rc, "seconds": times,
+                              "metadata_problems": problems, "kaggle_commands": summary["commands"],
+                              "soup": settings.get("soup"), "export_verify": settings.get("verify"),
+                              "export_vs_final_adapter": report_merge, "input_unchanged": input_unchanged}
     sub = working / "submission.csv"
     try:
         report["submission"] = validate(sub, d["competition"] / "sample_submission.csv")
@@ -192,7 +177,7 @@ def run(overrides: list[str], sets: list[str], out: Path, test_rows: int | None)
     report["wall_time_s"] = round(time.time() - t0, 1)
     _print_report(report)
     atomic_write_text(out / "rehearsal.json", json.dumps(report, indent=2, default=str) + "\n")
-    return 0 if rc == 0 and report["submission"].get("valid") and input_unchanged else 1
+    return 0 if rc == 0 and report["submission"].get("valid") and input_unchanged and not problems else 1
 
 
 def export_vs_final_adapter(cfg, export_dir: Path, precisions: list[str], verify: list[str] = ()
@@ -231,7 +216,8 @@ def _print_report(r: dict[str, Any]) -> None:
     from arena_kd.student.soup import describe_soup
 
     print("\n=== rehearsal: summary ===")
-    print(f"notebook line: {r['notebook_line']}")
+    print(f"notebook: {r['notebook']}; metadata problems: {r['metadata_problems'] or 'none'}")
+    print("kaggle commands: " + " && ".join(r["kaggle_commands"]))
     print(f"notebook exit code: {r['notebook_rc']}; submission.csv: {r['submission']}; input folders unchanged: "
           f"{r['input_unchanged']}")
     print(f"rows per path (head+student mode): {r.get('rows_per_path')}")
@@ -247,7 +233,7 @@ def _print_report(r: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        description="Dress rehearsal of configs/kaggle-gemma2.yaml on CPU, down to the Kaggle notebook line.")
+        description="Dress rehearsal of configs/kaggle-gemma2.yaml on CPU, down to the Kaggle notebook's cell.")
     p.add_argument("--config", action="append", default=None,
                    help=f"Override YAML laid over {BASE.name} (default {OVERRIDES.name}; repeatable).")
     p.add_argument("--set", action="append", default=[],

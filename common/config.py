@@ -29,6 +29,9 @@ from arena_kd.common.config_stages import (
 )
 from arena_kd.common.errors import UserError
 
+COLLECTIVE_TIMEOUT_S = 1800.0
+"""Default of ``collective_timeout_s``: accelerate's own process-group default (``InitProcessGroupKwargs``)."""
+
 
 class PipelineConfig(Section):
     workdir: str = Field(description="Folder for every artifact of this config (relative paths are relative to the "
@@ -41,6 +44,12 @@ class PipelineConfig(Section):
     student: StudentConfig = Field(description="Student stage.")
     stacking: StackingConfig = Field(default_factory=StackingConfig, description="Stacker stage.")
     submission: SubmissionConfig = Field(default_factory=SubmissionConfig, description="Submission stage.")
+    collective_timeout_s: float = Field(
+        COLLECTIVE_TIMEOUT_S, gt=0, le=7 * 24 * 3600,
+        description="Multi-process launches only: seconds one process waits in a collective (barrier, all-gather, "
+        "gradient all-reduce) for the others before it stops with an error naming its rank and stage, instead of "
+        "hanging. Must exceed the longest step rank 0 does alone while the others wait (export merge and check, "
+        "cache builds); shorter finds a stuck launch sooner.")
 
     @field_validator("workdir")
     @classmethod

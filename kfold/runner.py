@@ -184,7 +184,7 @@ def run_folds(
         train_df = frame.loc[~mask].reset_index(drop=True)
         valid_df = frame.loc[mask].reset_index(drop=True)
         fold_dir = stage_dir / f"fold{k}"
-        if force and fold_dir.exists():  # --force: the trainer's own resume must not pick up a stale adapter/checkpoint
+        if force:  # the trainer's own resume must not pick up a stale adapter/checkpoint (every rank: a barrier)
             main_write(shutil.rmtree, fold_dir, ignore_errors=True)
         log(f"[{label}] fold {k}: training on {len(train_df)} rows, predicting {len(valid_df)}")
         t0 = time.time()

@@ -19,11 +19,13 @@ Three placements, and what each costs per GPU (see teachers/README.md for the nu
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
 import torch
 
+from arena_kd.common.config import COLLECTIVE_TIMEOUT_S
 from arena_kd.common.errors import UserError
 
 
@@ -76,11 +78,19 @@ def placement_kwargs(device_map: str, max_memory: dict[str, str] | None, device:
     return {}
 
 
-def start_launch_state(on_cpu: bool):
+# the launch's distributed type before any Accelerator relabelled it FSDP; the process group's collective timeout
+_LAUNCH: dict[str, Any] = {"type": None, "timeout_s": None}
+_SOLO = {"depth": 0}  # > 0: this process runs a block alone (rank 0's writers): no collectives inside it
+
+
+def start_launch_state(on_cpu: bool, timeout_s: float | None = None):
     """Start accelerate's process state (the process group) of a multi-process launch; None without a launcher.
 
     Called before the model is loaded, so barriers and the main-process-first cache builds work from the start.
     ``on_cpu``: ask for the gloo backend (the program's choice: accelerate's ``--cpu`` launches start one process).
+    ``timeout_s`` (default ``common.config.COLLECTIVE_TIMEOUT_S``; only the first call of a process sets it): how
+    long any collective of this group may wait for the other processes before it raises
+    (``kfold.dist.stage_guard`` names the rank and stage), instead of a hang.
 
     CPU rehearsal of an FSDP launch: accelerate 1.15 turns an FSDP launch into FSDP only for accelerator
     distributed types (MULTI_GPU, ...); with gloo on CPU it reports MULTI_CPU and the Trainer would silently train
@@ -90,25 +100,86 @@ def start_launch_state(on_cpu: bool):
     """
     if launch_world_size() <= 1:
         return None
+    from datetime import timedelta
+
     from accelerate import PartialState
     from accelerate.utils import DistributedType
 
-    state = PartialState(cpu=on_cpu)
+    first = not PartialState._shared_state
+    seconds = COLLECTIVE_TIMEOUT_S if timeout_s is None else float(timeout_s)
+    state = PartialState(cpu=on_cpu, timeout=timedelta(seconds=seconds)) if first else PartialState(cpu=on_cpu)
+    if first:
+        _LAUNCH["timeout_s"] = seconds
     if on_cpu and sharding_launch() == "fsdp" and state.distributed_type == DistributedType.MULTI_CPU:
         if os.environ.get("FSDP_VERSION", "1") != "2":
             # FSDP1 needs an accelerator device in accelerate ("no available devices found", measured here)
             raise UserError("FSDP on CPU: only FSDP2 (fsdp_version: 2, torch fully_shard) shards on CPU with gloo; "
                             "use configs/accelerate/fsdp-qlora-cpu.yaml")
         PartialState._shared_state["distributed_type"] = DistributedType.MULTI_GPU
+    if _LAUNCH["type"] is None:
+        _LAUNCH["type"] = PartialState._shared_state["distributed_type"]
     return state
+
+
+def fresh_accelerator_state() -> None:
+    """Forget the previous model's accelerate state before the next Trainer is built (one call per loaded model).
+
+    accelerate keeps one ``AcceleratorState`` per process, and under an FSDP launch its FSDP plugin is shaped by the
+    first model it prepares: the auto-wrap classes (that model's ``_no_split_modules``, e.g. Gemma2DecoderLayer; the
+    LoRA wrap policy built by transformers' ``update_fsdp_plugin_peft``) and the mixed-precision policy (the 4-bit
+    storage dtype of a QLoRA model). A second architecture in the same launch then fails with "Could not find the
+    transformer layer class Gemma2DecoderLayer". Dropping that state makes the next Accelerator build a new plugin
+    from the launch's settings and wrap the model it is given by that model's own layer classes. The process group
+    (``PartialState``) stays; its distributed type is put back to the launch's (the first Accelerator relabels it
+    FSDP, and a state built from FSDP would not attach an FSDP plugin again). No-op without a launcher.
+    """
+    if launch_world_size() <= 1 or _LAUNCH["type"] is None:
+        return
+    from accelerate.state import AcceleratorState, PartialState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    PartialState._shared_state["distributed_type"] = _LAUNCH["type"]
+
+
+@contextlib.contextmanager
+def solo():
+    """Context: this process runs the block alone (rank 0's writers, the stages after training) while the others
+    wait outside it or have left. Inside, nothing waits for another process: ``main_process_first`` is a no-op,
+    ``in_solo`` tells prediction to predict every row here instead of sharding them over the group. Without this, a
+    barrier inside a rank-0-only block meets an unrelated barrier of another rank and the ranks' collectives drift
+    apart (the hang of `arena-kd all` under 2 processes: the export's loader barriers on rank 0 released rank 1
+    into the next stage early)."""
+    _SOLO["depth"] += 1
+    try:
+        yield
+    finally:
+        _SOLO["depth"] -= 1
+
+
+def in_solo() -> bool:
+    return _SOLO["depth"] > 0
+
+
+def collective_timeout_s() -> float | None:
+    """The collective timeout this process's group was started with (None: not started here)."""
+    return _LAUNCH["timeout_s"]
+
+
+def sharded_model(model) -> bool:
+    """True when ``model`` has FSDP-sharded submodules (FSDP1 or FSDP2): its every forward is a collective."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+
+    return any(isinstance(m, (FSDPModule, FullyShardedDataParallel)) for m in model.modules())
 
 
 def main_process_first():
     """Context: under a started multi-process launch the main process runs the block first, the others after it
     (they then find what it built: folds file, BPE tokenizer, random backbone); a no-op otherwise."""
-    import contextlib
-
-    if launch_world_size() <= 1:
+    if launch_world_size() <= 1 or in_solo():
         return contextlib.nullcontext()
     import torch.distributed as dist
 

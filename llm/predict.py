@@ -27,6 +27,10 @@ def process_group() -> tuple[int, int]:
     """(rank, world size) of the current data-parallel group; (0, 1) when not distributed."""
     import torch.distributed as dist
 
+    from arena_kd.llm.placement import in_solo
+
+    if in_solo():  # a block this process runs alone (llm.placement.solo): every row here, no gather
+        return 0, 1
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by accelerate/torchrun: let accelerate set up the group
@@ -47,13 +51,9 @@ def lockstep_world(model) -> int:
     """World size of the process group ``model`` is sharded over (FSDP1 or FSDP2); 1 for an unsharded model."""
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
-        return 1
-    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+    from arena_kd.llm.placement import sharded_model
 
-    if any(isinstance(m, (FSDPModule, FullyShardedDataParallel)) for m in model.modules()):
-        return dist.get_world_size()
-    return 1
+    return dist.get_world_size() if sharded_model(model) else 1
 
 
 def _pad_to_busiest_rank(batches: list) -> list:
@@ -82,6 +82,12 @@ def logits_for_ids(
     """
     n = len(sequences)
     lockstep = lockstep_world(model) > 1
+    if lockstep:
+        from arena_kd.llm.placement import in_solo
+
+        if in_solo():  # its forwards would wait for ranks that are not predicting: fail now, not at the timeout
+            raise RuntimeError("an FSDP-sharded model cannot predict on one process alone (llm.placement.solo); "
+                               "reload its gathered adapter unsharded")
     if n == 0 and not lockstep:
         return np.zeros((0, 3), dtype=np.float32)
     lengths = [len(s) for s in sequences]

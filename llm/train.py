@@ -220,7 +220,12 @@ def train_classifier(
     from arena_kd.llm.devices import resolve_device
     from arena_kd.llm.loading import load_classifier
     from arena_kd.llm.lora import save_adapter
-    from arena_kd.llm.placement import check_sharded_training, start_launch_state
+    from arena_kd.llm.placement import (
+        check_sharded_training,
+        fresh_accelerator_state,
+        main_process_first,
+        start_launch_state,
+    )
     from arena_kd.llm.tokenizer import texts_hash
 
     out = Path(out_dir)
@@ -263,6 +268,7 @@ def train_classifier(
     on_cpu = info["device"].startswith("cpu")
     optim = cpu_optimizer(train_cfg.optim) if on_cpu else train_cfg.optim
     eval_steps = train_cfg.eval_steps if (train_cfg.eval_steps and eval_data is not None) else None
+    fresh_accelerator_state()  # FSDP wrap classes and QLoRA dtype policy from this model, not an earlier one
     args = _training_arguments(model_cfg, train_cfg, out, seed=seed, dtype=info["dtype"], on_cpu=on_cpu, optim=optim,
                                eval_steps=eval_steps, progress=progress)
     trainer = ClassifierTrainer(
@@ -276,7 +282,10 @@ def train_classifier(
         loss_fn=loss_fn,
         lengths=data.lengths,
     )
-    ckpt = _checkpoints_for(out / "checkpoints", settings) if resume else None
+    ckpt = None
+    if resume:
+        with main_process_first():  # rank 0 decides (removes stale checkpoints, marks settings); the others then look
+            ckpt = _checkpoints_for(out / "checkpoints", settings)
     if ckpt is not None:
         print(f"[llm] resuming from {ckpt}")
     t0 = time.time()

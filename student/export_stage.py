@@ -31,7 +31,7 @@ from arena_kd.llm.export import (
     save_export,
     verify_export,
 )
-from arena_kd.llm.placement import free_accelerator_memory
+from arena_kd.llm.placement import free_accelerator_memory, sharded_model
 from arena_kd.student.soup import adapter_logits, describe_soup, fold_mean_probs, reference_table, soup_drift
 
 
@@ -70,7 +70,8 @@ def _tokenizer(cfg: PipelineConfig, adapter: Path, in_memory):
 def export_student(cfg: PipelineConfig, frame: pd.DataFrame, adapter: Path, in_memory, fhashes: dict[str, str], *,
                    force: bool) -> Path:
     """Write ``<workdir>/student/export`` (see module docstring); skipped when up to date. ``in_memory``: (model,
-    tokenizer) or None."""
+    tokenizer) or None. Runs on rank 0 alone under a launch: an FSDP-sharded trained model (whose forwards need
+    every rank) is not run; its gathered adapter is reloaded unsharded instead."""
     from arena_kd.data.render import render_batch
     from arena_kd.student.merge import load_trained_base, merged_student
 
@@ -106,7 +107,7 @@ def export_student(cfg: PipelineConfig, frame: pd.DataFrame, adapter: Path, in_m
             probs = fold_mean_probs(fold_logits)
             soup_report = soup_drift(s.model, dirs, fold_logits, ids, sdir / "final" / "soups", cfg.workdir)
             print(f"[student] fold soup ({s.soup}): {describe_soup(soup_report)}")
-        elif in_memory is not None:
+        elif in_memory is not None and not sharded_model(in_memory[0]):
             in_memory[0].eval()
             probs = softmax(reference_logits(in_memory[0], ids).astype(np.float64))
         else:

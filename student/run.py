@@ -23,6 +23,7 @@ from arena_kd.common.config_stages import DistillConfig
 from arena_kd.common.errors import UserError
 from arena_kd.common.io import atomic_write_json, json_hash, read_keyed_table, write_keyed_table
 from arena_kd.common.keys import LOGIT_COLUMNS
+from arena_kd.kfold import dist
 from arena_kd.kfold.dist import main_write
 from arena_kd.kfold.fold_model import train_and_predict
 from arena_kd.kfold.runner import (
@@ -170,7 +171,7 @@ def _final_stage(cfg, frame: pd.DataFrame, hashes: dict[str, str], loss_fn, *, f
         if done.get("adapter_dir") and Path(done["adapter_dir"]).exists():
             print(f"[student] final ({s.final}): done earlier, skipped")
             return Path(done["adapter_dir"]), None, fhashes
-    if force and fdir.exists():
+    if force:  # unconditional: a rank that looked after rank 0 removed it would skip this barrier
         main_write(shutil.rmtree, fdir, ignore_errors=True)
     t0 = time.time()
     in_memory = None
@@ -243,7 +244,9 @@ def run_distill(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
     t0 = time.time()
     s = cfg.student
     d = s.distill
-    data = load_training_data(cfg)
+    dist.start(cfg.collective_timeout_s)  # multi-process launch: the group is up before the first write
+    with dist.main_first():  # rank 0 creates the folds file, the others read it
+        data = load_training_data(cfg)
     sdir = student_dir(cfg)
     sdir.mkdir(parents=True, exist_ok=True)
     main_write(write_resolved, cfg, sdir)

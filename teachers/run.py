@@ -223,7 +223,7 @@ def run_teachers(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
     """Run every teacher k-fold (resumable per fold), then combine into soft labels. Returns the soft-label meta."""
     _check_names(cfg)
     t0 = time.time()
-    dist.start()  # multi-process launch: the group is up before the first write
+    dist.start(cfg.collective_timeout_s)  # multi-process launch: the group is up before the first write
     with dist.main_first():  # rank 0 creates the folds file, the others read it
         data = load_training_data(cfg)
     tdir = teachers_dir(cfg)

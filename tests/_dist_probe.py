@@ -7,6 +7,11 @@ RECORD_DIR <cli args...>``. Each rank writes ``RECORD_DIR/rank<r>.json`` at exit
                trained parameter is a DTensor shard)
   writes: every path this process published (os.replace / os.rename targets, files opened for writing)
   predict_forwards: forward calls of the trained model during prediction, per predict call
+Optional faults, by environment variable:
+  PROBE_KILL_AFTER_SAVE_STEP=N  every rank writes its record and SIGKILLs itself once the Trainer has saved the
+                                checkpoint of step N (all ranks meet at a barrier first, so the checkpoint is whole)
+  PROBE_SLOW_MAIN_WRITE=SUFFIX  rank 0 waits 2 s before publishing a path ending in SUFFIX (a rank that does not
+                                wait for the main process then finds nothing there and makes its own)
 """
 
 from __future__ import annotations
@@ -33,6 +38,11 @@ def _note(path) -> None:
 
 
 def _replace_probe(src, dst, *a, **k):
+    slow = os.environ.get("PROBE_SLOW_MAIN_WRITE")
+    if slow and rank == 0 and os.fspath(dst).endswith(slow):
+        import time
+
+        time.sleep(2.0)
     _note(dst)
     return _replace(src, dst, *a, **k)
 
@@ -76,9 +86,13 @@ def _install_trainer_probe() -> None:
     def train_probe(self, *a, **k):
         out = orig_train(self, *a, **k)
         import torch.distributed as dist
+        from torch.distributed.fsdp import FSDPModule
         from torch.distributed.tensor import DTensor
 
         record["train_calls"].append({
+            "resumed_from": k.get("resume_from_checkpoint"),
+            # the classes FSDP made shard units of (FSDP2 renames a wrapped class Foo to FSDPFoo)
+            "wrapped": sorted({type(m).__name__ for m in self.model.modules() if isinstance(m, FSDPModule)}),
             "global_step": int(self.state.global_step),
             "rows": int(getattr(self, "_probe_rows", 0)),
             "world": dist.get_world_size() if dist.is_initialized() else 1,
@@ -99,6 +113,29 @@ def _install_trainer_probe() -> None:
             handle.remove()
             record["predict_forwards"].append(calls["n"])
 
+    kill_step = int(os.environ.get("PROBE_KILL_AFTER_SAVE_STEP", "0"))
+    orig_init = train.ClassifierTrainer.__init__
+
+    from transformers import TrainerCallback
+
+    class KillAfterSave(TrainerCallback):
+        def on_save(self, args, state, control, **kw):
+            if state.global_step == kill_step:
+                import signal
+
+                import torch.distributed as dist
+
+                dist.barrier()  # every rank has written its part of the checkpoint
+                record["killed_after_step"] = kill_step
+                _dump()
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    def init_probe(self, *a, **k):
+        orig_init(self, *a, **k)
+        if kill_step:
+            self.add_callback(KillAfterSave())
+
+    train.ClassifierTrainer.__init__ = init_probe
     train.ClassifierTrainer.training_step = training_step
     train.ClassifierTrainer.train = train_probe
     predict.logits_for_ids = logits_probe

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from _data_fixtures import kaggle_row, write_csv, write_kaggle_train
 
-COMMANDS = ["teachers", "distill", "stack", "submission", "evaluate", "validate-data", "plan", "all", "make-pairs"]
+COMMANDS = ["teachers", "distill", "stack", "submission", "evaluate", "validate-data", "plan", "package", "all",
+            "make-pairs"]
 SCRIPT = Path(sys.executable).parent / "arena-kd"
 
 
@@ -46,7 +47,8 @@ def test_command_help(command):
     res = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     assert "Usage:" in res.output and len(res.output.split("\n")) > 4
-    if command not in ("evaluate", "validate-data", "make-pairs"):
+    # package reads a run folder, make-pairs data files: no config
+    if command not in ("evaluate", "validate-data", "package", "make-pairs"):
         assert "--config" in res.output and "--set" in res.output
 
 

@@ -12,9 +12,7 @@ written, forwards run while predicting). One teacher, a tiny random Llama, 48 ro
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,13 +21,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from _dist_launch import REPO, balanced_folds_file, launch_env, launch_probe, writes_under
 
 from arena_kd.common.io import read_keyed_table
 
-REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"
-ACCEL = REPO / "configs" / "accelerate"
-PROBE = REPO / "tests" / "_dist_probe.py"
 LOGITS = ["logit_a", "logit_b", "logit_tie"]
 LN3 = math.log(3)
 
@@ -49,16 +45,6 @@ def _teacher(batch_size: int, quantization: str = "none", hidden: int = 32, **pr
     )
 
 
-def _env() -> dict[str, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO),
-           # the CPU path (gloo) also on GPU machines: two ranks cannot share one GPU under NCCL
-           "CUDA_VISIBLE_DEVICES": ""}
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "ACCELERATE_USE_FSDP"):
-        env.pop(k, None)
-    return env
-
-
 def _config(workdir: Path, folds: Path | None, teacher: str) -> Path:
     """configs/smoke.yaml with only the one teacher (and no optional extra teacher passes), written next to workdir."""
     raw = yaml.safe_load(SMOKE.read_text())
@@ -72,25 +58,12 @@ def _config(workdir: Path, folds: Path | None, teacher: str) -> Path:
 
 
 def _launch(config: str, record: Path, workdir: Path, folds: Path | None, teacher: str) -> dict[int, dict]:
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCEL / config), str(PROBE),
-           str(record), "teachers", "--config", str(_config(workdir, folds, teacher))]
-    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return {r: json.loads((record / f"rank{r}.json").read_text()) for r in (0, 1)}
+    return launch_probe(config, record, ["teachers", "--config", str(_config(workdir, folds, teacher))])[1]
 
 
 @pytest.fixture(scope="module")
 def balanced_folds(tmp_path_factory) -> Path:
-    """A folds file splitting the smoke config's 48 rows 24/24: 24 training rows = 3 global batches of 8, so no
-    rank ever gets a padded (duplicated-row) batch and data parallel must match one process exactly."""
-    from arena_kd.common.config import load_config
-    from arena_kd.kfold.training_data import load_training_data
-
-    d = tmp_path_factory.mktemp("folds")
-    ids = load_training_data(load_config(SMOKE, [f"workdir={d / 'wd'}"])).frame["id"].astype(str).tolist()
-    path = d / "folds24.csv"
-    pd.DataFrame({"id": ids, "fold": [i % 2 for i in range(len(ids))]}).to_csv(path, index=False)
-    return path
+    return balanced_folds_file(tmp_path_factory.mktemp("folds"), SMOKE)
 
 
 def _read_oof(workdir: Path) -> tuple[pd.DataFrame, dict]:
@@ -109,10 +82,6 @@ def _check_fold_files(workdir: Path, folds: Path | None) -> None:
         assert (workdir / "teachers" / "tiny-llama" / f"fold{k}" / "adapter" / "adapter_model.safetensors").is_file()
 
 
-def _writes_under(rec: dict, root: Path) -> list[str]:
-    return [w for w in rec["writes"] if Path(w).is_relative_to(root.resolve())]
-
-
 def test_data_parallel_two_cpu_processes_match_one_process(tmp_path, balanced_folds):
     teacher_dp = _teacher(batch_size=4)  # 2 ranks x 4 rows = global batch 8
     rec = _launch("cpu-2proc.yaml", tmp_path / "rec", tmp_path / "dp", balanced_folds, teacher_dp)
@@ -123,13 +92,13 @@ def test_data_parallel_two_cpu_processes_match_one_process(tmp_path, balanced_fo
         assert [c["global_step"] for c in calls] == [9, 9]  # 3 epochs x 24 rows / 8
         assert [c["rows"] for c in calls] == [36, 36]  # 9 steps x 4 rows on each rank
         assert not any(c["is_fsdp_enabled"] or c["sharded"] for c in calls)
-    assert _writes_under(rec[1], tmp_path / "dp") == []  # only rank 0 wrote
-    assert any(w.endswith("fold1.parquet") for w in _writes_under(rec[0], tmp_path / "dp"))
+    assert writes_under(rec[1], tmp_path / "dp") == []  # only rank 0 wrote
+    assert any(w.endswith("fold1.parquet") for w in writes_under(rec[0], tmp_path / "dp"))
     _check_fold_files(tmp_path / "dp", balanced_folds)
 
     single = subprocess.run([sys.executable, "-m", "arena_kd.cli", "teachers", "--config",
                              str(_config(tmp_path / "one", balanced_folds, _teacher(batch_size=8)))],
-                            cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+                            cwd=REPO, env=launch_env(), capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]
     dp, dp_meta = _read_oof(tmp_path / "dp")
     one, one_meta = _read_oof(tmp_path / "one")
@@ -164,7 +133,7 @@ def test_fsdp_qlora_two_cpu_processes_shard_train_and_predict_in_lockstep(tmp_pa
     assert [c["global_step"] for c in rec[0]["train_calls"]] == [c["global_step"] for c in rec[1]["train_calls"]]
     # a sharded forward is a collective: both ranks ran as many forwards as the busier one (ceil(n / 2) rows)
     assert rec[0]["predict_forwards"] == rec[1]["predict_forwards"] == [math.ceil(n / 2) for n in held_out]
-    assert _writes_under(rec[1], wd) == []
+    assert writes_under(rec[1], wd) == []
     _check_fold_files(wd, None)
 
     # the adapter gathered from the shards, reloaded in this (single) process, predicts what the sharded model did

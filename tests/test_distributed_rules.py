@@ -176,3 +176,48 @@ def test_placement_is_left_out_of_every_resume_hash():
     assert teacher_config_hash(moved, moved.teachers.models[0]) == teacher_config_hash(base, base.teachers.models[0])
     changed = load_config("configs/smoke.yaml", overrides=["student.model.lora.r=2"])
     assert student_config_hash(changed) != student_config_hash(base)  # what the model computes still counts
+
+
+def test_a_block_run_alone_predicts_every_row_without_the_group(monkeypatch, tmp_path, tiny_pairs):
+    """Rank 0's writers (main_write) run alone: no barrier, no sharded prediction inside (a collective there met an
+    unrelated one of the other rank: the `arena-kd all` hang). Here no group exists at all, so a collective would
+    block or fail: predicting all rows under WORLD_SIZE=2 shows that nothing waits for a second process."""
+    from arena_kd.kfold import dist
+
+    model, tok, _ = load_classifier(_cfg(), training=False, workdir=tmp_path, train_texts=TEXTS)
+    kw = dict(max_length=96, progress=False)
+    alone = predict_logits(model, tok, tiny_pairs, **kw)
+    _launch_env(monkeypatch, world=2)
+    monkeypatch.setenv("RANK", "0")
+    seen = dist.main_write(lambda: (placement.in_solo(), predict_logits(model, tok, tiny_pairs, **kw)))
+    assert seen[0] is True and not placement.in_solo()
+    np.testing.assert_array_equal(seen[1], alone)  # every row predicted here, in input order
+    with placement.solo():
+        assert placement.main_process_first().__class__.__name__ == "nullcontext"
+
+
+def test_a_failed_collective_names_rank_and_stage_and_other_errors_pass_unchanged(monkeypatch):
+    from arena_kd.kfold import dist
+
+    gloo = RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 2000ms for recv operation")
+    _launch_env(monkeypatch, world=2)
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(dist.CollectiveFailure, match=r"^rank 1 of 2, stage 'distill \(hard labels\)': .*Timed out"):
+        with dist.stage_guard("distill (hard labels)"):
+            raise gloo
+    for other in (UserError("train.csv: row 3, column 'label': bad"), ValueError("timed out"), KeyError("x")):
+        with pytest.raises(type(other)) as got:
+            with dist.stage_guard("teachers"):
+                raise other
+        assert got.value is other
+    _launch_env(monkeypatch, world=1)  # one process: no launch to blame
+    assert dist.collective_failure(gloo, "teachers") is None
+
+
+def test_collective_timeout_is_configurable_with_a_range():
+    from arena_kd.common.config import COLLECTIVE_TIMEOUT_S, load_config
+
+    assert load_config("configs/smoke.yaml").collective_timeout_s == COLLECTIVE_TIMEOUT_S == 1800
+    assert load_config("configs/smoke.yaml", overrides=["collective_timeout_s=60"]).collective_timeout_s == 60
+    with pytest.raises(UserError, match="collective_timeout_s"):
+        load_config("configs/smoke.yaml", overrides=["collective_timeout_s=0"])

@@ -4,7 +4,6 @@ files; package data (the embedded sample, the planner's calibration files) trave
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import subprocess
 import sys
@@ -19,15 +18,13 @@ LAYER_FOLDERS = ("common", "data", "llm", "kfold", "blend", "planner", "teachers
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
+    # as `arena-kd package` builds it for the wheels dataset: from the code dataset's files (tracked + unignored)
+    from arena_kd.kaggle_package import copy_code
+    from arena_kd.kaggle_wheels import build_own_wheel
+
     out = tmp_path_factory.mktemp("wheel")
-    src = out / "src"  # build from a copy: an in-tree build would write build/ into the checkout
-    skip = shutil.ignore_patterns(".venv", "runs", ".git", "build", "*.egg-info", "__pycache__")
-    shutil.copytree(ROOT, src, ignore=skip)
-    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *isolation, str(src), "-w", str(out)],
-                   check=True, capture_output=True)
-    (whl,) = out.glob("arena_kd-*.whl")
-    return whl
+    copy_code(out / "code")
+    return build_own_wheel(out / "code", out / "dist")
 
 
 def test_wheel_installs_one_top_level_name_with_its_data(wheel):

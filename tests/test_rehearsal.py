@@ -1,5 +1,5 @@
 """The dress rehearsal and what it rests on: layered configs, one temperature owner, verified student copies,
-and a smaller `make rehearsal` end to end (real tiny models, the Kaggle folders, the notebook line, offline)."""
+and a smaller `make rehearsal` end to end (real tiny models, `arena-kd package`, the notebook's cell, offline)."""
 
 from __future__ import annotations
 
@@ -112,8 +112,9 @@ def test_student_copy_beyond_tolerance_is_not_used(monkeypatch, tmp_path, caplog
 
 @pytest.mark.slow
 def test_small_rehearsal_end_to_end(tmp_path):
-    """`make rehearsal` with smaller sizes: stages, Kaggle folders read-only, notebook line offline, valid
-    submission."""
+    """`make rehearsal` with smaller sizes: stages, `arena-kd package` as the Kaggle input (read-only), the notebook's
+    own cell offline, valid submission."""
+    from arena_kd.kaggle_package import Names, check_upload
     from arena_kd.rehearsal import main
 
     work = tmp_path / "work"
@@ -135,12 +136,16 @@ def test_small_rehearsal_end_to_end(tmp_path):
     merge = report["export_vs_final_adapter"]  # the merge + fp16 cast alone: far below the tolerances
     assert set(merge) == {"none/fp16", "8bit/fp16", "4bit/fp16"} and merge["none/fp16"]["max_abs_prob_diff"] < 0.02
     kaggle = tmp_path / "out" / "kaggle"
-    line = (kaggle / "notebook.py").read_text()
-    assert "arena-kd-code/kaggle/predict.py" in line and "--artifacts" in line
-    inp = kaggle / "input"
+    upload, inp = kaggle / "upload", kaggle / "input"
+    # the Kaggle input is `arena-kd package`'s output itself, every metadata rule holds, the notebook's cell ran
+    assert report["metadata_problems"] == [] and check_upload(upload, Names("rehearsal")) == []
+    assert json.loads((upload / "package.json").read_text())["commands"] == report["kaggle_commands"]
+    assert report["notebook"] == str(upload / "arena-kd-submission" / "arena-kd-submission.ipynb")
     assert {p.name for p in inp.iterdir()} == {"arena-kd-code", "arena-kd-artifacts", "arena-kd-wheels",
                                                "lmsys-chatbot-arena"}
-    assert stat.S_IMODE((inp / "arena-kd-artifacts").stat().st_mode) & 0o222 == 0 and report["input_unchanged"] is True
+    for slug in ("arena-kd-code", "arena-kd-artifacts", "arena-kd-wheels"):
+        assert (inp / slug).resolve() == (upload / slug).resolve()
+    assert stat.S_IMODE((upload / "arena-kd-artifacts").stat().st_mode) & 0o222 == 0 and report["input_unchanged"]
     assert list((inp / "arena-kd-wheels").glob("arena_kd-*.whl"))
     assert (inp / "lmsys-chatbot-arena" / "train.csv").is_file()
     cfg = yaml.safe_load((inp / "arena-kd-artifacts" / "config.yaml").read_text())
