@@ -120,6 +120,26 @@ def validate_data(
     validate_data_report(path, fmt=format)
 
 
+@app.command("make-pairs")
+def make_pairs_cmd(
+    sources: List[str] = typer.Option(..., "--from", help="Files whose rows hold models' answers (train.csv, arena "
+                                      "JSONL; repeatable). Rows without model names give nothing."),
+    exclude: List[str] = typer.Option(..., "--exclude", help="Files whose questions never appear (the test split; "
+                                      "repeatable)."),
+    out: str = typer.Option(..., "--out", help="Output CSV (Kaggle pair layout without winner columns)."),
+    labelled: Optional[List[str]] = typer.Option(None, "--labelled", help="More labelled files whose pairs must not "
+                                                 "be repeated (the --from files always count)."),
+    seed: int = typer.Option(0, "--seed", help="Draws which answer is A (and the subset under --max-pairs)."),
+    max_pairs: Optional[int] = typer.Option(None, "--max-pairs", min=1, help="Keep a seeded subset of N pairs."),
+) -> None:
+    """Write unlabelled pairs: two models' answers to the same prompt that no labelled row compares, none on an
+    excluded question (data/unlabelled_pairs.py). Add the file to data.extra for the teachers to pseudo-label."""
+    from arena_kd.data.unlabelled_pairs import make_pairs
+
+    done = make_pairs(sources, exclude, out, labelled=labelled, seed=seed, max_pairs=max_pairs)
+    print(f"{done['pairs']} unlabelled pairs on {done['prompts']} prompts -> {done['out']}")
+
+
 @app.command()
 def plan(
     config: List[str] = ConfigOpt,

@@ -73,20 +73,30 @@ class Evaluation:
             return {}
         return {s: self.sources == s for s in sorted(set(self.sources.tolist()))}
 
-    def per_source_rows(self, stages: list[str], extra: dict[str, dict[str, np.ndarray]] | None = None
-                        ) -> list[dict[str, Any]]:
+    def per_source_rows(self, stages: list[str], extra: dict[str, dict[str, np.ndarray]] | None = None,
+                        baseline: str | None = None) -> list[dict[str, Any]]:
         """Rows per source for ``stages`` (those with probabilities) plus per-source-only entries of ``extra``
-        ({stage: {source: probs for that source's rows}})."""
+        ({stage: {source: probs for that source's rows}}). ``baseline`` (an entry of ``extra``): every other row of
+        that source also gets ``vs`` = its paired difference to the baseline with the interval and the answer to
+        'does it beat the baseline?' (:meth:`paired`)."""
         out = []
         for src, m in self.source_masks().items():
-            for s in stages:
-                if self.probs.get(s) is not None:
-                    out.append({**self.row(s, m), "source": src})
-            for s, by_src in (extra or {}).items():
-                if src in by_src:
-                    row = interval_row(s, self.labels[m], by_src[src], self.groups[m], self.seed)
-                    out.append({**row, "source": src})
+            entries = [(s, self.probs[s][m], self.notes.get(s, "")) for s in stages if self.probs.get(s) is not None]
+            entries += [(s, by_src[src], "") for s, by_src in (extra or {}).items() if src in by_src]
+            base = (extra or {}).get(baseline, {}).get(src) if baseline else None
+            for s, p, note in entries:
+                row = {**interval_row(s, self.labels[m], p, self.groups[m], self.seed, note), "source": src}
+                if base is not None and s != baseline:
+                    row["vs"] = self.paired(p, base, m)
+                out.append(row)
         return out
+
+    def paired(self, pa: np.ndarray, pb: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
+        """log_loss(a) − log_loss(b) on the rows of ``mask`` (``pa``/``pb``: those rows' probabilities), its
+        interval and the answer to 'does a beat b?' (yes / NO only when the interval excludes zero)."""
+        d = log_loss_difference(self.labels[mask], pa, pb, self.groups[mask], seed=self.seed)
+        return {"diff": d["mean"], "lo": finite(d["lo"]), "hi": finite(d["hi"]),
+                "answer": ANSWERS.get(verdict(d), "not resolved at this size")}
 
     def compare(self, a: str, b: str, what: str, mask: np.ndarray | None = None, scope: str = ""
                 ) -> dict[str, Any] | None:
@@ -95,16 +105,14 @@ class Evaluation:
         if pa is None or pb is None:
             return None
         m = np.ones(len(self.labels), dtype=bool) if mask is None else mask
-        d = log_loss_difference(self.labels[m], pa[m], pb[m], self.groups[m], seed=self.seed)
-        answer = ANSWERS.get(verdict(d), "not resolved at this size")
-        return {"what": what, "scope": scope or "all test rows", "a": a, "b": b, "diff": d["mean"],
-                "lo": finite(d["lo"]), "hi": finite(d["hi"]), "answer": answer, "rows": int(m.sum())}
+        return {"what": what, "scope": scope or "all test rows", "a": a, "b": b, **self.paired(pa[m], pb[m], m),
+                "rows": int(m.sum())}
 
 
 # --------------------------------------------------------------------------- reading what each stage wrote
 
 
-def _test_frame(cfg: PipelineConfig) -> tuple[pd.DataFrame, np.ndarray]:
+def labelled_test_frame(cfg: PipelineConfig) -> tuple[pd.DataFrame, np.ndarray]:
     """Test pairs, their labels, and (as ``test['source']``) each row's source from the labels file when it has one."""
     from arena_kd.common.errors import UserError
     from arena_kd.data.readers import read_labels, read_pairs
@@ -162,7 +170,7 @@ def _teacher_test_probs(cfg: PipelineConfig, ids: pd.Series) -> tuple[dict[str, 
     return per, _logit_probs(path, ids) if path.is_file() else None
 
 
-def _student_test(export_dir: Path, test: pd.DataFrame, cfg: PipelineConfig) -> dict[str, np.ndarray] | None:
+def student_test_logits(export_dir: Path, test: pd.DataFrame, cfg: PipelineConfig) -> dict[str, np.ndarray] | None:
     """Student logits on the test rows, both orientations (as the submission computes them)."""
     if not export_dir.is_dir():
         return None
@@ -197,7 +205,7 @@ def evaluate_stages_on_test(cfg: PipelineConfig, hard_cfg: PipelineConfig | None
     from arena_kd.data.folds import prompt_groups
     from arena_kd.stacking.candidates import length_only_probs, pooled_prior
 
-    test, y = _test_frame(cfg)
+    test, y = labelled_test_frame(cfg)
     train = _train_labels(cfg)
     sources = test["source"].to_numpy(dtype=object) if test["source"].notna().all() else None
     ev = Evaluation(labels=y, groups=prompt_groups(test), sources=sources, seed=cfg.seed,
@@ -220,9 +228,9 @@ def evaluate_stages_on_test(cfg: PipelineConfig, hard_cfg: PipelineConfig | None
     if cfg.teachers.models:
         ev.add("teacher ensemble", ens, "" if ens is not None else "no test predictions")
     if hard_cfg is not None:
-        hard = _student_test(hard_cfg.workdir_path / "student" / "export", test, cfg)
+        hard = student_test_logits(hard_cfg.workdir_path / "student" / "export", test, cfg)
         ev.add("student, hard labels only (alpha=0), TTA", None if hard is None else softmax(hard["avg"]))
-    student = _student_test(cfg.workdir_path / "student" / "export", test, cfg)
+    student = student_test_logits(cfg.workdir_path / "student" / "export", test, cfg)
     stud = None if student is None else {"orig": student["orig"], "swap": student["swap"]}
     if student is not None:
         ev.add("student, distilled, no TTA", softmax(student["orig"]))

@@ -20,11 +20,12 @@ HARD_STUDENT_DIR = "ablation_hard_student"
 
 
 def hard_student_config(cfg: PipelineConfig) -> PipelineConfig:
-    """The same student trained on hard labels only (α=0), final model only, same folds and data."""
+    """The same student trained on hard labels only (α=0, no extra pairs), final model only, same folds and data."""
     d = cfg.to_dict()
     d["workdir"] = str(cfg.workdir_path / HARD_STUDENT_DIR)
     d["folds"]["file"] = str(cfg.folds_path())
-    d["student"]["distill"]["alpha"] = 0.0
+    d["student"]["distill"].update(alpha=0.0, mix="alpha", cosine_weight=0.0)  # no soft term of any mix
+    d["student"]["extra_pairs"]["enabled"] = False  # unlabelled rows teach only through soft labels
     d["student"]["oof"] = False
     if d["student"]["final"] == "fold_soup":  # fold soup needs fold adapters, which oof=False does not train
         d["student"]["final"] = "full"
@@ -76,11 +77,11 @@ def run_pipeline(cfg: PipelineConfig, force: bool = False, hard_student: bool = 
         stage("teachers", run_teachers, cfg, force=force)
     stage("distill", run_distill, cfg, force=force)
     hard_cfg = None
-    if hard_student and cfg.data.test_labels and cfg.student.distill.alpha > 0:
+    if hard_student and cfg.data.test_labels and cfg.student.distill.uses_teachers:
         hard_cfg = hard_student_config(cfg)
         stage("distill (hard labels, alpha=0)", run_distill, hard_cfg, force=force)
     nested_cfg, other = None, ""
-    if cfg.teachers.nested and cfg.teachers.models and cfg.student.oof and cfg.student.distill.alpha > 0:
+    if cfg.teachers.nested and cfg.teachers.models and cfg.student.oof and cfg.student.distill.uses_teachers:
         nested_cfg = nested_ablation_config(cfg)
         other = "nested" if nested_cfg.student.distill.nested else "plain"
         stage(f"distill (fold students on {other} soft labels)", run_distill, nested_cfg, force=force)

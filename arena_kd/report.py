@@ -1,5 +1,6 @@
 """`make all`'s report: ``<workdir>/report.md`` + ``report.json`` + ``report_logloss.png`` from the held-out test
-evaluation (:mod:`arena_kd.heldout`), the nested soft-label ablation and the wall time / peak memory of every stage.
+evaluation (:mod:`arena_kd.heldout`), the nested soft-label ablation, every trained model's training curves
+(``training_curves.png`` in each stage folder) and the wall time / peak memory of every stage.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from arena_kd.common.io import atomic_write_json, atomic_write_text, read_keyed_
 from arena_kd.common.keys import LOGIT_COLUMNS
 from arena_kd.common.metrics import log_loss, log_loss_difference, softmax, verdict
 from arena_kd.common.profiling import StageRecord
-from arena_kd.common.tables import bar_chart, format_table
+from arena_kd.common.tables import bar_chart, format_table, training_curves_chart
 from arena_kd.heldout import FINAL, Evaluation
 
 UNIFORM_LOG_LOSS = float(np.log(3.0))
@@ -58,20 +59,32 @@ def format_verdicts(lines: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+OWN_CONSTANT = "class prior of this source (oracle)"
+
+
+def source_constants(ev: Evaluation) -> dict[str, np.ndarray]:
+    """source -> its own constant answer on its test rows: the pooled label frequencies (A/B pooled, +1 smoothing, as
+    the class prior) of that source's training rows. An oracle (test rows carry no source), and the bar a model must
+    clear to show it learned which answer is better rather than which source a row comes from (HH has no ties:
+    ~0.693)."""
+    from arena_kd.stacking.candidates import pooled_prior
+
+    if ev.train is None or ev.sources is None:
+        return {}
+    own = {}
+    for src, m in ev.source_masks().items():
+        y = ev.train.loc[ev.train["source"] == src, "label"].to_numpy(dtype=np.int64)
+        if len(y):
+            own[src] = np.tile(pooled_prior(y), (int(m.sum()), 1))
+    return own
+
+
 def per_source(ev: Evaluation) -> list[dict[str, Any]]:
-    """Per test source: uniform, class prior, the source's own training prior (an oracle: test rows carry no source),
-    length-only, students, stacker candidates, final."""
-    extra = {}
-    if ev.train is not None and ev.sources is not None:
-        own = {}
-        for src, m in ev.source_masks().items():
-            y = ev.train.loc[ev.train["source"] == src, "label"].to_numpy(dtype=np.int64)
-            if len(y):
-                c = np.bincount(y, minlength=3)[:3] + 1.0
-                own[src] = np.tile(c / c.sum(), (int(m.sum()), 1))
-        extra["class prior of this source (oracle)"] = own
-    stages = [s for s in ev.probs if not s.startswith("teacher ")]
-    return ev.per_source_rows(stages, extra)
+    """Per test source: every stage (uniform, class prior, teachers, students, stacker candidates, final) and the
+    source's own constant (:func:`source_constants`); each row paired against that constant (``vs``: does the stage
+    beat it?)."""
+    own = source_constants(ev)
+    return ev.per_source_rows(list(ev.probs), {OWN_CONSTANT: own} if own else None, baseline=OWN_CONSTANT)
 
 
 def plot_log_loss(rows: list[dict[str, Any]], path: Path) -> None:
@@ -123,11 +136,56 @@ def _held_out_section(ev: Evaluation, out: Path, report: dict[str, Any]) -> list
                      "difference excludes zero.\n\n" + format_verdicts(lines) + "\n")
     by_source = per_source(ev)
     if by_source:
-        parts.append("### Per source\n\n" + format_table(by_source) + "\n")
+        parts.append("### Per source\n\nUniform scores log 3 = 1.0986 everywhere. A source's own constant (its "
+                     "training label frequencies, A/B pooled) already knows which source a row comes from: only a "
+                     "stage that beats it (paired 95% interval below zero) has learned which answer is better.\n\n"
+                     + format_table(by_source, versus="own constant") + "\n")
     plot_log_loss(rows, out / "report_logloss.png")
     parts.append("![log loss per stage](report_logloss.png)\n")
     report.update({"rows": rows, "verdicts": lines, "per_source": by_source, "selection": selection})
     return parts
+
+
+def training_runs(workdir: Path) -> dict[Path, dict[str, Path]]:
+    """Stage folder -> {run name: its metrics.jsonl} for every model trained under ``workdir``: a run is the
+    ``fold<k>`` or ``final/run`` folder llm.train wrote its per-step log into (teachers/<name>, student, and the
+    ablations' student folders)."""
+    out: dict[Path, dict[str, Path]] = {}
+    for path in sorted(workdir.rglob("metrics.jsonl")):
+        parts = path.relative_to(workdir).parts[:-1]
+        at = [i for i, p in enumerate(parts) if p == "final" or (p.startswith("fold") and p[4:].isdigit())]
+        if at:
+            out.setdefault(workdir.joinpath(*parts[:at[-1]]), {})["/".join(parts[at[-1]:])] = path
+    return out
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    lines = (ln for ln in path.read_text().splitlines() if ln.strip())
+    out = []
+    for ln in lines:
+        try:
+            out.append(json.loads(ln))
+        except json.JSONDecodeError:  # a line cut by a killed run: the curve skips it
+            continue
+    return out
+
+
+def write_training_curves(workdir: Path) -> list[tuple[str, str]]:
+    """``training_curves.png`` in every stage folder with logged training steps; [(stage, path relative to workdir)]."""
+    written = []
+    for stage_dir, runs in training_runs(workdir).items():
+        name = str(stage_dir.relative_to(workdir))
+        png = stage_dir / "training_curves.png"
+        if training_curves_chart({run: _read_jsonl(p) for run, p in runs.items()}, png, title=name):
+            written.append((name, str(png.relative_to(workdir))))
+    return written
+
+
+def _curves_section(curves: list[tuple[str, str]]) -> str:
+    links = "\n".join(f"![training curves of {name}]({png})" for name, png in curves)
+    return ("## Training curves\n\nThe loss terms each model logged per step (every `train.logging_steps`), one line "
+            "per fold model and the final model: hard-label CE, the KL to the teachers (the KD term, scaled neither by "
+            "alpha nor T²) and the cosine term when used.\n\n" + links + "\n")
 
 
 def _nested_section(cmp: dict[str, Any]) -> str:
@@ -155,6 +213,10 @@ def write_report(cfg: PipelineConfig, ev: Evaluation | None, records: list[Stage
         if cmp is not None:
             parts.append(_nested_section(cmp))
             report["nested_oof"] = cmp
+    curves = write_training_curves(out)
+    if curves:
+        parts.append(_curves_section(curves))
+        report["training_curves"] = dict(curves)
     parts.append("## Wall time and peak memory per stage\n")
     lines = ["| stage | wall time (s) | peak RSS (MiB) |", "|---|---|---|"]
     lines += [f"| {s['stage']} | {s['seconds']:.1f} | {s['peak_rss_mib']:.0f} |" for s in stages]

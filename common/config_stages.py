@@ -96,10 +96,49 @@ class DistillConfig(Section):
         False, description="Fold students learn from the nested soft labels (teachers.nested must be true): a fold-k "
         "student then never sees fold k's labels through its teachers, so its OOF is not optimistic. The final student "
         "always uses the plain soft labels.")
-    per_teacher_weights: Literal["equal", "combine"] = Field(
-        "equal", description="With per_teacher: equal weight per teacher (1st place) or the weights teachers.combine "
-        "chose (soft-label sidecar)."
+    per_teacher_weights: Literal["equal", "combine", "fixed"] = Field(
+        "equal", description="With per_teacher: equal weight per teacher (1st place), the weights teachers.combine "
+        "chose (soft-label sidecar), or fixed: `teacher_weights` by teacher name."
     )
+    teacher_weights: dict[str, float] | None = Field(
+        None, description="per_teacher_weights=fixed: a weight >= 0 per teacher name (normalised to sum 1; every "
+        "teacher of the soft labels named). Trades the teachers' shares of the soft terms by hand.")
+    mix: Literal["alpha", "winners"] = Field(
+        "alpha", description="alpha: (1-alpha)*CE + alpha*T^2*KL (+ cosine_weight*cos); winners: the 1st place's "
+        "(CE + KL to each teacher + cosine to each teacher's logits) / (1 + 2k), T = 1, alpha unused "
+        "(student/losses.py).")
+    cosine_weight: float = Field(
+        0.0, ge=0, le=10, description="alpha mix: weight of 1 - cos(student, teacher logits) (centred) added to the "
+        "loss; 0 = no cosine term. Pulls the logits' direction, not only the softmax, towards the teacher's.")
+
+    @property
+    def uses_teachers(self) -> bool:
+        """Whether the loss reads the soft labels (alpha > 0, a cosine term, or the winners' mix)."""
+        return self.alpha > 0 or self.cosine_weight > 0 or self.mix == "winners"
+
+    @model_validator(mode="after")
+    def _mix_settings(self) -> "DistillConfig":
+        if self.per_teacher_weights == "fixed" and not self.teacher_weights:
+            raise ValueError("per_teacher_weights=fixed needs `teacher_weights` (a weight per teacher name)")
+        if self.teacher_weights and (min(self.teacher_weights.values()) < 0 or sum(self.teacher_weights.values()) <= 0):
+            raise ValueError("teacher_weights must be >= 0 with a positive sum")
+        if self.mix == "winners" and self.temperature != 1.0:
+            raise ValueError("mix=winners is defined at T = 1: set student.distill.temperature=1")
+        return self
+
+
+class ExtraPairsConfig(Section):
+    enabled: bool = Field(
+        False, description="Also train the student on the data.extra pairs the teachers pseudo-labelled "
+        "(teachers.predict_extra): soft terms only (no hard label). Extra rows on a test or training prompt as an "
+        "exact pair are dropped; the others follow their question's fold (never train the fold that scores it) and "
+        "are never scored. Costs training time linear in the rows added.")
+    weight: float = Field(1.0, ge=0, le=10, description="Scale of an extra row's loss against a labelled row's "
+                          "(1 = the same soft terms; < 1 trusts the pseudo-labels less).")
+    max_rows: int | None = Field(None, ge=1, description="Use at most N extra rows (seeded subset after the "
+                                 "filters); null = all. Training time grows with the rows.")
+    soft_labels: str | None = Field(None, description="Pseudo-labels of the extra rows; default "
+                                    "<workdir>/teachers/soft_labels_extra.parquet.")
 
 
 class StudentConfig(Section):
@@ -107,6 +146,8 @@ class StudentConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig, description="Student training.")
     predict: PredictConfig = Field(default_factory=PredictConfig, description="OOF and export inference settings.")
     distill: DistillConfig = Field(default_factory=DistillConfig, description="Distillation loss.")
+    extra_pairs: ExtraPairsConfig = Field(default_factory=ExtraPairsConfig, description="Unlabelled extra pairs "
+                                          "with the teachers' soft labels (student/extra_pairs.py).")
     oof: bool = Field(True, description="Train k fold students for honest OOF logits (needed by the stacker).")
     predict_heldout: bool = Field(
         True, description="With oof and data.max_rows below the labelled rows: every fold student also predicts the "

@@ -38,19 +38,34 @@ def _interval(r: dict[str, Any]) -> str:
     return "—" if lo is None or not np.isfinite(lo) else f"[{lo:.4f}, {r['hi']:.4f}]"
 
 
-def format_table(rows: list[dict[str, Any]], *, counts: bool = False) -> str:
+def _versus(r: dict[str, Any]) -> str:
+    """The paired-difference cells of a row against a baseline (``vs``: {diff, lo, hi, answer}), or dashes."""
+    v = r.get("vs")
+    if not v:
+        return " — | — | — |"
+    ci = "—" if v.get("lo") is None else f"[{v['lo']:+.4f}, {v['hi']:+.4f}]"
+    return f" {v['diff']:+.4f} | {ci} | {v['answer']} |"
+
+
+def format_table(rows: list[dict[str, Any]], *, counts: bool = False, versus: str | None = None) -> str:
     """Markdown (readable on the console too): stage, [rows,] log loss, its 95% interval, accuracy, note; a 'source'
-    column first when the rows carry one; "—" where a stage has no predictions or no interval."""
+    column first when the rows carry one; "—" where a stage has no predictions or no interval. ``versus``: the name of
+    a baseline every row's ``vs`` entry was paired against — three more columns (the difference, its interval, and
+    whether the stage beats the baseline)."""
     by_src = any("source" in r for r in rows)
-    head = "| stage | rows | log loss | 95% interval | accuracy | note |" if counts else \
-        "| stage | log loss | 95% interval | accuracy | note |"
-    rule = "|---|---:|---:|---|---:|---|" if counts else "|---|---|---|---|---|"
-    lines = [("| source " if by_src else "") + head, ("|---" if by_src else "") + rule]
+    head = "| stage | rows | log loss | 95% interval | accuracy |" if counts else \
+        "| stage | log loss | 95% interval | accuracy |"
+    rule = "|---|---:|---:|---|---:|" if counts else "|---|---|---|---|"
+    if versus:
+        head += f" minus {versus} | 95% interval | beats it? |"
+        rule += "---:|---|---|"
+    lines = [("| source " if by_src else "") + head + " note |", ("|---" if by_src else "") + rule + "---|"]
     for r in rows:
         src = f"| {r['source']} " if by_src else ""
         n = f" {r['rows']} |" if counts else ""
+        vs = _versus(r) if versus else ""
         lines.append(f"{src}| {r['stage']} |{n} {_number(r['log_loss'])} | {_interval(r)} | "
-                     f"{_number(r['accuracy'], 3)} | {r.get('note', '')} |")
+                     f"{_number(r['accuracy'], 3)} |{vs} {r.get('note', '')} |")
     return "\n".join(lines)
 
 
@@ -86,3 +101,30 @@ def bar_chart(labels: Sequence[str], values: Sequence[float], path: Path, *, xla
     if xlim is not None:
         ax.set_xlim(*xlim)
     save_figure(fig, path, dpi)
+
+
+TRAINING_TERMS = {"loss_ce": "hard-label CE", "loss_kl": "KL to the teachers (KD)",
+                  "loss_cos": "cosine to the teachers"}
+
+
+def training_curves_chart(runs: dict[str, list[dict[str, Any]]], path: Path, *, title: str, dpi: int = 90) -> bool:
+    """One panel per logged loss term (TRAINING_TERMS, else the total ``loss``) against the step, one line per run
+    (e.g. fold0, fold1, final): the per-step log records of llm.trainer (metrics.jsonl). False (nothing written) when
+    no run logged a training step."""
+    steps = {name: [r for r in recs if "loss" in r and "step" in r] for name, recs in runs.items()}
+    steps = {n: recs for n, recs in steps.items() if recs}
+    terms = [t for t in TRAINING_TERMS if any(t in r for recs in steps.values() for r in recs)] or ["loss"]
+    if not steps:
+        return False
+    fig, axes = pyplot().subplots(1, len(terms), figsize=(4.2 * len(terms), 3.2), squeeze=False)
+    for ax, term in zip(axes[0], terms):
+        for name, recs in steps.items():
+            pts = [(r["step"], r[term]) for r in recs if term in r]
+            if pts:
+                ax.plot(*zip(*pts), marker=".", lw=1, label=name)
+        ax.set_title(TRAINING_TERMS.get(term, "training loss"), fontsize=9)
+        ax.set_xlabel("step")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    save_figure(fig, path, dpi)
+    return True

@@ -72,3 +72,16 @@ def load_training_data(cfg: PipelineConfig) -> TrainingData:
         folds_path=Path(folds_path),
         heldout=heldout,
     )
+
+
+def read_extra(cfg: PipelineConfig, train_ids: pd.Series) -> pd.DataFrame:
+    """The data.extra rows (canonical, label NA where the file has none), in file order; ids must be unique and no
+    training id (UserError otherwise): the teachers pseudo-label them, the student may train on them."""
+    from arena_kd.data.readers import read_pairs
+
+    extra = pd.concat([read_pairs(p, fmt="auto", seed=cfg.seed) for p in cfg.data.extra], ignore_index=True)
+    dup = extra["id"].astype(str).duplicated() | extra["id"].astype(str).isin(set(train_ids.astype(str)))
+    if dup.any():
+        raise UserError(f"data.extra: id '{extra.loc[dup, 'id'].iloc[0]}' is repeated or also a training id; "
+                        "extra ids must be unique")
+    return extra.reset_index(drop=True)

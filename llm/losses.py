@@ -3,8 +3,10 @@ run's resume hash (``loss_key``).
 
 A loss is ``loss_fn(logits float[B,3], batch) -> (loss, {term: float})`` where ``batch["labels"]`` is long[B] and
 ``batch["teacher_logits"]`` float[B,3] or float[B,k,3] when the training frame has a ``teacher_logits`` column; the
-loss is a mean over the B rows. The shipped losses name themselves (``name()``) and give their own resume identity
-(``resume_key()``), frozen at the keys written before issue 15 moved them (tests/test_losses.py).
+loss is a mean over the B rows. A loss whose ``takes_unlabelled_rows`` attribute is true also takes rows without a
+hard label (``labels`` = -100 there); the others are given labelled rows only (llm.train refuses a missing label).
+The shipped losses name themselves (``name()``) and give their own resume identity (``resume_key()``), frozen at the
+keys written before issue 15 moved them (tests/test_losses.py).
 """
 
 from __future__ import annotations

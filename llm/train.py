@@ -129,11 +129,12 @@ def _latest_checkpoint(ckpt_dir: Path) -> Path | None:
 
 
 def _datasets(train_df: pd.DataFrame, eval_df: pd.DataFrame | None, tokenizer, max_length: int, rc: RenderConfig,
-              swap: str, where: str) -> tuple[PairDataset, PairDataset | None]:
-    """The training rows (both orientations rendered unless swap is 'none') and the labelled eval rows (or None)."""
+              swap: str, where: str, unlabelled_ok: bool = False) -> tuple[PairDataset, PairDataset | None]:
+    """The training rows (both orientations rendered unless swap is 'none') and the labelled eval rows (or None).
+    ``unlabelled_ok``: the loss takes rows without a hard label (label -100; e.g. student.losses), else refused."""
     ids = render_ids(train_df, tokenizer, max_length, rc, swap=False)
     ids_sw = render_ids(train_df, tokenizer, max_length, rc, swap=True) if swap != "none" else None
-    data = PairDataset(ids, ids_sw, labels_array(train_df, where + " (train)", required=True),
+    data = PairDataset(ids, ids_sw, labels_array(train_df, where + " (train)", required=not unlabelled_ok),
                        teacher_array(train_df, where + " (train)"))
     eval_data = None
     if eval_df is not None and len(eval_df):
@@ -259,7 +260,8 @@ def train_classifier(
     )
     set_seed(seed)  # from here on: data order, swaps, dropout
     rc = render_cfg
-    data, eval_data = _datasets(train_df, eval_df, tokenizer, max_length, rc, train_cfg.swap_augmentation, str(out))
+    data, eval_data = _datasets(train_df, eval_df, tokenizer, max_length, rc, train_cfg.swap_augmentation, str(out),
+                                unlabelled_ok=bool(getattr(loss_fn, "takes_unlabelled_rows", False)))
     use_pos = accepts_position_ids(model)
     collator = PairCollator(tokenizer.pad_token_id, info["padding_side"], train_cfg.swap_augmentation, seed, use_pos)
 

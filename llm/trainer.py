@@ -111,6 +111,13 @@ class ClassifierTrainer(Trainer):
             return self._epoch_sampler
         return super()._get_train_sampler(train_dataset)
 
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device):
+        """Rows in the accumulated step, every row counted: HF counts labels != -100, but a row without a hard label
+        (label -100, a loss with ``takes_unlabelled_rows``) still carries its soft terms, and a micro-batch of such
+        rows alone would divide by zero (NaN gradients)."""
+        rows = [{**b, "labels": torch.zeros_like(b["labels"])} if "labels" in b else b for b in batch_samples]
+        return super()._get_num_items_in_batch(rows, device)
+
     def get_resumed_dataloader(self, dataloader, num_batches: int):
         """The resumed epoch's loader (first ``num_batches`` skipped), its sampler set to that epoch.
 

@@ -19,6 +19,7 @@ import pandas as pd
 
 from arena_kd.common.config import PipelineConfig, write_resolved
 from arena_kd.common.config_model import PLACEMENT_FIELDS
+from arena_kd.common.config_stages import DistillConfig
 from arena_kd.common.errors import UserError
 from arena_kd.common.io import atomic_write_json, json_hash, read_keyed_table, write_keyed_table
 from arena_kd.common.keys import LOGIT_COLUMNS
@@ -39,9 +40,12 @@ from arena_kd.kfold.runner import (
 )
 from arena_kd.kfold.soft_labels import SoftLabels, attach_teacher_logits, load_soft_labels
 from arena_kd.kfold.training_data import TrainingData, load_training_data
-from arena_kd.student.losses import DistillationLoss
+from arena_kd.student.extra_pairs import ExtraPairs, load_extra_pairs, rows_for_fold, with_extra
+from arena_kd.student.losses import DistillationLoss, WinnersLoss
 
 OOF_COLUMNS = ["id", "fold", *LOGIT_COLUMNS, *ORIG_COLUMNS, *SWAP_COLUMNS]
+# distill settings added after runs were made (issue 21): hashed only when set
+ADDED_DISTILL_KEYS = ("teacher_weights", "mix", "cosine_weight")
 
 
 def student_dir(cfg: PipelineConfig) -> Path:
@@ -53,6 +57,9 @@ def student_config_hash(cfg: PipelineConfig) -> str:
     s = cfg.student.model_dump(mode="json", include={"model", "train", "predict", "distill"},
                                exclude={"model": set(PLACEMENT_FIELDS)})  # placement: where, not what (as for teachers)
     s["distill"].pop("soft_labels", None)  # the file's content hash is tracked separately
+    for key in ADDED_DISTILL_KEYS:  # at their defaults they change nothing: runs made before them stay valid
+        if s["distill"].get(key) == DistillConfig.model_fields[key].default:
+            s["distill"].pop(key, None)
     return json_hash({"student": s, "render": cfg.render.model_dump(mode="json"), "seed": cfg.seed})
 
 
@@ -63,7 +70,7 @@ def _print_compare(title: str, student: dict, teacher: dict | None) -> None:
 
 
 def _oof_stage(cfg, data: TrainingData, frame: pd.DataFrame, soft: SoftLabels | None, hashes, loss_fn, *, force,
-               fault) -> pd.DataFrame:
+               fault, extra: ExtraPairs | None = None) -> pd.DataFrame:
     sdir = student_dir(cfg)
     s = cfg.student
 
@@ -71,11 +78,13 @@ def _oof_stage(cfg, data: TrainingData, frame: pd.DataFrame, soft: SoftLabels | 
 
     def fit_predict(k: int, train_df: pd.DataFrame, valid_df: pd.DataFrame, fold_dir: Path):
         # nested: teacher labels from teachers that never saw fold k (teachers/nested.py writes them)
-        if s.distill.nested and s.distill.alpha > 0:
+        if s.distill.nested and s.distill.uses_teachers:
             from arena_kd.kfold.soft_labels import load_nested_logits
 
             nested = load_nested_logits(cfg.soft_labels_path(), k, train_df["id"], s.distill.per_teacher)
             train_df = train_df.assign(teacher_logits=nested)
+        # the extra rows whose question is not in fold k (student/extra_pairs.py); never among the scored rows
+        train_df = with_extra(train_df, rows_for_fold(extra, k))
         from arena_kd.llm.train import frame_texts  # heavy: only once the data is checked (see teachers.run)
 
         tta, meta, held = train_and_predict(
@@ -147,7 +156,8 @@ def _average_heldout(sdir: Path, folds: list[int], heldout: pd.DataFrame, hashes
     return out
 
 
-def _final_stage(cfg, frame: pd.DataFrame, hashes: dict[str, str], loss_fn, *, force: bool):
+def _final_stage(cfg, frame: pd.DataFrame, hashes: dict[str, str], loss_fn, *, force: bool,
+                 extra: ExtraPairs | None = None):
     """Train/average the final adapter. Returns (adapter_dir, in-memory (model, tokenizer) or None, final hashes)."""
     sdir = student_dir(cfg)
     s = cfg.student
@@ -172,7 +182,8 @@ def _final_stage(cfg, frame: pd.DataFrame, hashes: dict[str, str], loss_fn, *, f
         print(f"[student] final: training on all {len(frame)} rows")
         # no held-out rows exist in full mode: evaluate (on training rows, a sanity check) only when asked to
         eval_df = frame.head(min(len(frame), 64)).reset_index(drop=True) if s.train.eval_steps else None
-        result = train_classifier(s.model, s.train, cfg.render, frame, eval_df, fdir / "run", seed=cfg.seed,
+        train_df = with_extra(frame, None if extra is None else extra.frame)  # every extra row: no fold is scored
+        result = train_classifier(s.model, s.train, cfg.render, train_df, eval_df, fdir / "run", seed=cfg.seed,
                                   workdir=cfg.workdir, loss_fn=loss_fn,
                                   tokenizer_texts=frame_texts(frame))
         adapter = Path(result.adapter_dir)
@@ -205,6 +216,30 @@ def _export_stage(cfg, frame: pd.DataFrame, adapter: Path, holder: list, fhashes
     return export_student(cfg, frame, adapter, in_memory, fhashes, force=force)
 
 
+def _teacher_weights(d: DistillConfig, soft: SoftLabels) -> list[float] | None:
+    """Per-teacher weights of the soft terms (per_teacher_weights; None = equal)."""
+    if not d.per_teacher or d.per_teacher_weights == "equal":
+        return None
+    if d.per_teacher_weights == "combine":
+        if soft.teacher_weights is None:
+            raise UserError(f"{soft.path}: per_teacher_weights=combine but the sidecar has no weights for "
+                            f"{', '.join(soft.teacher_names)}")
+        return soft.teacher_weights
+    missing = [n for n in soft.teacher_names if n not in d.teacher_weights]
+    if missing:
+        raise UserError(f"student.distill.teacher_weights: no weight for teacher '{missing[0]}' of {soft.path}")
+    return [float(d.teacher_weights[n]) for n in soft.teacher_names]
+
+
+def make_loss(d: DistillConfig, weights: list[float] | None, unlabelled_weight: float = 1.0):
+    """The student's loss_fn for ``student.distill`` (student/losses.py): the alpha mix or the winners' mix."""
+    if d.mix == "winners":
+        return WinnersLoss(teacher_weights=weights, unlabelled_weight=unlabelled_weight)
+    return DistillationLoss(alpha=d.alpha, temperature=d.temperature, label_smoothing=d.label_smoothing,
+                            teacher_weights=weights, cosine_weight=d.cosine_weight,
+                            unlabelled_weight=unlabelled_weight)
+
+
 def run_distill(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
     """k-fold student OOF (resumable per fold) → final student → export. Returns a summary dict."""
     t0 = time.time()
@@ -218,36 +253,38 @@ def run_distill(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
 
     soft = None
     soft_path = cfg.soft_labels_path()
-    if d.alpha > 0 or soft_path.is_file():
+    if d.uses_teachers or soft_path.is_file():
         soft = load_soft_labels(soft_path, data.frame["id"])
     frame = data.frame
     weights = None
-    if d.alpha > 0:
+    if d.uses_teachers:
         frame = attach_teacher_logits(frame, soft, d.per_teacher)
-        if d.per_teacher and d.per_teacher_weights == "combine":
-            if soft.teacher_weights is None:
-                raise UserError(f"{soft.path}: per_teacher_weights=combine but the sidecar has no weights for "
-                                f"{', '.join(soft.teacher_names)}")
-            weights = soft.teacher_weights
+        weights = _teacher_weights(d, soft)
     # the config check cannot see a file made under another config
-    if soft is not None and d.alpha > 0 and d.temperature != 1.0:
+    if soft is not None and d.uses_teachers and d.temperature != 1.0:
         tc = float(soft.temperature)
         if tc != 1.0:
             raise UserError(f"{soft.path}: soft labels already tempered at T={tc:g} (teachers.combine.temperature) "
                             f"and student.distill.temperature={d.temperature:g}: the temperatures would compound; "
                             "set one of them to 1")
-    loss_fn = DistillationLoss(alpha=d.alpha, temperature=d.temperature, label_smoothing=d.label_smoothing,
-                               teacher_weights=weights)
+    extra = None
+    if s.extra_pairs.enabled and d.uses_teachers:
+        extra = load_extra_pairs(cfg, data, soft, d.per_teacher)
+    elif s.extra_pairs.enabled:
+        print("[student] extra pairs: not used by a hard-label student (alpha=0: they have no hard label)")
+    loss_fn = make_loss(d, weights, s.extra_pairs.weight if extra is not None else 1.0)
     hashes = {
         "config": student_config_hash(cfg),
         "data": data.data_hash,
         "folds": data.folds_hash,
-        "soft_labels": soft.file_hash if (soft is not None and d.alpha > 0) else "unused",
+        "soft_labels": soft.file_hash if (soft is not None and d.uses_teachers) else "unused",
     }
+    if extra is not None:  # which extra rows, their pseudo-labels and folds (absent without: older runs stay valid)
+        hashes["extra_pairs"] = extra.hash
     held = heldout_rows(cfg, data)
     if held is not None:  # which rows the fold students also predict (changes the fold files' content)
         hashes["heldout"] = json_hash(sorted(held["id"].astype(str)))
-    if d.nested and d.alpha > 0 and s.oof:
+    if d.nested and d.uses_teachers and s.oof:
         from arena_kd.common.io import file_hash
         from arena_kd.kfold.soft_labels import nested_soft_labels_path
 
@@ -260,10 +297,10 @@ def run_distill(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
     summary: dict[str, Any] = {"hashes": hashes}
     fault = FaultInjector()
     if s.oof:
-        oof = _oof_stage(cfg, data, frame, soft, hashes, loss_fn, force=force, fault=fault)
+        oof = _oof_stage(cfg, data, frame, soft, hashes, loss_fn, force=force, fault=fault, extra=extra)
         summary["oof_rows"] = len(oof)
     if s.final != "none":
-        adapter, in_memory, fhashes = _final_stage(cfg, frame, hashes, loss_fn, force=force)
+        adapter, in_memory, fhashes = _final_stage(cfg, frame, hashes, loss_fn, force=force, extra=extra)
         holder = [in_memory]  # the export stage takes the trained model out of here and frees it
         del in_memory
         summary["export_dir"] = str(main_write(_export_stage, cfg, frame, adapter, holder, fhashes, force=force))

@@ -32,7 +32,7 @@ from arena_kd.kfold.fold_model import train_and_predict
 from arena_kd.kfold.oof import align_logits, oof_logits, read_teacher_logits
 from arena_kd.kfold.runner import FaultInjector, fold_metrics, mean_fold_logprobs, model_meta, run_folds, tta_frame
 from arena_kd.kfold.soft_labels import teacher_columns
-from arena_kd.kfold.training_data import TrainingData, load_training_data
+from arena_kd.kfold.training_data import TrainingData, load_training_data, read_extra
 from arena_kd.teachers.combine import combine_logits, resolve_weights, teacher_probs, temper_logits
 
 
@@ -69,15 +69,7 @@ def _load_extra(cfg: PipelineConfig, train_ids: pd.Series) -> pd.DataFrame | Non
     """data.extra rows to pseudo-label (ids must not collide with training ids)."""
     if not cfg.teachers.predict_extra or not cfg.data.extra:
         return None
-    from arena_kd.data.readers import read_pairs
-
-    frames = [read_pairs(p, fmt="auto", seed=cfg.seed) for p in cfg.data.extra]
-    extra = pd.concat(frames, ignore_index=True)
-    dup = extra["id"].astype(str).duplicated() | extra["id"].astype(str).isin(set(train_ids.astype(str)))
-    if dup.any():
-        raise UserError(f"data.extra: id '{extra.loc[dup, 'id'].iloc[0]}' is repeated or also a training id; "
-                        "extra ids must be unique")
-    return extra.reset_index(drop=True)
+    return read_extra(cfg, train_ids)
 
 
 def _overall(frame: pd.DataFrame, oof: pd.DataFrame) -> dict[str, float]:

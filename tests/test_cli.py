@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from _data_fixtures import kaggle_row, write_csv, write_kaggle_train
 
-COMMANDS = ["teachers", "distill", "stack", "submission", "evaluate", "validate-data", "plan", "package", "all"]
+COMMANDS = ["teachers", "distill", "stack", "submission", "evaluate", "validate-data", "plan", "package", "all",
+            "make-pairs"]
 SCRIPT = Path(sys.executable).parent / "arena-kd"
 
 
@@ -46,8 +47,16 @@ def test_command_help(command):
     res = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     assert "Usage:" in res.output and len(res.output.split("\n")) > 4
-    if command not in ("evaluate", "validate-data", "package"):  # package reads a run folder, not a config
+    # package reads a run folder, make-pairs data files: no config
+    if command not in ("evaluate", "validate-data", "package", "make-pairs"):
         assert "--config" in res.output and "--set" in res.output
+
+
+def test_make_pairs_user_errors_are_one_line(tmp_path):
+    out = tmp_path / "pairs.csv"
+    assert_user_error(run_cli("make-pairs", "--from", "nope.csv", "--exclude", "data/sample/test.csv", "--out",
+                              str(out)), "nope.csv")
+    assert not out.exists()
 
 
 def test_missing_config_file():

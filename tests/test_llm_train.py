@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from transformers import TrainerCallback
@@ -178,6 +179,27 @@ def test_missing_label_in_training_rows_is_a_user_error(tiny_llama_cfg, tiny_pai
     with pytest.raises(UserError, match=r"row 2, column 'label'"):
         train_classifier(tiny_llama_cfg, _tc(max_steps=1), RENDER, df, None, tmp_path / "run", seed=0, workdir=tmp_path,
                          progress=False)
+
+
+def test_rows_without_a_label_train_on_their_soft_terms_when_the_loss_takes_them(tiny_llama_cfg, tiny_pairs,
+                                                                                  tmp_path):
+    # issue 21: extra pairs have no hard label (-100 in the batch). A micro-batch of such rows alone holds no label
+    # at all: HF's count of labels != -100 is 0 there and the rescaled loss NaN; every row counts instead
+    from arena_kd.student.losses import DistillationLoss
+
+    df = tiny_pairs.head(4).copy()
+    df["label"] = pd.array([pd.NA] * 4, dtype="Int8")
+    df["teacher_logits"] = [np.array([3.0, 0.0, 0.0], dtype=np.float32)] * 4
+    with pytest.raises(UserError, match="missing label"):  # the default loss refuses them
+        train_classifier(tiny_llama_cfg, _tc(), RENDER, df, None, tmp_path / "ce", seed=0, workdir=tmp_path,
+                         progress=False)
+    res = train_classifier(tiny_llama_cfg, _tc(batch_size=4, max_steps=2), RENDER, df, None,
+                           tmp_path / "kd", seed=0, workdir=tmp_path, loss_fn=DistillationLoss(alpha=0.5),
+                           progress=False)
+    log = [json.loads(x) for x in (tmp_path / "kd" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "loss" in r]
+    assert len(steps) == 2 and all(np.isfinite(r["loss"]) and np.isfinite(r["grad_norm"]) for r in steps), steps
+    assert all(torch.isfinite(p).all() for p in res.model.parameters())
 
 
 def test_length_grouped_sampler_is_seeded_per_epoch_and_groups_lengths():

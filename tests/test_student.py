@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _fakes import fake_logits
+from _fakes import fake_logits, patch_train_and_predict
 
 import arena_kd.student.run as srun
 import arena_kd.teachers.run as trun
@@ -56,10 +56,7 @@ class FakeTrainer:
 
 @pytest.fixture
 def fake(monkeypatch):
-    f = FakeTrainer()
-    monkeypatch.setattr(trun, "train_and_predict", f)
-    monkeypatch.setattr(srun, "train_and_predict", f)
-    return f
+    return patch_train_and_predict(monkeypatch, FakeTrainer(), trun, srun)
 
 
 def test_oof_with_soft_labels_and_comparison(tmp_path, fake, capsys):

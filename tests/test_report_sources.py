@@ -1,0 +1,91 @@
+"""Issue 21 item 7: the report's per-source table (every stage against uniform, the class prior and the source's own
+constant, with 'does it beat its own constant?' from the paired interval) and the training curves it links."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from arena_kd.common.config import load_config
+from arena_kd.common.tables import format_table
+from arena_kd.heldout import Evaluation
+from arena_kd.report import OWN_CONSTANT, per_source, write_report, write_training_curves
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _evaluation() -> Evaluation:
+    # training rows: hh labels 0,1,0,1,0,1 (no ties); mt labels 0,1,2,2
+    train = pd.DataFrame({"label": [0, 1, 0, 1, 0, 1, 0, 1, 2, 2], "source": ["hh"] * 6 + ["mt"] * 4})
+    # test rows: hh 0,1,0,1 ; mt 0,2,1 — every row its own prompt group
+    y = np.array([0, 1, 0, 1, 0, 2, 1])
+    ev = Evaluation(labels=y, groups=np.arange(7), sources=np.array(["hh"] * 4 + ["mt"] * 3, dtype=object),
+                    train=train)
+    ev.add("uniform (1/3 each)", np.full((7, 3), 1 / 3))
+    ev.add("class prior (train frequencies)", np.tile([5 / 13, 5 / 13, 3 / 13], (7, 1)))  # pooled (4,4,2) + 1
+    model = np.vstack([np.tile([0.5, 0.5, 0.0], (4, 1)), np.full((3, 3), 1 / 3)])  # hh: no ties; mt: uniform
+    ev.add("model", model)
+    return ev
+
+
+def test_per_source_rows_against_the_sources_own_constant_hand_values():
+    rows = {(r["source"], r["stage"]): r for r in per_source(_evaluation())}
+    # own constants, A/B pooled + 1 smoothing: hh (3,3,0) -> (4,4,1)/9; mt (1,1,2) -> (2,2,3)/7
+    assert rows["hh", OWN_CONSTANT]["log_loss"] == pytest.approx(math.log(9 / 4), abs=1e-9)  # 0.810930
+    assert rows["mt", OWN_CONSTANT]["log_loss"] == pytest.approx((2 * math.log(7 / 2) + math.log(7 / 3)) / 3,
+                                                                 abs=1e-9)  # 1.117608
+    assert "vs" not in rows["hh", OWN_CONSTANT]
+    assert rows["hh", "uniform (1/3 each)"]["log_loss"] == pytest.approx(math.log(3), abs=1e-9)
+    assert rows["hh", "class prior (train frequencies)"]["log_loss"] == pytest.approx(math.log(13 / 5), abs=1e-9)
+    # hh: the model's ln 2 on every row beats the constant's ln(9/4) on every row: the interval is the point -0.117783
+    hh = rows["hh", "model"]
+    assert hh["log_loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert hh["vs"]["diff"] == pytest.approx(math.log(2) - math.log(9 / 4), abs=1e-6)
+    assert hh["vs"]["hi"] == pytest.approx(-0.117783, abs=1e-6) and hh["vs"]["answer"] == "yes"
+    # the class prior does not know the source: it loses to hh's constant on every row (ln(13/5) > ln(9/4))
+    assert rows["hh", "class prior (train frequencies)"]["vs"]["answer"] == "NO"
+    # mt: uniform minus the constant is -0.154151 on the label-0 row, +0.251314 on the tie and -0.154151 on the
+    # label-1 row: mean -0.018996, the interval straddles zero
+    mt = rows["mt", "model"]["vs"]
+    assert mt["diff"] == pytest.approx(math.log(3) - (2 * math.log(7 / 2) + math.log(7 / 3)) / 3, abs=1e-6)
+    assert mt["lo"] < 0 < mt["hi"] and mt["answer"] == "not resolved at this size"
+
+
+def test_per_source_table_shows_the_difference_its_interval_and_the_answer():
+    text = format_table(per_source(_evaluation()), versus="own constant")
+    head = text.splitlines()[0]
+    assert head == ("| source | stage | log loss | 95% interval | accuracy | minus own constant | 95% interval | "
+                    "beats it? | note |")
+    assert "| hh | model | 0.6931 | [0.6931, 0.6931] | 0.500 | -0.1178 | [-0.1178, -0.1178] | yes |" in text
+    assert f"| hh | {OWN_CONSTANT} | 0.8109 |" in text and "| — | — | — |" in text  # the baseline has no difference
+    # without `versus` the table is the one every other report prints
+    assert "minus" not in format_table(per_source(_evaluation())).splitlines()[0]
+
+
+def _log(path: Path, steps: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(s) + "\n" for s in steps) + "{\"step\": 9, \"cut")  # a killed run's last line
+
+
+def test_training_curves_written_next_to_each_stage_and_linked_from_the_report(tmp_path):
+    work = tmp_path / "work"
+    kd = [{"step": i, "loss": 1.0 / i, "loss_ce": 1.1 / i, "loss_kl": 0.1 / i} for i in range(1, 4)]
+    _log(work / "student" / "fold0" / "metrics.jsonl", kd)
+    _log(work / "student" / "final" / "run" / "metrics.jsonl", kd)
+    _log(work / "teachers" / "t1" / "fold1" / "metrics.jsonl", [{"step": 1, "loss": 1.0}])
+    _log(work / "ablation_hard_student" / "student" / "final" / "run" / "metrics.jsonl",
+         [{"step": 1, "train_runtime": 3.0}])  # no training step logged: no figure
+    curves = dict(write_training_curves(work))
+    assert curves == {"student": "student/training_curves.png", "teachers/t1": "teachers/t1/training_curves.png"}
+    for png in curves.values():
+        assert (work / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    cfg = load_config(ROOT / "configs" / "smoke.yaml", [f"workdir={work}"])
+    report = write_report(cfg, None, [])
+    text = (work / "report.md").read_text()
+    assert "## Training curves" in text and "![training curves of student](student/training_curves.png)" in text
+    assert report["training_curves"] == curves
