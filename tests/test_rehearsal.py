@@ -106,7 +106,7 @@ def test_student_copy_beyond_tolerance_is_not_used(monkeypatch, tmp_path, caplog
         backend = load_student(tmp_path, quantization="8bit", dtype="fp16", devices=["cuda:0", "cuda:1"])
     assert [r.device for r in backend.replicas] == ["cuda:0"] and backend.checks["cuda:1"]["ok"] is False
     assert "0.3100" in caplog.text and "2/16 rows non-finite" in caplog.text and "not used" in caplog.text
-    with pytest.raises(RuntimeError, match="not the trained model within tolerance"):
+    with pytest.raises(RuntimeError, match="not verified as the trained model: 8bit/fp16: max"):
         load_student(tmp_path, quantization="8bit", dtype="fp16", devices=["cuda:1"])
 
 
