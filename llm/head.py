@@ -32,7 +32,7 @@ def classification_head(model) -> torch.nn.Module | None:
 
 
 def reinit_head(model, std: float, seed: int | None = None) -> None:
-    """Re-initialise the classification head: weight ~ N(0, std), bias 0."""
+    """Re-initialise the classification head: weight ~ N(0, std) (std 0: all zeros), bias 0."""
     head = classification_head(model)
     if head is None:
         raise UserError(f"{type(model).__name__}: no classification head ('score' or 'classifier') to initialise")

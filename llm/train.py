@@ -280,6 +280,7 @@ def train_classifier(
         compute_metrics=eval_metrics,
         callbacks=[EpochCallback(collator), JsonlMetricsCallback(out / METRICS_FILE), *(callbacks or [])],
         loss_fn=loss_fn,
+        head_learning_rate=train_cfg.head_learning_rate,
         lengths=data.lengths,
     )
     ckpt = None

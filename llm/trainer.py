@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback
 
+from arena_kd.llm.head import classification_head
 from arena_kd.llm.losses import LossFn
 from arena_kd.llm.pair_data import PairCollator
 
@@ -92,10 +93,12 @@ class ClassifierTrainer(Trainer):
 
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args, loss_fn: LossFn, lengths: list[int] | None = None, **kw):
+    def __init__(self, *args, loss_fn: LossFn, lengths: list[int] | None = None,
+                 head_learning_rate: float | None = None, **kw):
         super().__init__(*args, **kw)
         self.loss_fn = loss_fn
         self.lengths = lengths
+        self.head_learning_rate = head_learning_rate
         self.model_accepts_loss_kwargs = True  # makes Trainer count rows per accumulated step (num_items_in_batch)
         self._terms: dict[str, float] = {}
         self._term_rows = 0
@@ -110,6 +113,27 @@ class ClassifierTrainer(Trainer):
             self._epoch_sampler = EpochLengthGroupedSampler(rows, self.lengths, seed)
             return self._epoch_sampler
         return super()._get_train_sampler(train_dataset)
+
+    def create_optimizer(self, model=None):
+        """HF's optimizer, with the classification head's parameters moved into their own groups at
+        ``head_learning_rate`` (same weight-decay split; the scheduler scales every group's peak alike)."""
+        opt = super().create_optimizer(model)
+        if self.head_learning_rate is None or getattr(self, "_head_groups_done", False):
+            return opt
+        head = classification_head(self.model if model is None else model)
+        head_ids = {id(p) for p in head.parameters()} if head is not None else set()
+        moved = []
+        for group in opt.param_groups:
+            stay = [p for p in group["params"] if id(p) not in head_ids]
+            if len(stay) < len(group["params"]):
+                moved.append({**group, "params": [p for p in group["params"] if id(p) in head_ids],
+                              "lr": self.head_learning_rate, "initial_lr": self.head_learning_rate})
+                group["params"] = stay
+        if not moved:
+            raise RuntimeError("train.head_learning_rate: no trainable classification-head parameter in the optimizer")
+        opt.param_groups[:] = [g for g in opt.param_groups if g["params"]] + moved
+        self._head_groups_done = True
+        return opt
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device):
         """Rows in the accumulated step, every row counted: HF counts labels != -100, but a row without a hard label

@@ -234,3 +234,33 @@ def test_bpe_tokenizer_texts_can_be_shared_across_folds(tiny_llama_cfg, tiny_pai
                          progress=False)
     assert a.tokenizer.get_vocab() == b.tokenizer.get_vocab()
     assert c.tokenizer.get_vocab() != a.tokenizer.get_vocab()  # default: the fold's own texts
+
+
+class _Snapshot(TrainerCallback):
+    """Trainable parameters at the start of training (the fresh head, LoRA A/B or the full body)."""
+
+    def on_train_begin(self, args, state, control, model=None, **kw):
+        self.start = {k: v.detach().float().clone() for k, v in model.named_parameters() if v.requires_grad}
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_head_learning_rate_steps_the_head_at_its_own_rate(tiny_llama_cfg, tiny_pairs, tmp_path, lora):
+    """train.head_learning_rate: the head's parameters step at their own LR, everything else at learning_rate. With
+    the body's LR near zero and a large head LR only the head moves; without head_learning_rate nothing moves."""
+    no_lora = tiny_llama_cfg.lora.model_copy(update={"enabled": False})
+    cfg = tiny_llama_cfg if lora else tiny_llama_cfg.model_copy(update={"lora": no_lora})
+    df = tiny_pairs.head(8)
+    moved = {}
+    for name, kw in {"head": dict(head_learning_rate=1e-2), "same": {}}.items():
+        snap = _Snapshot()
+        res = train_classifier(cfg, _tc(epochs=2, learning_rate=1e-9, **kw), RENDER, df, None, tmp_path / name,
+                               seed=0, workdir=tmp_path, progress=False, callbacks=[snap])
+        end = {k: v.detach().float() for k, v in res.model.named_parameters() if v.requires_grad}
+        moved[name] = {k: float((end[k] - snap.start[k]).abs().max()) for k in snap.start}
+    is_head = {k: ("score" in k or "classifier" in k) for k in moved["head"]}
+    assert any(is_head.values()) and not all(is_head.values())
+    head_step = max(v for k, v in moved["head"].items() if is_head[k])
+    body_step = max(v for k, v in moved["head"].items() if not is_head[k])
+    assert head_step > 1e-3, head_step          # AdamW steps ~lr per step: 1e-2 over 4 steps
+    assert body_step < 1e-6, body_step          # the body stayed at 1e-9
+    assert max(moved["same"].values()) < 1e-6  # null: the head follows learning_rate (1e-9)
