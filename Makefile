@@ -60,7 +60,7 @@ test: setup lint
 
 # Learnability of each real demo backbone through the project's training path (tests/test_learnability.py, marker
 # demo_backbone, deselected in `make test`): overfits 32 rows, learns the row's source on unseen questions.
-# 455 s for the six checks here on one thread (benchmarks/RESULTS.md "Learnability").
+# 257-456 s for the six checks here on one thread (benchmarks/RESULTS.md "Learnability").
 test-learnability: setup-demo
 	OMP_NUM_THREADS=$(TORCH_THREADS) $(BIN)/python -m pytest -s -m demo_backbone tests/test_learnability.py $(PYTEST_ARGS)
 
