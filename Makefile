@@ -31,10 +31,10 @@ export TOKENIZERS_PARALLELISM := false
 SET_ARGS := $(foreach s,$(SET),--set $(s))
 ARENA := $(BIN)/arena-kd
 
-.PHONY: setup setup-demo test lint teachers distill stack submission all all-full plan bench bench-learning rehearsal clean help
+.PHONY: setup setup-demo test test-learnability lint teachers distill stack submission all all-full plan bench bench-learning rehearsal clean help
 
 help:
-	@echo "make all | all-full | test | lint | setup | teachers | distill | stack | submission | bench | bench-learning | rehearsal | clean   (CONFIG=$(CONFIG))"
+	@echo "make all | all-full | test | test-learnability | lint | setup | teachers | distill | stack | submission | bench | bench-learning | rehearsal | clean   (CONFIG=$(CONFIG))"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,12 @@ setup-demo: $(VENV)/.demo-models
 # The linter first (seconds), then the suite: CI runs `make test`, so both gate a landing.
 test: setup lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Learnability of each real demo backbone through the project's training path (tests/test_learnability.py, marker
+# demo_backbone, deselected in `make test`): overfits 32 rows, learns the row's source on unseen questions.
+# 257-456 s for the six checks here on one thread (benchmarks/RESULTS.md "Learnability").
+test-learnability: setup-demo
+	OMP_NUM_THREADS=$(TORCH_THREADS) $(BIN)/python -m pytest -s -m demo_backbone tests/test_learnability.py $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check --output-format concise .
