@@ -50,6 +50,50 @@ def verdicts(ev: Evaluation) -> list[dict[str, Any]]:
     return out
 
 
+PRIOR = "class prior (train frequencies)"
+DISTILLED, HARD = "student, distilled, TTA", "student, hard labels only (alpha=0), TTA"
+GOALS = (  # issue 21's (a)-(c): (goal, a, b, what, also per source?)
+    ("a", "teacher ensemble", PRIOR, "the teachers beat the class prior", True),
+    ("b", DISTILLED, HARD, "the distilled student beats its hard-label twin", True),
+    ("b", DISTILLED, PRIOR, "the distilled student beats the class prior", True),
+    ("c", "stacker + temperature", "features-only stacker + temperature (fallback)",
+     "the student's logits improve the stacker", False),
+)
+
+
+def distillation_goals(ev: Evaluation) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Does the run show distillation? (a) the teachers (their ensemble, weights fitted out of fold, never on the
+    test rows; a single teacher when there is one) beat the class prior; (b) the distilled student beats its
+    hard-label twin and the class prior; (c) the student's logits improve the stacker. (a) and (b) on the mix and
+    on each source. Returns the paired lines and, per goal, "yes" only when every one of its lines is yes."""
+    teachers = [s for s in ev.probs if s.startswith("teacher ") and s != "teacher ensemble"]
+    lines = []
+    for goal, a, b, what, per_src in GOALS:
+        if a == "teacher ensemble" and a not in ev.probs and len(teachers) == 1:
+            a = teachers[0]
+        scopes = [(None, "")] + ([(m, f"source {s}") for s, m in ev.source_masks().items()] if per_src else [])
+        for mask, scope in scopes:
+            v = ev.compare(a, b, what, mask=mask, scope=scope)
+            if v is not None:
+                lines.append({**v, "goal": goal})
+    answers = {g: ("yes" if all(v["answer"] == "yes" for v in lines if v["goal"] == g) else "no")
+               for g in dict.fromkeys(v["goal"] for v in lines)}
+    return lines, answers
+
+
+def _goals_section(lines: list[dict[str, Any]], answers: dict[str, str]) -> str:
+    summary = ", ".join(f"({g}) {'**resolved**' if a == 'yes' else 'not resolved'}" for g, a in answers.items())
+    text = ("### Does distillation show?\n\n(a) the teachers beat the class prior, (b) the distilled student beats "
+            "its hard-label twin and the class prior, (c) the student's logits improve the stacker; (a) and (b) on "
+            "the mix and on each source. A goal is resolved when every one of its paired 95% intervals excludes "
+            f"zero on the better side. This run: {summary}.\n\n")
+    text += "\n".join(f"- ({v['goal']}) " + format_verdicts([v])[2:] for v in lines) + "\n"
+    if any(a != "yes" for a in answers.values()):
+        text += ("\nWhat a larger run buys, measured on this machine: README \"Learning curve, bf16 and threads\" "
+                 "(`make all-full`, configs/demo-full.yaml) and benchmarks/RESULTS.md \"Learning curve\".\n")
+    return text
+
+
 def format_verdicts(lines: list[dict[str, Any]]) -> str:
     out = []
     for v in lines:
@@ -130,6 +174,10 @@ def _held_out_section(ev: Evaluation, out: Path, report: dict[str, Any]) -> list
         parts.append("What the submission uses, chosen by out-of-fold log loss on the training rows "
                      "(`stacking/report.md`): "
                      + ", ".join(f"student mode `{m}` → `{w}`" for m, w in selection.items()) + ".\n")
+    goals, answers = distillation_goals(ev)
+    if goals:
+        parts.append(_goals_section(goals, answers))
+        report.update({"goals": goals, "goal_answers": answers})
     lines = verdicts(ev)
     if lines:
         parts.append("### Did each stage pay for itself?\n\nA yes/NO only when the 95% interval of the paired "

@@ -95,8 +95,10 @@ def plot(recs: list[dict], path: Path) -> None:
         return
     plt = pyplot()
     fig, grid = plt.subplots(2, len(axes), figsize=(3.6 * len(axes), 6), squeeze=False)
+    backbones = list(dict.fromkeys(r["backbone"] for r in recs))
+    colours = {bb: f"C{i}" for i, bb in enumerate(backbones)}  # one colour per backbone in every panel
     for j, axis in enumerate(axes):
-        for bb in dict.fromkeys(r["backbone"] for r in recs):
+        for bb in backbones:
             pts = [r for r in recs if r["backbone"] == bb and _on_axis(r, axis, recs)]
             if len({str(r[axis]) for r in pts}) < 2:
                 continue
@@ -104,8 +106,8 @@ def plot(recs: list[dict], path: Path) -> None:
             xs = [str(r[axis]) for r in pts]
             d = [r["vs_prior"] for r in pts]
             err = [[v[0] - v[1] for v in d], [v[2] - v[0] for v in d]]
-            line = grid[0][j].errorbar(xs, [v[0] for v in d], yerr=err, marker="o", capsize=3, label=bb)
-            color = line[0].get_color()
+            color = colours[bb]
+            grid[0][j].errorbar(xs, [v[0] for v in d], yerr=err, marker="o", capsize=3, label=bb, color=color)
             grid[1][j].plot(xs, [r.get("cpu_s", r["wall_s"]) for r in pts], color=color, label=bb)
             for x, r in zip(xs, pts):
                 grid[1][j].plot([x], [r.get("cpu_s", r["wall_s"])], marker="o", color=color,
@@ -114,7 +116,8 @@ def plot(recs: list[dict], path: Path) -> None:
         grid[0][j].set_title(f"Δ log loss vs prior, by {axis}", fontsize=9)
         grid[1][j].set_title(f"CPU s (hollow: wall s) by {axis}", fontsize=9)
         grid[1][j].set_xlabel(axis)
-    grid[0][0].legend(fontsize=7)
+        if grid[0][j].get_legend_handles_labels()[0]:
+            grid[0][j].legend(fontsize=7)
     save_figure(fig, path, dpi=80)
 
 

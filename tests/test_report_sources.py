@@ -89,3 +89,42 @@ def test_training_curves_written_next_to_each_stage_and_linked_from_the_report(t
     text = (work / "report.md").read_text()
     assert "## Training curves" in text and "![training curves of student](student/training_curves.png)" in text
     assert report["training_curves"] == curves
+
+
+def _goal_evaluation(hard_on_mt: float) -> Evaluation:
+    """8 test rows (hh 4, mt 4), each its own prompt; every stage puts ``p`` on the true class, the rest split."""
+    y = np.array([0, 1, 0, 1, 0, 1, 2, 2])
+    ev = Evaluation(labels=y, groups=np.arange(8), sources=np.array(["hh"] * 4 + ["mt"] * 4, dtype=object))
+
+    def on_truth(p):
+        return np.array([p if k == t else (1 - p) / 2 for t in y for k in range(3)]).reshape(8, 3)
+
+    ev.add("class prior (train frequencies)", np.tile([0.4, 0.4, 0.2], (8, 1)))
+    ev.add("teacher gemma", on_truth(0.8))
+    ev.add("student, distilled, TTA", on_truth(0.7))
+    hard = on_truth(0.5)
+    hard[4:] = on_truth(hard_on_mt)[4:]
+    ev.add("student, hard labels only (alpha=0), TTA", hard)
+    ev.add("stacker + temperature", on_truth(0.6))
+    ev.add("features-only stacker + temperature (fallback)", on_truth(0.6))
+    return ev
+
+
+def test_distillation_goals_resolve_only_when_every_line_is_resolved():
+    """(a) teacher vs prior and (b) distilled vs hard and vs prior on the mix and each source, (c) on the mix: a goal
+    is resolved only when each of its paired intervals is below zero."""
+    from arena_kd.report import _goals_section, distillation_goals
+
+    lines, answers = distillation_goals(_goal_evaluation(hard_on_mt=0.5))
+    assert answers == {"a": "yes", "b": "yes", "c": "no"}  # (c): identical stackers, difference 0
+    assert [(v["goal"], v["scope"]) for v in lines if v["goal"] == "a"] == [
+        ("a", "all test rows"), ("a", "source hh"), ("a", "source mt")]
+    assert lines[0]["a"] == "teacher gemma"  # a single teacher stands in for the ensemble
+    assert len(lines) == 3 + 6 + 1
+    # the hard twin better than the distilled student on MT-Bench rows only: (b) is not resolved
+    lines, answers = distillation_goals(_goal_evaluation(hard_on_mt=0.9))
+    assert answers["b"] == "no" and answers["a"] == "yes"
+    mt = [v for v in lines if v["goal"] == "b" and v["scope"] == "source mt" and v["b"].startswith("student, hard")]
+    assert mt[0]["answer"] == "NO"
+    text = _goals_section(lines, answers)
+    assert "(a) **resolved**, (b) not resolved, (c) not resolved" in text and "make all-full" in text
