@@ -53,13 +53,13 @@ BACKBONES = {
 # The base point of each backbone (the demo's settings where it has them; Gemma: the plain-loop run).
 BASES = {
     "minilm-l6": {"rows": 979, "max_length": 128, "epochs": 1, "lora": "full", "lr": 1e-4, "autocast": "none",
-                  "threads": 1},
+                  "threads": 1, "order": "shuffled"},
     "smollm2-135m": {"rows": 979, "max_length": 128, "epochs": 1, "lora": "r8-top4", "lr": 5e-4, "autocast": "none",
-                     "threads": 1},
+                     "threads": 1, "order": "shuffled"},
     "gemma3-270m": {"rows": 979, "max_length": 128, "epochs": 1, "lora": "full", "lr": 5e-5, "autocast": "bf16",
-                    "threads": 1, "head_init_std": 0.0},  # zero head: see ModelConfig.head_init_std
+                    "threads": 1, "head_init_std": 0.0, "order": "shuffled"},  # zero head: ModelConfig.head_init_std
     "gemma3-270m-l9": {"rows": 979, "max_length": 96, "epochs": 1, "lora": "full", "lr": 5e-5, "autocast": "bf16",
-                       "threads": 1, "head_init_std": 0.0},
+                       "threads": 1, "head_init_std": 0.0, "order": "shuffled"},
 }
 AXES = {
     "rows": [400, 979, 1958],
@@ -87,8 +87,9 @@ def grid(backbones: list[str], axes: list[str]) -> list[dict]:
     return points
 
 
-OPTIONAL_KEYS = ("head_init_std", "head_lr")  # in the key only when set: points logged before they existed (head
-# init std 0.02, head LR = lr) keep their keys
+OPTIONAL_KEYS = ("head_init_std", "head_lr", "order")  # in the key only when set: points logged before they existed
+# (head init std 0.02, head LR = lr, HF's long -> short step order) keep their keys. "order" labels the step order of
+# llm.trainer.EpochLengthGroupedSampler the point ran under; it selects nothing (the code has one order).
 
 
 def point_key(p: dict) -> str:

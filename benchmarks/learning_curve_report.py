@@ -23,8 +23,10 @@ SOURCES = (("hh_harmless", "HH"), ("mtbench_human", "MT"))
 
 def read_log(path: Path) -> list[dict]:
     recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-    for r in recs:  # the head's init std and LR: points logged before those knobs existed ran at 0.02 and lr
-        r["head"] = f"σ{r.get('head_init_std', 0.02):g}, lr " + (f"{r['head_lr']:g}" if r.get("head_lr") else "= lr")
+    for r in recs:  # the head's init std and LR, the step order: points logged before those existed ran at 0.02, lr
+        # and HF's long -> short order within each mega-batch
+        r["head"] = (f"σ{r.get('head_init_std', 0.02):g}, lr " + (f"{r['head_lr']:g}" if r.get("head_lr") else "= lr")
+                     + ("" if r.get("order") == "shuffled" else ", HF order"))
     return recs
 
 
@@ -33,8 +35,8 @@ def _iv(lo: float, hi: float) -> str:
 
 
 def table(recs: list[dict]) -> str:
-    head = ("| backbone | rows | max_len | epochs | lora | lr | head (init σ, LR) | threads | dtype | wall s (CPU s) | "
-            "log loss [95%] | "
+    head = ("| backbone | rows | max_len | epochs | lora | lr | head (init σ, LR), step order | threads | dtype | "
+            "wall s (CPU s) | log loss [95%] | "
             "prior | Δ vs prior [95%] | Δ vs source constants [95%] | HH (const) | MT (const) | train tok/s (% GEMM) | "
             "predict tok/s (% GEMM) | load 1-min before/after |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]

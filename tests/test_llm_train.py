@@ -264,3 +264,32 @@ def test_head_learning_rate_steps_the_head_at_its_own_rate(tiny_llama_cfg, tiny_
     assert head_step > 1e-3, head_step          # AdamW steps ~lr per step: 1e-2 over 4 steps
     assert body_step < 1e-6, body_step          # the body stayed at 1e-9
     assert max(moved["same"].values()) < 1e-6  # null: the head follows learning_rate (1e-9)
+
+
+def test_length_grouped_sampler_shuffles_its_steps():
+    """HF's order walks every mega-batch from long to short rows (an epoch's steps before its last small mega-batch
+    are the shortest: on the sample, HH rows without ties); ours keeps each step length-grouped but shuffles the
+    steps (the longest first, a partial step last)."""
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    from arena_kd.llm.trainer import EpochLengthGroupedSampler
+
+    lengths = list(np.random.default_rng(0).integers(5, 500, size=403))  # 50 full steps of 8 + a partial one of 3
+
+    def shorter_than_previous(order):  # fraction of consecutive full steps whose mean length goes down
+        means = [np.mean([lengths[i] for i in order[k:k + 8]]) for k in range(0, 400, 8)]
+        return float(np.mean(np.diff(means) < 0))
+
+    ours, hf = [], []
+    for seed in range(20):
+        order = list(EpochLengthGroupedSampler(8, lengths, seed=seed))
+        assert sorted(order) == list(range(403))
+        assert lengths[order[0]] == max(lengths)  # the longest row still comes first
+        steps = [order[k:k + 8] for k in range(0, 400, 8)]
+        spread = np.mean([np.ptp([lengths[i] for i in s]) for s in steps])
+        assert spread < 0.25 * np.ptp(lengths)  # still length-grouped (random steps: ~0.75)
+        ours.append(shorter_than_previous(order))
+        hf.append(shorter_than_previous(get_length_grouped_indices(lengths, 8, generator=torch.Generator().manual_seed(
+            seed))))
+    assert np.mean(hf) > 0.85  # HF: long -> short inside every mega-batch
+    assert 0.35 < np.mean(ours) < 0.65, ours

@@ -111,16 +111,16 @@ def _goal_evaluation(hard_on_mt: float) -> Evaluation:
 
 
 def test_distillation_goals_resolve_only_when_every_line_is_resolved():
-    """(a) teacher vs prior and (b) distilled vs hard and vs prior on the mix and each source, (c) on the mix: a goal
-    is resolved only when each of its paired intervals is below zero."""
+    """(a) teacher vs prior on the mix, (b) distilled vs hard and vs prior on the mix and each source, (c) on the mix:
+    a goal is resolved only when each of its paired intervals is below zero."""
     from arena_kd.report import _goals_section, distillation_goals
 
     lines, answers = distillation_goals(_goal_evaluation(hard_on_mt=0.5))
     assert answers == {"a": "yes", "b": "yes", "c": "no"}  # (c): identical stackers, difference 0
-    assert [(v["goal"], v["scope"]) for v in lines if v["goal"] == "a"] == [
-        ("a", "all test rows"), ("a", "source hh"), ("a", "source mt")]
+    assert [(v["goal"], v["scope"]) for v in lines if v["goal"] == "b"] == [
+        ("b", "all test rows"), ("b", "source hh"), ("b", "source mt")] * 2
     assert lines[0]["a"] == "teacher gemma"  # a single teacher stands in for the ensemble
-    assert len(lines) == 3 + 6 + 1
+    assert len(lines) == 1 + 6 + 1
     # the hard twin better than the distilled student on MT-Bench rows only: (b) is not resolved
     lines, answers = distillation_goals(_goal_evaluation(hard_on_mt=0.9))
     assert answers["b"] == "no" and answers["a"] == "yes"
