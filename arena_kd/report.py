@@ -20,16 +20,17 @@ from arena_kd.common.tables import bar_chart, format_table, training_curves_char
 from arena_kd.heldout import FINAL, Evaluation
 
 UNIFORM_LOG_LOSS = float(np.log(3.0))
+PRIOR = "class prior (train frequencies)"  # stage names as arena_kd.heldout adds them
+DISTILLED, HARD = "student, distilled, TTA", "student, hard labels only (alpha=0), TTA"
 CHECKS = (  # (a, b, what): "does a beat b?"
-    ("student, distilled, TTA", "student, hard labels only (alpha=0), TTA",
-     "distilled student beats the hard-label student"),
-    ("student, distilled, TTA", "student, distilled, no TTA", "TTA beats one orientation"),
-    ("stacker + temperature", "student, distilled, TTA", "stacker + temperature beats the student"),
+    (DISTILLED, HARD, "distilled student beats the hard-label student"),
+    (DISTILLED, "student, distilled, no TTA", "TTA beats one orientation"),
+    ("stacker + temperature", DISTILLED, "stacker + temperature beats the student"),
     ("stacker + temperature", "stacker (before temperature)", "temperature improves the stacker"),
     ("stacker + temperature", "features-only stacker + temperature (fallback)",
      "the student's logits improve the stacker"),
     (FINAL, "length-only LightGBM", "final submission beats the length-only LightGBM"),
-    (FINAL, "class prior (train frequencies)", "final submission beats the class prior"),
+    (FINAL, PRIOR, "final submission beats the class prior"),
     (FINAL, "uniform (1/3 each)", "final submission beats uniform"),
     ("stacker as selected, fold students on nested soft labels",
      "stacker as selected, fold students on plain soft labels",
@@ -50,8 +51,6 @@ def verdicts(ev: Evaluation) -> list[dict[str, Any]]:
     return out
 
 
-PRIOR = "class prior (train frequencies)"
-DISTILLED, HARD = "student, distilled, TTA", "student, hard labels only (alpha=0), TTA"
 GOALS = (  # issue 21's (a)-(c): (goal, a, b, what, also per source?); per source: (b) only, as the issue sets them
     ("a", "teacher ensemble", PRIOR, "the teachers beat the class prior", False),
     ("b", DISTILLED, HARD, "the distilled student beats its hard-label twin", True),
