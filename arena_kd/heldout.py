@@ -30,6 +30,15 @@ from arena_kd.common.keys import LABELS, LOGIT_COLUMNS
 from arena_kd.common.metrics import log_loss_difference, softmax, verdict
 from arena_kd.common.tables import finite, interval_row
 
+# Stage names, defined once: heldout adds them, arena_kd.report compares them.
+UNIFORM = "uniform (1/3 each)"
+PRIOR = "class prior (train frequencies)"
+LENGTH_ONLY = "length-only LightGBM"
+TEACHER_ENSEMBLE = "teacher ensemble"
+HARD = "student, hard labels only (alpha=0), TTA"
+DISTILLED_SINGLE = "student, distilled, no TTA"
+DISTILLED = "student, distilled, TTA"
+STACKER_RAW = "stacker (before temperature)"
 FINAL = "submission.csv (final)"
 STACKER_LABELS = {
     "stacker": "stacker + temperature", "stacker_single": "stacker, one orientation + temperature",
@@ -211,30 +220,30 @@ def evaluate_stages_on_test(cfg: PipelineConfig, hard_cfg: PipelineConfig | None
     ev = Evaluation(labels=y, groups=prompt_groups(test), sources=sources, seed=cfg.seed,
                     train=train[["label", "source"]] if sources is not None else None)
     n = len(y)
-    ev.add("uniform (1/3 each)", np.full((n, 3), 1 / 3))
+    ev.add(UNIFORM, np.full((n, 3), 1 / 3))
     prior = pooled_prior(train["label"].to_numpy(dtype=np.int64))
-    ev.add("class prior (train frequencies)", np.tile(prior, (n, 1)), f"A/B pooled, {len(train)} training rows")
+    ev.add(PRIOR, np.tile(prior, (n, 1)), f"A/B pooled, {len(train)} training rows")
     stacker = _load_stacker(cfg)
     feats = None if stacker is None else stacker.features(test, None)  # every candidate's text features, once
     if stacker is not None and stacker.models.get("length_only") is not None:
-        ev.add("length-only LightGBM", stacker.predict_model(test, "length_only", feats=feats),
+        ev.add(LENGTH_ONLY, stacker.predict_model(test, "length_only", feats=feats),
                f"the stacker's length-only candidate ({stacker.manifest['rows']} rows)")
     else:
-        ev.add("length-only LightGBM", length_only_probs(train, test, cfg.stacking, cfg.seed),
+        ev.add(LENGTH_ONLY, length_only_probs(train, test, cfg.stacking, cfg.seed),
                f"{len(train)} training rows")
     per, ens = _teacher_test_probs(cfg, test["id"])
     for t in cfg.teachers.models:
         ev.add(f"teacher {t.name}", per.get(t.name), "" if t.name in per else "no test predictions")
     if cfg.teachers.models:
-        ev.add("teacher ensemble", ens, "" if ens is not None else "no test predictions")
+        ev.add(TEACHER_ENSEMBLE, ens, "" if ens is not None else "no test predictions")
     if hard_cfg is not None:
         hard = student_test_logits(hard_cfg.workdir_path / "student" / "export", test, cfg)
-        ev.add("student, hard labels only (alpha=0), TTA", None if hard is None else softmax(hard["avg"]))
+        ev.add(HARD, None if hard is None else softmax(hard["avg"]))
     student = student_test_logits(cfg.workdir_path / "student" / "export", test, cfg)
     stud = None if student is None else {"orig": student["orig"], "swap": student["swap"]}
     if student is not None:
-        ev.add("student, distilled, no TTA", softmax(student["orig"]))
-        ev.add("student, distilled, TTA", softmax(student["avg"]))
+        ev.add(DISTILLED_SINGLE, softmax(student["orig"]))
+        ev.add(DISTILLED, softmax(student["avg"]))
     if stacker is not None:
         _stacker_rows(ev, stacker, test, stud, feats)
     if nested_cfg is not None and student is not None and stacker is not None:
@@ -265,5 +274,5 @@ def _stacker_rows(ev: Evaluation, stacker, test: pd.DataFrame, stud: dict | None
         note = f"selected for student mode {', '.join(chosen)}" if chosen else ""
         raw = stacker.predict_model(test, name, stud, calibrate=False, feats=feats)  # the booster once
         if name == "stacker" and stud is not None:
-            ev.add("stacker (before temperature)", raw)
+            ev.add(STACKER_RAW, raw)
         ev.add(label, apply_temperature(raw, model.temperature), note)

@@ -17,27 +17,38 @@ from arena_kd.common.keys import LOGIT_COLUMNS
 from arena_kd.common.metrics import log_loss, log_loss_difference, softmax, verdict
 from arena_kd.common.profiling import StageRecord
 from arena_kd.common.tables import bar_chart, format_table, training_curves_chart
-from arena_kd.heldout import FINAL, Evaluation
+from arena_kd.heldout import (
+    DISTILLED,
+    DISTILLED_SINGLE,
+    FINAL,
+    HARD,
+    LENGTH_ONLY,
+    PRIOR,
+    STACKER_LABELS,
+    STACKER_RAW,
+    TEACHER_ENSEMBLE,
+    UNIFORM,
+    Evaluation,
+)
 
 UNIFORM_LOG_LOSS = float(np.log(3.0))
-PRIOR = "class prior (train frequencies)"  # stage names as arena_kd.heldout adds them
-DISTILLED, HARD = "student, distilled, TTA", "student, hard labels only (alpha=0), TTA"
+STACKER, FEATURES_ONLY = STACKER_LABELS["stacker"], STACKER_LABELS["features_only"]
 CHECKS = (  # (a, b, what): "does a beat b?"
     (DISTILLED, HARD, "distilled student beats the hard-label student"),
-    (DISTILLED, "student, distilled, no TTA", "TTA beats one orientation"),
-    ("stacker + temperature", DISTILLED, "stacker + temperature beats the student"),
-    ("stacker + temperature", "stacker (before temperature)", "temperature improves the stacker"),
-    ("stacker + temperature", "features-only stacker + temperature (fallback)",
+    (DISTILLED, DISTILLED_SINGLE, "TTA beats one orientation"),
+    (STACKER, DISTILLED, "stacker + temperature beats the student"),
+    (STACKER, STACKER_RAW, "temperature improves the stacker"),
+    (STACKER, FEATURES_ONLY,
      "the student's logits improve the stacker"),
-    (FINAL, "length-only LightGBM", "final submission beats the length-only LightGBM"),
+    (FINAL, LENGTH_ONLY, "final submission beats the length-only LightGBM"),
     (FINAL, PRIOR, "final submission beats the class prior"),
-    (FINAL, "uniform (1/3 each)", "final submission beats uniform"),
+    (FINAL, UNIFORM, "final submission beats uniform"),
     ("stacker as selected, fold students on nested soft labels",
      "stacker as selected, fold students on plain soft labels",
      "nested teacher soft labels beat plain ones (through the stacker)"),
 )
-PER_SOURCE_CHECKS = (("uniform (1/3 each)", "final submission beats uniform"),
-                     ("length-only LightGBM", "final submission beats the length-only LightGBM"))
+PER_SOURCE_CHECKS = ((UNIFORM, "final submission beats uniform"),
+                     (LENGTH_ONLY, "final submission beats the length-only LightGBM"))
 
 
 def verdicts(ev: Evaluation) -> list[dict[str, Any]]:
@@ -52,11 +63,10 @@ def verdicts(ev: Evaluation) -> list[dict[str, Any]]:
 
 
 GOALS = (  # issue 21's (a)-(c): (goal, a, b, what, also per source?); per source: (b) only, as the issue sets them
-    ("a", "teacher ensemble", PRIOR, "the teachers beat the class prior", False),
+    ("a", TEACHER_ENSEMBLE, PRIOR, "the teachers beat the class prior", False),
     ("b", DISTILLED, HARD, "the distilled student beats its hard-label twin", True),
     ("b", DISTILLED, PRIOR, "the distilled student beats the class prior", True),
-    ("c", "stacker + temperature", "features-only stacker + temperature (fallback)",
-     "the student's logits improve the stacker", False),
+    ("c", STACKER, FEATURES_ONLY, "the student's logits improve the stacker", False),
 )
 
 
@@ -67,10 +77,10 @@ def distillation_goals(ev: Evaluation) -> tuple[list[dict[str, Any]], dict[str, 
     stacker.
     The per-source table holds every stage against each source's own constant. Returns the paired lines and, per
     goal, "yes" only when every one of its lines is yes."""
-    teachers = [s for s in ev.probs if s.startswith("teacher ") and s != "teacher ensemble"]
+    teachers = [s for s in ev.probs if s.startswith("teacher ") and s != TEACHER_ENSEMBLE]
     lines = []
     for goal, a, b, what, per_src in GOALS:
-        if a == "teacher ensemble" and a not in ev.probs and len(teachers) == 1:
+        if a == TEACHER_ENSEMBLE and a not in ev.probs and len(teachers) == 1:
             a = teachers[0]
         scopes = [(None, "")] + ([(m, f"source {s}") for s, m in ev.source_masks().items()] if per_src else [])
         for mask, scope in scopes:
