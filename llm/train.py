@@ -300,6 +300,12 @@ def train_classifier(
     metrics["trainable_params"] = info["trainable_params"]
     metrics["trainable_fraction"] = info["trainable_fraction"]
     model = trainer.model
+    if train_cfg.autocast == "bf16" and info["dtype"] == "fp32":
+        # accelerate wrapped forward in a bf16 autocast for training; the weights are fp32, so the model handed back
+        # computes in fp32 like the export (its reference probabilities are checked against an fp32 load at 1e-3)
+        # and like a reload; predict.autocast decides bf16 at prediction. Where weights are fp16 (GPU QLoRA) the
+        # wrapper stays: the fp32 head and LoRA weights need it to meet fp16 activations.
+        trainer.accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     model.eval()
     info = {**info, "max_length": max_length, "render": rc.model_dump(mode="json"), "seed": seed,
             "init_seed": init_seed, "optim": optim}

@@ -123,3 +123,24 @@ def test_gemma3_270m_gguf_loads_as_an_eager_classifier_with_a_frozen_embedding(t
     assert again("Which answer is better?")["input_ids"] == ids and ids[0] == tok.bos_token_id
     logits = model(input_ids=torch.tensor([ids])).logits
     assert logits.shape == (1, 3) and torch.isfinite(logits).all()
+
+
+def test_trained_model_comes_back_without_the_training_autocast(tiny_llama_cfg, tiny_pairs, tmp_path):
+    """train.autocast=bf16: accelerate wraps the model's forward in a bf16 autocast; the model train_classifier
+    hands back must compute in its own fp32 weights, or the export check's reference (the trained model's
+    probabilities, in memory) is bf16 while the export it checks is fp32 (measured in `make all` on 2026-12-06:
+    max |Δp| 0.0010 against the fp32 tolerance 1e-3, so the submission dropped the student)."""
+    from arena_kd.llm.export import reference_logits
+    from arena_kd.llm.train import train_classifier
+
+    df = tiny_pairs.head(8)
+    tc = TrainConfig(epochs=1, batch_size=4, grad_accum=1, learning_rate=5e-3, warmup_ratio=0.0, logging_steps=1,
+                     swap_augmentation="none", autocast="bf16")
+    res = train_classifier(tiny_llama_cfg, tc, RenderConfig(max_length=96), df, None, tmp_path / "run", seed=0,
+                           workdir=tmp_path, progress=False)
+    seen: list[torch.dtype] = []
+    hook = res.model.get_submodule("base_model.model.model.layers.0.mlp.down_proj.base_layer").register_forward_hook(
+        lambda mod, inp, out: seen.append(out.dtype))
+    reference_logits(res.model, [[5, 6, 7, 8]])
+    hook.remove()
+    assert seen == [torch.float32]
