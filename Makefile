@@ -83,7 +83,7 @@ all: setup-demo
 	OMP_NUM_THREADS=$(TORCH_THREADS) $(ARENA) all --config $(CONFIG) $(SET_ARGS)
 
 # The demo at the design's shape on all 1,958 rows (configs/demo-full.yaml): Gemma 3 270M teacher (18 layers, 128
-# tokens) and MiniLM teacher; the student is its 9-layer cut reading 96 tokens. 35 min here (README).
+# tokens) and MiniLM teacher; the student is its 9-layer cut reading 96 tokens. 35-67 min here (README).
 all-full: setup-demo
 	OMP_NUM_THREADS=$(TORCH_THREADS) $(ARENA) all --config configs/demo-full.yaml $(SET_ARGS)
 
