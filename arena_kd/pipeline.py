@@ -24,7 +24,8 @@ def hard_student_config(cfg: PipelineConfig) -> PipelineConfig:
     d = cfg.to_dict()
     d["workdir"] = str(cfg.workdir_path / HARD_STUDENT_DIR)
     d["folds"]["file"] = str(cfg.folds_path())
-    d["student"]["distill"].update(alpha=0.0, mix="alpha", cosine_weight=0.0)  # no soft term of any mix
+    d["student"]["distill"].update(alpha=0.0, mix="alpha", cosine_weight=0.0,  # no soft term of any mix
+                                  prior_match="off", prior_match_rows=0.0)  # (acts on soft labels only)
     d["student"]["extra_pairs"]["enabled"] = False  # unlabelled rows teach only through soft labels
     d["student"]["oof"] = False
     if d["student"]["final"] == "fold_soup":  # fold soup needs fold adapters, which oof=False does not train

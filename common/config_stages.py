@@ -107,6 +107,16 @@ class DistillConfig(Section):
         "alpha", description="alpha: (1-alpha)*CE + alpha*T^2*KL (+ cosine_weight*cos); winners: the 1st place's "
         "(CE + KL to each teacher + cosine to each teacher's logits) / (1 + 2k), T = 1, alpha unused "
         "(student/losses.py).")
+    prior_match: Literal["off", "all_rows", "per_source"] = Field(
+        "off", description="Per-class offsets on the teachers' log-probabilities so that their mean over each "
+        "student's labelled training rows equals those rows' label frequencies (the maximum-likelihood intercepts; "
+        "student/prior_match.py): over all rows, or per data source (the `source` column; one source on Kaggle's "
+        "train.csv). Moves the soft labels' class mix to each source's own (no ties where a source has none); adds "
+        "no knowledge of which answer is better. Unlabelled extra rows take their source's offsets.")
+    prior_match_rows: float = Field(
+        0.0, ge=0, le=1e6, description="per_source: each source's label frequencies are shrunk towards all rows' as if "
+        "this many more rows had them (0 = the source's own; a class a source never has then gets no mass). Larger: "
+        "softer targets where a source lacks a class, less of the source's own mix.")
     cosine_weight: float = Field(
         0.0, ge=0, le=10, description="alpha mix: weight of 1 - cos(student, teacher logits) (centred) added to the "
         "loss; 0 = no cosine term. Pulls the logits' direction, not only the softmax, towards the teacher's.")

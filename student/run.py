@@ -45,7 +45,7 @@ from arena_kd.student.losses import DistillationLoss, WinnersLoss
 
 OOF_COLUMNS = ["id", "fold", *LOGIT_COLUMNS, *ORIG_COLUMNS, *SWAP_COLUMNS]
 # distill settings added after runs were made (issue 21): hashed only when set
-ADDED_DISTILL_KEYS = ("teacher_weights", "mix", "cosine_weight")
+ADDED_DISTILL_KEYS = ("teacher_weights", "mix", "cosine_weight", "prior_match", "prior_match_rows")
 
 
 def student_dir(cfg: PipelineConfig) -> Path:
@@ -59,6 +59,9 @@ def student_config_hash(cfg: PipelineConfig) -> str:
     s["distill"].pop("soft_labels", None)  # the file's content hash is tracked separately
     for key in ADDED_DISTILL_KEYS:  # at their defaults they change nothing: runs made before them stay valid
         if s["distill"].get(key) == DistillConfig.model_fields[key].default:
+            s["distill"].pop(key, None)
+    if not cfg.student.distill.uses_teachers:  # settings of the soft labels change nothing without soft terms
+        for key in ("prior_match", "prior_match_rows"):
             s["distill"].pop(key, None)
     return json_hash({"student": s, "render": cfg.render.model_dump(mode="json"), "seed": cfg.seed})
 
@@ -85,6 +88,7 @@ def _oof_stage(cfg, data: TrainingData, frame: pd.DataFrame, soft: SoftLabels | 
             train_df = train_df.assign(teacher_logits=nested)
         # the extra rows whose question is not in fold k (student/extra_pairs.py); never among the scored rows
         train_df = with_extra(train_df, rows_for_fold(extra, k))
+        train_df = _prior_matched(s.distill, train_df, f"fold {k}")  # offsets from this fold's training rows only
         from arena_kd.llm.train import frame_texts  # heavy: only once the data is checked (see teachers.run)
 
         tta, meta, held = train_and_predict(
@@ -183,6 +187,7 @@ def _final_stage(cfg, frame: pd.DataFrame, hashes: dict[str, str], loss_fn, *, f
         # no held-out rows exist in full mode: evaluate (on training rows, a sanity check) only when asked to
         eval_df = frame.head(min(len(frame), 64)).reset_index(drop=True) if s.train.eval_steps else None
         train_df = with_extra(frame, None if extra is None else extra.frame)  # every extra row: no fold is scored
+        train_df = _prior_matched(s.distill, train_df, "final")
         result = train_classifier(s.model, s.train, cfg.render, train_df, eval_df, fdir / "run", seed=cfg.seed,
                                   workdir=cfg.workdir, loss_fn=loss_fn,
                                   tokenizer_texts=frame_texts(frame))
@@ -214,6 +219,17 @@ def _export_stage(cfg, frame: pd.DataFrame, adapter: Path, holder: list, fhashes
 
     in_memory = holder.pop() if holder else None
     return export_student(cfg, frame, adapter, in_memory, fhashes, force=force)
+
+
+def _prior_matched(d: DistillConfig, train_df: pd.DataFrame, what: str) -> pd.DataFrame:
+    """``train_df`` with prior-matched soft labels (student.distill.prior_match; student/prior_match.py)."""
+    if d.prior_match == "off" or not d.uses_teachers:
+        return train_df
+    from arena_kd.student.prior_match import describe, match_frame
+
+    matched, summary = match_frame(train_df, d.prior_match, d.prior_match_rows)
+    print(f"[student] {what}: prior-matched soft labels ({d.prior_match}): {describe(summary)}")
+    return matched
 
 
 def _teacher_weights(d: DistillConfig, soft: SoftLabels) -> list[float] | None:
