@@ -29,18 +29,27 @@ import numpy as np
 import pandas as pd
 from scipy.special import log_softmax, softmax
 
+from arena_kd.common.keys import SWAP_PERMUTATION
+
 FLOOR = -20.0  # lowest offset: a class absent from a group's labels (HH-RLHF has no ties) would drive its offset to
 #                -inf; exp(-20) ≈ 2e-9 of the teacher's mass is kept, so every log-probability stays finite
 MIN_GROUP_ROWS = 50  # fewer labelled rows than this: the group takes all rows' offsets (3 frequencies from a handful
 #                      of rows would be noise, and an absent class would be zeroed on the evidence of a few rows)
 
 
-def label_frequencies(labels: np.ndarray, *, symmetric: bool = True) -> np.ndarray:
-    """[3] frequencies of ``labels`` [n] in {0,1,2}; ``symmetric``: A and B pooled."""
-    c = np.bincount(np.asarray(labels, dtype=np.int64), minlength=3).astype(np.float64)
+def target_frequencies(labels: np.ndarray, *, symmetric: bool = True, prior: np.ndarray | None = None,
+                       prior_rows: float = 0.0) -> np.ndarray:
+    """[3] frequencies the offsets match for ``labels`` [n] in {0,1,2}: ``symmetric``: A and B pooled; ``prior`` ([3])
+    and ``prior_rows`` (m): (n·freq + m·prior) / (n + m), shrunk towards ``prior`` as if m more rows had it (a
+    Dirichlet prior's posterior mean)."""
+    y = np.asarray(labels, dtype=np.int64)
+    c = np.bincount(y, minlength=3).astype(np.float64)
     if symmetric:
         c[:2] = c[:2].mean()
-    return c / c.sum()
+    pi = c / c.sum()
+    if prior is not None and prior_rows > 0:
+        pi = (len(y) * pi + prior_rows * np.asarray(prior, dtype=np.float64)) / (len(y) + prior_rows)
+    return pi
 
 
 def fit_offsets(logp: np.ndarray, labels: np.ndarray, *, symmetric: bool = True, prior: np.ndarray | None = None,
@@ -49,9 +58,8 @@ def fit_offsets(logp: np.ndarray, labels: np.ndarray, *, symmetric: bool = True,
     mean_i softmax(logp_i + b) = the label frequencies (to ``tol``), a class without labels at :data:`FLOOR`.
     ``symmetric``: fitted over every row and its A/B swap (labels swapped too), so b_A = b_B and the matched
     frequencies are A/B pooled — the pipeline treats the two sides alike (swap augmentation, TTA), and a position
-    bias in a few hundred labels is noise to keep out of the soft labels. ``prior`` ([3] frequencies) and
-    ``prior_rows`` (m): the target is (n·freq + m·prior) / (n + m), the labels' frequencies shrunk towards ``prior``
-    as if m more rows had it (a Dirichlet prior's posterior mean). Returns [3] or [k,3] float64 offsets, max 0
+    bias in a few hundred labels is noise to keep out of the soft labels. ``prior``, ``prior_rows``: the target is
+    shrunk towards ``prior`` (:func:`target_frequencies`). Returns [3] or [k,3] float64 offsets, max 0
     per teacher."""
     x = np.asarray(logp, dtype=np.float64)
     squeeze = x.ndim == 2
@@ -62,14 +70,10 @@ def fit_offsets(logp: np.ndarray, labels: np.ndarray, *, symmetric: bool = True,
     y = np.asarray(labels, dtype=np.int64)
     if len(y) != len(x) or len(y) == 0 or y.min() < 0 or y.max() > 2:
         raise ValueError("labels must be [n] values in {0,1,2}, one per row, n > 0")
+    pi = target_frequencies(y, symmetric=symmetric, prior=prior, prior_rows=prior_rows)
     x = log_softmax(x, axis=-1)
-    if symmetric:
-        x = np.concatenate([x, x[..., [1, 0, 2]]])
-        y = np.concatenate([y, np.array([1, 0, 2])[y]])
-    pi = np.bincount(y, minlength=3) / len(y)
-    if prior is not None and prior_rows > 0:
-        n = len(y) // 2 if symmetric else len(y)
-        pi = (n * pi + prior_rows * np.asarray(prior, dtype=np.float64)) / (n + prior_rows)
+    if symmetric:  # every row and its A/B swap: the mean then matches the pooled frequencies with b_A = b_B
+        x = np.concatenate([x, x[..., list(SWAP_PERMUTATION)]])
     present = pi > 0
     b = np.zeros(x.shape[1:])  # [k,3]
     b[:, ~present] = FLOOR
@@ -106,7 +110,7 @@ def match_frame(frame: pd.DataFrame, mode: str, prior_rows: float = 0.0) -> tupl
     groups = (frame["source"].astype(str).to_numpy() if mode == "per_source"
               else np.full(len(frame), "all rows", dtype=object))
     all_rows = fit_offsets(t[labelled], y[labelled])
-    pooled = label_frequencies(y[labelled])
+    pooled = target_frequencies(y[labelled])
     out = log_softmax(t, axis=-1)
     summary: dict[str, Any] = {}
     for g in sorted(set(groups.tolist())):
@@ -117,11 +121,8 @@ def match_frame(frame: pd.DataFrame, mode: str, prior_rows: float = 0.0) -> tupl
         out[m] = log_softmax(out[m] + b, axis=-1)
         before = softmax(t[m], axis=-1).mean(axis=0)
         after = softmax(out[m], axis=-1).mean(axis=0)
-        n = int(fit_rows.sum())
-        target = label_frequencies(y[fit_rows]) if own else pooled
-        if own and prior_rows > 0:
-            target = (n * target + prior_rows * pooled) / (n + prior_rows)
-        summary[g] = {"rows": int(m.sum()), "labelled": n, "own_offsets": bool(own),
+        target = target_frequencies(y[fit_rows], prior=pooled, prior_rows=prior_rows) if own else pooled
+        summary[g] = {"rows": int(m.sum()), "labelled": int(fit_rows.sum()), "own_offsets": bool(own),
                       "labels": np.round(target, 4).tolist(),
                       "before": np.round(before, 4).tolist(), "after": np.round(after, 4).tolist()}
     res = frame.copy()

@@ -158,10 +158,8 @@ def test_the_student_trains_on_soft_labels_matched_per_source_of_its_own_fold(tm
         assert p[(df["source"] == "hh_harmless").to_numpy(), 2].max() < 1e-6  # HH-RLHF has no ties
     # off (the default): the file's soft labels as they are, and the default keeps older runs' config hash
     fake.frames.clear()
-    plain = _cfg(tmp_path / "plain")
-    srun.run_distill(load_config(SMOKE, [f"workdir={tmp_path / 'work'}", "data.max_rows=400", "student.final=none",
-                                         f"student.distill.soft_labels={cfg.soft_labels_path()}",
-                                         f"folds.file={cfg.folds_path()}"]), force=True)
+    plain = _cfg(tmp_path)  # same workdir, teachers' files and folds
+    srun.run_distill(plain, force=True)
     p = softmax(np.stack(fake.frames[0]["teacher_logits"]).astype(np.float64), axis=-1)
     assert p[(fake.frames[0]["source"] == "hh_harmless").to_numpy(), 2].max() > 1e-3
     assert srun.student_config_hash(cfg) != srun.student_config_hash(plain)
