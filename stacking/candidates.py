@@ -11,7 +11,12 @@ Candidates per student mode (the kind of student input a test row comes with):
 Every candidate's OOF is honest: LightGBM models are cross-validated (:func:`arena_kd.blend.booster.train_cv`), the
 prior of fold k is the label mix of the other folds, and the temperature applied to fold k is fitted on the other folds
 (:func:`cross_fitted_temperature`) — fitting it on the rows it is then scored on would flatter every candidate.
-The winner of each mode is the candidate with the lowest OOF log loss over every stacker row (OOF and held-out).
+The winner of each mode (``stacking.select_rule``): ``lowest`` takes the candidate with the lowest OOF log loss over
+every stacker row (OOF and held-out); ``resolved`` (default) keeps the features-only stacker unless a candidate beats it
+out of fold with a paired 95% interval wholly below zero, and then takes the lowest such candidate. Why: an
+unresolved OOF lead does not carry to unseen questions. Measured on the demo (README "The α sweep and the selection
+rule"): at α = 0.9 and 1.0 the student with a temperature led the features-only stacker out of fold by 0.005 and
+0.004 (intervals across zero), was selected by ``lowest``, and lost to it on the test split by 0.088 and 0.096.
 
 Rows a test-time student saw at a shorter max length than its OOF was predicted at ("short") were never seen by a
 stacker in training; they are routed to the ``none`` winner (which needs no student and was trained on exactly
@@ -27,10 +32,13 @@ from arena_kd.blend.booster import early_stopped_rounds, predict_symmetric, trai
 from arena_kd.blend.features import compute_features, fit_similarity
 from arena_kd.blend.temperature import apply_temperature, fit_temperature
 from arena_kd.common.config_stages import StackingConfig
-from arena_kd.common.metrics import log_loss, log_loss_difference, log_loss_interval, pooled_prior
+from arena_kd.common.metrics import log_loss, log_loss_difference, log_loss_interval, pooled_prior, verdict
 from arena_kd.data.folds import prompt_groups
 
 MODES = ("tta", "single", "none")
+SELECT_REFERENCE = "features_only"
+"""The candidate ``select_rule: resolved`` keeps unless another one beats it out of fold with a resolved interval: it
+needs no student (so no student-side leakage or train/test model mismatch can flatter it) and uses every feature."""
 LENGTH_FEATURES = (
     "p_chars", "p_words",
     "a_chars", "b_chars", "diff_chars", "ratio_chars",
@@ -89,13 +97,16 @@ def cross_fitted_temperature(raw: np.ndarray, labels: np.ndarray, folds: np.ndar
 
 
 def select(oof: dict[str, np.ndarray], labels: np.ndarray, groups: np.ndarray, modes: list[str], *,
-           enabled: bool = True, seed: int = 0) -> tuple[dict[str, str], dict[str, list[dict]]]:
+           enabled: bool = True, seed: int = 0, rule: str = "resolved") -> tuple[dict[str, str], dict[str, list[dict]]]:
     """Winner per mode and the table behind it.
 
     ``oof``: name -> honest calibrated OOF probabilities float64[n,3] (missing names are skipped).
-    Returns ({mode: winner}, {mode: [{name, log_loss, lo, hi, diff_vs_winner: {mean, lo, hi}}...]}), the table
-    sorted by log loss. ``enabled=False`` keeps the full model of each mode (candidate_names(mode)[0]) when present.
+    ``rule``: 'lowest' or 'resolved' (module docstring). Returns ({mode: winner}, {mode: [{name, log_loss, lo, hi,
+    diff_vs_winner: {mean, lo, hi}}...]}), the table sorted by log loss. ``enabled=False`` keeps the full model of
+    each mode (candidate_names(mode)[0]) when present.
     """
+    if rule not in ("lowest", "resolved"):
+        raise ValueError(f"select rule must be 'lowest' or 'resolved', not {rule!r}")
     winners: dict[str, str] = {}
     tables: dict[str, list[dict]] = {}
     for mode in modes:
@@ -103,7 +114,11 @@ def select(oof: dict[str, np.ndarray], labels: np.ndarray, groups: np.ndarray, m
         if not names:
             continue
         scores = {n: log_loss(labels, oof[n]) for n in names}
-        best = min(names, key=lambda n: (scores[n], names.index(n))) if enabled else names[0]
+        if not enabled:
+            best = names[0]
+        else:
+            best = resolved_winner(oof, labels, groups, names, scores, seed) if rule == "resolved" else \
+                min(names, key=lambda n: (scores[n], names.index(n)))
         rows = []
         for n in sorted(names, key=lambda n: scores[n]):
             ci = log_loss_interval(labels, oof[n], groups, seed=seed)
@@ -112,3 +127,16 @@ def select(oof: dict[str, np.ndarray], labels: np.ndarray, groups: np.ndarray, m
                          "diff_vs_winner": None if d is None else {k: d[k] for k in ("mean", "lo", "hi")}})
         winners[mode], tables[mode] = best, rows
     return winners, tables
+
+
+def resolved_winner(oof: dict[str, np.ndarray], labels: np.ndarray, groups: np.ndarray, names: list[str],
+                    scores: dict[str, float], seed: int) -> str:
+    """SELECT_REFERENCE, unless candidates beat it out of fold with a paired 95% interval below zero: then the lowest
+    of those (ties to the earlier name). Without the reference among ``names``: the lowest OOF log loss."""
+    lowest = min(names, key=lambda n: (scores[n], names.index(n)))
+    if SELECT_REFERENCE not in names or lowest == SELECT_REFERENCE:
+        return lowest
+    ref = oof[SELECT_REFERENCE]
+    beaten = [n for n in names if n != SELECT_REFERENCE and scores[n] < scores[SELECT_REFERENCE]
+              and verdict(log_loss_difference(labels, oof[n], ref, groups, seed=seed)) == "a better"]
+    return min(beaten, key=lambda n: (scores[n], names.index(n))) if beaten else SELECT_REFERENCE

@@ -168,7 +168,8 @@ def write_report(workdir: str | Path, importances: dict[str, pd.DataFrame], temp
           "## Log loss per candidate (out-of-fold, every stacker row; 95% bootstrap intervals over prompts)", "",
           format_table(rows, counts=True), ""]
     if tables and winners:
-        md += ["## Selection (lowest out-of-fold log loss per student mode)", "", format_selection(tables, winners)]
+        md += ["## Selection per student mode (the rule: `stacking.select_rule` in the notes above)", "",
+               format_selection(tables, winners)]
     if "source" in oof.columns and oof["source"].nunique() > 1:
         per_source = per_source_rows(oof, prompt_groups_of(oof, oof["id"]), seed)
         md += ["## Per source (out-of-fold)", "", format_table(per_source, counts=True), ""]

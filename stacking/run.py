@@ -246,8 +246,10 @@ def run_stacking(cfg: PipelineConfig, force: bool = False) -> dict:
                 calibrated[f"stacker{suffix}"] = calibrated[f"student{suffix}"]
     models.setdefault("stacker", None)
 
-    winners, tables = select(calibrated, y, groups, modes, enabled=sc.select, seed=cfg.seed)
+    winners, tables = select(calibrated, y, groups, modes, enabled=sc.select, seed=cfg.seed, rule=sc.select_rule)
     winners["short"] = winners["none"]
+    notes.append(f"selection rule (stacking.select_rule): {sc.select_rule}" + (
+        "" if sc.select else " (unused: stacking.select=false keeps the full stacker)"))
     for mode, name in winners.items():
         if mode != "short":
             loss = {r["name"]: r["log_loss"] for r in tables[mode]}[name]

@@ -70,7 +70,7 @@ def _fit_predict(model_cfg, train, held, tmp: Path, *, epochs: float, lr: float,
     # one tokenizer for the training and the held-out rows, as the k-fold stages train a bpe: tokenizer on all rows
     texts = frame_texts(pd.concat([train, held], ignore_index=True))
     before = torch.get_num_threads()
-    torch.set_num_threads(threads)  # the Makefile's TORCH_THREADS=1: another job may hold the other core
+    torch.set_num_threads(threads)  # 1 by default: the suite may share the machine with other jobs
     try:
         tta, _, _ = train_and_predict(model_cfg, tc, pc, rc, train, held, tmp / "run", seed=0,
                                       workdir=workdir or tmp, tokenizer_texts=texts)
