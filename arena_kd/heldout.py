@@ -180,20 +180,33 @@ def _teacher_test_probs(cfg: PipelineConfig, ids: pd.Series) -> tuple[dict[str, 
 
 
 def student_test_logits(export_dir: Path, test: pd.DataFrame, cfg: PipelineConfig) -> dict[str, np.ndarray] | None:
-    """Student logits on the test rows, both orientations (as the submission computes them)."""
+    """Student logits on the test rows, both orientations (as the submission computes them; a fold ensemble's
+    members reduced like the submission reduces them: common.metrics.mean_log_softmax per orientation)."""
     if not export_dir.is_dir():
         return None
-    from arena_kd.llm.export import load_export
-    from arena_kd.llm.predict import predict_tta
+    from arena_kd.common.metrics import mean_log_softmax
+    from arena_kd.llm.export import export_members, load_export
+    from arena_kd.llm.predict import predict_tta, tta_average
 
-    model, tokenizer, settings = load_export(export_dir, quantization="none", dtype="auto")
-    r = settings["render"]
-    p = cfg.student.predict
-    out = predict_tta(model, tokenizer, test, max_length=r["max_length"], truncation=r["truncation"],
-                      prompt_fraction=r["prompt_fraction"], template=r.get("template", "blocks"),
-                      tokens_per_batch=p.tokens_per_batch, max_batch_size=p.max_batch_size)
-    del model
-    return out
+    outs = []
+    for member in export_members(export_dir):
+        model, tokenizer, settings = load_export(member, quantization="none", dtype="auto")
+        r = settings["render"]
+        p = cfg.student.predict
+        outs.append(predict_tta(model, tokenizer, test, max_length=r["max_length"], truncation=r["truncation"],
+                                prompt_fraction=r["prompt_fraction"], template=r.get("template", "blocks"),
+                                tokens_per_batch=p.tokens_per_batch, max_batch_size=p.max_batch_size))
+        del model
+    if len(outs) == 1:
+        return outs[0]
+    orig = mean_log_softmax([o["orig"] for o in outs])
+    swap = mean_log_softmax([o["swap"] for o in outs])
+    return {"orig": orig, "swap": swap, "avg": tta_average(orig, swap), "members": len(outs)}
+
+
+def _members_note(out: dict | None) -> str:
+    """The evaluation note of a fold ensemble's row ('' for one model)."""
+    return f"mean of {out['members']} fold students (student.final=fold_ensemble)" if out and "members" in out else ""
 
 
 def _load_stacker(cfg: PipelineConfig):
@@ -238,12 +251,12 @@ def evaluate_stages_on_test(cfg: PipelineConfig, hard_cfg: PipelineConfig | None
         ev.add(TEACHER_ENSEMBLE, ens, "" if ens is not None else "no test predictions")
     if hard_cfg is not None:
         hard = student_test_logits(hard_cfg.workdir_path / "student" / "export", test, cfg)
-        ev.add(HARD, None if hard is None else softmax(hard["avg"]))
+        ev.add(HARD, None if hard is None else softmax(hard["avg"]), _members_note(hard))
     student = student_test_logits(cfg.workdir_path / "student" / "export", test, cfg)
     stud = None if student is None else {"orig": student["orig"], "swap": student["swap"]}
     if student is not None:
-        ev.add(DISTILLED_SINGLE, softmax(student["orig"]))
-        ev.add(DISTILLED, softmax(student["avg"]))
+        ev.add(DISTILLED_SINGLE, softmax(student["orig"]), _members_note(student))
+        ev.add(DISTILLED, softmax(student["avg"]), _members_note(student))
     if stacker is not None:
         _stacker_rows(ev, stacker, test, stud, feats)
     if nested_cfg is not None and student is not None and stacker is not None:

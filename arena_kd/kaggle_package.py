@@ -143,9 +143,12 @@ def check_run_dir(run_dir: Path) -> Path:
     """The run folder has an export and a loadable stacker; returns the config to ship."""
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: run folder not found (--artifacts: the workdir of a trained run)")
+    from arena_kd.llm.export import export_members
+
     export = run_dir / "student" / "export"
-    if not (export / "export.json").is_file() or not (export / "model").is_dir():
-        raise UserError(f"{export}: no student export (export.json and model/); run `arena-kd distill` first")
+    for member in export_members(export):  # [export], or each member of a fold ensemble
+        if not (member / "export.json").is_file() or not (member / "model").is_dir():
+            raise UserError(f"{member}: no student export (export.json and model/); run `arena-kd distill` first")
     from arena_kd.blend.stacker import load_stacker
 
     load_stacker(run_dir / "stacking")  # one-line UserError when the stacker or one of its files is missing

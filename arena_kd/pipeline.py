@@ -20,14 +20,16 @@ HARD_STUDENT_DIR = "ablation_hard_student"
 
 
 def hard_student_config(cfg: PipelineConfig) -> PipelineConfig:
-    """The same student trained on hard labels only (α=0, no extra pairs), final model only, same folds and data."""
+    """The same student trained on hard labels only (α=0, no extra pairs), final model only (with final=fold_ensemble:
+    its fold students, the final model there), same folds and data."""
     d = cfg.to_dict()
     d["workdir"] = str(cfg.workdir_path / HARD_STUDENT_DIR)
     d["folds"]["file"] = str(cfg.folds_path())
     d["student"]["distill"].update(alpha=0.0, mix="alpha", cosine_weight=0.0,  # no soft term of any mix
                                   prior_match="off", prior_match_rows=0.0)  # (acts on soft labels only)
     d["student"]["extra_pairs"]["enabled"] = False  # unlabelled rows teach only through soft labels
-    d["student"]["oof"] = False
+    # a fold ensemble's twin is a fold ensemble too (same models at test); otherwise only the final model is needed
+    d["student"]["oof"] = d["student"]["final"] == "fold_ensemble"
     if d["student"]["final"] == "fold_soup":  # fold soup needs fold adapters, which oof=False does not train
         d["student"]["final"] = "full"
     return PipelineConfig.model_validate(d)
@@ -102,6 +104,6 @@ def run_pipeline(cfg: PipelineConfig, force: bool = False, hard_student: bool = 
             with measure("report (test-set evaluation)") as rec:
                 ev = evaluate_stages_on_test(cfg, hard_cfg, nested_cfg)
             records.append(rec)
-        report = write_report(cfg, ev, records, nested_cfg)
+        report = write_report(cfg, ev, records, nested_cfg, hard_cfg)
         write_resolved(cfg, cfg.workdir_path)  # once every stage accepted this config (a refused resume writes nothing)
         return report

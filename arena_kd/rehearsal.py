@@ -127,6 +127,12 @@ def run(overrides: list[str], sets: list[str], out: Path, test_rows: int | None)
 
     t0 = time.time()
     cfg = load_config([str(BASE), *overrides], sets)
+    if cfg.student.final == "fold_ensemble":  # refused before any stage runs
+        from arena_kd.common.errors import UserError
+
+        raise UserError("the rehearsal measures one exported model against its final adapter: run it with "
+                        "student.final=full or fold_soup (a fold ensemble's members are each verified at distill "
+                        "and on every device at submission)")
     times: dict[str, float] = {}
     for name, stage in (("teachers", run_teachers), ("distill", run_distill), ("stack", run_stacking)):
         t = time.time()

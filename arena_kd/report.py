@@ -151,25 +151,65 @@ def plot_log_loss(rows: list[dict[str, Any]], path: Path) -> None:
               xlim=(max(0.0, min(losses) - 0.1), max(losses) + 0.02))
 
 
-def nested_oof_comparison(cfg: PipelineConfig, nested_cfg: PipelineConfig) -> dict[str, Any] | None:
-    """Student OOF log loss with plain vs nested teacher soft labels on the same rows, paired, prompt-bootstrap
-    interval."""
+def _paired_oof(cfg: PipelineConfig, path_a: Path, path_b: Path, by_source: bool = False
+                ) -> dict[str, dict[str, Any]] | None:
+    """Two students' OOF log losses on the same training rows and their paired difference a − b with a
+    prompt-bootstrap 95% interval: {"all": {...}} plus one entry per source when ``by_source``; None when a file is
+    missing."""
     from arena_kd.data.folds import prompt_groups
     from arena_kd.kfold.training_data import load_training_data
 
-    paths = {nested_cfg.student.distill.nested: nested_cfg.workdir_path / "student" / "oof.parquet",
-             cfg.student.distill.nested: cfg.workdir_path / "student" / "oof.parquet"}
-    if not all(p.is_file() for p in paths.values()):
+    if not (path_a.is_file() and path_b.is_file()):
         return None
     frame = load_training_data(cfg).frame
     y = frame["label"].to_numpy(dtype=np.int64)
-    probs = {}
-    for is_nested, p in paths.items():
+    groups = prompt_groups(frame)
+    probs = []
+    for p in (path_a, path_b):
         df = frame[["id"]].merge(read_keyed_table(p)[0], on="id", how="left")
-        probs[is_nested] = softmax(df[list(LOGIT_COLUMNS)].to_numpy(dtype=np.float64))
-    d = log_loss_difference(y, probs[True], probs[False], prompt_groups(frame), seed=cfg.seed)
-    return {"rows": len(y), "plain": log_loss(y, probs[False]), "nested": log_loss(y, probs[True]),
-            "diff": d["mean"], "lo": d["lo"], "hi": d["hi"]}
+        probs.append(softmax(df[list(LOGIT_COLUMNS)].to_numpy(dtype=np.float64)))
+    scopes = {"all": np.ones(len(y), dtype=bool)}
+    if by_source and "source" in frame and frame["source"].notna().all():
+        src = frame["source"].to_numpy(dtype=object)
+        scopes.update({str(s): src == s for s in sorted(set(src))})
+    out = {}
+    for name, m in scopes.items():
+        d = log_loss_difference(y[m], probs[0][m], probs[1][m], groups[m], seed=cfg.seed)
+        out[name] = {"rows": int(m.sum()), "a": log_loss(y[m], probs[0][m]), "b": log_loss(y[m], probs[1][m]),
+                     "diff": d["mean"], "lo": d["lo"], "hi": d["hi"]}
+    return out
+
+
+def nested_oof_comparison(cfg: PipelineConfig, nested_cfg: PipelineConfig) -> dict[str, Any] | None:
+    """Student OOF log loss with plain vs nested teacher soft labels on the same rows, paired, prompt-bootstrap
+    interval."""
+    plain, nested = (nested_cfg, cfg) if cfg.student.distill.nested else (cfg, nested_cfg)
+    got = _paired_oof(cfg, *(c.workdir_path / "student" / "oof.parquet" for c in (nested, plain)))
+    if got is None:
+        return None
+    d = got["all"]
+    return {"rows": d["rows"], "plain": d["b"], "nested": d["a"], "diff": d["diff"], "lo": d["lo"], "hi": d["hi"]}
+
+
+def twin_oof_comparison(cfg: PipelineConfig, hard_cfg: PipelineConfig) -> dict[str, Any] | None:
+    """The distilled fold students vs their hard-label twins out of fold, on every training row and per source
+    (the twin has fold students when student.final=fold_ensemble): (b) on ~4x the test split's rows."""
+    return _paired_oof(cfg, cfg.workdir_path / "student" / "oof.parquet",
+                       hard_cfg.workdir_path / "student" / "oof.parquet", by_source=True)
+
+
+TWIN_WORDS = {"a better": "distilled better", "b better": "twin better",
+              "not resolved at this size": "not resolved at this size"}
+
+
+def _twin_section(cmp: dict[str, Any]) -> str:
+    lines = ["| rows | n | distilled | hard twin | distilled − twin [95%] | |", "|---|---|---|---|---|---|"]
+    for name, d in cmp.items():
+        lines.append(f"| {name} | {d['rows']} | {d['a']:.4f} | {d['b']:.4f} | {d['diff']:+.4f} [{d['lo']:+.4f}, "
+                     f"{d['hi']:+.4f}] | {TWIN_WORDS[verdict(d)]} |")
+    return ("### (b) out of fold: the distilled fold students vs their hard-label twins\n\nEvery training row, "
+            "scored by the fold student that did not train on its question (unseen questions, as on the test "
+            "split); paired differences, 95% intervals over prompts.\n\n" + "\n".join(lines) + "\n")
 
 
 def _held_out_section(ev: Evaluation, out: Path, report: dict[str, Any]) -> list[str]:
@@ -259,7 +299,7 @@ def _nested_section(cmp: dict[str, Any]) -> str:
 
 
 def write_report(cfg: PipelineConfig, ev: Evaluation | None, records: list[StageRecord],
-                 nested_cfg: PipelineConfig | None = None) -> dict[str, Any]:
+                 nested_cfg: PipelineConfig | None = None, hard_cfg: PipelineConfig | None = None) -> dict[str, Any]:
     """Write report.md and report.json under the workdir (and print the Markdown); return the report dict."""
     out = cfg.workdir_path
     stages = [r.as_dict() for r in records]
@@ -272,6 +312,11 @@ def write_report(cfg: PipelineConfig, ev: Evaluation | None, records: list[Stage
         if cmp is not None:
             parts.append(_nested_section(cmp))
             report["nested_oof"] = cmp
+    if hard_cfg is not None and hard_cfg.student.oof:
+        twin = twin_oof_comparison(cfg, hard_cfg)
+        if twin is not None:
+            parts.append(_twin_section(twin))
+            report["twin_oof"] = twin
     curves = write_training_curves(out)
     if curves:
         parts.append(_curves_section(curves))

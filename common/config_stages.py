@@ -164,8 +164,11 @@ class StudentConfig(Section):
         "rows left out (their mean → student/heldout.parquet), so the stacker trains on every labelled row. Costs one "
         "inference pass per fold over those rows; false = the stacker sees only the max_rows rows (it overfits on few "
         "rows).")
-    final: Literal["full", "fold_soup", "none"] = Field("full", description="Final model: retrain on all rows, average "
-                                                        "the fold LoRAs (1st place), or skip.")
+    final: Literal["full", "fold_soup", "fold_ensemble", "none"] = Field(
+        "full", description="Final model: retrain on all rows (one model at inference); average the fold LoRAs (1st "
+        "place; one model); fold_ensemble = export every fold student and average their log-probabilities at "
+        "submission, as the held-out rows are (k x the student's inference time and k loads; needs oof=true; "
+        "measured on the demo: README 'Fold ensemble'); or skip.")
     soup: Literal["exact", "average"] = Field(
         "exact",
         description="With final=fold_soup: exact = the fold adapters side by side along the rank axis, each B scaled "

@@ -16,6 +16,21 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     return e / e.sum(axis=axis, keepdims=True)
 
 
+def mean_log_softmax(logits: list[np.ndarray]) -> np.ndarray:
+    """float32[n, 3]: the mean over models of each one's log-softmax of its float [n, 3] logits (a normalised
+    geometric mean once exponentiated). How every k-model ensemble of this project is reduced: the teachers' and the
+    student's fold models on rows none of them trained on (kfold.runner.mean_fold_logprobs) and the student's fold
+    ensemble at submission (student.final=fold_ensemble)."""
+    if not logits:
+        raise ValueError("mean_log_softmax needs at least one model's logits")
+    parts = []
+    for z in logits:
+        z = np.asarray(z, dtype=np.float64)
+        m = z.max(axis=1, keepdims=True)
+        parts.append(z - m - np.log(np.exp(z - m).sum(axis=1, keepdims=True)))
+    return np.mean(parts, axis=0).astype(np.float32)
+
+
 def log_loss(labels: np.ndarray, probs: np.ndarray, eps: float = EPS) -> float:
     """Kaggle's multiclass log loss: rows renormalised, clipped to [eps, 1-eps]. labels: (n,) ints; probs: (n, 3)."""
     return float(np.mean(row_log_loss(labels, probs, eps)))

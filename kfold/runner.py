@@ -121,7 +121,7 @@ def mean_fold_logprobs(paths: list[Path], ids: pd.Series, hashes: dict[str, str]
     """id + every column of ``groups`` (class-order triples) for ``ids`` in that order: the mean over the fold files
     ``paths`` (each hash-checked) of the log-softmax of each triple, float32. How the fold models of a stage predict
     rows none of them trained on (the teachers' data.extra, the student's held-out rows)."""
-    from scipy.special import log_softmax
+    from arena_kd.common.metrics import mean_log_softmax
 
     parts: dict[tuple[str, ...], list[np.ndarray]] = {g: [] for g in groups}
     for path in paths:
@@ -129,12 +129,12 @@ def mean_fold_logprobs(paths: list[Path], ids: pd.Series, hashes: dict[str, str]
         check_hashes(path, meta, hashes)
         df = pd.DataFrame({"id": ids.astype(str).to_numpy()}).merge(df, on="id", how="left")
         for g in groups:
-            parts[g].append(log_softmax(df[list(g)].to_numpy(dtype=np.float64), axis=1))
+            parts[g].append(df[list(g)].to_numpy(dtype=np.float64))
     out = pd.DataFrame({"id": ids.astype(str).to_numpy()})
     for g in groups:
-        mean = np.mean(parts[g], axis=0)
+        mean = mean_log_softmax(parts[g])
         for j, c in enumerate(g):
-            out[c] = mean[:, j].astype(np.float32)
+            out[c] = mean[:, j]
     return out
 
 

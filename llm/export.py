@@ -10,6 +10,10 @@ Layout of ``<workdir>/student/export/``::
                             student's, or for a fold soup the mean of the fold models' probabilities
   config.resolved.yaml
 
+With ``student.final: fold_ensemble`` the folder holds one such export per fold student instead (``fold0/``,
+``fold1/``, ... each laid out as above, its reference rows that fold model's own probabilities), an
+``ensemble.json`` naming them, and ``config.resolved.yaml``; :func:`export_members` lists the exports either way.
+
 ``load_export(export_dir, quantization=..., dtype=...)`` returns (model, tokenizer, settings) using
 plain transformers/peft, so it works without the llm/ package's training-time state.
 
@@ -154,6 +158,36 @@ def save_export(
     tmp.rename(export_dir)
     shutil.rmtree(old, ignore_errors=True)
     return export_dir
+
+
+ENSEMBLE_FILE = "ensemble.json"
+ENSEMBLE_REDUCTION = "mean over the members of each one's log-softmax, per orientation (metrics.mean_log_softmax)"
+
+
+def export_members(export_dir: str | Path) -> list[Path]:
+    """The export folders a student export is made of: ``[export_dir]`` for a single model, else the members its
+    ensemble.json names, in order (UserError when it is unreadable, names none, or names a missing folder)."""
+    export_dir = Path(export_dir)
+    manifest = export_dir / ENSEMBLE_FILE
+    if not manifest.is_file():
+        return [export_dir]
+    done = read_json_record(manifest, "rerun `arena-kd distill --force` to export again")
+    names = done.get("members")
+    if not isinstance(names, list) or not names:
+        raise UserError(f"{manifest}: names no members; rerun `arena-kd distill --force` to export again")
+    members = [export_dir / str(m) for m in names]
+    for m in members:
+        if not (m / "export.json").is_file():
+            raise UserError(f"{m}: member of {manifest} has no export.json; rerun `arena-kd distill --force`")
+    return members
+
+
+def save_ensemble_manifest(export_dir: Path, cfg: PipelineConfig, members: list[str], hashes: dict[str, Any]) -> None:
+    """``ensemble.json`` (member folders, reduction, hashes) and config.resolved.yaml in ``export_dir``; the
+    manifest is written last, so a folder without it is never taken for a finished ensemble."""
+    write_resolved(cfg, export_dir)
+    atomic_write_json(export_dir / ENSEMBLE_FILE, {"format": EXPORT_FORMAT, "members": list(members),
+                                                   "reduction": ENSEMBLE_REDUCTION, "hashes": hashes})
 
 
 def read_json_record(path: str | Path, remedy: str) -> dict[str, Any]:

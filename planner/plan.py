@@ -128,22 +128,30 @@ def _submission_stages(cfg: PipelineConfig, arch: Arch, name: str, lengths: Leng
     sub, p, s = cfg.submission, cfg.submission.predict, cfg.student
     max_length = change.get("max_length") or p.max_length or s.predict.max_length or cfg.render.max_length
     tta = change.get("tta", p.tta)
-    student = estimate_inference("submission: student inference", name, arch, KAGGLE_HW,
+    members = change.get("members", ensemble_members(cfg))  # a fold ensemble runs every fold model over the rows
+    label = "submission: student inference" + (f" ({members} fold models)" if members > 1 else "")
+    student = estimate_inference(label, name, arch, KAGGLE_HW,
                                  quantization=change.get("quantization", sub.quantization), dtype=sub.dtype,
-                                 lengths=lengths, max_length=max_length, passes=2 if tta else 1,
+                                 lengths=lengths, max_length=max_length, passes=(2 if tta else 1) * members,
                                  tokens_per_batch=p.tokens_per_batch, max_batch_size=p.max_batch_size, calib=calib,
                                  eager=uses_eager(s.model))
     export_gib = weight_gib(arch, s.export_dtype)
-    load = HARDWARE[KAGGLE_HW].gpus * export_gib / LOAD_GIB_PER_S
+    load = members * HARDWARE[KAGGLE_HW].gpus * export_gib / LOAD_GIB_PER_S
     per_row = STACKER_S_PER_ROW["features"] + (STACKER_S_PER_ROW["embeddings"] if cfg.stacking.embedding_model else 0.0)
     features = "features + MiniLM" if cfg.stacking.embedding_model else "features"
     return [
         fixed_stage("submission: load export", KAGGLE_HW, tuple(load * f for f in RATE_RANGE),
-                    f"assumption: {LOAD_GIB_PER_S} GiB/s per GPU copy of a {export_gib:.1f} GiB export, x0.5-x2"),
+                    f"assumption: {LOAD_GIB_PER_S} GiB/s per GPU copy of a {export_gib:.1f} GiB export"
+                    + (f" (x{members} members, loaded one after the other)" if members > 1 else "") + ", x0.5-x2"),
         student,
         fixed_stage("submission: stacker", KAGGLE_HW, tuple(lengths.rows * per_row * f for f in RATE_RANGE),
                     f"assumption: {per_row * 1000:.0f} ms/row ({features}), x0.5-x2", lengths.rows),
     ]
+
+
+def ensemble_members(cfg: PipelineConfig) -> int:
+    """Models the submission runs over every row: the k fold students with student.final=fold_ensemble, else 1."""
+    return cfg.folds.n_folds if cfg.student.final == "fold_ensemble" else 1
 
 
 def _alternatives(cfg: PipelineConfig, arch: Arch, name: str, lengths: Lengths, calib: dict,
@@ -151,6 +159,9 @@ def _alternatives(cfg: PipelineConfig, arch: Arch, name: str, lengths: Lengths, 
     sub = cfg.submission
     cur_len = sub.predict.max_length or cfg.student.predict.max_length or cfg.render.max_length
     options: list[tuple[str, dict]] = []
+    if ensemble_members(cfg) > 1:
+        options.append(("one final model instead of the fold ensemble (student.final=full or fold_soup)",
+                        {"members": 1}))
     options.append(("drop TTA (submission.predict.tta=false)", {"tta": False}) if sub.predict.tta
                    else ("add TTA (submission.predict.tta=true)", {"tta": True}))
     if sub.degraded_max_length < cur_len:

@@ -3,7 +3,8 @@
 1. Reference rows (``student.reference_rows`` training rows, rendered at the inference max length): probabilities
    of the trained student (``final: full``), or the mean of the k fold models' probabilities (``final: fold_soup``),
    each model run on its trained base (same quantization and dtype as in training). For a soup, both soup kinds
-   and single folds are measured against that mean (:func:`student.soup.soup_drift`).
+   and single folds are measured against that mean (:func:`student.soup.soup_drift`). ``final: fold_ensemble``
+   exports each fold model as a member of its own, referenced to its own probabilities (:func:`export_ensemble`).
 2. The merged model (:mod:`student.merge`: dequantised trained base, fp32 merge, one cast to ``export_dtype``).
 3. :func:`arena_kd.llm.export.verify_export` on the written export, unquantized and at ``submission.quantization``;
    the results go into export.json (``verify``) and a drift beyond tolerance is printed with its numbers (the
@@ -67,17 +68,42 @@ def _tokenizer(cfg: PipelineConfig, adapter: Path, in_memory):
     return tok
 
 
+def export_ensemble(cfg: PipelineConfig, frame: pd.DataFrame, fhashes: dict[str, str], *, force: bool) -> Path:
+    """``final: fold_ensemble``: every fold student exported as its own member (``export/fold<k>/``, verified against
+    that fold model's own reference probabilities), then ``ensemble.json`` naming them (llm.export). Each member is
+    skipped when up to date, so an interrupted export resumes at the member it stopped in."""
+    import shutil
+
+    from arena_kd.llm.export import ENSEMBLE_FILE, save_ensemble_manifest
+
+    s = cfg.student
+    if not s.oof:
+        raise UserError("student.final=fold_ensemble needs the fold students: set student.oof=true (or final=full)")
+    edir = cfg.workdir_path / "student" / "export"
+    if (edir / "export.json").is_file():  # a single-model export from another final mode: replaced as a whole
+        shutil.rmtree(edir)
+    (edir / ENSEMBLE_FILE).unlink(missing_ok=True)  # until every member is in, the folder is no finished ensemble
+    names = []
+    for k, adapter in zip(sorted(int(f) for f in frame["fold"].unique()), fold_adapter_dirs(cfg, frame)):
+        name = f"fold{k}"
+        export_student(cfg, frame, adapter, None, {**fhashes, "member": name}, force=force, edir=edir / name)
+        names.append(name)
+    save_ensemble_manifest(edir, cfg, names, fhashes)
+    print(f"[student] export: fold ensemble of {len(names)} members ({', '.join(names)}) → {edir}")
+    return edir
+
+
 def export_student(cfg: PipelineConfig, frame: pd.DataFrame, adapter: Path, in_memory, fhashes: dict[str, str], *,
-                   force: bool) -> Path:
-    """Write ``<workdir>/student/export`` (see module docstring); skipped when up to date. ``in_memory``: (model,
-    tokenizer) or None. Runs on rank 0 alone under a launch: an FSDP-sharded trained model (whose forwards need
-    every rank) is not run; its gathered adapter is reloaded unsharded instead."""
+                   force: bool, edir: Path | None = None) -> Path:
+    """Write ``edir`` (default ``<workdir>/student/export``; see module docstring); skipped when up to date.
+    ``in_memory``: (model, tokenizer) or None. Runs on rank 0 alone under a launch: an FSDP-sharded trained model
+    (whose forwards need every rank) is not run; its gathered adapter is reloaded unsharded instead."""
     from arena_kd.data.render import render_batch
     from arena_kd.student.merge import load_trained_base, merged_student
 
     s = cfg.student
     sdir = cfg.workdir_path / "student"
-    edir = sdir / "export"
+    edir = edir or sdir / "export"
     rs = render_settings(cfg)
     ehashes = {**fhashes, "export": json_hash({"dtype": s.export_dtype, "merged": s.export_merged, "render": rs,
                                                "ref": s.reference_rows, "verify": verify_precisions(cfg),
@@ -117,6 +143,7 @@ def export_student(cfg: PipelineConfig, frame: pd.DataFrame, adapter: Path, in_m
     free_accelerator_memory()
     soup = s.final == "fold_soup"
     extra = {"reference_rows": len(ref_rows), "trained_quantization": s.model.quantization, "final": s.final,
+             **({"member": fhashes["member"]} if "member" in fhashes else {}),
              "soup_mode": s.soup if soup else None, "soup": soup_report,
              "reference": "mean of the fold models' probabilities" if soup else "the trained model's probabilities",
              "merge_rule": "dequantised trained base, fp32 merge, one cast to export_dtype"}

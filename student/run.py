@@ -4,6 +4,7 @@ Outputs under ``<workdir>/student/``:
   fold<k>.parquet (+meta)   one fold's held-out TTA logits (resume unit); fold<k>/ holds that fold's adapter
   oof.parquet (+meta)       id, fold, logit_* (TTA avg), orig_logit_*, swap_logit_* for every training row
   final/                    final adapter (full retrain, or the average of the fold adapters) + final.json
+                            (fold_ensemble: final.json only; the fold adapters are exported as members)
   export/                   see arena_kd.llm.export
   config.resolved.yaml      the config of these outputs, written when the stage has finished (arena_kd.teachers.run)
 """
@@ -180,7 +181,15 @@ def _final_stage(cfg, frame: pd.DataFrame, hashes: dict[str, str], loss_fn, *, f
         main_write(shutil.rmtree, fdir, ignore_errors=True)
     t0 = time.time()
     in_memory = None
-    if s.final == "full":
+    if s.final == "fold_ensemble":  # nothing to train: the fold students are the final model (export_ensemble)
+        from arena_kd.student.export_stage import fold_adapter_dirs
+
+        if not s.oof:
+            raise UserError("student.final=fold_ensemble needs the fold students: set student.oof=true (or final=full)")
+        dirs = fold_adapter_dirs(cfg, frame)
+        adapter = dirs[0]
+        print(f"[student] final: the {len(dirs)} fold students, averaged at submission (fold_ensemble)")
+    elif s.final == "full":
         from arena_kd.llm.train import frame_texts, train_classifier
 
         print(f"[student] final: training on all {len(frame)} rows")
@@ -215,9 +224,11 @@ def _export_stage(cfg, frame: pd.DataFrame, adapter: Path, holder: list, fhashes
                   force: bool) -> Path:
     """References from the trained model(s), merged (or base + adapter) export, self-check (student.export_stage).
     ``holder[0]``: (model, tokenizer) or None; taken out here so the trained model can be freed before the merge."""
-    from arena_kd.student.export_stage import export_student
+    from arena_kd.student.export_stage import export_ensemble, export_student
 
     in_memory = holder.pop() if holder else None
+    if cfg.student.final == "fold_ensemble":
+        return export_ensemble(cfg, frame, fhashes, force=force)
     return export_student(cfg, frame, adapter, in_memory, fhashes, force=force)
 
 

@@ -6,12 +6,13 @@ Order of work, chosen so that a valid file exists as early as possible and whate
 2. the features-only stacker on every row (or, without a stacker, the class prior) — validated and
    written to ``out`` at once: from here on a valid submission exists;
 3. the student under the time budget (:mod:`submission.budget`), chunk by chunk, degrading
-   tta → single → short → stop; a student that fails to load or crashes only loses rows;
+   tta → single → short → stop; a student that fails to load or crashes only loses rows; a fold ensemble's
+   members run one after the other on shares of the time (:mod:`submission.ensemble`);
 4. the stacker (with the student's logits) on every row the student reached; the file is
    validated again and replaced atomically.
 
-Each row's path is written to ``<out stem>.paths.csv`` (id, student mode, max_length, head, and the
-reason when a row did not get the student) and counted on the console; a summary goes to
+Each row's path is written to ``<out stem>.paths.csv`` (id, student mode, max_length, head, the models averaged
+in its student logits, and the reason when a row did not get the student) and counted on the console; a summary goes to
 ``<out stem>.run.json`` (counts, reasons, non-finite logit rows, test-file repairs) next to the resolved config.
 
 Nothing about the test file's contents can stop the run (:mod:`arena_kd.submission.tolerant_reader` repairs it, and
@@ -38,7 +39,8 @@ from arena_kd.common.errors import UserError
 from arena_kd.common.io import atomic_write_csv, atomic_write_json
 from arena_kd.common.keys import LABELS
 from arena_kd.data.text import read_id_column
-from arena_kd.submission.budget import Deadline, Governor
+from arena_kd.submission.budget import Deadline
+from arena_kd.submission.ensemble import run_student_members
 from arena_kd.submission.fallback import (
     class_prior,
     fallback_losses,
@@ -47,7 +49,7 @@ from arena_kd.submission.fallback import (
     student_beats_prior,
     student_softmax,
 )
-from arena_kd.submission.student_pass import StudentPass, run_student_pass, short_reason
+from arena_kd.submission.student_pass import StudentPass, short_reason
 from arena_kd.submission.validate import valid_rows, write_submission
 
 log = logging.getLogger("arena_kd.submission")
@@ -249,7 +251,7 @@ def run_submission(
 
     # 2. the student under the budget ----------------------------------------------------------
     reserve = sub.reserve_s + 1.5 * fallback_seconds
-    governor = Governor(deadline, reserve_s=reserve, safety=sub.safety_factor, allow_tta=sub.predict.tta)
+    history: list[dict] = []  # the members' governors' mode choices (submission.ensemble), for run.json
     spass = StudentPass.empty(n)
     fallback_probs, fallback_head = probs.copy(), head.copy()
     no_stacker: dict | None = None  # without a stacker: the OOF losses deciding student softmax vs prior, and why
@@ -261,24 +263,18 @@ def run_submission(
             log.warning("time budget: %s left, %s reserved — skipping the student",
                         format_seconds(deadline.remaining()), format_seconds(reserve))
         else:
-            try:
-                backend = load_student(student_dir, quantization=sub.quantization, dtype=sub.dtype, devices=devices)
-            except Exception as exc:  # noqa: BLE001 - any load failure → fallback for every row
-                backend = None
+            try:  # one export, or the members of a fold ensemble (submission.ensemble)
+                from arena_kd.llm.export import export_members
+
+                members = export_members(student_dir)
+            except Exception as exc:  # noqa: BLE001 - an unreadable manifest → fallback for every row
+                members = []
                 spass.error = f"student failed to load: {short_reason(exc)}"
                 log.error("%s — every row uses the fallback", spass.error)
-            if backend is not None:
-                max_length = sub.predict.max_length or backend.render.get("max_length") or cfg.render.max_length
-                spass = run_student_pass(
-                    backend, df, governor,
-                    max_length=int(max_length), degraded_max_length=sub.degraded_max_length,
-                    tokens_per_batch=sub.predict.tokens_per_batch, max_batch_size=sub.predict.max_batch_size,
-                    chunk_rows=sub.chunk_rows, progress=progress,
-                )
-                del backend  # free the GPUs for the stacker's embedder, if any
-                from arena_kd.llm.placement import free_accelerator_memory  # torch: only once a student ran
-
-                free_accelerator_memory()
+            if members:
+                spass, history = run_student_members(members, df, deadline, reserve_s=reserve, sub=sub,
+                                                     load=load_student, devices=devices,
+                                                     default_max_length=cfg.render.max_length, progress=progress)
 
         # 3. student rows through the stacker (only rows with finite logits: see student_pass) ---------
         for tta in (True, False):
@@ -332,6 +328,7 @@ def run_submission(
         "max_length": spass.max_length,
         "head": head,
         "model": answering_models(stacker, head, spass),
+        "members": spass.members if spass.members is not None else np.zeros(n, dtype=np.int32),
         "reason": [r if r is not None else "" for r in spass.reason],
     })
     stem = out_path.with_name(out_path.stem)
@@ -344,7 +341,7 @@ def run_submission(
         "fallback_seconds": round(fallback_seconds, 3), "reserve_s": round(reserve, 3),
         "counts": counts, "fallback_reasons": reasons, "nonfinite_logit_rows": spass.nonfinite_rows,
         "test_repairs": df.attrs.get("repairs", {}), "student_error": spass.error, "chunks": spass.chunks,
-        "governor": governor.history, "sample_ids_without_test_row": ids_without_row,
+        "governor": history, "sample_ids_without_test_row": ids_without_row,
         "test_rows_not_in_sample": order.test_rows_not_in_sample, "sample_submission_error": order.sample_error,
         "stacker_models_not_used": getattr(stacker, "unusable", {}) if stacker is not None else None,
         "no_stacker_choice": None if no_stacker is None else {

@@ -53,6 +53,7 @@ class StudentPass:
     error: str | None = None
     chunks: list[dict] = field(default_factory=list)
     nonfinite_rows: int = 0  # rows whose student logits were NaN/inf (dropped, never passed on)
+    members: np.ndarray | None = None  # int32[n]: models averaged in a row's logits (submission.ensemble), 0 = none
 
     @classmethod
     def empty(cls, n: int, error: str | None = None) -> "StudentPass":
@@ -70,6 +71,8 @@ class StudentPass:
         self.mode[rows], self.max_length[rows] = None, 0
         self.orig[rows], self.swap[rows] = np.nan, np.nan
         self.reason[rows] = reason
+        if self.members is not None:
+            self.members[rows] = 0
 
 
 def _is_oom(exc: BaseException) -> bool:
