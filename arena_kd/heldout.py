@@ -185,7 +185,8 @@ def student_test_logits(export_dir: Path, test: pd.DataFrame, cfg: PipelineConfi
     if not export_dir.is_dir():
         return None
     from arena_kd.common.metrics import mean_log_softmax
-    from arena_kd.llm.export import export_members, load_export
+    from arena_kd.llm.export import load_export
+    from arena_kd.llm.export_members import export_members
     from arena_kd.llm.predict import predict_tta, tta_average
 
     outs = []

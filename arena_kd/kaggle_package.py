@@ -143,7 +143,7 @@ def check_run_dir(run_dir: Path) -> Path:
     """The run folder has an export and a loadable stacker; returns the config to ship."""
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: run folder not found (--artifacts: the workdir of a trained run)")
-    from arena_kd.llm.export import export_members
+    from arena_kd.llm.export_members import export_members
 
     export = run_dir / "student" / "export"
     for member in export_members(export):  # [export], or each member of a fold ensemble

@@ -19,4 +19,5 @@ Modules (one job each):
   losses           the default hard-label CE and loss_key (a loss's resume identity)
   predict          logits in input order, A/B-swap TTA, data-parallel over processes
   export           the student export format: save, load, verify against reference rows
+  export_members   which folders an export is made of (one model, or a fold ensemble's members), read without torch
 """

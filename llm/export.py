@@ -25,7 +25,6 @@ at the start of `submission` (submission.student_infer), where a copy that fails
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,12 @@ from arena_kd.common.io import atomic_write_json, read_keyed_table, write_keyed_
 from arena_kd.common.keys import LABELS, LOGIT_COLUMNS
 from arena_kd.common.metrics import softmax
 from arena_kd.llm.devices import DTYPE_NAMES, DTYPES, keep_bnb_4bit_layout_on_cpu, native_bf16
+from arena_kd.llm.export_members import (  # noqa: F401 - re-exported: the export's names in one place
+    ENSEMBLE_FILE,
+    ENSEMBLE_REDUCTION,
+    export_members,
+    read_json_record,
+)
 from arena_kd.llm.head import HEAD_NAMES
 
 EXPORT_FORMAT = 1
@@ -160,50 +165,12 @@ def save_export(
     return export_dir
 
 
-ENSEMBLE_FILE = "ensemble.json"
-ENSEMBLE_REDUCTION = "mean over the members of each one's log-softmax, per orientation (metrics.mean_log_softmax)"
-
-
-def export_members(export_dir: str | Path) -> list[Path]:
-    """The export folders a student export is made of: ``[export_dir]`` for a single model, else the members its
-    ensemble.json names, in order (UserError when it is unreadable, names none, or names a missing folder)."""
-    export_dir = Path(export_dir)
-    manifest = export_dir / ENSEMBLE_FILE
-    if not manifest.is_file():
-        return [export_dir]
-    done = read_json_record(manifest, "rerun `arena-kd distill --force` to export again")
-    names = done.get("members")
-    if not isinstance(names, list) or not names:
-        raise UserError(f"{manifest}: names no members; rerun `arena-kd distill --force` to export again")
-    members = [export_dir / str(m) for m in names]
-    for m in members:
-        if not (m / "export.json").is_file():
-            raise UserError(f"{m}: member of {manifest} has no export.json; rerun `arena-kd distill --force`")
-    return members
-
-
 def save_ensemble_manifest(export_dir: Path, cfg: PipelineConfig, members: list[str], hashes: dict[str, Any]) -> None:
     """``ensemble.json`` (member folders, reduction, hashes) and config.resolved.yaml in ``export_dir``; the
     manifest is written last, so a folder without it is never taken for a finished ensemble."""
     write_resolved(cfg, export_dir)
     atomic_write_json(export_dir / ENSEMBLE_FILE, {"format": EXPORT_FORMAT, "members": list(members),
                                                    "reduction": ENSEMBLE_REDUCTION, "hashes": hashes})
-
-
-def read_json_record(path: str | Path, remedy: str) -> dict[str, Any]:
-    """A stage's JSON record (final.json, export.json) as a dict; a truncated, non-UTF-8 or non-object file raises
-    one UserError line naming the file, why, and ``remedy`` (e.g. "rerun with --force to redo the final stage")."""
-    path = Path(path)
-    try:
-        done = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(done, dict):
-            raise ValueError(f"holds a JSON {type(done).__name__}, not an object")
-        return done
-    except json.JSONDecodeError as exc:
-        why = f"invalid JSON: {exc.msg} at line {exc.lineno}"
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
-    raise UserError(f"{path}: unreadable {path.name} ({why}); {remedy}")
 
 
 def read_export_settings(export_dir: str | Path) -> dict[str, Any]:

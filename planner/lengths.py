@@ -66,6 +66,12 @@ def local_tokenizer(cfg: PipelineConfig):
 
     candidates = []
     export = Path(cfg.submission.student_dir) if cfg.submission.student_dir else cfg.workdir_path / "student" / "export"
+    try:  # a fold ensemble's members share the student's tokenizer: the first one's
+        from arena_kd.llm.export_members import export_members
+
+        export = export_members(export)[0]
+    except UserError:
+        pass
     candidates += [export / "tokenizer", export]
     m = cfg.student.model
     for spec in (m.tokenizer, m.backbone):

@@ -74,7 +74,8 @@ def export_ensemble(cfg: PipelineConfig, frame: pd.DataFrame, fhashes: dict[str,
     skipped when up to date, so an interrupted export resumes at the member it stopped in."""
     import shutil
 
-    from arena_kd.llm.export import ENSEMBLE_FILE, save_ensemble_manifest
+    from arena_kd.llm.export import save_ensemble_manifest
+    from arena_kd.llm.export_members import ENSEMBLE_FILE
 
     s = cfg.student
     if not s.oof:

@@ -264,7 +264,7 @@ def run_submission(
                         format_seconds(deadline.remaining()), format_seconds(reserve))
         else:
             try:  # one export, or the members of a fold ensemble (submission.ensemble)
-                from arena_kd.llm.export import export_members
+                from arena_kd.llm.export_members import export_members
 
                 members = export_members(student_dir)
             except Exception as exc:  # noqa: BLE001 - an unreadable manifest → fallback for every row

@@ -18,7 +18,7 @@ from test_submission import FakeBackend, artifacts  # noqa: F401 - the fixture i
 from arena_kd.common.config import load_config
 from arena_kd.common.errors import UserError
 from arena_kd.common.metrics import mean_log_softmax
-from arena_kd.llm.export import ENSEMBLE_FILE, export_members
+from arena_kd.llm.export_members import ENSEMBLE_FILE, export_members
 from arena_kd.submission import run as run_mod
 from arena_kd.submission.ensemble import combine_passes, member_reserve
 from arena_kd.submission.student_pass import StudentPass
@@ -261,6 +261,10 @@ def test_real_fold_ensemble_export_evaluation_and_switch_back(tmp_path):
     export = Path(summary["export_dir"])
     members = export_members(export)
     assert [m.name for m in members] == ["fold0", "fold1"] and (export / "config.resolved.yaml").is_file()
+    from arena_kd.planner.lengths import local_tokenizer
+
+    tok, where = local_tokenizer(cfg)  # the planner counts tokens with the first member's tokenizer
+    assert tok is not None and "fold0" in where
     sdir = tmp_path / "work" / "student"
     for k, m in enumerate(members):
         settings = json.loads((m / "export.json").read_text())
@@ -331,3 +335,13 @@ def test_report_compares_the_distilled_and_hard_fold_students_out_of_fold(tmp_pa
     assert "distilled better" in _twin_section(got)
     (hard.workdir_path / "student" / "oof.parquet").unlink()
     assert twin_oof_comparison(cfg, hard) is None  # a twin without fold students: no section
+
+
+def test_reading_the_members_needs_no_torch():
+    """The planner and the submission's fallback path stay torch-free: listing an export's members too."""
+    import subprocess
+    import sys
+
+    code = ("import sys, arena_kd.llm.export_members, arena_kd.planner.lengths, arena_kd.submission.ensemble; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
