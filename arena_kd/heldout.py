@@ -189,11 +189,11 @@ def student_test_logits(export_dir: Path, test: pd.DataFrame, cfg: PipelineConfi
     from arena_kd.llm.export_members import export_members
     from arena_kd.llm.predict import predict_tta, tta_average
 
+    p = cfg.student.predict
     outs = []
     for member in export_members(export_dir):
         model, tokenizer, settings = load_export(member, quantization="none", dtype="auto")
         r = settings["render"]
-        p = cfg.student.predict
         outs.append(predict_tta(model, tokenizer, test, max_length=r["max_length"], truncation=r["truncation"],
                                 prompt_fraction=r["prompt_fraction"], template=r.get("template", "blocks"),
                                 tokens_per_batch=p.tokens_per_batch, max_batch_size=p.max_batch_size))

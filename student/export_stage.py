@@ -77,9 +77,6 @@ def export_ensemble(cfg: PipelineConfig, frame: pd.DataFrame, fhashes: dict[str,
     from arena_kd.llm.export import save_ensemble_manifest
     from arena_kd.llm.export_members import ENSEMBLE_FILE
 
-    s = cfg.student
-    if not s.oof:
-        raise UserError("student.final=fold_ensemble needs the fold students: set student.oof=true (or final=full)")
     edir = cfg.workdir_path / "student" / "export"
     if (edir / "export.json").is_file():  # a single-model export from another final mode: replaced as a whole
         shutil.rmtree(edir)

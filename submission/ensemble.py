@@ -22,7 +22,6 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import pandas as pd
 
 from arena_kd.common.metrics import mean_log_softmax
@@ -41,17 +40,14 @@ def member_reserve(remaining_s: float, reserve_s: float, members_left: int) -> f
 
 def combine_passes(passes: list[StudentPass], names: list[str] | None = None) -> StudentPass:
     """One StudentPass from the members' passes (module doc: the first member to reach a row sets its mode and
-    length; the members that ran it alike are averaged). A single pass is returned as it is (``members`` set)."""
+    length; the members that ran it alike are averaged). A single pass is returned as it is."""
     if not passes:
         raise ValueError("combine_passes needs at least one pass")
     names = names or [f"member{j}" for j in range(len(passes))]
     n = len(passes[0].mode)
     if len(passes) == 1:
-        p = passes[0]
-        p.members = np.array([0 if m is None else 1 for m in p.mode], dtype=np.int32)
-        return p
+        return passes[0]
     out = StudentPass.empty(n)
-    out.members = np.zeros(n, dtype=np.int32)
     for i in range(n):
         ran = [p for p in passes if p.mode[i] is not None]
         if not ran:
@@ -84,13 +80,13 @@ def run_student_members(members: list[Path], df: pd.DataFrame, deadline: Deadlin
     history: list[dict] = []
     for j, (member, name) in enumerate(zip(members, names)):
         what = f"ensemble member {name} ({j + 1}/{k})" if k > 1 else "student"
-        governor = Governor(deadline, reserve_s=member_reserve(deadline.remaining(), reserve_s, k - j),
-                            safety=sub.safety_factor, allow_tta=sub.predict.tta)
         if deadline.remaining() <= reserve_s:
             passes.append(StudentPass.empty(n, error=f"{what}: no time left"))
             passes[-1].reason[:] = "not reached: time budget"
             log.warning("time budget: no time left for %s", what)
             continue
+        governor = Governor(deadline, reserve_s=member_reserve(deadline.remaining(), reserve_s, k - j),
+                            safety=sub.safety_factor, allow_tta=sub.predict.tta)
         try:
             backend = load(member, quantization=sub.quantization, dtype=sub.dtype, devices=devices)
         except Exception as exc:  # noqa: BLE001 - a load failure costs this member's share only

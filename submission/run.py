@@ -328,7 +328,7 @@ def run_submission(
         "max_length": spass.max_length,
         "head": head,
         "model": answering_models(stacker, head, spass),
-        "members": spass.members if spass.members is not None else np.zeros(n, dtype=np.int32),
+        "members": spass.members,
         "reason": [r if r is not None else "" for r in spass.reason],
     })
     stem = out_path.with_name(out_path.stem)

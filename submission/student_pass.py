@@ -50,10 +50,11 @@ class StudentPass:
     swap: np.ndarray  # float32[n, 3] (original A/B order), NaN without TTA
     max_length: np.ndarray  # int32[n], 0 where not run
     reason: np.ndarray  # object[n]: why a row has no student logits (None where it has them)
+    members: np.ndarray  # int32[n]: models averaged in a row's logits (1 for one model, more in a fold ensemble:
+    # submission.ensemble), 0 = no student logits
     error: str | None = None
     chunks: list[dict] = field(default_factory=list)
     nonfinite_rows: int = 0  # rows whose student logits were NaN/inf (dropped, never passed on)
-    members: np.ndarray | None = None  # int32[n]: models averaged in a row's logits (submission.ensemble), 0 = none
 
     @classmethod
     def empty(cls, n: int, error: str | None = None) -> "StudentPass":
@@ -64,6 +65,7 @@ class StudentPass:
             max_length=np.zeros(n, dtype=np.int32),
             reason=np.full(n, None, dtype=object),
             error=error,
+            members=np.zeros(n, dtype=np.int32),
         )
 
     def drop(self, rows: np.ndarray, reason: str) -> None:
@@ -71,8 +73,7 @@ class StudentPass:
         self.mode[rows], self.max_length[rows] = None, 0
         self.orig[rows], self.swap[rows] = np.nan, np.nan
         self.reason[rows] = reason
-        if self.members is not None:
-            self.members[rows] = 0
+        self.members[rows] = 0
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -216,7 +217,7 @@ def run_student_pass(
                 swap = np.asarray(swap, dtype=np.float32)
                 finite &= np.isfinite(swap).all(axis=1)
             good, bad = idx[finite], idx[~finite]
-            res.mode[good] = mode
+            res.mode[good], res.members[good] = mode, 1
             res.orig[good] = orig[finite]
             if swap is not None:
                 res.swap[good] = swap[finite]

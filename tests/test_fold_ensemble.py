@@ -60,7 +60,7 @@ def _pass(n, modes, orig, swap=None, length=96):
         if m is None:
             p.reason[i] = "not reached: time budget"
             continue
-        p.mode[i], p.max_length[i], p.orig[i] = m, length, orig[i]
+        p.mode[i], p.max_length[i], p.orig[i], p.members[i] = m, length, orig[i], 1  # as run_student_pass sets
         if m == "tta":
             p.swap[i] = swap[i]
     return p
