@@ -100,6 +100,22 @@ class Evaluation:
                 out.append(row)
         return out
 
+    def row_signal(self, constants: list[str]) -> list[dict[str, Any]]:
+        """Per source, every stage but ``constants`` (uniform, the class prior: no learned stage) paired against its
+        own mean prediction on that source's rows, A/B pooled (``vs``): a constant with the stage's class mix, so a
+        stage that beats it ranks the rows — its row-to-row variation says which answer is better — beyond the mix it
+        predicts. The mean is of the stage's own predictions on those rows; no label enters it."""
+        out = []
+        for src, m in self.source_masks().items():
+            for stage, p in self.probs.items():
+                if p is None or stage in constants:
+                    continue
+                mean = p[m].mean(axis=0)
+                mean[:2] = mean[:2].mean()
+                row = interval_row(stage, self.labels[m], p[m], self.groups[m], self.seed, self.notes.get(stage, ""))
+                out.append({**row, "source": src, "vs": self.paired(p[m], np.tile(mean, (int(m.sum()), 1)), m)})
+        return out
+
     def paired(self, pa: np.ndarray, pb: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
         """log_loss(a) − log_loss(b) on the rows of ``mask`` (``pa``/``pb``: those rows' probabilities), its
         interval and the answer to 'does a beat b?' (yes / NO only when the interval excludes zero)."""

@@ -239,9 +239,17 @@ def _held_out_section(ev: Evaluation, out: Path, report: dict[str, Any]) -> list
                      "training label frequencies, A/B pooled) already knows which source a row comes from: only a "
                      "stage that beats it (paired 95% interval below zero) has learned which answer is better.\n\n"
                      + format_table(by_source, versus="own constant") + "\n")
+    signal = ev.row_signal([UNIFORM, PRIOR])
+    if signal:
+        parts.append("### Does a stage rank the rows, or only predict a source's class mix?\n\nEach learned stage "
+                     "against its own mean prediction on the source's rows (A/B pooled; no label used): a constant "
+                     "with the stage's class mix. Only a stage that beats it (paired 95% interval below zero) says, "
+                     "row by row, which answer is better; one that loses to it varies from row to row on noise.\n\n"
+                     + format_table(signal, versus="its own mean") + "\n")
     plot_log_loss(rows, out / "report_logloss.png")
     parts.append("![log loss per stage](report_logloss.png)\n")
-    report.update({"rows": rows, "verdicts": lines, "per_source": by_source, "selection": selection})
+    report.update({"rows": rows, "verdicts": lines, "per_source": by_source, "row_signal": signal,
+                   "selection": selection})
     return parts
 
 

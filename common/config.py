@@ -12,6 +12,7 @@ there. ``load_config(path, overrides)`` reads, layers (:func:`merge_layer`) and 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,7 @@ class PipelineConfig(Section):
         """The soft-label temperature (teachers.combine) and the KD temperature (student.distill) would compound."""
         tc, td = self.teachers.combine.temperature, self.student.distill.temperature
         if tc != 1.0 and td != 1.0 and self.student.distill.alpha > 0:
-            raise ValueError(f"teachers.combine.temperature={tc:g} and student.distill.temperature={td:g} compound "
+            raise ValueError(f"teachers.combine.temperature={tc} and student.distill.temperature={td:g} compound "
                              "(the student would learn teacher labels tempered twice); set one of them to 1")
         return self
 
@@ -120,11 +121,24 @@ def expanded_size(node: yaml.Node, where: str) -> int:
     return size(node)
 
 
+class ConfigLoader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans: only true / false (any case) are booleans. Under YAML 1.1 ``off``, ``no``,
+    ``on`` and ``yes`` are too, so ``prior_match: off`` (or ``--set student.distill.prior_match=off``) reached the
+    config as False and was refused as not one of 'off', 'all_rows', 'per_source'."""
+
+
+ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                   list("tTfF"))
+
+
 def load_yaml_text(text: str, where: str) -> Any:
     """``yaml.safe_load`` bounded in time and memory: a document whose aliases expand to more than
     MAX_YAML_VALUES values, a recursive alias, or nesting too deep to parse is one UserError line naming ``where``.
     yaml.YAMLError (a syntax error) propagates for the caller to word."""
-    loader = yaml.SafeLoader(text)
+    loader = ConfigLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:

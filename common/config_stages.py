@@ -6,7 +6,7 @@ The model engine's sections they embed (model, train, predict) are in :mod:`aren
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -64,8 +64,10 @@ class TeacherConfig(Section):
 class CombineConfig(Section):
     weights: Literal["equal", "fixed", "fit"] = Field("fit", description="equal; fixed: each teacher's `weight`; fit: "
                                                       "minimise OOF log loss with scipy.")
-    temperature: float = Field(1.0, gt=0, le=100, description="Temperature applied to the combined soft labels (1 = as "
-                               "is).")
+    temperature: Annotated[float, Field(gt=0, le=100)] | Literal["fit"] = Field(
+        1.0, description="Temperature applied to the combined soft labels (1 = as is); fit: the T minimising the "
+        "combined OOF log loss (blend.temperature, one scalar fitted on the training rows' labels; the teachers' test "
+        "rows get the same T). Softens an over-confident teacher for the student and for the report.")
 
 
 class TeachersConfig(Section):
@@ -184,6 +186,15 @@ class StudentConfig(Section):
                                 "against them at export and at the start of submission (0 = no check, the student is "
                                 "then used unchecked; > 0: an export whose reference table is missing or short is not "
                                 "used).")
+
+    @model_validator(mode="after")
+    def _fold_finals_need_folds(self) -> "StudentConfig":
+        """fold_soup averages the fold adapters and fold_ensemble exports the fold students: both need oof=true (a
+        config that says otherwise is refused when it loads, not after the fold stage found nothing to average)."""
+        if self.final in ("fold_soup", "fold_ensemble") and not self.oof:
+            what = "fold adapters" if self.final == "fold_soup" else "fold students"
+            raise ValueError(f"final={self.final} needs the {what}: set student.oof=true (or final=full)")
+        return self
 
 
 # --------------------------------------------------------------------------- stacking

@@ -184,8 +184,6 @@ def _final_stage(cfg, frame: pd.DataFrame, hashes: dict[str, str], loss_fn, *, f
     if s.final == "fold_ensemble":  # nothing to train: the fold students are the final model (export_ensemble)
         from arena_kd.student.export_stage import fold_adapter_dirs
 
-        if not s.oof:
-            raise UserError("student.final=fold_ensemble needs the fold students: set student.oof=true (or final=full)")
         dirs = fold_adapter_dirs(cfg, frame)
         adapter = dirs[0]
         print(f"[student] final: the {len(dirs)} fold students, averaged at submission (fold_ensemble)")
@@ -209,8 +207,6 @@ def _final_stage(cfg, frame: pd.DataFrame, hashes: dict[str, str], loss_fn, *, f
         from arena_kd.llm.lora import soup_adapters
         from arena_kd.student.export_stage import fold_adapter_dirs
 
-        if not s.oof:
-            raise UserError("student.final=fold_soup needs the fold adapters: set student.oof=true (or final=full)")
         dirs = fold_adapter_dirs(cfg, frame)
         adapter = fdir / "adapter"
         main_write(soup_adapters, dirs, adapter, s.soup)

@@ -83,7 +83,7 @@ def write_nested_soft_labels(cfg: PipelineConfig, names: list[str], nested: dict
             sources[n] = "nested" if src is not None else "oof (offline teacher: cannot be nested)"
             table = src if src is not None else plain[n]
             logits.append(oof_logits(table, ids))
-        soft = soft_frame(ids, names, logits, weights, cfg.teachers.combine.temperature)
+        soft = soft_frame(ids, names, logits, weights, float(meta["temperature"]))  # the plain labels' (fitted) T
         path = nested_soft_labels_path(cfg.soft_labels_path(), k)
         by_id = labels.assign(id=labels["id"].astype(str)).set_index("id")
         y = by_id.loc[ids.astype(str), "label"].to_numpy(dtype=np.int64)

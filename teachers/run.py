@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from arena_kd.blend.temperature import fit_temperature
 from arena_kd.common.config import PipelineConfig, write_resolved
 from arena_kd.common.config_model import PLACEMENT_FIELDS
 from arena_kd.common.config_stages import TeacherConfig
@@ -181,6 +182,16 @@ def teacher_table(rows: list[tuple[str, float | None, dict[str, float]]]) -> str
     return "\n".join(lines)
 
 
+def _combine_temperature(setting: float | str, probs: np.ndarray, weights: np.ndarray,
+                         labels: np.ndarray) -> tuple[float, dict[str, Any] | None]:
+    """(T, the fit's record or None) for ``teachers.combine.temperature``: a number as is; ``fit``: the T minimising the
+    mixture's OOF log loss (blend.temperature; T = 1 unless better on these rows)."""
+    if setting != "fit":
+        return float(setting), None
+    fit = fit_temperature(np.exp(combine_logits(probs, weights, 1.0)), labels)
+    return float(fit.temperature), fit.to_dict()
+
+
 def combine_teachers(cfg: PipelineConfig, data: TrainingData, oofs: dict[str, pd.DataFrame],
                      hashes: dict[str, str]) -> dict[str, Any]:
     """Weights + temperature → soft_labels.parquet (+ soft_labels_extra.parquet); prints the table."""
@@ -191,7 +202,7 @@ def combine_teachers(cfg: PipelineConfig, data: TrainingData, oofs: dict[str, pd
     probs = teacher_probs(logits)
     configured = [t.weight for t in cfg.teachers.models]
     weights = resolve_weights(cfg.teachers.combine.weights, names, configured, probs, labels)
-    T = cfg.teachers.combine.temperature
+    T, t_fit = _combine_temperature(cfg.teachers.combine.temperature, probs, weights, labels)
     soft = _soft_label_frame(ids, names, logits, weights, T)
     sp = np.exp(soft[list(LOGIT_COLUMNS)].to_numpy(dtype=np.float64))
     ensemble = {"log_loss": log_loss(labels, sp), "accuracy": accuracy(labels, sp), "rows": int(len(labels))}
@@ -201,6 +212,8 @@ def combine_teachers(cfg: PipelineConfig, data: TrainingData, oofs: dict[str, pd
         "weights": {n: float(w) for n, w in zip(names, weights)},
         "weights_mode": cfg.teachers.combine.weights,
         "temperature": T,
+        "temperature_mode": "fit" if t_fit else "fixed",
+        **({"temperature_fit": t_fit} if t_fit else {}),
         "temperature_applies_to": "combined and per-teacher columns",
         "hashes": hashes,
         "ensemble": ensemble,
@@ -218,7 +231,9 @@ def combine_teachers(cfg: PipelineConfig, data: TrainingData, oofs: dict[str, pd
                    {**meta, "rows": "data.extra pseudo-labels (no labels: metrics are those of the training OOF)"})
     rows = [(n, float(w), per_teacher[n]) for n, w in zip(names, weights)] + [("ENSEMBLE", None, ensemble)]
     print(teacher_table(rows))
-    print(f"soft labels: {out} (weights={cfg.teachers.combine.weights}, T={T})")
+    fitted = (f" fitted on the OOF rows: log loss {t_fit['log_loss_before']:.4f} at T=1 → {t_fit['log_loss_after']:.4f}"
+              if t_fit else "")
+    print(f"soft labels: {out} (weights={cfg.teachers.combine.weights}, T={T:.3g}{fitted})")
     return meta
 
 

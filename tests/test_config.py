@@ -96,3 +96,16 @@ def test_write_resolved(tmp_path):
     cfg = load_config("configs/smoke.yaml", ["seed=3"])
     path = write_resolved(cfg, tmp_path / "stage")
     assert load_config(path) == cfg
+
+
+def test_on_off_yes_no_stay_words_in_configs_and_overrides(tmp_path):
+    """YAML 1.2 booleans: `prior_match: off` is the word off, not False (under YAML 1.1 it was refused)."""
+    from arena_kd.common.config import load_yaml_text
+
+    assert load_yaml_text("a: off\nb: yes\nc: true\nd: FALSE\ne: on", "x") == {
+        "a": "off", "b": "yes", "c": True, "d": False, "e": "on"}
+    cfg = load_config("configs/demo.yaml", ["student.distill.prior_match=off", "student.oof=yes"])
+    assert cfg.student.distill.prior_match == "off" and cfg.student.oof is True  # bool fields still take yes/no
+    layer = tmp_path / "layer.yaml"
+    layer.write_text("student:\n  distill: {prior_match: off}\n")
+    assert load_config(["configs/demo.yaml", layer]).student.distill.prior_match == "off"

@@ -301,13 +301,13 @@ def test_real_fold_ensemble_export_evaluation_and_switch_back(tmp_path):
     assert np.isfinite(reference_logits(model, [list(r) for r in ref["input_ids"]])).all()
 
 
-def test_fold_ensemble_without_fold_students_is_one_line(tmp_path):
-    import arena_kd.student.run as srun
-
-    cfg = load_config(SMOKE, [f"workdir={tmp_path / 'work'}", "data.max_rows=24", "student.distill.alpha=0",
-                              "student.final=fold_ensemble", "student.oof=false"])
-    with pytest.raises(UserError, match="fold_ensemble needs the fold students"):
-        srun.run_distill(cfg)
+@pytest.mark.parametrize("final,what", [("fold_ensemble", "fold students"), ("fold_soup", "fold adapters")])
+def test_a_fold_final_without_fold_students_is_refused_when_the_config_loads(tmp_path, final, what):
+    with pytest.raises(UserError, match=f"student: .*final={final} needs the {what}: set student.oof=true"):
+        load_config(SMOKE, [f"workdir={tmp_path / 'work'}", f"student.final={final}", "student.oof=false"])
+    ok = load_config(SMOKE, [f"workdir={tmp_path / 'work'}", f"student.final={final}"])
+    with pytest.raises(ValueError, match="needs the"):  # assignments are validated too
+        ok.student.oof = False
 
 
 def test_report_compares_the_distilled_and_hard_fold_students_out_of_fold(tmp_path):

@@ -190,6 +190,13 @@ def test_report_states_intervals_verdicts_and_per_source_results(smoke_run):
     assert set(report["selection"]) >= {"tta", "single", "none"}
     text = (cfg.workdir_path / "report.md").read_text()
     assert "### Per source" in text and "95% interval" in text and "student mode `tta`" in text
+    # every learned stage against its own mean per source; uniform and the prior are no learned stage
+    signal = {(r["source"], r["stage"]): r for r in report["row_signal"]}
+    assert ("mtbench_human", "submission.csv (final)") in signal and ("hh_harmless", "teacher ensemble") in signal
+    assert not {s for _, s in signal} & {"uniform (1/3 each)", "class prior (train frequencies)"}
+    for r in signal.values():
+        assert r["vs"]["answer"] in ("yes", "NO", "not resolved at this size")
+    assert "rank the rows" in text and "minus its own mean" in text
 
 
 # submission on the real smoke artifacts (no fakes): swap symmetry, tiny budget, broken student

@@ -128,3 +128,30 @@ def test_distillation_goals_resolve_only_when_every_line_is_resolved():
     assert mt[0]["answer"] == "NO"
     text = _goals_section(lines, answers)
     assert "(a) **resolved**, (b) not resolved, (c) not resolved" in text and "make all-full" in text
+
+
+def test_row_signal_pairs_each_learned_stage_against_its_own_mean_on_each_source():
+    """A stage that ranks the rows beats its own mean prediction; a constant equals it; one whose variation is the
+    wrong way round loses to it. Uniform and the class prior are not learned stages: no row."""
+    rng = np.random.default_rng(0)
+    n = 120
+    y = rng.integers(0, 2, n)  # A or B, no ties
+    right = np.where(y[:, None] == 0, [0.7, 0.25, 0.05], [0.25, 0.7, 0.05])
+    ev = Evaluation(labels=y, groups=np.arange(n), sources=np.array(["hh"] * n, dtype=object), seed=0)
+    ev.add("uniform (1/3 each)", np.full((n, 3), 1 / 3))
+    ev.add("class prior (train frequencies)", np.tile([0.4, 0.4, 0.2], (n, 1)))
+    ev.add("ranks", right)
+    ev.add("constant", np.tile([0.45, 0.45, 0.1], (n, 1)))
+    ev.add("backwards", right[:, [1, 0, 2]])
+    rows = {r["stage"]: r for r in ev.row_signal(["uniform (1/3 each)", "class prior (train frequencies)"])}
+    assert set(rows) == {"ranks", "constant", "backwards"}
+    # its own mean is (0.475, 0.475, 0.05) for both varying stages, A/B pooled
+    own = -np.log(0.475)
+    assert rows["ranks"]["vs"]["diff"] == pytest.approx(-np.log(0.7) - own, abs=1e-9)
+    assert rows["ranks"]["vs"]["answer"] == "yes"
+    assert rows["backwards"]["vs"]["diff"] == pytest.approx(-np.log(0.25) - own, abs=1e-9)
+    assert rows["backwards"]["vs"]["answer"] == "NO"
+    assert rows["constant"]["vs"]["diff"] == pytest.approx(0.0, abs=1e-12)
+    assert all(r["source"] == "hh" and r["rows"] == n for r in rows.values())
+    table = format_table(list(rows.values()), versus="its own mean")
+    assert "minus its own mean" in table and "| hh | ranks |" in table

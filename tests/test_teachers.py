@@ -272,3 +272,40 @@ def io_bytes(blob: bytes):
     import io
 
     return io.BytesIO(blob)
+
+
+def test_fitted_combine_temperature_recovers_an_overconfident_teachers_scale():
+    """Labels drawn from softmax(z), the teacher says softmax(3z): the fitted T is ~3 (hand value), and a number is
+    used as it is."""
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(20000, 3))
+    p = softmax(z)
+    y = (rng.random(len(p))[:, None] > np.cumsum(p, axis=1)).sum(axis=1)
+    probs = teacher_probs([3 * z])
+    T, fit = trun._combine_temperature("fit", probs, np.ones(1), y)
+    assert T == pytest.approx(3.0, rel=0.05) and fit["log_loss_after"] < fit["log_loss_before"]
+    assert trun._combine_temperature(2.5, probs, np.ones(1), y) == (2.5, None)
+
+
+def test_combine_temperature_fit_tempers_train_and_extra_soft_labels_alike(tmp_path, fake, capsys):
+    cfg = _cfg(tmp_path, "teachers.combine.temperature=fit", "teachers.predict_extra=true",
+               "data.extra=[data/sample/test.csv]")
+    trun.run_teachers(cfg)
+    work = tmp_path / "work" / "teachers"
+    soft, meta = read_keyed_table(work / "soft_labels.parquet")
+    T = meta["temperature"]
+    assert meta["temperature_mode"] == "fit" and T == pytest.approx(meta["temperature_fit"]["temperature"])
+    assert T > 1.5  # the fake teachers' logits are noise: the fit flattens them
+    assert meta["ensemble"]["log_loss"] == pytest.approx(meta["temperature_fit"]["log_loss_after"], abs=1e-5)
+    assert meta["temperature_fit"]["log_loss_after"] <= meta["temperature_fit"]["log_loss_before"]
+    ex, ex_meta = read_keyed_table(work / "soft_labels_extra.parquet")
+    assert ex_meta["temperature"] == T
+    weights = np.array([meta["weights"][n] for n in meta["teachers"]])
+    raw = [read_keyed_table(work / n / "extra.parquet")[0].set_index("id").loc[ex["id"]] for n in meta["teachers"]]
+    mix = np.tensordot(weights, np.stack([softmax(r[["logit_a", "logit_b", "logit_tie"]].to_numpy()) for r in raw]), 1)
+    want = np.log(mix) / T
+    want -= np.log(np.exp(want).sum(1, keepdims=True))
+    assert np.allclose(ex[["logit_a", "logit_b", "logit_tie"]].to_numpy(), want, atol=1e-4)
+    assert f"T={T:.3g} fitted on the OOF rows" in capsys.readouterr().out
+    with pytest.raises(UserError, match="temperature=fit and student.distill.temperature=2 compound"):
+        _cfg(tmp_path, "teachers.combine.temperature=fit", "student.distill.temperature=2")
