@@ -64,7 +64,8 @@ class PipelineConfig(Section):
         """The soft-label temperature (teachers.combine) and the KD temperature (student.distill) would compound."""
         tc, td = self.teachers.combine.temperature, self.student.distill.temperature
         if tc != 1.0 and td != 1.0 and self.student.distill.alpha > 0:
-            raise ValueError(f"teachers.combine.temperature={tc} and student.distill.temperature={td:g} compound "
+            shown = tc if tc == "fit" else f"{tc:g}"
+            raise ValueError(f"teachers.combine.temperature={shown} and student.distill.temperature={td:g} compound "
                              "(the student would learn teacher labels tempered twice); set one of them to 1")
         return self
 

@@ -67,6 +67,7 @@ def test_two_temperatures_are_refused_in_one_line():
     with pytest.raises(UserError, match="compound") as e:
         load_config(KAGGLE, ["teachers.combine.temperature=2", "student.distill.temperature=1.5"])
     assert "\n" not in str(e.value)
+    assert "teachers.combine.temperature=2 and student.distill.temperature=1.5 compound" in str(e.value)
     load_config(KAGGLE, ["teachers.combine.temperature=2"])  # one owner is fine
     load_config(KAGGLE, ["student.distill.temperature=2"])
     # no KD
