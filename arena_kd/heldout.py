@@ -27,7 +27,7 @@ from arena_kd.blend.temperature import apply_temperature
 from arena_kd.common.config import PipelineConfig
 from arena_kd.common.io import read_keyed_table
 from arena_kd.common.keys import LABELS, LOGIT_COLUMNS
-from arena_kd.common.metrics import log_loss_difference, softmax, verdict
+from arena_kd.common.metrics import log_loss_difference, own_mean, softmax, verdict
 from arena_kd.common.tables import finite, interval_row
 
 # Stage names, defined once: heldout adds them, arena_kd.report compares them.
@@ -110,10 +110,8 @@ class Evaluation:
             for stage, p in self.probs.items():
                 if p is None or stage in constants:
                     continue
-                mean = p[m].mean(axis=0)
-                mean[:2] = mean[:2].mean()
                 row = interval_row(stage, self.labels[m], p[m], self.groups[m], self.seed, self.notes.get(stage, ""))
-                out.append({**row, "source": src, "vs": self.paired(p[m], np.tile(mean, (int(m.sum()), 1)), m)})
+                out.append({**row, "source": src, "vs": self.paired(p[m], own_mean(p[m]), m)})
         return out
 
     def paired(self, pa: np.ndarray, pb: np.ndarray, mask: np.ndarray) -> dict[str, Any]:

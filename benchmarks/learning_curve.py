@@ -9,7 +9,9 @@ A point trains through the project's own path (``llm.train.train_classifier`` on
 ``rows`` labelled rows of data/sample/train.csv (``kfold.training_data.subset_rows``: the demo's ``data.max_rows``
 subset) and predicts the sample's test split (``kfold.fold_model.predict_rows``): 496 rows whose questions never
 occur in train.csv (the sample is split by ``data.folds.prompt_groups``, the folds' grouping), so a model cannot
-win by remembering a question. Intervals: cluster bootstrap over those prompt groups (``common.metrics``).
+win by remembering a question. Per source it is also paired against its own mean prediction
+(``common.metrics.own_mean``): whether it ranks the rows or only predicts the source's class mix. Intervals:
+cluster bootstrap over those prompt groups (``common.metrics``).
 
 The grid is one axis at a time around each backbone's base point (``BASES``, ``AXES``): rows, max_length, epochs,
 lora (``full`` / ``r<R>-all`` / ``r<R>-top<K>``), lr, autocast (none / bf16), threads. Each finished point is one
@@ -133,7 +135,7 @@ def constants(train, test) -> tuple[np.ndarray, np.ndarray]:
 
 
 def scores(test, groups, probs: np.ndarray, prior: np.ndarray, own: np.ndarray, seed: int) -> dict:
-    from arena_kd.common.metrics import log_loss, log_loss_difference, log_loss_interval
+    from arena_kd.common.metrics import log_loss, log_loss_difference, log_loss_interval, own_mean
 
     y = test["label"].astype(int).to_numpy()
     ci = log_loss_interval(y, probs, groups, seed=seed)
@@ -142,9 +144,12 @@ def scores(test, groups, probs: np.ndarray, prior: np.ndarray, own: np.ndarray, 
     per_source = {}
     for s in sorted(test["source"].unique()):
         m = (test["source"] == s).to_numpy()
+        # does the point rank this source's rows, or only predict its class mix? (the report's row_signal)
+        vs_mean = log_loss_difference(y[m], probs[m], own_mean(probs[m]), groups[m], seed=seed)
         per_source[s] = {"logloss": log_loss(y[m], probs[m]), "constant": log_loss(y[m], own[m]),
                          "prior": log_loss(y[m], prior[m]), "std_p_a": float(probs[m, 0].std()),
-                         "mean_p_tie": float(probs[m, 2].mean())}
+                         "mean_p_tie": float(probs[m, 2].mean()),
+                         "vs_own_mean": [vs_mean["mean"], vs_mean["lo"], vs_mean["hi"]]}
     return {"logloss": ci["mean"], "ci": [ci["lo"], ci["hi"]], "prior": log_loss(y, prior),
             "source_constants": log_loss(y, own), "vs_prior": [vs_prior["mean"], vs_prior["lo"], vs_prior["hi"]],
             "vs_source_constants": [vs_own["mean"], vs_own["lo"], vs_own["hi"]], "per_source": per_source}

@@ -37,7 +37,8 @@ def _iv(lo: float, hi: float) -> str:
 def table(recs: list[dict]) -> str:
     head = ("| backbone | rows | max_len | epochs | lora | lr | head (init σ, LR), step order | threads | dtype | "
             "wall s (CPU s) | log loss [95%] | "
-            "prior | Δ vs prior [95%] | Δ vs source constants [95%] | HH (const) | MT (const) | train tok/s (% GEMM) | "
+            "prior | Δ vs prior [95%] | Δ vs source constants [95%] | HH (const) | MT (const) | "
+            "Δ vs own mean HH / MT [95%] | train tok/s (% GEMM) | "
             "predict tok/s (% GEMM) | load 1-min before/after |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in recs:
@@ -50,10 +51,21 @@ def table(recs: list[dict]) -> str:
             f"{r['logloss']:.4f} [{r['ci'][0]:.4f}, {r['ci'][1]:.4f}] | {r['prior']:.4f} | "
             f"{d[0]:+.4f} {_iv(d[1], d[2])} | "
             f"{s[0]:+.4f} {_iv(s[1], s[2])} | "
-            f"{src[0]} | {src[1]} | {r['train_tokens_per_s']:.0f} ({_fraction(r, 'train')}) | "
+            f"{src[0]} | {src[1]} | {_ranks(per)} | {r['train_tokens_per_s']:.0f} ({_fraction(r, 'train')}) | "
             f"{r['predict_tokens_per_s']:.0f} ({_fraction(r, 'predict')}) | "
             f"{r['load_before'][0]:.2f} / {r['load_after'][0]:.2f} |")
     return "\n".join(lines)
+
+
+def _ranks(per: dict) -> str:
+    """Per source, the point against its own mean prediction (A/B pooled; ``common.metrics.own_mean``): below zero
+    with the interval, it ranks that source's rows rather than only predicting the class mix. Points logged before
+    this was kept show —."""
+    cells = []
+    for k, _ in SOURCES:
+        v = per.get(k, {}).get("vs_own_mean")
+        cells.append("—" if v is None else f"{v[0]:+.4f} {_iv(v[1], v[2])}")
+    return " / ".join(cells)
 
 
 def _fraction(r: dict, kind: str) -> str:
@@ -72,8 +84,13 @@ def verdicts(recs: list[dict]) -> list[str]:
         line = f"- **{bb}**: {len(mine)} point(s); "
         line += (f"beats the class prior first at {_where(prior[0])}" if prior
                  else "beats the class prior at none of them")
-        line += (f"; beats the per-source constants at {_where(const[0])}." if const
-                 else "; beats the per-source constants at none.")
+        line += (f"; beats the per-source constants at {_where(const[0])}" if const
+                 else "; beats the per-source constants at none")
+        ranked = [r for r in mine if "vs_own_mean" in r["per_source"].get(SOURCES[0][0], {})]
+        ranks = [f"{lab} at {sum(verdict(_diff(r['per_source'][k]['vs_own_mean'])) == 'a better' for r in ranked)}"
+                 for k, lab in SOURCES if all(k in r["per_source"] for r in ranked)]
+        line += (f"; ranks the rows better than its own mean on {', '.join(ranks)} of the {len(ranked)} point(s) "
+                 "that measured it." if ranked else ".")
         out.append(line)
     return out
 
@@ -157,7 +174,10 @@ def write_report(log: Path) -> None:
         "## Learning curve (`make bench-learning`, benchmarks/learning_curve.py)\n",
         "Held-out: the sample's test split (496 rows, questions disjoint from train.csv); Δ = paired log-loss "
         "difference, 95% cluster-bootstrap interval over prompt groups; prior and per-source constants fitted on the "
-        "same training rows. tok/s: wall, on the threads shown; % GEMM = achieved matmul FLOPs per CPU second ÷ "
+        "same training rows. Δ vs own mean: per source, the point against its own mean prediction on that source's "
+        "rows (A/B pooled; no label used) — below zero with its interval, it ranks the rows (says which answer is "
+        "better) rather than only predicting the source's class mix. tok/s: wall, on the threads shown; "
+        "% GEMM = achieved matmul FLOPs per CPU second ÷ "
         "this machine's 1024² GEMM FLOPs per CPU second in the same dtype and thread count "
         "(benchmarks/learning_curve_flops.py). "
         "Load = `/proc/loadavg` 1-minute figure before / after the point (2 cores, shared).\n",

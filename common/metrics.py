@@ -45,6 +45,15 @@ def pooled_prior(labels: np.ndarray) -> np.ndarray:
     return p / p.sum()
 
 
+def own_mean(probs: np.ndarray) -> np.ndarray:
+    """(n, 3) -> (n, 3): every row replaced by the mean prediction of ``probs``, A and B pooled — a constant with the
+    model's own class mix. A model that beats it ranks the rows (its row-to-row variation says which answer is
+    better) beyond the mix it predicts; no label enters it."""
+    m = np.asarray(probs, dtype=np.float64).mean(axis=0)
+    m[:2] = m[:2].mean()
+    return np.tile(m, (len(probs), 1))
+
+
 def accuracy(labels: np.ndarray, probs: np.ndarray) -> float:
     return float(np.mean(np.argmax(probs, axis=1) == np.asarray(labels)))
 

@@ -107,3 +107,39 @@ def test_report_names_the_cheapest_point_that_beats_the_prior(tmp_path, monkeypa
     assert "| minilm-l6 (full, 128 tok) | 1 | train | bf16 | 1920 | 331 | 124.4 | 29% | 121% | 11.3 |" in text
     rep.write_report(log)  # rewritten in place, not appended
     assert (tmp_path / "RESULTS.md").read_text().count(rep.BEGIN) == 1
+
+
+def test_a_point_is_scored_against_its_own_mean_per_source():
+    """The row-signal column: a constant (with no A/B preference) scores exactly its own mean; a point that puts
+    weight on each row's true label beats its mean with an interval below zero; one that points the wrong way is
+    worse than its mean."""
+    rng = np.random.default_rng(0)
+    n = 120
+    test = pd.DataFrame({"label": rng.integers(0, 3, n), "source": np.repeat(["hh_harmless", "mtbench_human"], n // 2)})
+    groups = np.arange(n) // 2
+    y = test["label"].to_numpy()
+    prior = np.tile([0.4, 0.4, 0.2], (n, 1))
+    const = lc.scores(test, groups, prior, prior, prior, seed=0)["per_source"]
+    assert all(v["vs_own_mean"] == pytest.approx([0.0, 0.0, 0.0], abs=1e-12) for v in const.values())
+    right = lc.scores(test, groups, 0.5 * np.eye(3)[y] + 0.5 / 3, prior, prior, seed=0)["per_source"]
+    wrong = lc.scores(test, groups, 0.5 * np.eye(3)[(y + 1) % 3] + 0.5 / 3, prior, prior, seed=0)["per_source"]
+    for s in ("hh_harmless", "mtbench_human"):
+        assert right[s]["vs_own_mean"][2] < 0  # the whole interval below zero
+        assert wrong[s]["vs_own_mean"][1] > 0
+
+
+def test_report_shows_the_row_signal_and_dashes_for_points_logged_before_it():
+    from benchmarks import learning_curve_report as rep
+
+    old = _record("minilm-l6", 400, 0.01, -0.02, 0.04)
+    new = _record("minilm-l6", 979, -0.02, -0.05, -0.001)
+    new["per_source"] = {"hh_harmless": {"logloss": 0.7, "constant": 0.69, "vs_own_mean": [-0.01, -0.02, -0.003]},
+                         "mtbench_human": {"logloss": 1.1, "constant": 1.06, "vs_own_mean": [0.02, -0.01, 0.05]}}
+    recs = [old, new]
+    for r in recs:
+        r.setdefault("head", "σ0.02, lr = lr")
+    text = rep.table(recs)
+    assert "| — / — |" in text  # the old point: not measured, not zero
+    assert "| -0.0100 [-0.0200, -0.0030] / +0.0200 [-0.0100, +0.0500] |" in text
+    line = rep.verdicts(recs)[0]
+    assert "ranks the rows better than its own mean on HH at 1, MT at 0 of the 1 point(s) that measured it" in line

@@ -155,3 +155,15 @@ def test_row_signal_pairs_each_learned_stage_against_its_own_mean_on_each_source
     assert all(r["source"] == "hh" and r["rows"] == n for r in rows.values())
     table = format_table(list(rows.values()), versus="its own mean")
     assert "minus its own mean" in table and "| hh | ranks |" in table
+
+
+def test_own_mean_is_the_models_class_mix_with_a_and_b_pooled():
+    """The constant each stage's row signal is judged against (common.metrics.own_mean), by hand."""
+    from arena_kd.common.metrics import own_mean
+
+    p = np.array([[0.7, 0.1, 0.2], [0.1, 0.5, 0.4]])
+    m = own_mean(p)
+    assert m.shape == p.shape and np.allclose(m[0], m[1])
+    assert np.allclose(m[0], [0.35, 0.35, 0.3])  # ties: their mean 0.3; A and B: the mean of their means 0.4, 0.3
+    sym = np.tile([0.4, 0.4, 0.2], (5, 1))
+    assert np.array_equal(own_mean(sym), sym)  # a constant with no position preference is its own mean
