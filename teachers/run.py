@@ -12,6 +12,7 @@ Outputs under ``<workdir>/teachers/``:
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from arena_kd.common.config import PipelineConfig, write_resolved
 from arena_kd.common.config_model import PLACEMENT_FIELDS
 from arena_kd.common.config_stages import TeacherConfig
 from arena_kd.common.errors import UserError
-from arena_kd.common.io import file_hash, json_hash, read_keyed_table, write_keyed_table
+from arena_kd.common.io import file_hash, json_hash, read_keyed_table, sidecar_path, write_keyed_table
 from arena_kd.common.keys import LOGIT_COLUMNS
 from arena_kd.common.metrics import accuracy, log_loss
 from arena_kd.kfold import dist
@@ -223,18 +224,47 @@ def combine_teachers(cfg: PipelineConfig, data: TrainingData, oofs: dict[str, pd
     out = teachers_dir(cfg) / "soft_labels.parquet"
     main_write(write_keyed_table, out, soft, meta)
     extra_paths = [teachers_dir(cfg) / n / "extra.parquet" for n in names]
-    if cfg.teachers.predict_extra and cfg.data.extra and all(p.is_file() for p in extra_paths):
+    current = [_extra_is_current(p, hashes, n) for n, p in zip(names, extra_paths)]
+    extra_out = teachers_dir(cfg) / "soft_labels_extra.parquet"
+    if cfg.teachers.predict_extra and cfg.data.extra and all(current):
         ex = [read_keyed_table(p)[0] for p in extra_paths]
         ex_ids = ex[0]["id"]
         ex_soft = _soft_label_frame(ex_ids, names, [oof_logits(e, ex_ids) for e in ex], weights, T)
-        main_write(write_keyed_table, teachers_dir(cfg) / "soft_labels_extra.parquet", ex_soft,
+        main_write(write_keyed_table, extra_out, ex_soft,
                    {**meta, "rows": "data.extra pseudo-labels (no labels: metrics are those of the training OOF)"})
+    else:
+        # An earlier combine's pseudo-labels (other teachers, weights or T) must not outlive it: the report would score
+        # them as this run's teacher ensemble, the student would train on them. Every process takes this branch (the
+        # condition reads config and per-teacher files only): main_write's barrier must be reached by all.
+        why = ("teachers.predict_extra is off or data.extra is empty"
+               if not (cfg.teachers.predict_extra and cfg.data.extra) else
+               f"no current predictions for data.extra from {', '.join(n for n, ok in zip(names, current) if not ok)}")
+        main_write(_remove_stale_extra, extra_out, why)
     rows = [(n, float(w), per_teacher[n]) for n, w in zip(names, weights)] + [("ENSEMBLE", None, ensemble)]
     print(teacher_table(rows))
     fitted = (f" fitted on the OOF rows: log loss {t_fit['log_loss_before']:.4f} at T=1 → {t_fit['log_loss_after']:.4f}"
               if t_fit else "")
     print(f"soft labels: {out} (weights={cfg.teachers.combine.weights}, T={T:.3g}{fitted})")
     return meta
+
+
+def _extra_is_current(path: Path, hashes: dict[str, str], name: str) -> bool:
+    """Whether a teacher's ``extra.parquet`` was made by this teacher's config, rows and folds (a file left by an
+    earlier teacher of the same name, e.g. a model teacher since replaced by an offline file, is not)."""
+    if not path.is_file():
+        return False
+    made_by = json.loads(sidecar_path(path).read_text()).get("hashes", {})
+    return (made_by.get("config") == hashes.get(f"teacher:{name}") and made_by.get("data") == hashes.get("data")
+            and made_by.get("folds") == hashes.get("folds"))
+
+
+def _remove_stale_extra(path: Path, why: str) -> None:
+    """Delete ``soft_labels_extra.parquet`` and its sidecar if there, saying why."""
+    if not path.is_file():
+        return
+    for p in (path, sidecar_path(path)):
+        p.unlink(missing_ok=True)
+    print(f"removed stale {path}: {why}")
 
 
 def run_teachers(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:

@@ -309,3 +309,25 @@ def test_combine_temperature_fit_tempers_train_and_extra_soft_labels_alike(tmp_p
     assert f"T={T:.3g} fitted on the OOF rows" in capsys.readouterr().out
     with pytest.raises(UserError, match="temperature=fit and student.distill.temperature=2 compound"):
         _cfg(tmp_path, "teachers.combine.temperature=fit", "student.distill.temperature=2")
+
+
+def test_combine_removes_pseudo_labels_it_can_no_longer_make(tmp_path, fake, capsys):
+    """A teacher without extra predictions (an offline file) joins: the earlier combine's soft_labels_extra (other
+    teachers, weights, T) must go, or the report scores it as this run's ensemble and the student trains on it."""
+    from arena_kd.kfold.training_data import load_training_data
+
+    extra = [f"data.extra=[{ROOT / 'data' / 'sample' / 'test.csv'}]", "teachers.predict_extra=true"]
+    trun.run_teachers(_cfg(tmp_path, *extra))
+    tdir = tmp_path / "work" / "teachers"
+    assert (tdir / "soft_labels_extra.parquet").is_file() and (tdir / "soft_labels_extra.meta.json").is_file()
+
+    ids = load_training_data(_cfg(tmp_path)).frame["id"]
+    lg = fake_logits(ids, "offline")
+    path = tmp_path / "offline.parquet"
+    pd.DataFrame({"id": ids, "logit_a": lg[:, 0], "logit_b": lg[:, 1], "logit_tie": lg[:, 2]}).to_parquet(path)
+    capsys.readouterr()
+    trun.run_teachers(_cfg(tmp_path, *extra, "teachers.models.1.source=logits", "teachers.models.1.model=null",
+                           f"teachers.models.1.logits_file={path}"), force=True)
+    assert not (tdir / "soft_labels_extra.parquet").exists() and not (tdir / "soft_labels_extra.meta.json").exists()
+    out = capsys.readouterr().out
+    assert "removed stale" in out and "data.extra from tiny-llama" in out and (tdir / "soft_labels.parquet").is_file()
