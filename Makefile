@@ -34,10 +34,10 @@ export TOKENIZERS_PARALLELISM := false
 SET_ARGS := $(foreach s,$(SET),--set $(s))
 ARENA := $(BIN)/arena-kd
 
-.PHONY: setup setup-demo test test-learnability lint teachers distill stack submission all all-full plan bench bench-learning rehearsal clean help
+.PHONY: setup setup-demo test test-learnability lint teachers distill stack submission all all-full plan bench bench-learning bench-probe rehearsal clean help
 
 help:
-	@echo "make all | all-full | test | test-learnability | lint | setup | teachers | distill | stack | submission | bench | bench-learning | rehearsal | clean   (CONFIG=$(CONFIG))"
+	@echo "make all | all-full | test | test-learnability | lint | setup | teachers | distill | stack | submission | bench | bench-learning | bench-probe | rehearsal | clean   (CONFIG=$(CONFIG))"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -100,6 +100,11 @@ bench: setup-demo
 bench-learning: setup-demo
 	$(BIN)/python benchmarks/learning_curve.py $(LC_ARGS)
 	$(BIN)/python benchmarks/learning_curve.py --report
+
+# Not part of `make test` or `make bench`: linear probe on frozen MiniLM embeddings (does the representation rank the
+# rows?), 128/256/512 tokens x pooled/per-source/routed; ~5 min on 2 cores at 512 tokens, seconds once cached.
+bench-probe: setup-demo
+	$(BIN)/python benchmarks/linear_probe.py
 
 # Dress rehearsal: configs/kaggle-gemma2.yaml with only sizes overridden (configs/rehearsal.yaml) on CPU, then the
 # Kaggle upload `arena-kd package` writes, and the notebook's own cell run on it read-only and offline

@@ -95,6 +95,15 @@ def _learning_curve_section() -> str:
     return f"{BEGIN}\n{SECTION_MD.read_text()}\n{END}\n"
 
 
+def _linear_probe_section() -> str:
+    """The linear probe's section as benchmarks/linear_probe.py last wrote it (kept: this runner does not rerun it)."""
+    from benchmarks.linear_probe_report import BEGIN, END, SECTION_MD
+
+    if not SECTION_MD.is_file():
+        return "## Linear probe on frozen embeddings\n\nNot run yet: `.venv/bin/python benchmarks/linear_probe.py`.\n"
+    return f"{BEGIN}\n{SECTION_MD.read_text()}\n{END}\n"
+
+
 def main() -> None:
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     header = (
@@ -112,6 +121,7 @@ def main() -> None:
     sections.append("## Demo pipeline (`make all`)\n\n" + _demo_section())
     sections.append("## GPU\n\n" + _gpu_section())
     sections.append(_learning_curve_section())
+    sections.append(_linear_probe_section())
     atomic_write_text(ROOT / "benchmarks" / "RESULTS.md", "\n".join(sections))
     print(f"wrote {ROOT / 'benchmarks' / 'RESULTS.md'}")
 

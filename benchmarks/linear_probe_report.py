@@ -1,0 +1,77 @@
+"""The linear probe's table: benchmarks/results/linear_probe.md from the JSON lines benchmarks/linear_probe.py appends,
+and the same section in benchmarks/RESULTS.md between its own markers (benchmarks/run_all.py copies it back)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from arena_kd.common.io import atomic_write_text
+from arena_kd.common.metrics import verdict
+from benchmarks.learning_curve_report import RESULTS, SOURCES, _diff, _iv, _ranks
+
+SECTION_MD = Path(__file__).resolve().parent / "results" / "linear_probe.md"
+BEGIN, END = "<!-- linear-probe:begin -->", "<!-- linear-probe:end -->"
+
+
+def read_log(path: Path) -> list[dict]:
+    """The log's records, the last one of each (max_length, variant) kept (a rerun replaces a point)."""
+    recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    latest = {(r["max_length"], r["variant"]): r for r in recs}
+    return sorted(latest.values(), key=lambda r: (r["max_length"], r["variant"]))
+
+
+def table(recs: list[dict]) -> str:
+    head = ("| tokens | variant | C (2-fold CV) | log loss [95%] | Δ vs prior [95%] | Δ vs source constants [95%] | "
+            "HH (const) | MT (const) | Δ vs own mean HH / MT [95%] | router accuracy | embed + fit s |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in recs:
+        d, s, per = r["vs_prior"], r["vs_source_constants"], r["per_source"]
+        src = [f"{per[k]['logloss']:.4f} ({per[k]['constant']:.4f})" if k in per else "—" for k, _ in SOURCES]
+        router = f"{r['router_accuracy']:.0%}" if "router_accuracy" in r else "—"
+        lines.append(f"| {r['max_length']} | {r['variant']} | {r['C']:g} | {r['logloss']:.4f} "
+                     f"[{r['ci'][0]:.4f}, {r['ci'][1]:.4f}] | {d[0]:+.4f} {_iv(d[1], d[2])} | "
+                     f"{s[0]:+.4f} {_iv(s[1], s[2])} | {src[0]} | {src[1]} | {_ranks(per)} | {router} | "
+                     f"{r['embed_s']:.0f} + {r['fit_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def verdicts(recs: list[dict]) -> list[str]:
+    """Per variant: at which token budgets it ranks each source's rows (Δ vs own mean resolved below 0) and beats the
+    per-source constants."""
+    out = []
+    for variant in dict.fromkeys(r["variant"] for r in recs):
+        mine = [r for r in recs if r["variant"] == variant]
+        ranks = []
+        for k, lab in SOURCES:
+            at = [str(r["max_length"]) for r in mine
+                  if k in r["per_source"] and verdict(_diff(r["per_source"][k]["vs_own_mean"])) == "a better"]
+            ranks.append(f"{lab} at {', '.join(at) if at else 'none'}")
+        const = [str(r["max_length"]) for r in mine if verdict(_diff(r["vs_source_constants"])) == "a better"]
+        out.append(f"- **{variant}**: ranks the rows (tokens) on {'; '.join(ranks)}; beats the per-source constants "
+                   f"on the mix at {', '.join(const) if const else 'none'} (of {len(mine)} point(s)).")
+    return out
+
+
+def write_report(log: Path) -> None:
+    recs = read_log(log)
+    model = recs[0]["model"] if recs else "—"
+    body = "\n".join([
+        "## Linear probe on frozen embeddings (benchmarks/linear_probe.py)\n",
+        f"Does the pretrained representation rank the rows? {model} frozen, mean-pooled unit embeddings of prompt, "
+        "answer A and answer B; a swap-symmetric multinomial logistic regression on [e_A − e_B, ⟨e_A, e_P⟩ − "
+        "⟨e_B, e_P⟩, |e_A − e_B|], its C chosen by 2-fold grouped CV on train.csv only. Scored like the learning "
+        "curve on the test split (496 rows, unseen questions; 95% cluster bootstrap over prompt groups). "
+        "pooled: one probe; per-source: one probe per source, test rows routed by their true source (metadata Kaggle's "
+        "test lacks: an upper bound); routed: the per-source probes mixed by a source classifier on the pair's sizes "
+        "(chars, turns).\n",
+        *verdicts(recs), "", table(recs), ""])
+    atomic_write_text(SECTION_MD, body)
+    text = RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n"
+    block = f"{BEGIN}\n{body}\n{END}"
+    if BEGIN in text and END in text:
+        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    atomic_write_text(RESULTS, text)
+    print(f"wrote {SECTION_MD} and the section in {RESULTS} ({len(recs)} points)")
