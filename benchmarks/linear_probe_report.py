@@ -50,7 +50,22 @@ def verdicts(recs: list[dict]) -> list[str]:
         const = [str(r["max_length"]) for r in mine if verdict(_diff(r["vs_source_constants"])) == "a better"]
         out.append(f"- **{variant}**: ranks the rows (tokens) on {'; '.join(ranks)}; beats the per-source constants "
                    f"on the mix at {', '.join(const) if const else 'none'} (of {len(mine)} point(s)).")
+    twins = [r for r in recs if "vs_hard_twin" in r]
+    if twins:
+        out.append("- **pooled-distilled minus its hard-label twin (pooled, same C)**, 95% interval over prompts, "
+                   "bold where it excludes zero: " + "; ".join(f"{r['max_length']} tokens: {_twin(r)}" for r in twins)
+                   + ".")
     return out
+
+
+def _twin(r: dict) -> str:
+    cells = []
+    for k, lab in (("mix", "mix"), *SOURCES):
+        v = r["vs_hard_twin"].get(k)
+        if v is not None:
+            bold = "**" if verdict(_diff(v)) != "not resolved at this size" else ""
+            cells.append(f"{lab} {bold}{v[0]:+.4f}{bold} {_iv(v[1], v[2])}")
+    return ", ".join(cells)
 
 
 def write_report(log: Path) -> None:
@@ -64,7 +79,8 @@ def write_report(log: Path) -> None:
         "curve on the test split (496 rows, unseen questions; 95% cluster bootstrap over prompt groups). "
         "pooled: one probe; per-source: one probe per source, test rows routed by their true source (metadata Kaggle's "
         "test lacks: an upper bound); routed: the per-source probes mixed by a source classifier on the pair's sizes "
-        "(chars, turns).\n",
+        "(chars, turns); pooled-distilled: one probe without the source, fitted to the per-source probes' out-of-fold "
+        "probabilities on the training rows (a privileged teacher) instead of the hard labels, at pooled's C.\n",
         *verdicts(recs), "", table(recs), ""])
     atomic_write_text(SECTION_MD, body)
     text = RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n"

@@ -87,7 +87,7 @@ def test_per_source_probes_learn_opposite_directions_that_a_pooled_probe_cannot(
     train, test = _two_sources(rng)
     held_y = test.pop("y")
     losses = {}
-    for variant in lp.VARIANTS:
+    for variant in ("pooled", "per-source", "routed"):  # pooled-distilled: below, with a teacher's soft labels
         probs = lp.fit_predict(variant, 1.0, train, test)
         np.testing.assert_allclose(probs.sum(1), 1.0)
         losses[variant] = log_loss(held_y, probs) - log_loss(held_y, own_mean(probs))
@@ -230,3 +230,75 @@ def test_the_benchmark_runner_keeps_the_probe_section_between_its_markers(tmp_pa
     monkeypatch.setattr(rep, "SECTION_MD", tmp_path / "lp.md")
     text = run_all._linear_probe_section()
     assert text.startswith(rep.BEGIN) and "body" in text and text.rstrip().endswith(rep.END)
+
+
+def test_soft_fit_with_one_hot_targets_is_the_hard_fit():
+    rng = np.random.default_rng(7)
+    d = _pairs(400, _unit(rng.normal(size=(1, 8)))[0], rng)
+    hard = lp.PairProbe(c=0.5).fit(d["a"], d["b"], d["p"], d["y"]).predict(d["a"], d["b"], d["p"])
+    soft = lp.PairProbe(c=0.5).fit(d["a"], d["b"], d["p"], soft=np.eye(3)[d["y"]]).predict(d["a"], d["b"], d["p"])
+    np.testing.assert_allclose(soft, hard, atol=1e-6)
+
+
+def test_pooled_distilled_fits_the_teachers_probabilities_not_the_hard_labels():
+    rng = np.random.default_rng(8)
+    direction = _unit(rng.normal(size=(1, 16)))[0]
+    d = _pairs(1500, direction, rng)
+    held_y = d["y"][1000:].copy()
+    # the teacher knows the direction; the hard labels the student's twin sees are noise
+    teacher = lp.PairProbe(c=1.0).fit(d["a"][1000:], d["b"][1000:], d["p"][1000:], held_y)
+    d["soft"] = teacher.predict(d["a"], d["b"], d["p"])
+    d["y"] = rng.integers(0, 3, size=len(d["y"]))
+    fit, held = _split(d, 1000)
+    ranked = {}
+    for variant in ("pooled", "pooled-distilled"):
+        probs = lp.fit_predict(variant, 1.0, fit, held)
+        ranked[variant] = log_loss(held_y, probs) - log_loss(held_y, own_mean(probs))
+    assert ranked["pooled-distilled"] < -0.2 and ranked["pooled"] > -0.05
+
+
+def test_teacher_soft_labels_are_out_of_fold():
+    rng = np.random.default_rng(9)
+    train, _ = _two_sources(rng, n=200)
+    groups = np.arange(len(train["y"])) // 2
+    soft = lp.teacher_soft_labels(train, groups, 0.3)
+    np.testing.assert_allclose(soft.sum(1), 1.0)
+    from sklearn.model_selection import GroupKFold
+
+    (_, first), _ = list(GroupKFold(n_splits=2).split(train["a"], groups=groups))
+    relabelled = dict(train, y=train["y"].copy())
+    relabelled["y"][first] = (relabelled["y"][first] + 1) % 3  # the first fold's labels change ...
+    again = lp.teacher_soft_labels(relabelled, groups, 0.3)
+    np.testing.assert_allclose(again[first], soft[first])  # ... its own soft labels do not (fitted on the other)
+    rest = np.setdiff1d(np.arange(len(soft)), first)
+    assert not np.allclose(again[rest], soft[rest])
+
+
+def test_twin_differences_are_paired_on_the_mix_and_each_source():
+    import pandas as pd
+
+    y = np.array([0, 1, 0, 1, 2, 0])
+    test = pd.DataFrame({"label": y, "source": ["x", "x", "x", "y", "y", "y"]})
+    good = np.full((6, 3), 0.1)
+    good[np.arange(6), y] = 0.8
+    flat = np.full((6, 3), 1 / 3)
+    out = lp.twin_differences(test, np.arange(6), good, flat, seed=0)
+    assert set(out) == {"mix", "x", "y"}
+    assert out["mix"][0] == pytest.approx(log_loss(y, good) - log_loss(y, flat))
+    assert out["x"][0] == pytest.approx(log_loss(y[:3], good[:3]) - log_loss(y[:3], flat[:3]))
+    assert all(v[2] < 0 for v in out.values())  # better on every row: the whole interval below zero
+
+
+def test_report_states_the_distilled_probe_against_its_twin(tmp_path, monkeypatch):
+    from benchmarks import linear_probe_report as rep
+
+    monkeypatch.setattr(rep, "RESULTS", tmp_path / "RESULTS.md")
+    monkeypatch.setattr(rep, "SECTION_MD", tmp_path / "lp.md")
+    rec = _record(512, "pooled-distilled", [-0.02, -0.03, -0.01], [0.0, -0.02, 0.02], [0.07, 0.04, 0.1])
+    rec["vs_hard_twin"] = {"mix": [-0.0144, -0.0266, -0.0028], "hh_harmless": [-0.013, -0.0259, -0.0004],
+                           "mtbench_human": [-0.0169, -0.044, 0.008]}
+    (tmp_path / "lp.jsonl").write_text(json.dumps(rec) + "\n")
+    rep.write_report(tmp_path / "lp.jsonl")
+    text = (tmp_path / "lp.md").read_text()
+    assert ("512 tokens: mix **-0.0144** [-0.0266, -0.0028], HH **-0.0130** [-0.0259, -0.0004], "
+            "MT -0.0169 [-0.0440, +0.0080]") in text
