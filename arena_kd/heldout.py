@@ -181,12 +181,20 @@ def _logit_probs(path: Path, ids: pd.Series) -> np.ndarray | None:
 
 def _teacher_test_probs(cfg: PipelineConfig, ids: pd.Series) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Each teacher's test probabilities (fold models averaged, from the teachers' extra predictions) and the
-    ensemble."""
+    ensemble. A teacher's extra predictions count only when made by the config, rows and folds of the soft labels
+    beside them (a file left by an earlier teacher of the same name is not this run's)."""
+    import json
+
+    from arena_kd.common.io import sidecar_path
+    from arena_kd.teachers.run import extra_is_current
+
     tdir = cfg.workdir_path / "teachers"
+    soft_meta = sidecar_path(tdir / "soft_labels.parquet")
+    hashes = json.loads(soft_meta.read_text()).get("hashes", {}) if soft_meta.is_file() else {}
     per: dict[str, np.ndarray] = {}
     for t in cfg.teachers.models:
         path = tdir / t.name / "extra.parquet"
-        probs = _logit_probs(path, ids) if path.is_file() else None
+        probs = _logit_probs(path, ids) if extra_is_current(path, hashes, t.name) else None
         if probs is not None:
             per[t.name] = probs
     path = tdir / "soft_labels_extra.parquet"

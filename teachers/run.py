@@ -224,7 +224,7 @@ def combine_teachers(cfg: PipelineConfig, data: TrainingData, oofs: dict[str, pd
     out = teachers_dir(cfg) / "soft_labels.parquet"
     main_write(write_keyed_table, out, soft, meta)
     extra_paths = [teachers_dir(cfg) / n / "extra.parquet" for n in names]
-    current = [_extra_is_current(p, hashes, n) for n, p in zip(names, extra_paths)]
+    current = [extra_is_current(p, hashes, n) for n, p in zip(names, extra_paths)]
     extra_out = teachers_dir(cfg) / "soft_labels_extra.parquet"
     if cfg.teachers.predict_extra and cfg.data.extra and all(current):
         ex = [read_keyed_table(p)[0] for p in extra_paths]
@@ -248,7 +248,7 @@ def combine_teachers(cfg: PipelineConfig, data: TrainingData, oofs: dict[str, pd
     return meta
 
 
-def _extra_is_current(path: Path, hashes: dict[str, str], name: str) -> bool:
+def extra_is_current(path: Path, hashes: dict[str, str], name: str) -> bool:
     """Whether a teacher's ``extra.parquet`` was made by this teacher's config, rows and folds (a file left by an
     earlier teacher of the same name, e.g. a model teacher since replaced by an offline file, is not)."""
     if not path.is_file():

@@ -314,20 +314,29 @@ def test_combine_temperature_fit_tempers_train_and_extra_soft_labels_alike(tmp_p
 def test_combine_removes_pseudo_labels_it_can_no_longer_make(tmp_path, fake, capsys):
     """A teacher without extra predictions (an offline file) joins: the earlier combine's soft_labels_extra (other
     teachers, weights, T) must go, or the report scores it as this run's ensemble and the student trains on it."""
+    from arena_kd.data.readers import read_pairs
+    from arena_kd.heldout import _teacher_test_probs
     from arena_kd.kfold.training_data import load_training_data
 
     extra = [f"data.extra=[{ROOT / 'data' / 'sample' / 'test.csv'}]", "teachers.predict_extra=true"]
-    trun.run_teachers(_cfg(tmp_path, *extra))
+    trun.run_teachers(first := _cfg(tmp_path, *extra))
     tdir = tmp_path / "work" / "teachers"
     assert (tdir / "soft_labels_extra.parquet").is_file() and (tdir / "soft_labels_extra.meta.json").is_file()
+    test_ids = read_pairs(ROOT / "data" / "sample" / "test.csv")["id"]
+    per, ens = _teacher_test_probs(first, test_ids)  # what the report scores on the test rows
+    assert set(per) == {"tiny-gemma2", "tiny-llama"} and ens is not None
 
     ids = load_training_data(_cfg(tmp_path)).frame["id"]
     lg = fake_logits(ids, "offline")
     path = tmp_path / "offline.parquet"
     pd.DataFrame({"id": ids, "logit_a": lg[:, 0], "logit_b": lg[:, 1], "logit_tie": lg[:, 2]}).to_parquet(path)
     capsys.readouterr()
-    trun.run_teachers(_cfg(tmp_path, *extra, "teachers.models.1.source=logits", "teachers.models.1.model=null",
-                           f"teachers.models.1.logits_file={path}"), force=True)
+    second = _cfg(tmp_path, *extra, "teachers.models.1.source=logits", "teachers.models.1.model=null",
+                  f"teachers.models.1.logits_file={path}")
+    trun.run_teachers(second, force=True)
     assert not (tdir / "soft_labels_extra.parquet").exists() and not (tdir / "soft_labels_extra.meta.json").exists()
+    assert (tdir / "tiny-llama" / "extra.parquet").is_file()  # the model teacher's, from before the switch ...
+    per, ens = _teacher_test_probs(second, test_ids)
+    assert set(per) == {"tiny-gemma2"} and ens is None  # ... is not reported as the offline teacher's
     out = capsys.readouterr().out
     assert "removed stale" in out and "data.extra from tiny-llama" in out and (tdir / "soft_labels.parquet").is_file()
