@@ -183,14 +183,11 @@ def _teacher_test_probs(cfg: PipelineConfig, ids: pd.Series) -> tuple[dict[str, 
     """Each teacher's test probabilities (fold models averaged, from the teachers' extra predictions) and the
     ensemble. A teacher's extra predictions count only when made by the config, rows and folds of the soft labels
     beside them (a file left by an earlier teacher of the same name is not this run's)."""
-    import json
-
-    from arena_kd.common.io import sidecar_path
+    from arena_kd.common.io import read_sidecar
     from arena_kd.teachers.run import extra_is_current
 
     tdir = cfg.workdir_path / "teachers"
-    soft_meta = sidecar_path(tdir / "soft_labels.parquet")
-    hashes = json.loads(soft_meta.read_text()).get("hashes", {}) if soft_meta.is_file() else {}
+    hashes = read_sidecar(tdir / "soft_labels.parquet").get("hashes", {})
     per: dict[str, np.ndarray] = {}
     for t in cfg.teachers.models:
         path = tdir / t.name / "extra.parquet"

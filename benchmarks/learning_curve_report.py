@@ -167,6 +167,17 @@ def throughput_table(recs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def replace_section(results: Path, begin: str, end: str, body: str) -> None:
+    """Put ``body`` between its markers in ``results`` (benchmarks/RESULTS.md), or append it with them."""
+    text = results.read_text() if results.is_file() else "# Benchmark results\n"
+    block = f"{begin}\n{body}\n{end}"
+    if begin in text and end in text:
+        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    atomic_write_text(results, text)
+
+
 def write_report(log: Path) -> None:
     recs = read_log(log)
     plot(recs, PLOT)
@@ -186,11 +197,5 @@ def write_report(log: Path) -> None:
         throughput_table(read_log(THROUGHPUT)), "",
         f"![learning curve]({PLOT.relative_to(RESULTS.parent).as_posix()})" if PLOT.is_file() else "", ""])
     atomic_write_text(SECTION_MD, body)
-    text = RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n"
-    block = f"{BEGIN}\n{body}\n{END}"
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    atomic_write_text(RESULTS, text)
+    replace_section(RESULTS, BEGIN, END, body)
     print(f"wrote {SECTION_MD}, {PLOT} and the section in {RESULTS} ({len(recs)} points)")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from arena_kd.common.io import atomic_write_text
 from arena_kd.common.metrics import verdict
-from benchmarks.learning_curve_report import RESULTS, SOURCES, _diff, _iv, _ranks
+from benchmarks.learning_curve_report import RESULTS, SOURCES, _diff, _iv, _ranks, replace_section
 
 SECTION_MD = Path(__file__).resolve().parent / "results" / "linear_probe.md"
 BEGIN, END = "<!-- linear-probe:begin -->", "<!-- linear-probe:end -->"
@@ -83,11 +83,5 @@ def write_report(log: Path) -> None:
         "probabilities on the training rows (a privileged teacher) instead of the hard labels, at pooled's C.\n",
         *verdicts(recs), "", table(recs), ""])
     atomic_write_text(SECTION_MD, body)
-    text = RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n"
-    block = f"{BEGIN}\n{body}\n{END}"
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    atomic_write_text(RESULTS, text)
+    replace_section(RESULTS, BEGIN, END, body)
     print(f"wrote {SECTION_MD} and the section in {RESULTS} ({len(recs)} points)")

@@ -86,22 +86,24 @@ def _gpu_section() -> str:
     return "\n".join(parts)
 
 
-def _learning_curve_section() -> str:
-    """The learning curve's section as `make bench-learning` last wrote it (kept: this runner does not rerun it)."""
-    from benchmarks.learning_curve_report import BEGIN, END, SECTION_MD
+def _kept_section(report, title: str, command: str) -> str:
+    """A section as its own benchmark last wrote it (``report``: its report module, with BEGIN, END and SECTION_MD),
+    between its markers; kept, since this runner does not rerun that benchmark."""
+    if not report.SECTION_MD.is_file():
+        return f"## {title}\n\nNot run yet: `{command}`.\n"
+    return f"{report.BEGIN}\n{report.SECTION_MD.read_text()}\n{report.END}\n"
 
-    if not SECTION_MD.is_file():
-        return "## Learning curve\n\nNot run yet: `make bench-learning`.\n"
-    return f"{BEGIN}\n{SECTION_MD.read_text()}\n{END}\n"
+
+def _learning_curve_section() -> str:
+    from benchmarks import learning_curve_report
+
+    return _kept_section(learning_curve_report, "Learning curve", "make bench-learning")
 
 
 def _linear_probe_section() -> str:
-    """The linear probe's section as benchmarks/linear_probe.py last wrote it (kept: this runner does not rerun it)."""
-    from benchmarks.linear_probe_report import BEGIN, END, SECTION_MD
+    from benchmarks import linear_probe_report
 
-    if not SECTION_MD.is_file():
-        return "## Linear probe on frozen embeddings\n\nNot run yet: `.venv/bin/python benchmarks/linear_probe.py`.\n"
-    return f"{BEGIN}\n{SECTION_MD.read_text()}\n{END}\n"
+    return _kept_section(linear_probe_report, "Linear probe on frozen embeddings", "make bench-probe")
 
 
 def main() -> None:

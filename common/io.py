@@ -79,15 +79,19 @@ def write_keyed_table(path: str | Path, df: pd.DataFrame, meta: dict[str, Any]) 
     return atomic_write_parquet(path, out)
 
 
+def read_sidecar(path: str | Path) -> dict[str, Any]:
+    """The metadata sidecar of a keyed table (``{}`` when it has none), without reading the table."""
+    sc = sidecar_path(path)
+    return json.loads(sc.read_text()) if sc.is_file() else {}
+
+
 def read_keyed_table(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{p}: file not found")
     df = pd.read_parquet(p)
     df["id"] = df["id"].astype(str)
-    sc = sidecar_path(p)
-    meta = json.loads(sc.read_text()) if sc.is_file() else {}
-    return df, meta
+    return df, read_sidecar(p)
 
 
 def jsonable(obj: Any) -> Any:

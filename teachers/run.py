@@ -12,7 +12,6 @@ Outputs under ``<workdir>/teachers/``:
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from arena_kd.common.config import PipelineConfig, write_resolved
 from arena_kd.common.config_model import PLACEMENT_FIELDS
 from arena_kd.common.config_stages import TeacherConfig
 from arena_kd.common.errors import UserError
-from arena_kd.common.io import file_hash, json_hash, read_keyed_table, sidecar_path, write_keyed_table
+from arena_kd.common.io import file_hash, json_hash, read_keyed_table, read_sidecar, sidecar_path, write_keyed_table
 from arena_kd.common.keys import LOGIT_COLUMNS
 from arena_kd.common.metrics import accuracy, log_loss
 from arena_kd.kfold import dist
@@ -253,7 +252,7 @@ def extra_is_current(path: Path, hashes: dict[str, str], name: str) -> bool:
     earlier teacher of the same name, e.g. a model teacher since replaced by an offline file, is not)."""
     if not path.is_file():
         return False
-    made_by = json.loads(sidecar_path(path).read_text()).get("hashes", {})
+    made_by = read_sidecar(path).get("hashes", {})
     return (made_by.get("config") == hashes.get(f"teacher:{name}") and made_by.get("data") == hashes.get("data")
             and made_by.get("folds") == hashes.get("folds"))
 
