@@ -196,14 +196,22 @@ def export_vs_final_adapter(cfg, export_dir: Path, precisions: list[str], verify
     Returns (drift per ``<precision>/<dtype>``, verify result per precision in ``verify``)."""
     from arena_kd.common.io import read_keyed_table
     from arena_kd.common.metrics import softmax
-    from arena_kd.llm.export import describe_drift, load_export, prob_drift, reference_logits, verify_export
+    from arena_kd.llm.export import (
+        describe_drift,
+        load_export,
+        prob_drift,
+        reference_logits,
+        stored_answer_spans,
+        verify_export,
+    )
     from arena_kd.llm.placement import free_accelerator_memory
     from arena_kd.student.soup import adapter_logits
 
     ref, _ = read_keyed_table(export_dir / "reference_logits.parquet")
     ids = [list(map(int, r)) for r in ref["input_ids"]]
+    spans = stored_answer_spans(ref)
     final = json.loads((cfg.workdir_path / "student" / "final" / "final.json").read_text())["adapter_dir"]
-    want = softmax(adapter_logits(cfg.student.model, final, ids, cfg.workdir).astype(float))
+    want = softmax(adapter_logits(cfg.student.model, final, ids, cfg.workdir, spans).astype(float))
     out, checks = {}, {}
     for q in precisions:
         dtype = cfg.student.export_dtype if q == "none" else cfg.submission.dtype
@@ -211,7 +219,7 @@ def export_vs_final_adapter(cfg, export_dir: Path, precisions: list[str], verify
         if q in verify:
             checks[q] = verify_export(export_dir, quantization=q, dtype=dtype, model=model)
             print(f"[rehearsal] export check {describe_drift(checks[q])}")
-        out[f"{q}/{dtype}"] = prob_drift(reference_logits(model, ids), want)
+        out[f"{q}/{dtype}"] = prob_drift(reference_logits(model, ids, spans), want)
         del model
         free_accelerator_memory()
     return out, checks

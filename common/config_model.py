@@ -53,6 +53,17 @@ class LoraConfig(Section):
 
 
 PLACEMENT_FIELDS = frozenset({"device_map", "max_memory"})
+# model fields added after runs were made: at their defaults they compute what those runs computed, so the stages'
+# resume hashes leave them out (``model_hash_view``) and finished teachers and students stay valid
+ADDED_MODEL_FIELDS = ("answer_pooling",)
+
+
+def model_hash_view(model_section: dict) -> dict:
+    """A dumped model section without the ``ADDED_MODEL_FIELDS`` that are at their defaults (in place; returned)."""
+    for key in ADDED_MODEL_FIELDS:
+        if key in model_section and model_section[key] == ModelConfig.model_fields[key].default:
+            model_section.pop(key)
+    return model_section
 """ModelConfig fields that say where the weights live, not what they compute: left out of every resume hash, so moving
 a run to other hardware keeps its finished folds and checkpoints."""
 
@@ -93,6 +104,12 @@ class ModelConfig(Section):
         "(learning curve, 979 rows: zero head 0.866 vs 0.905 with std 0.02); MiniLM's is ~5.8, and with a zero head "
         "the body gets no gradient at the first step and its predictions stayed constant (0.925 vs 0.909). Keep 0.02 "
         "for small-norm encoders, 0 for decoders with large final norms.")
+    answer_pooling: bool = Field(
+        False, description="The classification head also reads mean(h[answer A]) − mean(h[answer B]) of the final "
+        "hidden states (llm.answer_pooling): no new weights, one forward pass. Measured on the demo student's own "
+        "frozen input (3 MiniLM layers, 96 tokens; benchmarks/linear_probe.py --input cross): a linear probe on the "
+        "token the head reads ranks no rows; on the answers' own tokens it ranks both sources' rows. Costs a few "
+        "element-wise ops per batch; the flag is saved in the model's config.json, so exports pool the same way.")
     freeze_embeddings: bool = Field(
         False, description="Full fine-tuning (lora.enabled: false) leaves the input token embedding frozen. Gemma 3 "
         "270M: ~168M of its 268M parameters are the 262k-token embedding, which a few thousand pairs cannot train but "

@@ -173,7 +173,16 @@ def _tokenize_fields(tokenizer, texts: list[str], avail: int, keep_end: bool) ->
     return enc
 
 
-def render_batch(
+def render_batch(*args, **kwargs) -> list[list[int]]:
+    """Input ids for every row of ``df`` (canonical table), in order; each list has length <= max_length. Arguments as
+    :func:`render_batch_spans`, which also returns where each field lies in the ids."""
+    return render_batch_spans(*args, **kwargs)[0]
+
+
+Span = tuple[int, int]
+
+
+def render_batch_spans(
     df: pd.DataFrame,
     tokenizer,
     max_length: int,
@@ -181,10 +190,12 @@ def render_batch(
     prompt_fraction: float = 0.2,
     swap: bool = False,
     template: str = "blocks",
-) -> list[list[int]]:
-    """Input ids for every row of ``df`` (canonical table), in order; each list has length <= max_length.
+) -> tuple[list[list[int]], list[tuple[Span, Span, Span]]]:
+    """Input ids for every row of ``df`` (canonical table), in order (each list has length <= max_length), and per row
+    the half-open token ranges of the prompt's, the first response's and the second response's text in its ids
+    (headers and special tokens excluded; a field cut to nothing is an empty range): what answer pooling reads.
 
-    ``swap`` renders B as A and A as B (equal to rendering ``data.schema.swap_frame(df)``).
+    ``swap`` renders B as A and A as B (equal to rendering ``data.schema.swap_frame(df)``; the first response is B).
     ``template``: "blocks" (tokenizer's own special tokens) or "chat" (the tokenizer's chat template).
     """
     if truncation not in TRUNCATIONS:
@@ -214,17 +225,18 @@ def render_batch(
     keep_end = truncation == "left"
     enc = _tokenize_fields(tokenizer, flat, avail, keep_end)
     out: list[list[int]] = []
+    spans: list[tuple[Span, Span, Span]] = []
     for i in range(len(prompts)):
         p, a, b = enc[3 * i], enc[3 * i + 1], enc[3 * i + 2]
         p_n, a_n, b_n = allocate(len(p), len(a), len(b), avail, prompt_fraction)
-        out.append(
-            prefix
-            + header_ids[0] + _cut(p, p_n, keep_end)
-            + header_ids[1] + _cut(a, a_n, keep_end)
-            + header_ids[2] + _cut(b, b_n, keep_end)
-            + suffix
-        )
-    return out
+        ids, fields = list(prefix), []
+        for header, field in zip(header_ids, (_cut(p, p_n, keep_end), _cut(a, a_n, keep_end), _cut(b, b_n, keep_end))):
+            ids += header
+            fields.append((len(ids), len(ids) + len(field)))
+            ids += field
+        out.append(ids + suffix)
+        spans.append(tuple(fields))
+    return out, spans
 
 
 def _keep_last_turns(prompts, ras, rbs, tokenizer, avail: int):

@@ -7,6 +7,7 @@ Modules (one job each):
   devices          device, dtype (native bf16 or not) and bitsandbytes 8/4-bit rules
   backbone_config  the HF config as a 3-class classifier's: Gemma2 attention + softcapping, layer pruning, pooling
   head             the classification head: its size, class names, seeded re-initialisation
+  answer_pooling   the head also reads mean(h[A]) − mean(h[B]) (model.answer_pooling): a body hook, the spans per batch
   random_backbone  seeded random backbones from `random_init`, built once under the workdir
   gguf             GGUF checkpoints dequantised once into a plain folder
   cache            folders built once under the workdir, published with one rename

@@ -233,6 +233,10 @@ def load_export(export_dir: str | Path, *, quantization: str = "none", dtype: st
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, export_dir / "adapter")
+    from arena_kd.llm.answer_pooling import install, wants_answer_pooling
+
+    if wants_answer_pooling(model):  # the trained model's config.json says its head reads the answers too
+        install(model)
     tokenizer = AutoTokenizer.from_pretrained(export_dir / "tokenizer")
     if load.get("padding_side"):
         tokenizer.padding_side = load["padding_side"]
@@ -249,15 +253,30 @@ def reference_probs(ref) -> "np.ndarray":
     return softmax(ref[list(LOGIT_COLUMNS)].to_numpy(dtype=np.float64))
 
 
-def reference_logits(model, input_ids: list[list[int]]) -> "np.ndarray":
-    """float32 [n,3] logits of ``model`` on token-id rows, one row at a time (no padding, so no padding effects)."""
+def reference_logits(model, input_ids: list[list[int]], answer_spans: list | None = None) -> "np.ndarray":
+    """float32 [n,3] logits of ``model`` on token-id rows, one row at a time (no padding, so no padding effects).
+    ``answer_spans``: per row (a0, a1, b0, b1), the answers' token ranges (the reference table's ``answer_spans``),
+    needed by a model with answer pooling (``llm.answer_pooling``)."""
+    from arena_kd.llm.answer_pooling import answer_spans as pooled_at
+    from arena_kd.llm.answer_pooling import is_installed
+
+    if is_installed(model) and answer_spans is None:
+        raise UserError("this model pools the answers (model.answer_pooling) but its reference rows carry no "
+                        "answer_spans: re-export it")
     dev = next(model.parameters()).device
     out = []
     with torch.no_grad():
-        for ids in input_ids:
+        for i, ids in enumerate(input_ids):
             x = torch.tensor([list(ids)], dtype=torch.long, device=dev)
-            out.append(model(input_ids=x, attention_mask=torch.ones_like(x)).logits.float().cpu().numpy()[0])
+            at = None if answer_spans is None else torch.tensor(list(answer_spans[i]), dtype=torch.long).view(1, 2, 2)
+            with pooled_at(model, at):
+                out.append(model(input_ids=x, attention_mask=torch.ones_like(x)).logits.float().cpu().numpy()[0])
     return np.asarray(out, dtype=np.float32).reshape(-1, 3)
+
+
+def stored_answer_spans(ref) -> list | None:
+    """The reference table's per-row (a0, a1, b0, b1) answer ranges, or None for a table written without them."""
+    return [list(map(int, r)) for r in ref["answer_spans"]] if "answer_spans" in ref.columns else None
 
 
 def prob_drift(got_logits, want_probs) -> dict[str, float | int]:
@@ -295,7 +314,7 @@ def verify_export(export_dir: str | Path, *, quantization: str = "none", dtype: 
     settings = read_export_settings(export_dir)
     if model is None:
         model, _, _ = load_export(export_dir, quantization=quantization, dtype=dtype, device=device)
-    got = reference_logits(model, list(ref["input_ids"]))
+    got = reference_logits(model, list(ref["input_ids"]), stored_answer_spans(ref))
     loaded_dtype = DTYPE_NAMES.get(getattr(model, "dtype", None), dtype)
     want = reference_probs(ref)
     out: dict[str, Any] = prob_drift(got, want)

@@ -20,6 +20,8 @@ from arena_kd.common.config_model import ModelConfig
 from arena_kd.common.errors import UserError
 from arena_kd.common.io import resolve_path
 from arena_kd.llm import lora as lora_mod
+from arena_kd.llm.answer_pooling import install as install_answer_pooling
+from arena_kd.llm.answer_pooling import wants_answer_pooling
 from arena_kd.llm.backbone_config import ClassifierConfig, classifier_config, pooling
 from arena_kd.llm.devices import (
     DTYPE_NAMES,
@@ -129,6 +131,8 @@ def load_classifier(
                                       sharded=sharded)
     else:
         model = _prepare_for_inference(model, adapter, kind)
+    if model_cfg.answer_pooling or wants_answer_pooling(model):  # a saved full model carries the flag itself
+        install_answer_pooling(model)
     info = classifier_info(model_cfg, model, tokenizer, shaped, source=source, dtype=dtype, dev=dev,
                            sharded=sharded, adapter=adapter)
     if training:

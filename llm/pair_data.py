@@ -52,17 +52,25 @@ def teacher_array(df: pd.DataFrame, where: str) -> np.ndarray | None:
 
 def render_ids(df: pd.DataFrame, tokenizer, max_length: int, rc: RenderConfig, swap: bool) -> list[list[int]]:
     """Token ids of every row (``data.render.render_batch`` with the render settings), in one orientation."""
-    from arena_kd.data.render import render_batch
+    return render_ids_spans(df, tokenizer, max_length, rc, swap)[0]
 
-    return render_batch(df, tokenizer, max_length, rc.truncation, rc.prompt_fraction, swap=swap, template=rc.template)
+
+def render_ids_spans(df: pd.DataFrame, tokenizer, max_length: int, rc: RenderConfig, swap: bool):
+    """:func:`render_ids` and each row's field spans (``data.render.render_batch_spans``: what answer pooling reads)."""
+    from arena_kd.data.render import render_batch_spans
+
+    return render_batch_spans(df, tokenizer, max_length, rc.truncation, rc.prompt_fraction, swap=swap,
+                              template=rc.template)
 
 
 class PairDataset(torch.utils.data.Dataset):
-    """Rendered rows of a pair frame; item = {"ids", "ids_swapped" (None for eval), "label", "teacher" (or None)}."""
+    """Rendered rows of a pair frame; item = {"ids", "ids_swapped" (None for eval), "label", "teacher" (or None),
+    "spans", "spans_swapped" (the rows' field spans, or None)}."""
 
     def __init__(self, ids: list[list[int]], ids_swapped: list[list[int]] | None, labels: np.ndarray,
-                 teacher: np.ndarray | None):
+                 teacher: np.ndarray | None, spans: list | None = None, spans_swapped: list | None = None):
         self.ids, self.ids_swapped, self.labels, self.teacher = ids, ids_swapped, labels, teacher
+        self.spans, self.spans_swapped = spans, spans_swapped
         self.lengths = [len(x) for x in ids]
 
     def __len__(self) -> int:
@@ -75,6 +83,8 @@ class PairDataset(torch.utils.data.Dataset):
             "ids_swapped": self.ids_swapped[i] if self.ids_swapped is not None else None,
             "label": int(self.labels[i]),
             "teacher": self.teacher[i] if self.teacher is not None else None,
+            "spans": self.spans[i] if self.spans is not None else None,
+            "spans_swapped": self.spans_swapped[i] if self.spans_swapped is not None else None,
         }
 
 
@@ -84,7 +94,8 @@ def _flip(seed: int, epoch: int, row: int) -> bool:
 
 
 class PairCollator:
-    """Dataset items -> padded model batch with labels long[B'] and teacher_logits float[B',(k,)3].
+    """Dataset items -> padded model batch with labels long[B'], teacher_logits float[B',(k,)3] and, when the items
+    carry spans, answer_spans long[B',2,2] (``llm.answer_pooling``).
 
     swap: "none" | "random" | "both" (see module doc); items without swapped ids (eval) are never swapped.
     ``epoch`` is set by ``llm.trainer.EpochCallback``.
@@ -96,7 +107,7 @@ class PairCollator:
         self.epoch = 0
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        seqs, labels, teach = [], [], []
+        seqs, labels, teach, spans = [], [], [], []
         for it in items:
             if it["ids_swapped"] is None or self.swap == "none":
                 orients = [False]
@@ -106,6 +117,7 @@ class PairCollator:
                 orients = [_flip(self.seed, self.epoch, it["row"])]
             for sw in orients:
                 seqs.append(it["ids_swapped"] if sw else it["ids"])
+                spans.append(it.get("spans_swapped" if sw else "spans"))
                 y = it["label"]
                 labels.append(y if (not sw or y < 0) else SWAP_PERMUTATION[y])
                 if it["teacher"] is not None:
@@ -113,6 +125,10 @@ class PairCollator:
                     teach.append(swap_logits(t) if sw else t)
         batch = collate(seqs, self.pad, self.side, with_position_ids=self.position_ids)
         batch["labels"] = torch.tensor(labels, dtype=torch.long)
+        if spans and all(sp is not None for sp in spans):
+            from arena_kd.llm.answer_pooling import padded_spans
+
+            batch["answer_spans"] = padded_spans(spans, [len(x) for x in seqs], batch["input_ids"].shape[1], self.side)
         if teach:
             batch["teacher_logits"] = torch.from_numpy(np.ascontiguousarray(np.stack(teach))).float()
         return batch

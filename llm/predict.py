@@ -75,9 +75,12 @@ def logits_for_ids(
     padding_side: str = "right",
     progress: bool = False,
     desc: str = "predict",
+    spans: list | None = None,
 ) -> np.ndarray:
     """float32[len(sequences), num_labels] logits for already rendered ``sequences``, in their order.
 
+    ``spans``: each sequence's field spans (``data.render.render_batch_spans``), needed by a model with answer pooling
+    (``llm.answer_pooling``) and ignored by one without.
     A sharded model runs in lockstep with the other ranks (see the module doc), also with no sequences here.
     """
     n = len(sequences)
@@ -96,11 +99,16 @@ def logits_for_ids(
         batches = _pad_to_busiest_rank(batches)
     # inference_mode tensors cannot enter FSDP's all-gathers; no_grad is enough there
     with torch.no_grad() if lockstep else torch.inference_mode():
-        out = _run_batches(model, sequences, batches, pad_token_id, padding_side, progress, desc)
+        out = _run_batches(model, sequences, batches, pad_token_id, padding_side, progress, desc, spans)
     return out if out is not None else np.zeros((0, 3), dtype=np.float32)
 
 
-def _run_batches(model, sequences, batches, pad_token_id, padding_side, progress, desc) -> np.ndarray | None:
+def _run_batches(model, sequences, batches, pad_token_id, padding_side, progress, desc, spans) -> np.ndarray | None:
+    from arena_kd.llm.answer_pooling import answer_spans, is_installed, padded_spans
+
+    pools = is_installed(model)
+    if pools and spans is None:
+        raise ValueError("this model pools the answers (model.answer_pooling): logits_for_ids needs their spans")
     n = len(sequences)
     device = model_device(model)
     use_pos = accepts_position_ids(model)
@@ -116,11 +124,17 @@ def _run_batches(model, sequences, batches, pad_token_id, padding_side, progress
         for idx in it:
             if idx is None:  # dummy forward: keeps a sharded model's collectives in step with busier ranks
                 dummy = collate([[pad_token_id]], pad_token_id, padding_side, with_position_ids=use_pos)
-                model(**{k: v.to(device) for k, v in dummy.items()})
+                with answer_spans(model, torch.zeros((1, 2, 2), dtype=torch.long)):  # empty answers
+                    model(**{k: v.to(device) for k, v in dummy.items()})
                 continue
             batch = collate([sequences[i] for i in idx], pad_token_id, padding_side, with_position_ids=use_pos)
             batch = {k: v.to(device) for k, v in batch.items()}
-            logits = model(**batch).logits.float().cpu().numpy()
+            where = None
+            if pools:
+                where = padded_spans([spans[i] for i in idx], [len(sequences[i]) for i in idx],
+                                     batch["input_ids"].shape[1], padding_side)
+            with answer_spans(model, where):
+                logits = model(**batch).logits.float().cpu().numpy()
             if out is None:
                 out = np.empty((n, logits.shape[1]), dtype=np.float32)
             out[idx] = logits
@@ -160,23 +174,24 @@ def predict_logits(
     """float32[n,3] logits of every row of the canonical table ``df``, in input order.
 
     ``swap=True`` renders B as A and A as B (the logits stay in the swapped orientation).
-    Rows are rendered with ``data.render.render_batch``, sorted by length and batched under
+    Rows are rendered with ``data.render.render_batch_spans``, sorted by length and batched under
     ``tokens_per_batch`` padded tokens (at most ``max_batch_size`` rows), then restored to input order.
     """
-    from arena_kd.data.render import render_batch
+    from arena_kd.data.render import render_batch_spans
 
     n = len(df)
     rank, world = process_group()
     shard = np.arange(rank, n, world, dtype=np.int64) if world > 1 else np.arange(n, dtype=np.int64)
     part = df.iloc[shard] if world > 1 else df
-    seqs = []
+    seqs, spans = [], []
     if len(part):
-        seqs = render_batch(part, tokenizer, max_length, truncation, prompt_fraction, swap=swap, template=template)
+        seqs, spans = render_batch_spans(part, tokenizer, max_length, truncation, prompt_fraction, swap=swap,
+                                         template=template)
     local = logits_for_ids(
         model, seqs, tokenizer.pad_token_id,
         tokens_per_batch=tokens_per_batch, max_batch_size=max_batch_size,
         padding_side=PADDING_SIDE,  # the engine's side, as in training (encoders pool the first token: never left)
-        progress=progress and rank == 0, desc="predict (swapped)" if swap else "predict",
+        progress=progress and rank == 0, desc="predict (swapped)" if swap else "predict", spans=spans,
     )
     if world > 1:
         return _gather_rows(local, shard, n, world)

@@ -36,7 +36,7 @@ from arena_kd.common.errors import UserError
 from arena_kd.common.io import atomic_write_json, frame_hash, jsonable
 from arena_kd.llm.batching import accepts_position_ids
 from arena_kd.llm.losses import LossFn, hard_label_ce, loss_key
-from arena_kd.llm.pair_data import PairCollator, PairDataset, labels_array, render_ids, teacher_array
+from arena_kd.llm.pair_data import PairCollator, PairDataset, labels_array, render_ids_spans, teacher_array
 from arena_kd.llm.trainer import (
     ClassifierTrainer,
     EpochCallback,
@@ -132,16 +132,18 @@ def _datasets(train_df: pd.DataFrame, eval_df: pd.DataFrame | None, tokenizer, m
               swap: str, where: str, unlabelled_ok: bool = False) -> tuple[PairDataset, PairDataset | None]:
     """The training rows (both orientations rendered unless swap is 'none') and the labelled eval rows (or None).
     ``unlabelled_ok``: the loss takes rows without a hard label (label -100; e.g. student.losses), else refused."""
-    ids = render_ids(train_df, tokenizer, max_length, rc, swap=False)
-    ids_sw = render_ids(train_df, tokenizer, max_length, rc, swap=True) if swap != "none" else None
+    ids, spans = render_ids_spans(train_df, tokenizer, max_length, rc, swap=False)
+    ids_sw, spans_sw = render_ids_spans(train_df, tokenizer, max_length, rc, swap=True) if swap != "none" else (None,
+                                                                                                                None)
     data = PairDataset(ids, ids_sw, labels_array(train_df, where + " (train)", required=not unlabelled_ok),
-                       teacher_array(train_df, where + " (train)"))
+                       teacher_array(train_df, where + " (train)"), spans, spans_sw)
     eval_data = None
     if eval_df is not None and len(eval_df):
         ev = eval_df[eval_df["label"].notna()].reset_index(drop=True)
         if len(ev):
-            eval_data = PairDataset(render_ids(ev, tokenizer, max_length, rc, swap=False), None,
-                                    labels_array(ev, where + " (eval)", False), teacher_array(ev, where + " (eval)"))
+            ev_ids, ev_spans = render_ids_spans(ev, tokenizer, max_length, rc, swap=False)
+            eval_data = PairDataset(ev_ids, None, labels_array(ev, where + " (eval)", False),
+                                    teacher_array(ev, where + " (eval)"), ev_spans)
     return data, eval_data
 
 

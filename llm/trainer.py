@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback
 
+from arena_kd.llm.answer_pooling import answer_spans
 from arena_kd.llm.head import classification_head
 from arena_kd.llm.losses import LossFn
 from arena_kd.llm.pair_data import PairCollator
@@ -181,7 +182,8 @@ class ClassifierTrainer(Trainer):
         batch = {"labels": labels}
         if "teacher_logits" in inputs:
             batch["teacher_logits"] = inputs.pop("teacher_logits")
-        outputs = model(**inputs)
+        with answer_spans(model, inputs.pop("answer_spans", None)):  # llm.answer_pooling (a no-op without it)
+            outputs = model(**inputs)
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
         loss, terms = self.loss_fn(logits.float(), batch)
         rows = labels.shape[0]

@@ -96,7 +96,7 @@ def export_student(cfg: PipelineConfig, frame: pd.DataFrame, adapter: Path, in_m
     """Write ``edir`` (default ``<workdir>/student/export``; see module docstring); skipped when up to date.
     ``in_memory``: (model, tokenizer) or None. Runs on rank 0 alone under a launch: an FSDP-sharded trained model
     (whose forwards need every rank) is not run; its gathered adapter is reloaded unsharded instead."""
-    from arena_kd.data.render import render_batch
+    from arena_kd.data.render import render_batch_spans
     from arena_kd.student.merge import load_trained_base, merged_student
 
     s = cfg.student
@@ -122,21 +122,23 @@ def export_student(cfg: PipelineConfig, frame: pd.DataFrame, adapter: Path, in_m
     ref_rows = frame.head(s.reference_rows).reset_index(drop=True)
     reference, soup_report = None, None
     if len(ref_rows):
-        ids = render_batch(ref_rows, tok, rs["max_length"], rs["truncation"], rs["prompt_fraction"],
-                           template=rs["template"])
+        ids, fields = render_batch_spans(ref_rows, tok, rs["max_length"], rs["truncation"], rs["prompt_fraction"],
+                                         template=rs["template"])
         ids = [list(map(int, r)) for r in ids]
+        spans = [[*a, *b] for _, a, b in fields]  # the answers' ranges: what a model with answer pooling reads
         if s.final == "fold_soup":
             dirs = fold_adapter_dirs(cfg, frame)
-            fold_logits = [adapter_logits(s.model, d, ids, cfg.workdir) for d in dirs]
+            fold_logits = [adapter_logits(s.model, d, ids, cfg.workdir, spans) for d in dirs]
             probs = fold_mean_probs(fold_logits)
-            soup_report = soup_drift(s.model, dirs, fold_logits, ids, sdir / "final" / "soups", cfg.workdir)
+            soup_report = soup_drift(s.model, dirs, fold_logits, ids, sdir / "final" / "soups", cfg.workdir,
+                                     answer_spans=spans)
             print(f"[student] fold soup ({s.soup}): {describe_soup(soup_report)}")
         elif in_memory is not None and not sharded_model(in_memory[0]):
             in_memory[0].eval()
-            probs = softmax(reference_logits(in_memory[0], ids).astype(np.float64))
+            probs = softmax(reference_logits(in_memory[0], ids, spans).astype(np.float64))
         else:
-            probs = softmax(adapter_logits(s.model, adapter, ids, cfg.workdir).astype(np.float64))
-        reference = reference_table(ref_rows["id"], ids, probs)
+            probs = softmax(adapter_logits(s.model, adapter, ids, cfg.workdir, spans).astype(np.float64))
+        reference = reference_table(ref_rows["id"], ids, probs, spans)
     in_memory = None
     free_accelerator_memory()
     soup = s.final == "fold_soup"

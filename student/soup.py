@@ -22,8 +22,10 @@ from arena_kd.llm.export import PROB_COLUMNS, prob_drift, reference_logits
 from arena_kd.llm.placement import free_accelerator_memory
 
 
-def adapter_logits(model_cfg: ModelConfig, adapter: str | Path, input_ids: list[list[int]], workdir) -> np.ndarray:
-    """float32 [n,3] logits of one trained adapter on its trained base (same quantization and dtype as training)."""
+def adapter_logits(model_cfg: ModelConfig, adapter: str | Path, input_ids: list[list[int]], workdir,
+                   answer_spans: list | None = None) -> np.ndarray:
+    """float32 [n,3] logits of one trained adapter on its trained base (same quantization and dtype as training);
+    ``answer_spans`` as ``llm.export.reference_logits``."""
     from arena_kd.llm.loading import load_classifier
     from arena_kd.llm.tokenizer import adapter_tokenizer
 
@@ -31,15 +33,19 @@ def adapter_logits(model_cfg: ModelConfig, adapter: str | Path, input_ids: list[
                                   tokenizer=adapter_tokenizer(adapter))
     model.eval()
     try:
-        return reference_logits(model, input_ids)
+        return reference_logits(model, input_ids, answer_spans)
     finally:
         del model
         free_accelerator_memory()
 
 
-def reference_table(ids: pd.Series, input_ids: list[list[int]], probs: np.ndarray) -> pd.DataFrame:
-    """id, input_ids, logit_* (log of the reference probabilities), prob_*: the export's reference_logits.parquet."""
+def reference_table(ids: pd.Series, input_ids: list[list[int]], probs: np.ndarray,
+                    answer_spans: list | None = None) -> pd.DataFrame:
+    """id, input_ids, answer_spans (a0, a1, b0, b1; when given), logit_* (log of the reference probabilities),
+    prob_*: the export's reference_logits.parquet."""
     ref = pd.DataFrame({"id": ids.astype(str).to_numpy(), "input_ids": [list(map(int, r)) for r in input_ids]})
+    if answer_spans is not None:
+        ref["answer_spans"] = [list(map(int, r)) for r in answer_spans]
     logp = np.log(np.clip(probs, 1e-12, 1.0))
     for j, (logit_col, prob_col) in enumerate(zip(LOGIT_COLUMNS, PROB_COLUMNS)):
         ref[logit_col] = logp[:, j].astype(np.float32)
@@ -53,7 +59,8 @@ def fold_mean_probs(fold_logits: list[np.ndarray]) -> np.ndarray:
 
 
 def soup_drift(model_cfg: ModelConfig, fold_dirs: list[Path], fold_logits: list[np.ndarray], input_ids: list[list[int]],
-               soup_dir: Path, workdir, modes: tuple[str, ...] = ("exact", "average")) -> dict[str, Any]:
+               soup_dir: Path, workdir, modes: tuple[str, ...] = ("exact", "average"),
+               answer_spans: list | None = None) -> dict[str, Any]:
     """|Δprob| (max, mean) from the fold-model mean for each soup mode and for each single fold model.
 
     Every soup is built under ``soup_dir/<mode>`` and scored on its trained base like the folds were.
@@ -70,7 +77,7 @@ def soup_drift(model_cfg: ModelConfig, fold_dirs: list[Path], fold_logits: list[
     }
     for mode in modes:
         d = soup_adapters(fold_dirs, soup_dir / mode, mode)
-        drift = prob_drift(adapter_logits(model_cfg, d, input_ids, workdir), mean)
+        drift = prob_drift(adapter_logits(model_cfg, d, input_ids, workdir, answer_spans), mean)
         out[mode] = {k: drift[k] for k in ("max_abs_prob_diff", "mean_abs_prob_diff", "nonfinite_rows")}
     return out
 

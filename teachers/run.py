@@ -21,7 +21,7 @@ import pandas as pd
 
 from arena_kd.blend.temperature import fit_temperature
 from arena_kd.common.config import PipelineConfig, write_resolved
-from arena_kd.common.config_model import PLACEMENT_FIELDS
+from arena_kd.common.config_model import PLACEMENT_FIELDS, model_hash_view
 from arena_kd.common.config_stages import TeacherConfig
 from arena_kd.common.errors import UserError
 from arena_kd.common.io import file_hash, json_hash, read_keyed_table, read_sidecar, sidecar_path, write_keyed_table
@@ -42,6 +42,8 @@ def teacher_config_hash(cfg: PipelineConfig, teacher: TeacherConfig) -> str:
     # placement (device_map / max_memory) says where the weights live, not what they compute: moving a run to other
     # hardware keeps its finished folds
     section = teacher.model_dump(mode="json", exclude={"weight": True, "model": set(PLACEMENT_FIELDS)})
+    if isinstance(section.get("model"), dict):
+        model_hash_view(section["model"])
     return json_hash({"teacher": section, "render": cfg.render.model_dump(mode="json"), "seed": cfg.seed})
 
 

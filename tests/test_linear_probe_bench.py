@@ -157,11 +157,12 @@ def test_report_section_names_where_each_variant_ranks_the_rows(tmp_path, monkey
     rep.write_report(log)  # idempotent: one section
     text = (tmp_path / "RESULTS.md").read_text()
     assert "kept" in text and text.count(rep.BEGIN) == 1
-    assert "- **pooled**: ranks the rows (tokens) on HH at none; MT at none" in text
-    assert "- **per-source**: ranks the rows (tokens) on HH at 512; MT at 512; beats the per-source constants on " \
-           "the mix at 512" in text
-    assert "- **routed**: ranks the rows (tokens) on HH at 512; MT at none" in text
-    rows = [line for line in text.splitlines() if line.startswith("| 128 |") or line.startswith("| 512 |")]
+    # records written before the cross-encoder inputs read as the separate-text input over the full backbone
+    assert "- **separate (6 layers), pooled**: ranks the rows (tokens) on HH at none; MT at none" in text
+    assert "- **separate (6 layers), per-source**: ranks the rows (tokens) on HH at 512 (-0.0200); MT at 512 " \
+           "(-0.0400); beats the per-source constants on the mix at 512" in text
+    assert "- **separate (6 layers), routed**: ranks the rows (tokens) on HH at 512 (-0.0200); MT at none" in text
+    rows = [line for line in text.splitlines() if line.startswith("| separate (6) |")]
     assert len(rows) == 3
     assert "| 80% |" in rows[-1] and rows[0].count("—") == 1  # router accuracy only for the routed variant
 
@@ -300,5 +301,23 @@ def test_report_states_the_distilled_probe_against_its_twin(tmp_path, monkeypatc
     (tmp_path / "lp.jsonl").write_text(json.dumps(rec) + "\n")
     rep.write_report(tmp_path / "lp.jsonl")
     text = (tmp_path / "lp.md").read_text()
-    assert ("512 tokens: mix **-0.0144** [-0.0266, -0.0028], HH **-0.0130** [-0.0259, -0.0004], "
+    assert ("separate (6), 512 tokens: mix **-0.0144** [-0.0266, -0.0028], HH **-0.0130** [-0.0259, -0.0004], "
             "MT -0.0169 [-0.0440, +0.0080]") in text
+
+
+def test_report_keeps_each_input_apart_and_lists_the_cross_encoder_after_the_separate_texts(tmp_path, monkeypatch):
+    from benchmarks import linear_probe_report as rep
+
+    monkeypatch.setattr(rep, "RESULTS", tmp_path / "RESULTS.md")
+    monkeypatch.setattr(rep, "SECTION_MD", tmp_path / "lp.md")
+    flat, ranks = [0.0, -0.01, 0.01], [-0.03, -0.05, -0.01]
+    recs = [{**_record(256, "per-source", flat, flat, flat), "input": "cross-segment", "layers": 3},
+            {**_record(256, "per-source", ranks, flat, flat), "input": "cross-head", "layers": 3},
+            _record(256, "per-source", ranks, flat, flat)]  # an old record: separate, 6 layers
+    (tmp_path / "lp.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    rep.write_report(tmp_path / "lp.jsonl")
+    text = (tmp_path / "lp.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "| 256 | per-source |" in line]
+    assert [r.split(" |")[0] for r in rows] == ["| separate (6)", "| cross-head (3)", "| cross-segment (3)"]
+    assert "- **cross-head (3 layers), per-source**: ranks the rows (tokens) on HH at 256 (-0.0300)" in text
+    assert "- **cross-segment (3 layers), per-source**: ranks the rows (tokens) on HH at none" in text

@@ -193,3 +193,37 @@ def test_cut_text_never_splits_words():
     assert text.endswith(cut) and len(cut) <= 30 and cut[0].isspace()
     assert render._cut_text("x" * 100, 30, keep_end=False) is None  # one long word: tokenised whole
     assert render._cut_text("x" * 100, 30, keep_end=True) is None
+
+
+@pytest.mark.parametrize("style", ["llama", "bert"])
+@pytest.mark.parametrize("truncation", ["budget", "left", "keep_last_turns"])
+@pytest.mark.parametrize("max_length", [40, 200])
+def test_spans_locate_each_fields_text_after_its_header(toks, frame, style, truncation, max_length):
+    tok = toks[style]
+    ids, spans = render.render_batch_spans(frame, tok, max_length, truncation, 0.3)
+    assert ids == render_batch(frame, tok, max_length, truncation, 0.3)  # the same rendering
+    headers = render.encode_texts(tok, list(render.HEADERS))
+    for row, x, fields in zip(frame.itertuples(), ids, spans):
+        ends = [0] + [hi for _, hi in fields]
+        for (lo, hi), header, prev_end in zip(fields, headers, ends):
+            assert prev_end <= lo - len(header) and lo <= hi <= len(x)  # in order, never overlapping
+            assert x[lo - len(header):lo] == header  # each range starts right after its field's header
+        (_, _), (a0, a1), (b0, b1) = fields
+        assert x[a1:b0] == headers[2]  # A's text runs up to B's header
+        assert a1 > a0  # a response with text keeps a token
+        if row.id == "empty_b":
+            assert b1 == b0
+        if max_length == 200 and truncation == "budget" and row.id == "short":
+            assert _decode(tok, x[a0:a1]).strip() == "Paris."
+
+
+def test_spans_of_the_swapped_rendering_exchange_the_responses(toks, frame):
+    tok = toks["llama"]
+    ids, spans = render.render_batch_spans(frame, tok, 64)
+    ids_s, spans_s = render.render_batch_spans(frame, tok, 64, swap=True)
+    for x, xs, (_, a, b), (_, a_s, b_s) in zip(ids, ids_s, spans, spans_s):
+        # the same response's tokens, from its start; water-filling hands an odd token to the first of two equally
+        # long responses, so a kept length may differ by one
+        for mine, theirs in ((x[a[0]:a[1]], xs[b_s[0]:b_s[1]]), (x[b[0]:b[1]], xs[a_s[0]:a_s[1]])):
+            n = min(len(mine), len(theirs))
+            assert mine[:n] == theirs[:n] and abs(len(mine) - len(theirs)) <= 1
