@@ -39,7 +39,13 @@ class _State:
 
 
 def hf_model(model):
-    """The transformers model under a peft wrapper (or ``model`` itself)."""
+    """The transformers model under the wrappers training puts around it: DistributedDataParallel / DataParallel /
+    FSDP1 (``.module``; FSDP2 shards in place) and peft (``get_base_model``)."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    while isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel,
+                             FullyShardedDataParallel)):
+        model = model.module
     get = getattr(model, "get_base_model", None)
     return get() if callable(get) else model
 

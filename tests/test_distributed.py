@@ -30,11 +30,13 @@ LOGITS = ["logit_a", "logit_b", "logit_tie"]
 LN3 = math.log(3)
 
 
-def _teacher(batch_size: int, quantization: str = "none", hidden: int = 32, **predict) -> str:
+def _teacher(batch_size: int, quantization: str = "none", hidden: int = 32, answer_pooling: bool = False,
+             **predict) -> str:
     """One tiny random Llama teacher as a YAML flow list (the config's teachers.models)."""
     pred = ", ".join(f"{k}: {v}" for k, v in predict.items())
     return (
         "[{name: tiny-llama, model: {backbone: random, tokenizer: 'bpe:400', quantization: " + quantization + ", "
+        "answer_pooling: " + str(answer_pooling).lower() + ", "
         "random_init: {model_type: llama, hidden_size: " + str(hidden) + ", "
         "intermediate_size: " + str(2 * hidden) + ", "
         "num_hidden_layers: 2, num_attention_heads: 2, num_key_value_heads: 1}, gradient_checkpointing: false, "
@@ -109,6 +111,18 @@ def test_data_parallel_two_cpu_processes_match_one_process(tmp_path, balanced_fo
     assert abs(dp_meta["overall"]["log_loss"] - one_meta["overall"]["log_loss"]) < 1e-3
     np.testing.assert_allclose(dp[LOGITS].to_numpy(), one.set_index("id").loc[dp["id"], LOGITS].to_numpy(),
                                atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("launch, quantization", [("cpu-2proc.yaml", "none"), ("fsdp-qlora-cpu.yaml", "4bit")])
+def test_answer_pooling_reaches_the_model_under_data_parallel_and_fsdp(tmp_path, launch, quantization):
+    """The Trainer wraps the model (DistributedDataParallel; FSDP2 in place): the answers' spans must still reach
+    the pooling hook, which refuses a forward without them (before the fix the data-parallel launch failed so)."""
+    wd = tmp_path / "wd"
+    _launch(launch, tmp_path / "rec", wd, None, _teacher(batch_size=4, quantization=quantization, hidden=64,
+                                                         answer_pooling=True))
+    _check_fold_files(wd, None)
+    oof, meta = _read_oof(wd)
+    assert len(oof) == 48 and np.isfinite(oof[LOGITS].to_numpy()).all() and meta["overall"]["log_loss"] < 2.0
 
 
 def test_fsdp_qlora_two_cpu_processes_shard_train_and_predict_in_lockstep(tmp_path):
