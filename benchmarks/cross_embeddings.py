@@ -40,6 +40,8 @@ def pool_hidden(hidden, mask, spans, head_token: str = "first_token") -> dict[st
     float32[B, 3, D] (prompt, first response, second response; an empty field gives zeros)."""
     import torch
 
+    from arena_kd.llm.answer_pooling import span_means  # the masked mean answer pooling itself uses
+
     h = hidden.float()
     m = mask.to(h.dtype)
     start = mask.argmax(1)  # first real token under either padding side
@@ -47,14 +49,9 @@ def pool_hidden(hidden, mask, spans, head_token: str = "first_token") -> dict[st
     last = h.shape[1] - 1 - mask.flip(1).argmax(1)  # last real token under either padding side
     head = h[rows, start if head_token == "first_token" else last]
     mean = (h * m.unsqueeze(-1)).sum(1) / m.sum(1, keepdim=True).clamp(min=1.0)
-    pos = torch.arange(h.shape[1])[None, :]
-    sp = torch.as_tensor(np.asarray(spans), dtype=torch.long) + start[:, None, None]
-    seg = []
-    for f in range(3):
-        inside = ((pos >= sp[:, f, :1]) & (pos < sp[:, f, 1:])).to(h.dtype)  # [B, T]
-        seg.append((h * inside.unsqueeze(-1)).sum(1) / inside.sum(1, keepdim=True).clamp(min=1.0))
+    seg = span_means(h, torch.as_tensor(np.asarray(spans), dtype=torch.long) + start[:, None, None])
     return {"head": head.numpy().astype(np.float32), "mean": mean.numpy().astype(np.float32),
-            "segment": torch.stack(seg, 1).numpy().astype(np.float32)}
+            "segment": seg.numpy().astype(np.float32)}
 
 
 def run_backbone(base, ids: list[list[int]], spans: list, pad_token_id: int, padding_side: str,

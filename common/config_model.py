@@ -58,12 +58,19 @@ PLACEMENT_FIELDS = frozenset({"device_map", "max_memory"})
 ADDED_MODEL_FIELDS = ("answer_pooling",)
 
 
+def without_added_defaults(dumped: dict, section_cls, keys) -> dict:
+    """``dumped`` (a section's model_dump, changed in place and returned) without those of ``keys`` that sit at
+    ``section_cls``'s defaults: fields added after runs were made, left out of resume hashes while they change
+    nothing."""
+    for key in keys:
+        if key in dumped and dumped[key] == section_cls.model_fields[key].default:
+            dumped.pop(key)
+    return dumped
+
+
 def model_hash_view(model_section: dict) -> dict:
     """A dumped model section without the ``ADDED_MODEL_FIELDS`` that are at their defaults (in place; returned)."""
-    for key in ADDED_MODEL_FIELDS:
-        if key in model_section and model_section[key] == ModelConfig.model_fields[key].default:
-            model_section.pop(key)
-    return model_section
+    return without_added_defaults(model_section, ModelConfig, ADDED_MODEL_FIELDS)
 """ModelConfig fields that say where the weights live, not what they compute: left out of every resume hash, so moving
 a run to other hardware keeps its finished folds and checkpoints."""
 

@@ -59,17 +59,24 @@ def wants_answer_pooling(model) -> bool:
     return bool(getattr(hf_model(model).config, CONFIG_FLAG, False))
 
 
-def answer_difference(hidden: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
-    """float32[B, H]: mean of ``hidden`` [B, T, H] over each row's A range minus its mean over the B range; ``spans``
-    long[B, 2, 2] = ((a0, a1), (b0, b1)) half-open positions in the padded batch; an empty range averages to 0."""
+def span_means(hidden: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
+    """float32[B, K, H]: mean of ``hidden`` [B, T, H] over each of a row's K half-open position ranges, ``spans``
+    long[B, K, 2] in the padded batch; an empty range averages to 0."""
     h = hidden.float()
     pos = torch.arange(h.shape[1], device=h.device)[None, :]
     spans = spans.to(h.device)
     means = []
-    for k in range(2):
+    for k in range(spans.shape[1]):
         inside = ((pos >= spans[:, k, :1]) & (pos < spans[:, k, 1:])).to(h.dtype)  # [B, T]
         means.append((h * inside.unsqueeze(-1)).sum(1) / inside.sum(1, keepdim=True).clamp(min=1.0))
-    return means[0] - means[1]
+    return torch.stack(means, 1)
+
+
+def answer_difference(hidden: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
+    """float32[B, H]: mean of ``hidden`` [B, T, H] over each row's A range minus its mean over the B range; ``spans``
+    long[B, 2, 2] = ((a0, a1), (b0, b1)) half-open positions in the padded batch; an empty range averages to 0."""
+    means = span_means(hidden, spans)
+    return means[:, 0] - means[:, 1]
 
 
 def install(model) -> None:

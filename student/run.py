@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from arena_kd.common.config import PipelineConfig, write_resolved
-from arena_kd.common.config_model import PLACEMENT_FIELDS, model_hash_view
+from arena_kd.common.config_model import PLACEMENT_FIELDS, model_hash_view, without_added_defaults
 from arena_kd.common.config_stages import DistillConfig
 from arena_kd.common.errors import UserError
 from arena_kd.common.io import atomic_write_json, json_hash, read_keyed_table, write_keyed_table
@@ -59,9 +59,8 @@ def student_config_hash(cfg: PipelineConfig) -> str:
                                exclude={"model": set(PLACEMENT_FIELDS)})  # placement: where, not what (as for teachers)
     s["distill"].pop("soft_labels", None)  # the file's content hash is tracked separately
     model_hash_view(s["model"])
-    for key in ADDED_DISTILL_KEYS:  # at their defaults they change nothing: runs made before them stay valid
-        if s["distill"].get(key) == DistillConfig.model_fields[key].default:
-            s["distill"].pop(key, None)
+    # at their defaults they change nothing: runs made before them stay valid
+    without_added_defaults(s["distill"], DistillConfig, ADDED_DISTILL_KEYS)
     if not cfg.student.distill.uses_teachers:  # settings of the soft labels change nothing without soft terms
         for key in ("prior_match", "prior_match_rows"):
             s["distill"].pop(key, None)
