@@ -99,9 +99,9 @@ def _goals_section(lines: list[dict[str, Any]], answers: dict[str, str]) -> str:
             f"zero on the better side. This run: {summary}.\n\n")
     text += "\n".join(f"- ({v['goal']}) " + format_verdicts([v])[2:] for v in lines) + "\n"
     if any(a != "yes" for a in answers.values()):
-        text += ("\nWhat a larger run buys, measured on this machine: README \"Prior-matched soft labels\" and "
-                 "\"Learning curve, bf16 and threads\" (`make all-full`, configs/demo-full.yaml) and "
-                 "benchmarks/RESULTS.md \"Learning curve\".\n")
+        text += ("\nWhat each goal still lacks and what a larger run buys, measured on this machine: README \"A "
+                 "teacher that ranks rows\", \"Prior-matched soft labels\" and \"Learning curve, bf16 and threads\" "
+                 "(`make all-full`, configs/demo-full.yaml) and benchmarks/RESULTS.md \"Learning curve\".\n")
     return text
 
 

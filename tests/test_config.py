@@ -109,3 +109,18 @@ def test_on_off_yes_no_stay_words_in_configs_and_overrides(tmp_path):
     layer = tmp_path / "layer.yaml"
     layer.write_text("student:\n  distill: {prior_match: off}\n")
     assert load_config(["configs/demo.yaml", layer]).student.distill.prior_match == "off"
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "demo-full.yaml"])
+def test_demo_configs_keep_the_designs_shape(name):
+    """Issue 21's shape at demo scale: every teacher reads longer inputs than the student, and where a teacher shares
+    the student's backbone it keeps more of its layers (num_layers None = all of them)."""
+    cfg = load_config(f"configs/{name}")
+    student_len = cfg.student.train.max_length or cfg.render.max_length
+    student_layers = cfg.student.model.num_layers
+    for t in cfg.teachers.models:
+        teacher_len = t.train.max_length or cfg.render.max_length
+        assert teacher_len > student_len, (t.name, teacher_len, student_len)
+        assert (t.predict.max_length or cfg.render.max_length) >= teacher_len, t.name  # predicts what it trained on
+        if t.model.backbone == cfg.student.model.backbone and t.model.gguf_file == cfg.student.model.gguf_file:
+            assert student_layers is not None and (t.model.num_layers is None or t.model.num_layers > student_layers)
