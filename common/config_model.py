@@ -53,6 +53,8 @@ class LoraConfig(Section):
 
 
 PLACEMENT_FIELDS = frozenset({"device_map", "max_memory"})
+"""ModelConfig fields that say where the weights live, not what they compute: left out of every resume hash, so moving
+a run to other hardware keeps its finished folds and checkpoints."""
 # model fields added after runs were made: at their defaults they compute what those runs computed, so the stages'
 # resume hashes leave them out (``model_hash_view``) and finished teachers and students stay valid
 ADDED_MODEL_FIELDS = ("answer_pooling",)
@@ -71,8 +73,6 @@ def without_added_defaults(dumped: dict, section_cls, keys) -> dict:
 def model_hash_view(model_section: dict) -> dict:
     """A dumped model section without the ``ADDED_MODEL_FIELDS`` that are at their defaults (in place; returned)."""
     return without_added_defaults(model_section, ModelConfig, ADDED_MODEL_FIELDS)
-"""ModelConfig fields that say where the weights live, not what they compute: left out of every resume hash, so moving
-a run to other hardware keeps its finished folds and checkpoints."""
 
 
 class ModelConfig(Section):
