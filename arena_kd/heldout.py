@@ -118,7 +118,7 @@ class Evaluation:
         """log_loss(a) − log_loss(b) on the rows of ``mask`` (``pa``/``pb``: those rows' probabilities), its
         interval and the answer to 'does a beat b?' (yes / NO only when the interval excludes zero)."""
         d = log_loss_difference(self.labels[mask], pa, pb, self.groups[mask], seed=self.seed)
-        return {"diff": d["mean"], "lo": finite(d["lo"]), "hi": finite(d["hi"]),
+        return {"diff": d["mean"], "lo": finite(d["lo"]), "hi": finite(d["hi"]), "prompts": int(d["groups"]),
                 "answer": ANSWERS.get(verdict(d), "not resolved at this size")}
 
     def compare(self, a: str, b: str, what: str, mask: np.ndarray | None = None, scope: str = ""

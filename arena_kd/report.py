@@ -96,12 +96,15 @@ def _goals_section(lines: list[dict[str, Any]], answers: dict[str, str]) -> str:
     text = ("### Does distillation show?\n\n(a) the teachers beat the class prior, (b) the distilled student beats "
             "its hard-label twin and the class prior, on the mix and on each source, (c) the student's logits improve "
             "the stacker. A goal is resolved when every one of its paired 95% intervals excludes "
-            f"zero on the better side. This run: {summary}.\n\n")
+            "zero on the better side. The intervals resample whole prompts (the first user turn), so a source "
+            "with few prompts among the test rows gets a wide one, however many rows it has; the out-of-fold (b) "
+            f"table below (when the hard twin ran) scores every training row. This run: {summary}.\n\n")
     text += "\n".join(f"- ({v['goal']}) " + format_verdicts([v])[2:] for v in lines) + "\n"
     if any(a != "yes" for a in answers.values()):
-        text += ("\nWhat each goal still lacks and what a larger run buys, measured on this machine: README \"A "
-                 "teacher that ranks rows\", \"Prior-matched soft labels\" and \"Learning curve, bf16 and threads\" "
-                 "(`make all-full`, configs/demo-full.yaml) and benchmarks/RESULTS.md \"Learning curve\".\n")
+        text += ("\nWhat each goal still lacks and what a larger run buys, measured on this machine: README \"What "
+                 "the test split can resolve\", \"A teacher that ranks rows\", \"Prior-matched soft labels\" and "
+                 "\"Learning curve, bf16 and threads\" (`make all-full`, configs/demo-full.yaml) and "
+                 "benchmarks/RESULTS.md \"Learning curve\".\n")
     return text
 
 
@@ -109,7 +112,8 @@ def format_verdicts(lines: list[dict[str, Any]]) -> str:
     out = []
     for v in lines:
         ci = "—" if v["lo"] is None else f"[{v['lo']:+.4f}, {v['hi']:+.4f}]"
-        out.append(f"- {v['what']} ({v['scope']}, {v['rows']} rows): **{v['answer']}** — log loss difference "
+        prompts = f", {v['prompts']} prompts" if v.get("prompts") is not None else ""  # what the interval resamples
+        out.append(f"- {v['what']} ({v['scope']}, {v['rows']} rows{prompts}): **{v['answer']}** — log loss difference "
                    f"{v['diff']:+.4f}, 95% interval {ci} ({v['a']} minus {v['b']})")
     return "\n".join(out)
 

@@ -214,6 +214,13 @@ class StackingConfig(Section):
         "rounded up to a power of two.",
     )
     num_leaves: int = Field(15, ge=2, le=4096, description="LightGBM leaves; small = less overfit on small data.")
+    n_folds: int | None = Field(
+        None, ge=2, le=20,
+        description="Stacker CV folds (grouped by prompt, stratified, seeded) over the rows the student scored out of "
+        "fold; null = the pipeline's folds (folds.n_folds). The student's OOF logits are honest for every row, so the "
+        "stacker may cross-fit with more folds than the LLM stages: each fold booster then trains on (k-1)/k of the "
+        "rows, closer to the full booster the submission uses, so its OOF log loss (which selects the candidate and "
+        "fits the temperature) describes that booster better. Costs k boosters per candidate (seconds on the demo).")
     learning_rate: float = Field(0.03, gt=0, le=1, description="LightGBM learning rate.")
     num_boost_round: int = Field(2000, ge=1, description="Max boosting rounds (early stopping picks fewer).")
     early_stopping_rounds: int = Field(100, ge=1, description="Stop when the validation fold stops improving.")

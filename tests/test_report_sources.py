@@ -130,6 +130,19 @@ def test_distillation_goals_resolve_only_when_every_line_is_resolved():
     assert "(a) **resolved**, (b) not resolved, (c) not resolved" in text and "make all-full" in text
 
 
+def test_goal_lines_name_the_prompts_their_interval_resamples():
+    """An interval over prompts is as wide as the prompts are few: each verdict line says how many there are (here
+    the 4 MT-Bench rows are 2 questions, 2 turns each), beside its rows."""
+    from arena_kd.report import _goals_section, distillation_goals
+
+    ev = _goal_evaluation(hard_on_mt=0.5)
+    ev.groups = np.array([0, 1, 2, 3, 4, 4, 5, 5])
+    lines, answers = distillation_goals(ev)
+    by_scope = {v["scope"]: (v["rows"], v["prompts"]) for v in lines if v["goal"] == "b"}
+    assert by_scope == {"all test rows": (8, 6), "source hh": (4, 4), "source mt": (4, 2)}
+    assert "(source mt, 4 rows, 2 prompts): **" in _goals_section(lines, answers)
+
+
 def test_row_signal_pairs_each_learned_stage_against_its_own_mean_on_each_source():
     """A stage that ranks the rows beats its own mean prediction; a constant equals it; one whose variation is the
     wrong way round loses to it. Uniform and the class prior are not learned stages: no row."""

@@ -130,6 +130,28 @@ def test_run_stacking_with_student_resume_and_predict(tmp_path, capsys):
     assert (out / "stacker_full.txt").stat().st_mtime_ns != mtime
 
 
+def test_stacker_folds_of_its_own_split_whole_prompts_and_change_only_the_stacker(tmp_path, capsys):
+    """stacking.n_folds: the stacker cross-fits on k folds of its own (grouped by prompt) over the student's OOF rows,
+    not on the LLM stages' 2; a fold booster per fold, every row scored once, and the run says so."""
+    from arena_kd.data.folds import prompt_groups
+
+    cfg = _cfg(tmp_path, "stacking.n_folds=4")
+    frame = _training_frame(cfg)
+    _write_student_oof(cfg, frame, _fake_student(frame))
+    _soft_uniform(cfg, frame)
+    manifest = run_stacking(cfg)
+    assert "stacker folds: 4 (stacking.n_folds" in capsys.readouterr().out
+    out = cfg.workdir_path / "stacking"
+    oof, _ = read_keyed_table(out / "oof.parquet")
+    assert sorted(oof["fold"].unique()) == [0, 1, 2, 3] and cfg.folds.n_folds == 2
+    assert not oof.filter(like="stacker_").isna().any().any()
+    rows = frame.set_index(frame["id"].astype(str)).loc[oof["id"].astype(str)]
+    per_prompt = pd.Series(oof["fold"].to_numpy()).groupby(prompt_groups(rows)).nunique()
+    assert (per_prompt == 1).all()  # a prompt never spans two stacker folds
+    assert len(manifest["models"]["stacker"]["fold_files"]) == 4
+    assert all((out / f"stacker_fold{k}.txt").is_file() for k in range(4))
+
+
 def test_selection_picks_the_lowest_oof_log_loss_and_the_submission_uses_it(tmp_path):
     """A strong student makes a student candidate win; a pure-noise student must never be chosen over the
     candidates that need no student (the stacker never loses to its own baselines out of fold)."""
