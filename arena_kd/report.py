@@ -112,9 +112,8 @@ def format_verdicts(lines: list[dict[str, Any]]) -> str:
     out = []
     for v in lines:
         ci = "—" if v["lo"] is None else f"[{v['lo']:+.4f}, {v['hi']:+.4f}]"
-        prompts = f", {v['prompts']} prompts" if v.get("prompts") is not None else ""  # what the interval resamples
-        out.append(f"- {v['what']} ({v['scope']}, {v['rows']} rows{prompts}): **{v['answer']}** — log loss difference "
-                   f"{v['diff']:+.4f}, 95% interval {ci} ({v['a']} minus {v['b']})")
+        out.append(f"- {v['what']} ({v['scope']}, {v['rows']} rows, {v['prompts']} prompts): **{v['answer']}** — "
+                   f"log loss difference {v['diff']:+.4f}, 95% interval {ci} ({v['a']} minus {v['b']})")
     return "\n".join(out)
 
 

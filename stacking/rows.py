@@ -8,7 +8,9 @@
 
 Stacker folds: subset rows keep their LLM fold; a held-out row whose prompt group occurs in the subset takes that
 group's fold (a prompt never spans two stacker folds); the other held-out rows are split by
-:func:`data.folds.make_folds` (stratified, grouped by prompt, seeded).
+:func:`data.folds.make_folds` (stratified, grouped by prompt, seeded). With folds of the stacker's own
+(``stacking.n_folds``), every row takes its fold from one :func:`data.folds.make_folds` split of all the rows instead:
+each row's student prediction is out of fold already, so any split grouped by prompt is honest.
 """
 
 from __future__ import annotations
@@ -44,10 +46,14 @@ def heldout_folds(subset: pd.DataFrame, heldout: pd.DataFrame, n_folds: int, see
     return fold
 
 
-def all_rows(data, n_folds: int, seed: int) -> pd.DataFrame:
-    """Subset rows (with their folds) followed by the held-out rows (stacker folds), plus ``in_llm_rows`` (bool)."""
+def all_rows(data, n_folds: int, seed: int, own_folds: int | None = None) -> pd.DataFrame:
+    """Subset rows (with their folds) followed by the held-out rows (stacker folds), plus ``in_llm_rows`` (bool);
+    with ``own_folds``, every row's fold comes from one ``own_folds``-fold split of all rows (module doc)."""
     subset = data.frame.assign(in_llm_rows=True)
     held = data.heldout if data.heldout is not None else subset.iloc[:0]
+    if own_folds is not None:
+        rows = pd.concat([subset, held.assign(fold=-1, in_llm_rows=False)[subset.columns]], ignore_index=True)
+        return rows.assign(fold=make_folds(rows, own_folds, seed)["fold"].to_numpy())
     if held.empty:
         return subset.reset_index(drop=True)
     held = held.assign(fold=heldout_folds(data.frame, held, n_folds, seed), in_llm_rows=False)

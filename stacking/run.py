@@ -48,7 +48,7 @@ from arena_kd.blend.temperature import TemperatureFit, fit_temperature
 from arena_kd.common.config import PipelineConfig, write_resolved
 from arena_kd.common.io import atomic_write_json, file_hash, frame_hash, json_hash, read_keyed_table, write_keyed_table
 from arena_kd.common.tables import format_table
-from arena_kd.data.folds import make_folds, prompt_groups
+from arena_kd.data.folds import prompt_groups
 from arena_kd.stacking.candidates import (
     cross_fitted_temperature,
     fold_pooled_prior,
@@ -132,10 +132,9 @@ def run_stacking(cfg: PipelineConfig, force: bool = False) -> dict:
     out = stack_dir(cfg)
     sc = cfg.stacking
     data = load_training_data(cfg)
-    frame = all_rows(data, cfg.folds.n_folds, cfg.seed)
+    frame = all_rows(data, cfg.folds.n_folds, cfg.seed, own_folds=sc.n_folds)
     notes: list[str] = []
-    if sc.n_folds is not None:  # stacker folds of their own: every row's student logits are out of fold already
-        frame["fold"] = make_folds(frame, sc.n_folds, cfg.seed)["fold"].to_numpy()
+    if sc.n_folds is not None:
         notes.append(f"stacker folds: {sc.n_folds} (stacking.n_folds; grouped by prompt), not the LLM stages' "
                      f"{cfg.folds.n_folds}")
     spath, hpath = student_oof_path(cfg), student_heldout_path(cfg)
