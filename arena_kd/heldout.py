@@ -39,12 +39,15 @@ HARD = "student, hard labels only (alpha=0), TTA"
 DISTILLED_SINGLE = "student, distilled, no TTA"
 DISTILLED = "student, distilled, TTA"
 STACKER_RAW = "stacker (before temperature)"
+STUDENT_STACKER = "stacker candidate using the student, chosen out of fold"
 FINAL = "submission.csv (final)"
 STACKER_LABELS = {
     "stacker": "stacker + temperature", "stacker_single": "stacker, one orientation + temperature",
     "features_only": "features-only stacker + temperature (fallback)",
     "student": "student TTA + temperature (stacker candidate)",
     "student_single": "student one orientation + temperature (stacker candidate)",
+    "log_pool": "log pool of features-only + student TTA (stacker candidate)",
+    "log_pool_single": "log pool of features-only + student, one orientation (stacker candidate)",
 }
 ANSWERS = {"a better": "yes", "b better": "NO"}  # metrics.verdict of a − b -> "does a beat b?"
 
@@ -309,3 +312,19 @@ def _stacker_rows(ev: Evaluation, stacker, test: pd.DataFrame, stud: dict | None
         if name == "stacker" and stud is not None:
             ev.add(STACKER_RAW, raw)
         ev.add(label, apply_temperature(raw, model.temperature), note)
+    best = _student_stacker(stacker, ev)
+    if best is not None:
+        ev.add(STUDENT_STACKER, ev.probs[STACKER_LABELS[best[0]]], best[1])
+
+
+def _student_stacker(stacker, ev: Evaluation) -> tuple[str, str] | None:
+    """(name, note) of the TTA candidate that uses the student (the LightGBM stacker or the log pool) with the lowest
+    out-of-fold log loss in stacker.json: the one goal (c) asks about. Chosen on the training rows' OOF, never on the
+    test rows; None when neither answered."""
+    oof = {r.get("name"): r.get("log_loss") for r in (stacker.manifest.get("candidates") or {}).get("tta") or []}
+    have = [n for n in ("stacker", "log_pool") if ev.probs.get(STACKER_LABELS[n]) is not None
+            and isinstance(oof.get(n), (int, float))]
+    if not have:
+        return None
+    name = min(have, key=lambda n: oof[n])
+    return name, f"{STACKER_LABELS[name]} (OOF " + ", ".join(f"{n} {oof[n]:.4f}" for n in have) + ")"

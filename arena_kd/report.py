@@ -12,9 +12,7 @@ from typing import Any
 import numpy as np
 
 from arena_kd.common.config import PipelineConfig
-from arena_kd.common.io import atomic_write_json, atomic_write_text, read_keyed_table
-from arena_kd.common.keys import LOGIT_COLUMNS
-from arena_kd.common.metrics import log_loss, log_loss_difference, softmax, verdict
+from arena_kd.common.io import atomic_write_json, atomic_write_text
 from arena_kd.common.profiling import StageRecord
 from arena_kd.common.tables import bar_chart, format_table, training_curves_chart
 from arena_kd.heldout import (
@@ -26,19 +24,30 @@ from arena_kd.heldout import (
     PRIOR,
     STACKER_LABELS,
     STACKER_RAW,
+    STUDENT_STACKER,
     TEACHER_ENSEMBLE,
     UNIFORM,
     Evaluation,
 )
+from arena_kd.oof_report import (
+    nested_oof_comparison,
+    nested_section,
+    stacker_oof_comparison,
+    stacker_section,
+    twin_oof_comparison,
+    twin_section,
+)
 
 UNIFORM_LOG_LOSS = float(np.log(3.0))
 STACKER, FEATURES_ONLY = STACKER_LABELS["stacker"], STACKER_LABELS["features_only"]
+LOG_POOL = STACKER_LABELS["log_pool"]
 CHECKS = (  # (a, b, what): "does a beat b?"
     (DISTILLED, HARD, "distilled student beats the hard-label student"),
     (DISTILLED, DISTILLED_SINGLE, "TTA beats one orientation"),
     (STACKER, DISTILLED, "stacker + temperature beats the student"),
     (STACKER, STACKER_RAW, "temperature improves the stacker"),
-    (STACKER, FEATURES_ONLY, "the student's logits improve the stacker"),
+    (STACKER, FEATURES_ONLY, "the student's logits improve the LightGBM stacker"),
+    (LOG_POOL, FEATURES_ONLY, "the log pool with the student beats the features-only stacker"),
     (FINAL, LENGTH_ONLY, "final submission beats the length-only LightGBM"),
     (FINAL, PRIOR, "final submission beats the class prior"),
     (FINAL, UNIFORM, "final submission beats uniform"),
@@ -65,7 +74,7 @@ GOALS = (  # issue 21's (a)-(c): (goal, a, b, what, also per source?); per sourc
     ("a", TEACHER_ENSEMBLE, PRIOR, "the teachers beat the class prior", False),
     ("b", DISTILLED, HARD, "the distilled student beats its hard-label twin", True),
     ("b", DISTILLED, PRIOR, "the distilled student beats the class prior", True),
-    ("c", STACKER, FEATURES_ONLY, "the student's logits improve the stacker", False),
+    ("c", STUDENT_STACKER, FEATURES_ONLY, "the student's logits improve the stacker", False),
 )
 
 
@@ -154,67 +163,6 @@ def plot_log_loss(rows: list[dict[str, Any]], path: Path) -> None:
               xlim=(max(0.0, min(losses) - 0.1), max(losses) + 0.02))
 
 
-def _paired_oof(cfg: PipelineConfig, path_a: Path, path_b: Path, by_source: bool = False
-                ) -> dict[str, dict[str, Any]] | None:
-    """Two students' OOF log losses on the same training rows and their paired difference a − b with a
-    prompt-bootstrap 95% interval: {"all": {...}} plus one entry per source when ``by_source``; None when a file is
-    missing."""
-    from arena_kd.data.folds import prompt_groups
-    from arena_kd.kfold.training_data import load_training_data
-
-    if not (path_a.is_file() and path_b.is_file()):
-        return None
-    frame = load_training_data(cfg).frame
-    y = frame["label"].to_numpy(dtype=np.int64)
-    groups = prompt_groups(frame)
-    probs = []
-    for p in (path_a, path_b):
-        df = frame[["id"]].merge(read_keyed_table(p)[0], on="id", how="left")
-        probs.append(softmax(df[list(LOGIT_COLUMNS)].to_numpy(dtype=np.float64)))
-    scopes = {"all": np.ones(len(y), dtype=bool)}
-    if by_source and "source" in frame and frame["source"].notna().all():
-        src = frame["source"].to_numpy(dtype=object)
-        scopes.update({str(s): src == s for s in sorted(set(src))})
-    out = {}
-    for name, m in scopes.items():
-        d = log_loss_difference(y[m], probs[0][m], probs[1][m], groups[m], seed=cfg.seed)
-        out[name] = {"rows": int(m.sum()), "a": log_loss(y[m], probs[0][m]), "b": log_loss(y[m], probs[1][m]),
-                     "diff": d["mean"], "lo": d["lo"], "hi": d["hi"]}
-    return out
-
-
-def nested_oof_comparison(cfg: PipelineConfig, nested_cfg: PipelineConfig) -> dict[str, Any] | None:
-    """Student OOF log loss with plain vs nested teacher soft labels on the same rows, paired, prompt-bootstrap
-    interval."""
-    plain, nested = (nested_cfg, cfg) if cfg.student.distill.nested else (cfg, nested_cfg)
-    got = _paired_oof(cfg, *(c.workdir_path / "student" / "oof.parquet" for c in (nested, plain)))
-    if got is None:
-        return None
-    d = got["all"]
-    return {"rows": d["rows"], "plain": d["b"], "nested": d["a"], "diff": d["diff"], "lo": d["lo"], "hi": d["hi"]}
-
-
-def twin_oof_comparison(cfg: PipelineConfig, hard_cfg: PipelineConfig) -> dict[str, Any] | None:
-    """The distilled fold students vs their hard-label twins out of fold, on every training row and per source
-    (the twin has fold students when student.final=fold_ensemble): (b) on ~4x the test split's rows."""
-    return _paired_oof(cfg, cfg.workdir_path / "student" / "oof.parquet",
-                       hard_cfg.workdir_path / "student" / "oof.parquet", by_source=True)
-
-
-TWIN_WORDS = {"a better": "distilled better", "b better": "twin better",
-              "not resolved at this size": "not resolved at this size"}
-
-
-def _twin_section(cmp: dict[str, Any]) -> str:
-    lines = ["| rows | n | distilled | hard twin | distilled − twin [95%] | |", "|---|---|---|---|---|---|"]
-    for name, d in cmp.items():
-        lines.append(f"| {name} | {d['rows']} | {d['a']:.4f} | {d['b']:.4f} | {d['diff']:+.4f} [{d['lo']:+.4f}, "
-                     f"{d['hi']:+.4f}] | {TWIN_WORDS[verdict(d)]} |")
-    return ("### (b) out of fold: the distilled fold students vs their hard-label twins\n\nEvery training row, "
-            "scored by the fold student that did not train on its question (unseen questions, as on the test "
-            "split); paired differences, 95% intervals over prompts.\n\n" + "\n".join(lines) + "\n")
-
-
 def _held_out_section(ev: Evaluation, out: Path, report: dict[str, Any]) -> list[str]:
     rows = ev.rows()
     selection = None
@@ -298,17 +246,6 @@ def _curves_section(curves: list[tuple[str, str]]) -> str:
             "alpha nor T²) and the cosine term when used.\n\n" + links + "\n")
 
 
-def _nested_section(cmp: dict[str, Any]) -> str:
-    resolved = verdict(cmp) != "not resolved at this size"
-    return ("### Nested teacher soft labels (fold k's student taught by teachers that never saw fold k)\n\n"
-            f"Student OOF log loss on the {cmp['rows']} LLM rows: plain {cmp['plain']:.4f}, nested "
-            f"{cmp['nested']:.4f}; nested minus plain {cmp['diff']:+.4f}, 95% interval [{cmp['lo']:+.4f}, "
-            f"{cmp['hi']:+.4f}] ({'resolved' if resolved else 'not resolved at this size'}; the plain OOF is "
-            "expected to look slightly better because its teachers saw the scored fold). The held-out test "
-            "difference through the stacker is the 'nested teacher soft labels' line above. The default stays the "
-            "cheaper plain labels unless the test interval shows nested ahead.\n")
-
-
 def write_report(cfg: PipelineConfig, ev: Evaluation | None, records: list[StageRecord],
                  nested_cfg: PipelineConfig | None = None, hard_cfg: PipelineConfig | None = None) -> dict[str, Any]:
     """Write report.md and report.json under the workdir (and print the Markdown); return the report dict."""
@@ -321,13 +258,17 @@ def write_report(cfg: PipelineConfig, ev: Evaluation | None, records: list[Stage
     if nested_cfg is not None:
         cmp = nested_oof_comparison(cfg, nested_cfg)
         if cmp is not None:
-            parts.append(_nested_section(cmp))
+            parts.append(nested_section(cmp))
             report["nested_oof"] = cmp
     if hard_cfg is not None and hard_cfg.student.oof:
         twin = twin_oof_comparison(cfg, hard_cfg)
         if twin is not None:
-            parts.append(_twin_section(twin))
+            parts.append(twin_section(twin))
             report["twin_oof"] = twin
+    stacker_oof = stacker_oof_comparison(out, cfg.seed)
+    if stacker_oof is not None:
+        parts.append(stacker_section(stacker_oof))
+        report["stacker_oof"] = stacker_oof
     curves = write_training_curves(out)
     if curves:
         parts.append(_curves_section(curves))

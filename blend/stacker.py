@@ -32,15 +32,16 @@ import pandas as pd
 
 from arena_kd.blend.booster import predict_symmetric
 from arena_kd.blend.features import features_and_words, is_student_column, student_features, student_probs
+from arena_kd.blend.log_pool import pool_probs
 from arena_kd.blend.similarity import SimilarityModel
-from arena_kd.blend.stacker_spec import PRIOR, STUDENT_ONLY, FittedModel, read_models
+from arena_kd.blend.stacker_spec import LOG_POOL, PRIOR, STUDENT_ONLY, FittedModel, read_models
 from arena_kd.blend.temperature import apply_temperature
 from arena_kd.common.errors import UserError
 
 log = logging.getLogger(__name__)
 MANIFEST = "stacker.json"
 MODES = ("tta", "single", "short", "none")
-__all__ = ["MANIFEST", "MODES", "PRIOR", "STUDENT_ONLY", "Stacker", "load_stacker"]
+__all__ = ["LOG_POOL", "MANIFEST", "MODES", "PRIOR", "STUDENT_ONLY", "Stacker", "load_stacker"]
 
 
 class Stacker:
@@ -103,7 +104,7 @@ class Stacker:
                       feats: pd.DataFrame | None = None) -> np.ndarray:
         """Probabilities float64[n,3] of one named model (any candidate in stacker.json); ``calibrate=False`` skips the
         temperature (for reports). A model trained on one-orientation student columns gets them built from ``orig``
-        only."""
+        only. A log pool pools its members' probabilities before their temperatures (as it was fitted)."""
         model = self.models.get(which)
         if model is None:
             raise UserError(f"{self.stack_dir / MANIFEST}: no '{which}' model in this stacker folder")
@@ -117,6 +118,11 @@ class Stacker:
                 raise UserError(f"{self.stack_dir / MANIFEST}: the '{which}' model calibrates the student and needs "
                                 "its logits")
             raw = student_probs(stud)
+        elif model.kind == LOG_POOL:
+            if feats is None and any(self.models[m].kind not in (PRIOR, STUDENT_ONLY) for m in model.members):
+                feats = self.features(df, None)  # once for every member
+            parts = [self.predict_model(df, m, student, calibrate=False, feats=feats) for m in model.members]
+            raw = pool_probs(parts, model.weights, model.tie_offset)
         else:
             if feats is None:
                 feats = self.features(df, None)

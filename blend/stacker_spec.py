@@ -7,11 +7,15 @@ Each model is checked on its own; one that fails is *not used* and the reason is
 and written to the submission's run.json) while the others still answer (:meth:`arena_kd.blend.stacker.Stacker.chosen`
 routes its rows to the best remaining candidate by out-of-fold log loss). Checks:
 
-- ``kind`` one of lightgbm / student_only / prior; ``features`` a list of names; ``student_input`` tta / single / none;
+- ``kind`` one of lightgbm / student_only / prior / log_pool; ``features`` a list of names; ``student_input`` tta /
+  single / none;
 - ``temperature`` finite and inside the range the stage fits it in (``blend.temperature.T_MIN``..``T_MAX``);
 - a prior's ``probs``: three finite probabilities > 0 summing to 1;
 - a LightGBM ``model_file``: a relative path that stays inside the folder (no ``..``, no absolute path, no link out),
-  a readable booster with 3 classes and exactly the recorded number of features.
+  a readable booster with 3 classes and exactly the recorded number of features;
+- a log pool's ``members``: names of other models of the folder that are themselves usable and not pools, one finite
+  ``weights`` entry in [0, W_MAX] per member and a finite ``tie_offset`` within ±TIE_OFFSET_MAX
+  (:mod:`arena_kd.blend.log_pool`); a pool whose member is not usable is not usable either.
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ from pathlib import Path
 import numpy as np
 
 from arena_kd.blend.booster import load_booster
+from arena_kd.blend.log_pool import TIE_OFFSET_MAX, W_MAX
 from arena_kd.blend.temperature import T_MAX, T_MIN
 
-LIGHTGBM, STUDENT_ONLY, PRIOR = "lightgbm", "student_only", "prior"
-KINDS = (LIGHTGBM, STUDENT_ONLY, PRIOR)
+LIGHTGBM, STUDENT_ONLY, PRIOR, LOG_POOL = "lightgbm", "student_only", "prior", "log_pool"
+KINDS = (LIGHTGBM, STUDENT_ONLY, PRIOR, LOG_POOL)
 STUDENT_INPUTS = (None, "tta", "single")
 
 
@@ -36,12 +41,15 @@ class SpecError(ValueError):
 
 @dataclass
 class FittedModel:
-    kind: str  # LIGHTGBM, STUDENT_ONLY or PRIOR
+    kind: str  # one of KINDS
     features: list[str]
     temperature: float
     booster: object | None
     student_input: str | None = None  # "tta" / "single": which student columns the model was trained on
     probs: np.ndarray | None = None  # kind PRIOR: the constant answer
+    members: list[str] | None = None  # kind LOG_POOL: the pooled models' names, weights [k] and the tie offset
+    weights: np.ndarray | None = None
+    tie_offset: float = 0.0
 
 
 def _temperature(value) -> float:
@@ -79,6 +87,26 @@ def _prior_probs(value) -> np.ndarray:
     return p
 
 
+def _bounded(value, what: str, lo: float, hi: float) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise SpecError(f"{what} {value!r} is not a number") from None
+    if not math.isfinite(v) or not (lo <= v <= hi):
+        raise SpecError(f"{what} {value!r} outside [{lo:g}, {hi:g}]")
+    return v
+
+
+def _pool(spec: dict) -> tuple[list[str], np.ndarray, float]:
+    members, weights = spec.get("members"), spec.get("weights")
+    if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
+        raise SpecError("log pool members is not a list of model names")
+    if not isinstance(weights, list) or len(weights) != len(members):
+        raise SpecError(f"log pool has {len(members)} members and {weights!r} as weights")
+    w = np.array([_bounded(x, "log pool weight", 0.0, W_MAX) for x in weights])
+    return list(members), w, _bounded(spec.get("tie_offset"), "log pool tie_offset", -TIE_OFFSET_MAX, TIE_OFFSET_MAX)
+
+
 def _booster(stack_dir: Path, spec: dict, n_features: int):
     path = model_file_inside(stack_dir, spec.get("model_file"))
     try:
@@ -109,8 +137,10 @@ def read_model(stack_dir: Path, spec) -> FittedModel:
     temperature = _temperature(spec.get("temperature"))
     probs = _prior_probs(spec.get("probs")) if kind == PRIOR else None
     booster = _booster(stack_dir, spec, len(features)) if kind == LIGHTGBM else None
+    members, weights, tie_offset = _pool(spec) if kind == LOG_POOL else (None, None, 0.0)
     return FittedModel(kind=kind, features=list(features), temperature=temperature, booster=booster,
-                       student_input=student_input, probs=probs)
+                       student_input=student_input, probs=probs, members=members, weights=weights,
+                       tie_offset=tie_offset)
 
 
 def read_models(stack_dir: Path, specs) -> tuple[dict[str, FittedModel | None], dict[str, str]]:
@@ -127,4 +157,11 @@ def read_models(stack_dir: Path, specs) -> tuple[dict[str, FittedModel | None], 
         except SpecError as exc:
             models[name] = None
             unusable[name] = str(exc)
+    for name, model in models.items():  # a pool answers only through its members: each must be usable, none a pool
+        bad = [] if model is None or model.kind != LOG_POOL else [
+            m for m in model.members if models.get(m) is None or models[m].kind == LOG_POOL]
+        if bad:
+            models[name] = None
+            unusable[name] = f"log pool member {bad[0]!r} is not a usable model of this folder" + (
+                f" ({unusable[bad[0]]})" if bad[0] in unusable else "")
     return models, unusable

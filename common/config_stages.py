@@ -239,9 +239,14 @@ class StackingConfig(Section):
         "auto", description="auto: num_leaves / min_data_in_leaf / feature_fraction / lambda_l2 are the large-data "
         "values and shrink with fewer rows (arena_kd.blend.booster.capacity); fixed: used as given. auto trades a "
         "little fit on big data for no overfit on small.")
+    log_pool: bool = Field(
+        True, description="Also offer the log pool candidate: softmax(w1·log p_features_only + w2·log p_student + tie "
+        "offset), 3 numbers fitted on the OOF rows (cross-fitted for its own OOF; blend.log_pool). On ~2k rows the "
+        "LightGBM stacker does not learn to use the student's logits and the pool does (README \"A log pool of the "
+        "student and the features\"); seconds to fit. false = the candidates of earlier versions only.")
     select: bool = Field(
-        True, description="Choose what the submission uses by out-of-fold log loss among the stacker, the "
-        "features-only stacker, the student with temperature, a length-only model and the class prior (per student "
+        True, description="Choose what the submission uses by out-of-fold log loss among the stacker, the log pool, "
+        "the features-only stacker, the student with temperature, a length-only model and the class prior (per student "
         "mode); false = always the full stacker.")
     select_rule: Literal["resolved", "lowest"] = Field(
         "resolved", description="resolved: keep the features-only stacker unless a candidate beats it out of fold with "

@@ -2,15 +2,17 @@
 
 Candidates per student mode (the kind of student input a test row comes with):
 
-  tta     stacker (all features + the student's logits in both orientations), features_only, student (TTA
-          probabilities + temperature), length_only, prior
+  tta     stacker (all features + the student's logits in both orientations), log_pool (features_only's and the
+          student's probabilities pooled log-linearly: blend.log_pool), features_only, student (TTA probabilities +
+          temperature), length_only, prior
   single  stacker_single (student columns computed from the original orientation only, exactly as a test row
-          without TTA gives them), features_only, student_single, length_only, prior
+          without TTA gives them), log_pool_single, features_only, student_single, length_only, prior
   none    features_only, length_only, prior (rows the student never reached)
 
 Every candidate's OOF is honest: LightGBM models are cross-validated (:func:`arena_kd.blend.booster.train_cv`), the
 prior of fold k is the label mix of the other folds, and the temperature applied to fold k is fitted on the other folds
-(:func:`cross_fitted_temperature`) — fitting it on the rows it is then scored on would flatter every candidate.
+(:func:`cross_fitted_temperature`) — fitting it on the rows it is then scored on would flatter every candidate; the
+log pool's weights likewise (:func:`arena_kd.blend.log_pool.cross_fitted_pool`, over its members' honest OOF).
 The winner of each mode (``stacking.select_rule``): ``lowest`` takes the candidate with the lowest OOF log loss over
 every stacker row (OOF and held-out); ``resolved`` (default) keeps the features-only stacker unless a candidate beats it
 out of fold with a paired 95% interval wholly below zero, and then takes the lowest such candidate. Why: an
@@ -73,7 +75,13 @@ def candidate_names(mode: str) -> list[str]:
     if mode == "none":
         return ["features_only", "length_only", "prior"]
     suffix = "" if mode == "tta" else "_single"
-    return [f"stacker{suffix}", "features_only", f"student{suffix}", "length_only", "prior"]
+    return [f"stacker{suffix}", f"log_pool{suffix}", "features_only", f"student{suffix}", "length_only", "prior"]
+
+
+def pool_members(mode: str) -> list[str]:
+    """The log pool's members in student ``mode`` (tta | single): the features-only booster first (the pool starts
+    from it), then the student of that mode."""
+    return ["features_only", "student" + ("" if mode == "tta" else "_single")]
 
 
 def fold_pooled_prior(labels: np.ndarray, folds: np.ndarray) -> np.ndarray:

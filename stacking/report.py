@@ -27,6 +27,8 @@ CANDIDATE_LABELS = {
     "features_only": "features-only stacker", "length_only": "length-only LightGBM",
     "prior": "class prior (A/B pooled)", "student": "student TTA + temperature",
     "student_single": "student one orientation + temperature",
+    "log_pool": "log pool (features-only + student TTA)",
+    "log_pool_single": "log pool (features-only + student, one orientation)",
 }
 
 
@@ -104,7 +106,7 @@ def provenance_rows(oof: pd.DataFrame, seed: int = 0) -> list[dict]:
     for prov in sorted(oof["provenance"].unique()):
         m = (oof["provenance"] == prov).to_numpy()
         groups = prompt_groups_of(oof, oof.loc[m, "id"])
-        for name in ("stacker", "stacker_single", "student", "student_single"):
+        for name in ("stacker", "stacker_single", "log_pool", "log_pool_single", "student", "student_single"):
             cols = prob_columns(name)
             if all(c in oof.columns for c in cols):
                 probs = oof.loc[m, cols].to_numpy(dtype=np.float64)

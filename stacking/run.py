@@ -14,7 +14,8 @@ Outputs under ``<workdir>/stacking/``:
   oof.parquet (+meta)                  id, fold, label, source, provenance, in_llm_rows, group (prompt),
                                        <model>_raw_{a,b,tie}, <model>_{a,b,tie}
   stacker.json                         manifest: models (each with its temperature, fitted on all its OOF — the OOF
-                                       itself is cross-fitted — and the fit's record under temperature_fit),
+                                       itself is cross-fitted — and the fit's record under temperature_fit; a log pool
+                                       with its members, weights, tie offset and pool_fit),
                                        selection per student mode, candidate table, input hash (written last). The one
                                        source of the temperatures the submission applies: no separate temperature.json
                                        is written (issue 22: one was, and nothing read it)
@@ -43,7 +44,8 @@ from arena_kd.blend.features import (
     student_features,
     student_probs,
 )
-from arena_kd.blend.stacker import MANIFEST, PRIOR, STUDENT_ONLY
+from arena_kd.blend.log_pool import cross_fitted_pool, fit_pool
+from arena_kd.blend.stacker import LOG_POOL, MANIFEST, PRIOR, STUDENT_ONLY
 from arena_kd.blend.temperature import TemperatureFit, fit_temperature
 from arena_kd.common.config import PipelineConfig, write_resolved
 from arena_kd.common.io import atomic_write_json, file_hash, frame_hash, json_hash, read_keyed_table, write_keyed_table
@@ -53,6 +55,7 @@ from arena_kd.stacking.candidates import (
     cross_fitted_temperature,
     fold_pooled_prior,
     length_columns,
+    pool_members,
     pooled_prior,
     select,
 )
@@ -201,6 +204,7 @@ def run_stacking(cfg: PipelineConfig, force: bool = False) -> dict:
                         "in_llm_rows": frame["in_llm_rows"].to_numpy(dtype=bool),
                         "group": groups})
     calibrated: dict[str, np.ndarray] = {}
+    raws: dict[str, np.ndarray] = {}
     temps: dict[str, dict] = {}
     importances: dict[str, pd.DataFrame] = {}
 
@@ -213,7 +217,7 @@ def run_stacking(cfg: PipelineConfig, force: bool = False) -> dict:
             oof[col] = v
         models[name] = {**spec, "temperature": temp.temperature, "temperature_fit": temp.to_dict()}
         temps[name] = temp.to_dict()
-        calibrated[name] = cal
+        calibrated[name], raws[name] = cal, raw
 
     def lightgbm(name: str, x: pd.DataFrame) -> None:
         nonlocal files
@@ -242,6 +246,14 @@ def run_stacking(cfg: PipelineConfig, force: bool = False) -> dict:
                 cols = pd.DataFrame(student_features(stud["orig"], stud["swap"]))
                 lightgbm(f"stacker{suffix}", pd.concat([feats, cols], axis=1))
                 models[f"stacker{suffix}"]["student_input"] = mode
+                if sc.log_pool:
+                    members = pool_members(mode)
+                    parts = [raws[m] for m in members]  # before temperature: the pool's weights are its temperature
+                    fit = fit_pool(parts, y)
+                    record(f"log_pool{suffix}", {"kind": LOG_POOL, "features": [], "members": members,
+                                                 "weights": fit.weights, "tie_offset": fit.tie_offset,
+                                                 "pool_fit": fit.to_dict(), "student_input": mode},
+                           cross_fitted_pool(parts, y, folds), fit_t=False)
             else:
                 notes.append(f"stacking.enabled=false: the '{mode}' stacker is the student's probabilities with a "
                              "temperature")

@@ -106,8 +106,31 @@ def _goal_evaluation(hard_on_mt: float) -> Evaluation:
     hard[4:] = on_truth(hard_on_mt)[4:]
     ev.add("student, hard labels only (alpha=0), TTA", hard)
     ev.add("stacker + temperature", on_truth(0.6))
+    ev.add("stacker candidate using the student, chosen out of fold", on_truth(0.6))
     ev.add("features-only stacker + temperature (fallback)", on_truth(0.6))
     return ev
+
+
+def test_goal_c_takes_the_student_candidate_with_the_lower_oof_log_loss():
+    """(c) asks about the candidate using the student that the training rows' OOF prefers (LightGBM stacker or log
+    pool), never the one the test rows prefer."""
+    from types import SimpleNamespace
+
+    from arena_kd.heldout import STACKER_LABELS, _student_stacker
+
+    ev = _goal_evaluation(hard_on_mt=0.5)
+    pool = np.tile([0.1, 0.1, 0.8], (8, 1))  # worse on these test rows than the stacker
+    ev.add(STACKER_LABELS["log_pool"], pool)
+
+    def fake(stacker_oof, pool_oof):
+        rows = [{"name": "stacker", "log_loss": stacker_oof}, {"name": "log_pool", "log_loss": pool_oof}]
+        return SimpleNamespace(manifest={"candidates": {"tta": rows}})
+
+    name, note = _student_stacker(fake(0.85, 0.84), ev)
+    assert name == "log_pool" and "OOF stacker 0.8500, log_pool 0.8400" in note
+    assert _student_stacker(fake(0.83, 0.84), ev)[0] == "stacker"
+    ev.add(STACKER_LABELS["log_pool"], None)  # a candidate that did not answer is not chosen
+    assert _student_stacker(fake(0.85, 0.84), ev)[0] == "stacker"
 
 
 def test_distillation_goals_resolve_only_when_every_line_is_resolved():

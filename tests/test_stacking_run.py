@@ -224,7 +224,8 @@ def test_student_without_tta_trains_single_orientation_stackers(tmp_path):
     m = run_stacking(cfg)
     assert m["models"]["stacker"] is None and m["models"]["stacker_single"]["student_input"] == "single"
     assert "tta" not in m["selection"]
-    assert m["selection"]["single"] in ("stacker_single", "features_only", "student_single", "length_only", "prior")
+    assert m["selection"]["single"] in ("stacker_single", "log_pool_single", "features_only", "student_single",
+                                        "length_only", "prior")
     stacker = load_stacker(cfg.workdir_path / "stacking")
     test = frame.head(20).reset_index(drop=True)
     one = {"orig": st["orig"][:20], "swap": None}

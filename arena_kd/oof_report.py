@@ -1,0 +1,139 @@
+"""The report's out-of-fold comparisons: every training row, scored by a model that never trained on its question, so
+they rest on ~4x the test split's rows and ~4x its MT-Bench questions — (b) the distilled fold students against their
+hard-label twins, (c) the stacker candidates using the student against the features-only stacker, and the nested
+soft-label ablation. Paired differences with 95% intervals over prompts (common.metrics); :mod:`arena_kd.report`
+places the sections.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from arena_kd.common.config import PipelineConfig
+from arena_kd.common.io import read_keyed_table
+from arena_kd.common.keys import CLASS_SUFFIXES, LOGIT_COLUMNS
+from arena_kd.common.metrics import log_loss, log_loss_difference, softmax, verdict
+
+
+def _paired_oof(cfg: PipelineConfig, path_a: Path, path_b: Path, by_source: bool = False
+                ) -> dict[str, dict[str, Any]] | None:
+    """Two students' OOF log losses on the same training rows and their paired difference a − b with a
+    prompt-bootstrap 95% interval: {"all": {...}} plus one entry per source when ``by_source``; None when a file is
+    missing."""
+    from arena_kd.data.folds import prompt_groups
+    from arena_kd.kfold.training_data import load_training_data
+
+    if not (path_a.is_file() and path_b.is_file()):
+        return None
+    frame = load_training_data(cfg).frame
+    y = frame["label"].to_numpy(dtype=np.int64)
+    groups = prompt_groups(frame)
+    probs = []
+    for p in (path_a, path_b):
+        df = frame[["id"]].merge(read_keyed_table(p)[0], on="id", how="left")
+        probs.append(softmax(df[list(LOGIT_COLUMNS)].to_numpy(dtype=np.float64)))
+    scopes = {"all": np.ones(len(y), dtype=bool)}
+    if by_source and "source" in frame and frame["source"].notna().all():
+        src = frame["source"].to_numpy(dtype=object)
+        scopes.update({str(s): src == s for s in sorted(set(src))})
+    out = {}
+    for name, m in scopes.items():
+        d = log_loss_difference(y[m], probs[0][m], probs[1][m], groups[m], seed=cfg.seed)
+        out[name] = {"rows": int(m.sum()), "a": log_loss(y[m], probs[0][m]), "b": log_loss(y[m], probs[1][m]),
+                     "diff": d["mean"], "lo": d["lo"], "hi": d["hi"]}
+    return out
+
+
+def nested_oof_comparison(cfg: PipelineConfig, nested_cfg: PipelineConfig) -> dict[str, Any] | None:
+    """Student OOF log loss with plain vs nested teacher soft labels on the same rows, paired, prompt-bootstrap
+    interval."""
+    plain, nested = (nested_cfg, cfg) if cfg.student.distill.nested else (cfg, nested_cfg)
+    got = _paired_oof(cfg, *(c.workdir_path / "student" / "oof.parquet" for c in (nested, plain)))
+    if got is None:
+        return None
+    d = got["all"]
+    return {"rows": d["rows"], "plain": d["b"], "nested": d["a"], "diff": d["diff"], "lo": d["lo"], "hi": d["hi"]}
+
+
+def twin_oof_comparison(cfg: PipelineConfig, hard_cfg: PipelineConfig) -> dict[str, Any] | None:
+    """The distilled fold students vs their hard-label twins out of fold, on every training row and per source
+    (the twin has fold students when student.final=fold_ensemble): (b) on ~4x the test split's rows."""
+    return _paired_oof(cfg, cfg.workdir_path / "student" / "oof.parquet",
+                       hard_cfg.workdir_path / "student" / "oof.parquet", by_source=True)
+
+
+TWIN_WORDS = {"a better": "distilled better", "b better": "twin better",
+              "not resolved at this size": "not resolved at this size"}
+
+
+def twin_section(cmp: dict[str, Any]) -> str:
+    lines = ["| rows | n | distilled | hard twin | distilled − twin [95%] | |", "|---|---|---|---|---|---|"]
+    for name, d in cmp.items():
+        lines.append(f"| {name} | {d['rows']} | {d['a']:.4f} | {d['b']:.4f} | {d['diff']:+.4f} [{d['lo']:+.4f}, "
+                     f"{d['hi']:+.4f}] | {TWIN_WORDS[verdict(d)]} |")
+    return ("### (b) out of fold: the distilled fold students vs their hard-label twins\n\nEvery training row, "
+            "scored by the fold student that did not train on its question (unseen questions, as on the test "
+            "split); paired differences, 95% intervals over prompts.\n\n" + "\n".join(lines) + "\n")
+
+
+def nested_section(cmp: dict[str, Any]) -> str:
+    resolved = verdict(cmp) != "not resolved at this size"
+    return ("### Nested teacher soft labels (fold k's student taught by teachers that never saw fold k)\n\n"
+            f"Student OOF log loss on the {cmp['rows']} LLM rows: plain {cmp['plain']:.4f}, nested "
+            f"{cmp['nested']:.4f}; nested minus plain {cmp['diff']:+.4f}, 95% interval [{cmp['lo']:+.4f}, "
+            f"{cmp['hi']:+.4f}] ({'resolved' if resolved else 'not resolved at this size'}; the plain OOF is "
+            "expected to look slightly better because its teachers saw the scored fold). The held-out test "
+            "difference through the stacker is the 'nested teacher soft labels' line above. The default stays the "
+            "cheaper plain labels unless the test interval shows nested ahead.\n")
+
+
+STUDENT_CANDIDATES = {"stacker": "LightGBM stacker (features + student logits)",
+                      "log_pool": "log pool (features-only + student)"}
+
+
+def stacker_oof_comparison(workdir: Path, seed: int = 0) -> dict[str, dict[str, dict[str, Any]]] | None:
+    """(c) out of fold: each TTA candidate using the student (stacking/oof.parquet, calibrated as selected) minus the
+    features-only stacker on every stacker row and per source: {candidate: {"all" | source: {rows, a, b, diff, lo,
+    hi}}}; None without a stacker OOF holding the features-only stacker and one such candidate."""
+    path = Path(workdir) / "stacking" / "oof.parquet"
+    if not path.is_file():
+        return None
+    oof, _ = read_keyed_table(path)
+    cols = {n: [f"{n}_{c}" for c in CLASS_SUFFIXES] for n in ("features_only", *STUDENT_CANDIDATES)}
+    have = [n for n in STUDENT_CANDIDATES if all(c in oof.columns for c in cols[n])]
+    if not have or not all(c in oof.columns for c in cols["features_only"]):
+        return None
+    y = oof["label"].to_numpy(dtype=np.int64)
+    groups = oof["group"].to_numpy()
+    src = oof["source"].astype(str).to_numpy()
+    scopes = {"all": np.ones(len(y), dtype=bool)} | {s: src == s for s in sorted(set(src.tolist()))}
+    base = oof[cols["features_only"]].to_numpy(dtype=np.float64)
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for name in have:
+        p = oof[cols[name]].to_numpy(dtype=np.float64)
+        out[name] = {}
+        for scope, m in scopes.items():
+            d = log_loss_difference(y[m], p[m], base[m], groups[m], seed=seed)
+            out[name][scope] = {"rows": int(m.sum()), "a": log_loss(y[m], p[m]), "b": log_loss(y[m], base[m]),
+                                "diff": d["mean"], "lo": d["lo"], "hi": d["hi"]}
+    return out
+
+
+CANDIDATE_WORDS = {"a better": "student candidate better", "b better": "features-only better",
+                   "not resolved at this size": "not resolved at this size"}
+
+
+def stacker_section(cmp: dict[str, dict[str, dict[str, Any]]]) -> str:
+    lines = ["| candidate | rows | n | candidate | features-only | candidate − features-only [95%] | |",
+             "|---|---|---|---|---|---|---|"]
+    for name, scopes in cmp.items():
+        for scope, d in scopes.items():
+            lines.append(f"| {STUDENT_CANDIDATES[name]} | {scope} | {d['rows']} | {d['a']:.4f} | {d['b']:.4f} | "
+                         f"{d['diff']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}] | {CANDIDATE_WORDS[verdict(d)]} |")
+    return ("### (c) out of fold: the stacker candidates using the student vs the features-only stacker\n\nEvery "
+            "stacker row, each candidate scored by models fitted on the other stacker folds (temperatures and pool "
+            "weights cross-fitted too); paired differences, 95% intervals over prompts. The selection "
+            "(`stacking.select_rule`) reads the same numbers.\n\n" + "\n".join(lines) + "\n")
