@@ -322,7 +322,9 @@ def _student_stacker(stacker, ev: Evaluation) -> tuple[str, str] | None:
     out-of-fold log loss in stacker.json: the one goal (c) asks about. Chosen on the training rows' OOF, never on the
     test rows; None when neither answered."""
     oof = {r.get("name"): r.get("log_loss") for r in (stacker.manifest.get("candidates") or {}).get("tta") or []}
-    have = [n for n in ("stacker", "log_pool") if ev.probs.get(STACKER_LABELS[n]) is not None
+    from arena_kd.stacking.candidates import STUDENT_STACKERS
+
+    have = [n for n in STUDENT_STACKERS if ev.probs.get(STACKER_LABELS[n]) is not None
             and isinstance(oof.get(n), (int, float))]
     if not have:
         return None

@@ -16,6 +16,7 @@ from arena_kd.common.config import PipelineConfig
 from arena_kd.common.io import read_keyed_table
 from arena_kd.common.keys import CLASS_SUFFIXES, LOGIT_COLUMNS
 from arena_kd.common.metrics import log_loss, log_loss_difference, softmax, verdict
+from arena_kd.stacking.candidates import STUDENT_STACKERS
 
 
 def _paired_oof(cfg: PipelineConfig, path_a: Path, path_b: Path, by_source: bool = False
@@ -39,10 +40,17 @@ def _paired_oof(cfg: PipelineConfig, path_a: Path, path_b: Path, by_source: bool
     if by_source and "source" in frame and frame["source"].notna().all():
         src = frame["source"].to_numpy(dtype=object)
         scopes.update({str(s): src == s for s in sorted(set(src))})
+    return _paired_by_scope(y, probs[0], probs[1], groups, scopes, cfg.seed)
+
+
+def _paired_by_scope(y: np.ndarray, pa: np.ndarray, pb: np.ndarray, groups: np.ndarray,
+                     scopes: dict[str, np.ndarray], seed: int) -> dict[str, dict[str, Any]]:
+    """{scope: {rows, a, b, diff, lo, hi}}: log losses of ``pa`` and ``pb`` on each scope's rows (bool masks) and
+    their paired difference a − b with its 95% prompt-bootstrap interval."""
     out = {}
     for name, m in scopes.items():
-        d = log_loss_difference(y[m], probs[0][m], probs[1][m], groups[m], seed=cfg.seed)
-        out[name] = {"rows": int(m.sum()), "a": log_loss(y[m], probs[0][m]), "b": log_loss(y[m], probs[1][m]),
+        d = log_loss_difference(y[m], pa[m], pb[m], groups[m], seed=seed)
+        out[name] = {"rows": int(m.sum()), "a": log_loss(y[m], pa[m]), "b": log_loss(y[m], pb[m]),
                      "diff": d["mean"], "lo": d["lo"], "hi": d["hi"]}
     return out
 
@@ -92,6 +100,7 @@ def nested_section(cmp: dict[str, Any]) -> str:
 
 STUDENT_CANDIDATES = {"stacker": "LightGBM stacker (features + student logits)",
                       "log_pool": "log pool (features-only + student)"}
+"""The table's label of each of stacking.candidates.STUDENT_STACKERS."""
 
 
 def stacker_oof_comparison(workdir: Path, seed: int = 0) -> dict[str, dict[str, dict[str, Any]]] | None:
@@ -102,8 +111,8 @@ def stacker_oof_comparison(workdir: Path, seed: int = 0) -> dict[str, dict[str, 
     if not path.is_file():
         return None
     oof, _ = read_keyed_table(path)
-    cols = {n: [f"{n}_{c}" for c in CLASS_SUFFIXES] for n in ("features_only", *STUDENT_CANDIDATES)}
-    have = [n for n in STUDENT_CANDIDATES if all(c in oof.columns for c in cols[n])]
+    cols = {n: [f"{n}_{c}" for c in CLASS_SUFFIXES] for n in ("features_only", *STUDENT_STACKERS)}
+    have = [n for n in STUDENT_STACKERS if all(c in oof.columns for c in cols[n])]
     if not have or not all(c in oof.columns for c in cols["features_only"]):
         return None
     y = oof["label"].to_numpy(dtype=np.int64)
@@ -111,15 +120,8 @@ def stacker_oof_comparison(workdir: Path, seed: int = 0) -> dict[str, dict[str, 
     src = oof["source"].astype(str).to_numpy()
     scopes = {"all": np.ones(len(y), dtype=bool)} | {s: src == s for s in sorted(set(src.tolist()))}
     base = oof[cols["features_only"]].to_numpy(dtype=np.float64)
-    out: dict[str, dict[str, dict[str, Any]]] = {}
-    for name in have:
-        p = oof[cols[name]].to_numpy(dtype=np.float64)
-        out[name] = {}
-        for scope, m in scopes.items():
-            d = log_loss_difference(y[m], p[m], base[m], groups[m], seed=seed)
-            out[name][scope] = {"rows": int(m.sum()), "a": log_loss(y[m], p[m]), "b": log_loss(y[m], base[m]),
-                                "diff": d["mean"], "lo": d["lo"], "hi": d["hi"]}
-    return out
+    return {name: _paired_by_scope(y, oof[cols[name]].to_numpy(dtype=np.float64), base, groups, scopes, seed)
+            for name in have}
 
 
 CANDIDATE_WORDS = {"a better": "student candidate better", "b better": "features-only better",

@@ -111,11 +111,10 @@ def cross_fitted_pool(members: list[np.ndarray], labels: np.ndarray, folds: np.n
     fitting on the rows it then scores would flatter it, as with the temperature)."""
     y = np.asarray(labels, dtype=np.int64)
     folds = np.asarray(folds)
+    part = [np.asarray(m, dtype=np.float64) for m in members]
     out = np.empty((len(y), 3))
     for k in np.unique(folds):
         va = folds == k
-        part = [np.asarray(m, dtype=np.float64) for m in members]
-        fit = fit_pool([m[~va] for m in part], y[~va]) if (~va).any() else None
-        w, t = (fit.weights, fit.tie_offset) if fit is not None else ([1.0] + [0.0] * (len(part) - 1), 0.0)
-        out[va] = pool_probs([m[va] for m in part], w, t)
+        fit = fit_pool([m[~va] for m in part], y[~va])  # one fold only: no other rows, the start (member 0 as it is)
+        out[va] = pool_probs([m[va] for m in part], fit.weights, fit.tie_offset)
     return out

@@ -119,8 +119,6 @@ class Stacker:
                                 "its logits")
             raw = student_probs(stud)
         elif model.kind == LOG_POOL:
-            if feats is None and any(self.models[m].kind not in (PRIOR, STUDENT_ONLY) for m in model.members):
-                feats = self.features(df, None)  # once for every member
             parts = [self.predict_model(df, m, student, calibrate=False, feats=feats) for m in model.members]
             raw = pool_probs(parts, model.weights, model.tie_offset)
         else:

@@ -53,14 +53,8 @@ class FittedModel:
 
 
 def _temperature(value) -> float:
-    try:
-        t = float(value)
-    except (TypeError, ValueError):
-        raise SpecError(f"temperature {value!r} is not a number") from None
     # the fit searches [T_MIN, T_MAX] and also tries T = 1 (blend.temperature); relative slack for float round trips
-    if not math.isfinite(t) or not (T_MIN * (1 - 1e-9) <= t <= T_MAX * (1 + 1e-9)):
-        raise SpecError(f"temperature {value!r} outside the fitted range [{T_MIN:g}, {T_MAX:g}]")
-    return t
+    return _bounded(value, "temperature", T_MIN, T_MAX, slack=1e-9)
 
 
 def model_file_inside(stack_dir: Path, rel) -> Path:
@@ -87,13 +81,15 @@ def _prior_probs(value) -> np.ndarray:
     return p
 
 
-def _bounded(value, what: str, lo: float, hi: float) -> float:
+def _bounded(value, what: str, lo: float, hi: float, slack: float = 0.0) -> float:
+    """``value`` as a finite float inside the range its fit searches, [lo, hi] widened by ``slack`` (relative);
+    SpecError otherwise."""
     try:
         v = float(value)
     except (TypeError, ValueError):
         raise SpecError(f"{what} {value!r} is not a number") from None
-    if not math.isfinite(v) or not (lo <= v <= hi):
-        raise SpecError(f"{what} {value!r} outside [{lo:g}, {hi:g}]")
+    if not math.isfinite(v) or not (lo - slack * abs(lo) <= v <= hi + slack * abs(hi)):
+        raise SpecError(f"{what} {value!r} outside the fitted range [{lo:g}, {hi:g}]")
     return v
 
 

@@ -78,6 +78,11 @@ def candidate_names(mode: str) -> list[str]:
     return [f"stacker{suffix}", f"log_pool{suffix}", "features_only", f"student{suffix}", "length_only", "prior"]
 
 
+STUDENT_STACKERS = ("stacker", "log_pool")
+"""The TTA candidates that combine the text features with the student: goal (c) of the report asks whether the better
+of them (out of fold) beats the features-only stacker."""
+
+
 def pool_members(mode: str) -> list[str]:
     """The log pool's members in student ``mode`` (tta | single): the features-only booster first (the pool starts
     from it), then the student of that mode."""
