@@ -49,6 +49,7 @@ STACKER_LABELS = {
     "log_pool": "log pool of features-only + student TTA (stacker candidate)",
     "log_pool_single": "log pool of features-only + student, one orientation (stacker candidate)",
 }
+FEATURES_ONLY = STACKER_LABELS["features_only"]
 ANSWERS = {"a better": "yes", "b better": "NO"}  # metrics.verdict of a − b -> "does a beat b?"
 
 

@@ -19,28 +19,37 @@ from arena_kd.common.metrics import log_loss, log_loss_difference, softmax, verd
 from arena_kd.stacking.candidates import STUDENT_STACKERS
 
 
-def _paired_oof(cfg: PipelineConfig, path_a: Path, path_b: Path, by_source: bool = False
-                ) -> dict[str, dict[str, Any]] | None:
-    """Two students' OOF log losses on the same training rows and their paired difference a − b with a
-    prompt-bootstrap 95% interval: {"all": {...}} plus one entry per source when ``by_source``; None when a file is
-    missing."""
+def oof_pair(cfg: PipelineConfig, path_a: Path, path_b: Path) -> dict[str, np.ndarray] | None:
+    """Two students' OOF probabilities on every training row: {y, a, b, groups, sources (None when a row has no
+    source)}; None when a file is missing."""
     from arena_kd.data.folds import prompt_groups
     from arena_kd.kfold.training_data import load_training_data
 
     if not (path_a.is_file() and path_b.is_file()):
         return None
     frame = load_training_data(cfg).frame
-    y = frame["label"].to_numpy(dtype=np.int64)
-    groups = prompt_groups(frame)
     probs = []
     for p in (path_a, path_b):
         df = frame[["id"]].merge(read_keyed_table(p)[0], on="id", how="left")
         probs.append(softmax(df[list(LOGIT_COLUMNS)].to_numpy(dtype=np.float64)))
-    scopes = {"all": np.ones(len(y), dtype=bool)}
-    if by_source and "source" in frame and frame["source"].notna().all():
-        src = frame["source"].to_numpy(dtype=object)
-        scopes.update({str(s): src == s for s in sorted(set(src))})
-    return _paired_by_scope(y, probs[0], probs[1], groups, scopes, cfg.seed)
+    has_source = "source" in frame and frame["source"].notna().all()
+    return {"y": frame["label"].to_numpy(dtype=np.int64), "a": probs[0], "b": probs[1],
+            "groups": prompt_groups(frame),
+            "sources": frame["source"].astype(str).to_numpy() if has_source else None}
+
+
+def _paired_oof(cfg: PipelineConfig, path_a: Path, path_b: Path, by_source: bool = False
+                ) -> dict[str, dict[str, Any]] | None:
+    """Two students' OOF log losses on the same training rows and their paired difference a − b with a
+    prompt-bootstrap 95% interval: {"all": {...}} plus one entry per source when ``by_source``; None when a file is
+    missing."""
+    pair = oof_pair(cfg, path_a, path_b)
+    if pair is None:
+        return None
+    scopes = {"all": np.ones(len(pair["y"]), dtype=bool)}
+    if by_source and pair["sources"] is not None:
+        scopes.update({s: pair["sources"] == s for s in sorted(set(pair["sources"].tolist()))})
+    return _paired_by_scope(pair["y"], pair["a"], pair["b"], pair["groups"], scopes, cfg.seed)
 
 
 def _paired_by_scope(y: np.ndarray, pa: np.ndarray, pb: np.ndarray, groups: np.ndarray,

@@ -18,6 +18,7 @@ from arena_kd.common.tables import bar_chart, format_table, training_curves_char
 from arena_kd.heldout import (
     DISTILLED,
     DISTILLED_SINGLE,
+    FEATURES_ONLY,
     FINAL,
     HARD,
     LENGTH_ONLY,
@@ -37,9 +38,10 @@ from arena_kd.oof_report import (
     twin_oof_comparison,
     twin_section,
 )
+from arena_kd.power_report import oof_differences, power_section, projections
 
 UNIFORM_LOG_LOSS = float(np.log(3.0))
-STACKER, FEATURES_ONLY = STACKER_LABELS["stacker"], STACKER_LABELS["features_only"]
+STACKER = STACKER_LABELS["stacker"]
 LOG_POOL = STACKER_LABELS["log_pool"]
 CHECKS = (  # (a, b, what): "does a beat b?"
     (DISTILLED, HARD, "distilled student beats the hard-label student"),
@@ -107,7 +109,9 @@ def _goals_section(lines: list[dict[str, Any]], answers: dict[str, str]) -> str:
             "the stacker. A goal is resolved when every one of its paired 95% intervals excludes "
             "zero on the better side. The intervals resample whole prompts (the first user turn), so a source "
             "with few prompts among the test rows gets a wide one, however many rows it has; the out-of-fold (b) "
-            f"table below (when the hard twin ran) scores every training row. This run: {summary}.\n\n")
+            "table below (when the hard twin ran) scores every training row, and the projection below (\"Could the "
+            "test split resolve it?\") gives each line's chance of resolving on a split of this shape, from the effect "
+            f"measured out of fold. This run: {summary}.\n\n")
     text += "\n".join(f"- ({v['goal']}) " + format_verdicts([v])[2:] for v in lines) + "\n"
     if any(a != "yes" for a in answers.values()):
         text += ("\nWhat each goal still lacks and what a larger run buys, measured on this machine: README \"What "
@@ -265,6 +269,11 @@ def write_report(cfg: PipelineConfig, ev: Evaluation | None, records: list[Stage
         if twin is not None:
             parts.append(twin_section(twin))
             report["twin_oof"] = twin
+    if ev is not None and report.get("goals"):
+        rows = projections(report["goals"], ev, oof_differences(cfg, hard_cfg))
+        if rows:
+            parts.append(power_section(rows))
+            report["resolving_power"] = rows
     stacker_oof = stacker_oof_comparison(out, cfg.seed)
     if stacker_oof is not None:
         parts.append(stacker_section(stacker_oof))

@@ -80,6 +80,24 @@ def test_report_covers_every_stage_with_finite_numbers(smoke_run):
     assert on_disk["rows"] == json.loads(json.dumps(report["rows"]))
 
 
+def test_report_projects_each_goal_with_an_oof_twin_onto_the_test_split(smoke_run):
+    """The projection rows (arena_kd.power_report): (b) vs the twin and vs the prior on the mix and each source, (c)
+    on the mix, each with the test split's own rows and prompts of its scope and a finite chance."""
+    cfg, report = smoke_run
+    rows = report["resolving_power"]
+    keys = {(r["goal"], r["what"], r["scope"]) for r in rows}
+    goal_keys = {(g["goal"], g["what"], g["scope"]) for g in report["goals"]}
+    assert keys <= goal_keys and {g for g, _, _ in keys} == {"b", "c"}
+    scopes = {r["scope"] for r in rows if r["goal"] == "b"}
+    assert scopes == {"all test rows", "source hh_harmless", "source mtbench_human"}
+    for r in rows:
+        assert 0.0 <= r["chance"] <= 1.0 and r["half_width"] > 0 and np.isfinite(r["expected"]), r
+        line = next(g for g in report["goals"] if (g["goal"], g["what"], g["scope"]) == (r["goal"], r["what"],
+                                                                                         r["scope"]))
+        assert (r["test_rows"], r["test_prompts"], r["test_diff"]) == (line["rows"], line["prompts"], line["diff"])
+    assert "Could the test split resolve it?" in (cfg.workdir_path / "report.md").read_text()
+
+
 def test_submission_is_valid_and_in_sample_order(smoke_run):
     cfg, _ = smoke_run
     sub = pd.read_csv(cfg.workdir_path / "submission.csv", dtype={"id": str})

@@ -1,0 +1,155 @@
+"""The report's projection: given the effect each goal shows out of fold, how likely was the test split to resolve it?
+
+Issue 21's goals are judged on the sample's test split, whose MT-Bench rows come from 9 questions; an unresolved
+verdict there can mean a missing effect or a split too small to see one. The out-of-fold rows (every training row,
+scored by a model that never saw its question: the fold students' OOF, the stacker's cross-fitted OOF) measure the
+effect and its spread per source; :mod:`arena_kd.common.resolving_power` projects them onto the test split's own rows
+and prompts per source. One line per goal line of the report that has an out-of-fold twin:
+
+  (b) distilled − twin        student/oof.parquet vs ablation_hard_student/student/oof.parquet
+  (b) distilled − prior       stacking/oof.parquet: the student's TTA probabilities before temperature vs the prior
+                              of the other stacker folds
+  (c) student candidate − features-only   stacking/oof.parquet, calibrated as selected; the candidate with the lower
+                              OOF log loss, as the report's goal (c) takes it
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from arena_kd.common.config import PipelineConfig
+from arena_kd.common.io import read_keyed_table
+from arena_kd.common.keys import CLASS_SUFFIXES
+from arena_kd.common.metrics import row_log_loss
+from arena_kd.common.resolving_power import Components, project, variance_components
+from arena_kd.heldout import DISTILLED, FEATURES_ONLY, HARD, PRIOR, STUDENT_STACKER, Evaluation
+from arena_kd.oof_report import oof_pair
+from arena_kd.stacking.candidates import STUDENT_STACKERS
+
+RowDiffs = tuple[np.ndarray, np.ndarray, np.ndarray | None]
+"""(per-row log-loss difference a − b float[n], prompt groups [n], sources [n] or None)"""
+
+
+def _stacker_oof(workdir: Path) -> dict[str, Any] | None:
+    path = Path(workdir) / "stacking" / "oof.parquet"
+    if not path.is_file():
+        return None
+    oof, _ = read_keyed_table(path)
+    return {"frame": oof, "y": oof["label"].to_numpy(dtype=np.int64), "groups": oof["group"].to_numpy(),
+            "sources": oof["source"].astype(str).to_numpy() if "source" in oof else None}
+
+
+def _probs(oof, name: str) -> np.ndarray | None:
+    cols = [f"{name}_{c}" for c in CLASS_SUFFIXES]
+    return oof[cols].to_numpy(dtype=np.float64) if all(c in oof.columns for c in cols) else None
+
+
+def _stacker_diff(st: dict[str, Any] | None, a: str, b: str) -> RowDiffs | None:
+    if st is None:
+        return None
+    pa, pb = _probs(st["frame"], a), _probs(st["frame"], b)
+    if pa is None or pb is None:
+        return None
+    return row_log_loss(st["y"], pa) - row_log_loss(st["y"], pb), st["groups"], st["sources"]
+
+
+def _best_student_candidate(st: dict[str, Any] | None) -> str | None:
+    if st is None:
+        return None
+    scores = {n: float(row_log_loss(st["y"], p).mean()) for n in STUDENT_STACKERS
+              if (p := _probs(st["frame"], n)) is not None}
+    return min(scores, key=scores.get) if scores else None
+
+
+def oof_differences(cfg: PipelineConfig, hard_cfg: PipelineConfig | None) -> dict[tuple[str, str], RowDiffs]:
+    """{(a, b) as the report's goal lines name them: the out-of-fold per-row differences} for what was written."""
+    out: dict[tuple[str, str], RowDiffs] = {}
+    if hard_cfg is not None and hard_cfg.student.oof:
+        pair = oof_pair(cfg, cfg.workdir_path / "student" / "oof.parquet",
+                         hard_cfg.workdir_path / "student" / "oof.parquet")
+        if pair is not None:
+            out[(DISTILLED, HARD)] = (row_log_loss(pair["y"], pair["a"]) - row_log_loss(pair["y"], pair["b"]),
+                                      pair["groups"], pair["sources"])
+    st = _stacker_oof(cfg.workdir_path)
+    if (d := _stacker_diff(st, "student_raw", "prior")) is not None:
+        out[(DISTILLED, PRIOR)] = d
+    best = _best_student_candidate(st)
+    if best is not None and (d := _stacker_diff(st, best, "features_only")) is not None:
+        out[(STUDENT_STACKER, FEATURES_ONLY)] = d
+    return out
+
+
+def _components(diff: RowDiffs, source: str | None) -> Components | None:
+    d, groups, sources = diff
+    m = np.ones(len(d), dtype=bool) if source is None else (sources == source if sources is not None else None)
+    if m is None or m.sum() < 2:
+        return None
+    return variance_components(d[m], groups[m])
+
+
+def projections(goal_lines: list[dict[str, Any]], ev: Evaluation, diffs: dict[tuple[str, str], RowDiffs]
+                ) -> list[dict[str, Any]]:
+    """One row per goal line with an out-of-fold twin in ``diffs``: the OOF effect on the line's scope, the test
+    split's rows and prompts there, and the projection (common.resolving_power), beside the line's own verdict.
+    A mix is projected source by source when both the OOF rows and the test rows carry sources."""
+    masks = ev.source_masks()
+    out = []
+    for line in goal_lines:
+        diff = diffs.get((line["a"], line["b"]))
+        if diff is None:
+            continue
+        scope = line["scope"]
+        source = scope[len("source "):] if scope.startswith("source ") else None
+        if source is not None:
+            sources = {source: masks.get(source)}
+        elif masks and diff[2] is not None and set(masks) <= set(diff[2].tolist()):
+            sources = masks
+        else:
+            sources = {None: np.ones(len(ev.labels), dtype=bool)}
+        parts = []
+        for s, m in sources.items():
+            comp = _components(diff, s)
+            if comp is None or m is None:
+                parts = []
+                break
+            parts.append((comp, int(m.sum()), len(np.unique(ev.groups[m]))))
+        if not parts:
+            continue
+        p = project(parts)
+        d, _, srcs = diff
+        keep = np.ones(len(d), dtype=bool) if source is None else srcs == source
+        out.append({"goal": line["goal"], "what": line["what"], "scope": scope, "oof_diff": float(d[keep].mean()),
+                    "oof_rows": int(keep.sum()), "test_rows": p.rows, "test_prompts": p.groups,
+                    **{k: v for k, v in p.to_dict().items() if k not in ("rows", "groups")},
+                    "test_diff": line["diff"], "test_lo": line["lo"], "test_hi": line["hi"],
+                    "test_answer": line["answer"]})
+    return out
+
+
+def _pct(x: float) -> str:
+    return "—" if not np.isfinite(x) else f"{100 * x:.0f}%"
+
+
+def _times(x: float) -> str:
+    return "—" if not np.isfinite(x) else (f"{x:.1f}×" if x < 100 else f"{x:.0f}×")
+
+
+def power_section(rows: list[dict[str, Any]]) -> str:
+    lines = ["| goal | scope | OOF difference (rows) | test rows (prompts) | expected on the test split ± 95% | "
+             "chance to resolve | split ×, for 80% | the test split's verdict |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        got = "—" if r["test_lo"] is None else f"{r['test_diff']:+.4f} [{r['test_lo']:+.4f}, {r['test_hi']:+.4f}]"
+        lines.append(f"| ({r['goal']}) {r['what']} | {r['scope']} | {r['oof_diff']:+.4f} ({r['oof_rows']}) | "
+                     f"{r['test_rows']} ({r['test_prompts']}) | {r['expected']:+.4f} ± {r['half_width']:.4f} | "
+                     f"{_pct(r['chance'])} | {_times(r['scale_for_80'])} | {got}: {r['test_answer']} |")
+    return ("### Could the test split resolve it? A projection from the out-of-fold rows\n\nEach goal's effect and "
+            "its spread (between prompts and within one) measured on the training rows out of fold, projected onto "
+            "the test split's own rows and prompts per source (common/resolving_power.py): the expected difference, "
+            "the expected half-width of its 95% interval, the chance that the interval excludes zero, and how many "
+            "times larger the split (every source's rows and prompts alike) would have to be for an 80% chance. "
+            "Assumes the out-of-fold effect holds on the test rows; a low chance says an unresolved verdict is the "
+            "split's size, a high one with an unresolved verdict says the effect did not carry over.\n\n"
+            + "\n".join(lines) + "\n")
