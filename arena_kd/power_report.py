@@ -82,12 +82,25 @@ def oof_differences(cfg: PipelineConfig, hard_cfg: PipelineConfig | None) -> dic
     return out
 
 
-def _components(diff: RowDiffs, source: str | None) -> Components | None:
+def _parts(diff: RowDiffs, source: str | None, ev: Evaluation) -> list[tuple[Components, int, int]] | None:
+    """[(OOF components, test rows, test prompts)] per source of the scope: ``source`` alone, or for the mix every
+    test source (when the OOF rows carry each of them), else the mix as one; None when a part cannot be measured."""
     d, groups, sources = diff
-    m = np.ones(len(d), dtype=bool) if source is None else (sources == source if sources is not None else None)
-    if m is None or m.sum() < 2:
-        return None
-    return variance_components(d[m], groups[m])
+    masks = ev.source_masks()
+    if source is not None:
+        scope = {source: masks.get(source)}
+    elif masks and sources is not None and set(masks) <= set(sources.tolist()):
+        scope = masks
+    else:
+        scope = {None: np.ones(len(ev.labels), dtype=bool)}
+    parts = []
+    for s, test_rows in scope.items():
+        oof_rows = np.ones(len(d), dtype=bool) if s is None else (None if sources is None else sources == s)
+        if test_rows is None or oof_rows is None or oof_rows.sum() < 2:
+            return None
+        parts.append((variance_components(d[oof_rows], groups[oof_rows]), int(test_rows.sum()),
+                      len(np.unique(ev.groups[test_rows]))))
+    return parts
 
 
 def projections(goal_lines: list[dict[str, Any]], ev: Evaluation, diffs: dict[tuple[str, str], RowDiffs]
@@ -95,27 +108,12 @@ def projections(goal_lines: list[dict[str, Any]], ev: Evaluation, diffs: dict[tu
     """One row per goal line with an out-of-fold twin in ``diffs``: the OOF effect on the line's scope, the test
     split's rows and prompts there, and the projection (common.resolving_power), beside the line's own verdict.
     A mix is projected source by source when both the OOF rows and the test rows carry sources."""
-    masks = ev.source_masks()
     out = []
     for line in goal_lines:
         diff = diffs.get((line["a"], line["b"]))
-        if diff is None:
-            continue
         scope = line["scope"]
         source = scope[len("source "):] if scope.startswith("source ") else None
-        if source is not None:
-            sources = {source: masks.get(source)}
-        elif masks and diff[2] is not None and set(masks) <= set(diff[2].tolist()):
-            sources = masks
-        else:
-            sources = {None: np.ones(len(ev.labels), dtype=bool)}
-        parts = []
-        for s, m in sources.items():
-            comp = _components(diff, s)
-            if comp is None or m is None:
-                parts = []
-                break
-            parts.append((comp, int(m.sum()), len(np.unique(ev.groups[m]))))
+        parts = None if diff is None else _parts(diff, source, ev)
         if not parts:
             continue
         p = project(parts)

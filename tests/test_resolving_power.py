@@ -138,3 +138,14 @@ def test_oof_rows_without_sources_project_the_mix_as_one():
                        {(DISTILLED, HARD): (d, np.arange(300), None)})
     assert len(rows) == 1 and rows[0]["expected"] == pytest.approx(d.mean())
     assert (rows[0]["test_rows"], rows[0]["test_prompts"]) == (10, 8)
+
+
+def test_a_scope_the_oof_rows_cannot_measure_gets_no_row():
+    rng = np.random.default_rng(5)
+    d = rng.normal(-0.05, 0.2, 300)
+    only_hh = (d, np.arange(300), np.array(["hh"] * 300, dtype=object))
+    rows = projections([_line(DISTILLED, HARD, "source mt"), _line(DISTILLED, HARD, "all test rows")], _ev(),
+                       {(DISTILLED, HARD): only_hh})
+    # no OOF row of mt: no mt line; the mix falls back to one part (the OOF rows lack a test source)
+    assert [r["scope"] for r in rows] == ["all test rows"]
+    assert rows[0]["expected"] == pytest.approx(d.mean())
