@@ -38,7 +38,7 @@ from arena_kd.oof_report import (
     twin_oof_comparison,
     twin_section,
 )
-from arena_kd.power_report import oof_differences, power_section, projections
+from arena_kd.power_report import RowDiffs, oof_differences, power_section, projections
 
 UNIFORM_LOG_LOSS = float(np.log(3.0))
 STACKER = STACKER_LABELS["stacker"]
@@ -109,14 +109,15 @@ def _goals_section(lines: list[dict[str, Any]], answers: dict[str, str]) -> str:
             "the stacker. A goal is resolved when every one of its paired 95% intervals excludes "
             "zero on the better side. The intervals resample whole prompts (the first user turn), so a source "
             "with few prompts among the test rows gets a wide one, however many rows it has; the out-of-fold (b) "
-            "table below (when the hard twin ran) scores every training row, and the projection below (\"Could the "
+            "table below (when the hard twin ran) scores every training row, and the next section (\"Could the "
             "test split resolve it?\") gives each line's chance of resolving on a split of this shape, from the effect "
             f"measured out of fold. This run: {summary}.\n\n")
     text += "\n".join(f"- ({v['goal']}) " + format_verdicts([v])[2:] for v in lines) + "\n"
     if any(a != "yes" for a in answers.values()):
-        text += ("\nWhat each goal still lacks and what a larger run buys, measured on this machine: README \"What "
-                 "the test split can resolve\", \"A teacher that ranks rows\", \"Prior-matched soft labels\" and "
-                 "\"Learning curve, bf16 and threads\" (`make all-full`, configs/demo-full.yaml) and "
+        text += ("\nWhat each goal still lacks and what a larger run buys, measured on this machine: README \"Could "
+                 "the test split resolve it?\", \"What the test split can resolve\", \"A teacher that ranks rows\", "
+                 "\"Prior-matched soft labels\" and \"Learning curve, bf16 and threads\" (`make all-full`, "
+                 "configs/demo-full.yaml) and "
                  "benchmarks/RESULTS.md \"Learning curve\".\n")
     return text
 
@@ -167,7 +168,8 @@ def plot_log_loss(rows: list[dict[str, Any]], path: Path) -> None:
               xlim=(max(0.0, min(losses) - 0.1), max(losses) + 0.02))
 
 
-def _held_out_section(ev: Evaluation, out: Path, report: dict[str, Any]) -> list[str]:
+def _held_out_section(ev: Evaluation, out: Path, report: dict[str, Any],
+                      oof_diffs: dict[tuple[str, str], RowDiffs] | None = None) -> list[str]:
     rows = ev.rows()
     selection = None
     sj = out / "stacking" / "stacker.json"
@@ -184,6 +186,10 @@ def _held_out_section(ev: Evaluation, out: Path, report: dict[str, Any]) -> list
     if goals:
         parts.append(_goals_section(goals, answers))
         report.update({"goals": goals, "goal_answers": answers})
+        projected = projections(goals, ev, oof_diffs or {})
+        if projected:
+            parts.append(power_section(projected))
+            report["resolving_power"] = projected
     lines = verdicts(ev)
     if lines:
         parts.append("### Did each stage pay for itself?\n\nA yes/NO only when the 95% interval of the paired "
@@ -258,7 +264,7 @@ def write_report(cfg: PipelineConfig, ev: Evaluation | None, records: list[Stage
     parts = [f"# arena-kd report — `{out}`\n"]
     report: dict[str, Any] = {"rows": []}
     if ev is not None:
-        parts += _held_out_section(ev, out, report)
+        parts += _held_out_section(ev, out, report, oof_differences(cfg, hard_cfg))
     if nested_cfg is not None:
         cmp = nested_oof_comparison(cfg, nested_cfg)
         if cmp is not None:
@@ -269,11 +275,6 @@ def write_report(cfg: PipelineConfig, ev: Evaluation | None, records: list[Stage
         if twin is not None:
             parts.append(twin_section(twin))
             report["twin_oof"] = twin
-    if ev is not None and report.get("goals"):
-        rows = projections(report["goals"], ev, oof_differences(cfg, hard_cfg))
-        if rows:
-            parts.append(power_section(rows))
-            report["resolving_power"] = rows
     stacker_oof = stacker_oof_comparison(out, cfg.seed)
     if stacker_oof is not None:
         parts.append(stacker_section(stacker_oof))
