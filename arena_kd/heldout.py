@@ -322,12 +322,12 @@ def _student_stacker(stacker, ev: Evaluation) -> tuple[str, str] | None:
     """(name, note) of the TTA candidate that uses the student (the LightGBM stacker or the log pool) with the lowest
     out-of-fold log loss in stacker.json: the one goal (c) asks about. Chosen on the training rows' OOF, never on the
     test rows; None when neither answered."""
-    oof = {r.get("name"): r.get("log_loss") for r in (stacker.manifest.get("candidates") or {}).get("tta") or []}
-    from arena_kd.stacking.candidates import STUDENT_STACKERS
+    from arena_kd.stacking.candidates import STUDENT_STACKERS, best_student_stacker
 
-    have = [n for n in STUDENT_STACKERS if ev.probs.get(STACKER_LABELS[n]) is not None
-            and isinstance(oof.get(n), (int, float))]
-    if not have:
+    table = {r.get("name"): r.get("log_loss") for r in (stacker.manifest.get("candidates") or {}).get("tta") or []}
+    oof = {n: table.get(n) for n in STUDENT_STACKERS if ev.probs.get(STACKER_LABELS[n]) is not None
+           and isinstance(table.get(n), (int, float))}
+    name = best_student_stacker(oof)
+    if name is None:
         return None
-    name = min(have, key=lambda n: oof[n])
-    return name, f"{STACKER_LABELS[name]} (OOF " + ", ".join(f"{n} {oof[n]:.4f}" for n in have) + ")"
+    return name, f"{STACKER_LABELS[name]} (OOF " + ", ".join(f"{n} {v:.4f}" for n, v in oof.items()) + ")"

@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from arena_kd.common.config import PipelineConfig
 from arena_kd.common.io import read_keyed_table
-from arena_kd.common.keys import CLASS_SUFFIXES, LOGIT_COLUMNS
+from arena_kd.common.keys import LOGIT_COLUMNS
 from arena_kd.common.metrics import log_loss, log_loss_difference, softmax, verdict
 from arena_kd.stacking.candidates import STUDENT_STACKERS
+from arena_kd.stacking.report import prob_columns
 
 
 def oof_pair(cfg: PipelineConfig, path_a: Path, path_b: Path) -> dict[str, np.ndarray] | None:
@@ -38,18 +40,20 @@ def oof_pair(cfg: PipelineConfig, path_a: Path, path_b: Path) -> dict[str, np.nd
             "sources": frame["source"].astype(str).to_numpy() if has_source else None}
 
 
-def _paired_oof(cfg: PipelineConfig, path_a: Path, path_b: Path, by_source: bool = False
-                ) -> dict[str, dict[str, Any]] | None:
-    """Two students' OOF log losses on the same training rows and their paired difference a − b with a
-    prompt-bootstrap 95% interval: {"all": {...}} plus one entry per source when ``by_source``; None when a file is
-    missing."""
-    pair = oof_pair(cfg, path_a, path_b)
-    if pair is None:
-        return None
+def twin_pair(cfg: PipelineConfig, hard_cfg: PipelineConfig) -> dict[str, np.ndarray] | None:
+    """:func:`oof_pair` of the distilled fold students and their hard-label twins (the twin has fold students when
+    student.final=fold_ensemble); read once per report, for the (b) table and the projection."""
+    return oof_pair(cfg, cfg.workdir_path / "student" / "oof.parquet",
+                    hard_cfg.workdir_path / "student" / "oof.parquet")
+
+
+def _compare(pair: dict[str, np.ndarray], seed: int, by_source: bool) -> dict[str, dict[str, Any]]:
+    """The pair's log losses and paired difference a − b with a prompt-bootstrap 95% interval: {"all": {...}} plus
+    one entry per source when ``by_source`` and the rows carry one."""
     scopes = {"all": np.ones(len(pair["y"]), dtype=bool)}
     if by_source and pair["sources"] is not None:
         scopes.update({s: pair["sources"] == s for s in sorted(set(pair["sources"].tolist()))})
-    return _paired_by_scope(pair["y"], pair["a"], pair["b"], pair["groups"], scopes, cfg.seed)
+    return _paired_by_scope(pair["y"], pair["a"], pair["b"], pair["groups"], scopes, seed)
 
 
 def _paired_by_scope(y: np.ndarray, pa: np.ndarray, pb: np.ndarray, groups: np.ndarray,
@@ -68,18 +72,17 @@ def nested_oof_comparison(cfg: PipelineConfig, nested_cfg: PipelineConfig) -> di
     """Student OOF log loss with plain vs nested teacher soft labels on the same rows, paired, prompt-bootstrap
     interval."""
     plain, nested = (nested_cfg, cfg) if cfg.student.distill.nested else (cfg, nested_cfg)
-    got = _paired_oof(cfg, *(c.workdir_path / "student" / "oof.parquet" for c in (nested, plain)))
-    if got is None:
+    pair = oof_pair(cfg, *(c.workdir_path / "student" / "oof.parquet" for c in (nested, plain)))
+    if pair is None:
         return None
-    d = got["all"]
+    d = _compare(pair, cfg.seed, by_source=False)["all"]
     return {"rows": d["rows"], "plain": d["b"], "nested": d["a"], "diff": d["diff"], "lo": d["lo"], "hi": d["hi"]}
 
 
-def twin_oof_comparison(cfg: PipelineConfig, hard_cfg: PipelineConfig) -> dict[str, Any] | None:
-    """The distilled fold students vs their hard-label twins out of fold, on every training row and per source
-    (the twin has fold students when student.final=fold_ensemble): (b) on ~4x the test split's rows."""
-    return _paired_oof(cfg, cfg.workdir_path / "student" / "oof.parquet",
-                       hard_cfg.workdir_path / "student" / "oof.parquet", by_source=True)
+def twin_oof_comparison(pair: dict[str, np.ndarray] | None, seed: int) -> dict[str, Any] | None:
+    """The distilled fold students vs their hard-label twins out of fold (``pair`` from :func:`twin_pair`), on every
+    training row and per source: (b) on ~4x the test split's rows; None without the pair."""
+    return None if pair is None else _compare(pair, seed, by_source=True)
 
 
 TWIN_WORDS = {"a better": "distilled better", "b better": "twin better",
@@ -112,15 +115,21 @@ STUDENT_CANDIDATES = {"stacker": "LightGBM stacker (features + student logits)",
 """The table's label of each of stacking.candidates.STUDENT_STACKERS."""
 
 
-def stacker_oof_comparison(workdir: Path, seed: int = 0) -> dict[str, dict[str, dict[str, Any]]] | None:
-    """(c) out of fold: each TTA candidate using the student (stacking/oof.parquet, calibrated as selected) minus the
-    features-only stacker on every stacker row and per source: {candidate: {"all" | source: {rows, a, b, diff, lo,
-    hi}}}; None without a stacker OOF holding the features-only stacker and one such candidate."""
+def read_stacker_oof(workdir: Path) -> pd.DataFrame | None:
+    """stacking/oof.parquet (the stacker's cross-fitted OOF, one column per candidate and class) or None; read once
+    per report, for the (c) table and the projection."""
     path = Path(workdir) / "stacking" / "oof.parquet"
-    if not path.is_file():
+    return read_keyed_table(path)[0] if path.is_file() else None
+
+
+def stacker_oof_comparison(oof: pd.DataFrame | None, seed: int = 0) -> dict[str, dict[str, dict[str, Any]]] | None:
+    """(c) out of fold: each TTA candidate using the student (``oof`` from :func:`read_stacker_oof`, calibrated as
+    selected) minus the features-only stacker on every stacker row and per source: {candidate: {"all" | source:
+    {rows, a, b, diff, lo, hi}}}; None without a stacker OOF holding the features-only stacker and one such
+    candidate."""
+    if oof is None:
         return None
-    oof, _ = read_keyed_table(path)
-    cols = {n: [f"{n}_{c}" for c in CLASS_SUFFIXES] for n in ("features_only", *STUDENT_STACKERS)}
+    cols = {n: prob_columns(n) for n in ("features_only", *STUDENT_STACKERS)}
     have = [n for n in STUDENT_STACKERS if all(c in oof.columns for c in cols[n])]
     if not have or not all(c in oof.columns for c in cols["features_only"]):
         return None

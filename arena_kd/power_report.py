@@ -15,70 +15,49 @@ and prompts per source. One line per goal line of the report that has an out-of-
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from arena_kd.common.config import PipelineConfig
-from arena_kd.common.io import read_keyed_table
-from arena_kd.common.keys import CLASS_SUFFIXES
 from arena_kd.common.metrics import row_log_loss
 from arena_kd.common.resolving_power import Components, project, variance_components
 from arena_kd.heldout import DISTILLED, FEATURES_ONLY, HARD, PRIOR, STUDENT_STACKER, Evaluation
-from arena_kd.oof_report import oof_pair
-from arena_kd.stacking.candidates import STUDENT_STACKERS
+from arena_kd.stacking.candidates import STUDENT_STACKERS, best_student_stacker
+from arena_kd.stacking.report import prob_columns
 
 RowDiffs = tuple[np.ndarray, np.ndarray, np.ndarray | None]
 """(per-row log-loss difference a − b float[n], prompt groups [n], sources [n] or None)"""
 
 
-def _stacker_oof(workdir: Path) -> dict[str, Any] | None:
-    path = Path(workdir) / "stacking" / "oof.parquet"
-    if not path.is_file():
-        return None
-    oof, _ = read_keyed_table(path)
-    return {"frame": oof, "y": oof["label"].to_numpy(dtype=np.int64), "groups": oof["group"].to_numpy(),
-            "sources": oof["source"].astype(str).to_numpy() if "source" in oof else None}
+def _stacker_diffs(oof: pd.DataFrame | None) -> dict[tuple[str, str], RowDiffs]:
+    """(b) against the prior and (c), from the stacker's cross-fitted OOF (module doc)."""
+    if oof is None:
+        return {}
+    y, groups = oof["label"].to_numpy(dtype=np.int64), oof["group"].to_numpy()
+    sources = oof["source"].astype(str).to_numpy() if "source" in oof else None
+    loss = {}  # per-row log loss of each model the goals compare, where the OOF holds it
+    for name in ("student_raw", "prior", "features_only", *STUDENT_STACKERS):
+        cols = prob_columns(name)
+        if all(c in oof.columns for c in cols):
+            loss[name] = row_log_loss(y, oof[cols].to_numpy(dtype=np.float64))
+    out = {}
+    if "student_raw" in loss and "prior" in loss:
+        out[(DISTILLED, PRIOR)] = (loss["student_raw"] - loss["prior"], groups, sources)
+    best = best_student_stacker({n: float(loss[n].mean()) for n in STUDENT_STACKERS if n in loss})
+    if best is not None and "features_only" in loss:
+        out[(STUDENT_STACKER, FEATURES_ONLY)] = (loss[best] - loss["features_only"], groups, sources)
+    return out
 
 
-def _probs(oof, name: str) -> np.ndarray | None:
-    cols = [f"{name}_{c}" for c in CLASS_SUFFIXES]
-    return oof[cols].to_numpy(dtype=np.float64) if all(c in oof.columns for c in cols) else None
-
-
-def _stacker_diff(st: dict[str, Any] | None, a: str, b: str) -> RowDiffs | None:
-    if st is None:
-        return None
-    pa, pb = _probs(st["frame"], a), _probs(st["frame"], b)
-    if pa is None or pb is None:
-        return None
-    return row_log_loss(st["y"], pa) - row_log_loss(st["y"], pb), st["groups"], st["sources"]
-
-
-def _best_student_candidate(st: dict[str, Any] | None) -> str | None:
-    if st is None:
-        return None
-    scores = {n: float(row_log_loss(st["y"], p).mean()) for n in STUDENT_STACKERS
-              if (p := _probs(st["frame"], n)) is not None}
-    return min(scores, key=scores.get) if scores else None
-
-
-def oof_differences(cfg: PipelineConfig, hard_cfg: PipelineConfig | None) -> dict[tuple[str, str], RowDiffs]:
-    """{(a, b) as the report's goal lines name them: the out-of-fold per-row differences} for what was written."""
-    out: dict[tuple[str, str], RowDiffs] = {}
-    if hard_cfg is not None and hard_cfg.student.oof:
-        pair = oof_pair(cfg, cfg.workdir_path / "student" / "oof.parquet",
-                         hard_cfg.workdir_path / "student" / "oof.parquet")
-        if pair is not None:
-            out[(DISTILLED, HARD)] = (row_log_loss(pair["y"], pair["a"]) - row_log_loss(pair["y"], pair["b"]),
-                                      pair["groups"], pair["sources"])
-    st = _stacker_oof(cfg.workdir_path)
-    if (d := _stacker_diff(st, "student_raw", "prior")) is not None:
-        out[(DISTILLED, PRIOR)] = d
-    best = _best_student_candidate(st)
-    if best is not None and (d := _stacker_diff(st, best, "features_only")) is not None:
-        out[(STUDENT_STACKER, FEATURES_ONLY)] = d
+def oof_differences(twin: dict[str, np.ndarray] | None, stacker_oof: pd.DataFrame | None
+                    ) -> dict[tuple[str, str], RowDiffs]:
+    """{(a, b) as the report's goal lines name them: the out-of-fold per-row differences} from what was written:
+    ``twin`` (oof_report.twin_pair) and ``stacker_oof`` (oof_report.read_stacker_oof), each None when absent."""
+    out = _stacker_diffs(stacker_oof)
+    if twin is not None:
+        out[(DISTILLED, HARD)] = (row_log_loss(twin["y"], twin["a"]) - row_log_loss(twin["y"], twin["b"]),
+                                  twin["groups"], twin["sources"])
     return out
 
 

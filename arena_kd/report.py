@@ -33,9 +33,11 @@ from arena_kd.heldout import (
 from arena_kd.oof_report import (
     nested_oof_comparison,
     nested_section,
+    read_stacker_oof,
     stacker_oof_comparison,
     stacker_section,
     twin_oof_comparison,
+    twin_pair,
     twin_section,
 )
 from arena_kd.power_report import RowDiffs, oof_differences, power_section, projections
@@ -263,19 +265,20 @@ def write_report(cfg: PipelineConfig, ev: Evaluation | None, records: list[Stage
     stages = [r.as_dict() for r in records]
     parts = [f"# arena-kd report — `{out}`\n"]
     report: dict[str, Any] = {"rows": []}
+    twin = twin_pair(cfg, hard_cfg) if hard_cfg is not None and hard_cfg.student.oof else None
+    stack_oof = read_stacker_oof(out)
     if ev is not None:
-        parts += _held_out_section(ev, out, report, oof_differences(cfg, hard_cfg))
+        parts += _held_out_section(ev, out, report, oof_differences(twin, stack_oof))
     if nested_cfg is not None:
         cmp = nested_oof_comparison(cfg, nested_cfg)
         if cmp is not None:
             parts.append(nested_section(cmp))
             report["nested_oof"] = cmp
-    if hard_cfg is not None and hard_cfg.student.oof:
-        twin = twin_oof_comparison(cfg, hard_cfg)
-        if twin is not None:
-            parts.append(twin_section(twin))
-            report["twin_oof"] = twin
-    stacker_oof = stacker_oof_comparison(out, cfg.seed)
+    twin_oof = twin_oof_comparison(twin, cfg.seed)
+    if twin_oof is not None:
+        parts.append(twin_section(twin_oof))
+        report["twin_oof"] = twin_oof
+    stacker_oof = stacker_oof_comparison(stack_oof, cfg.seed)
     if stacker_oof is not None:
         parts.append(stacker_section(stacker_oof))
         report["stacker_oof"] = stacker_oof

@@ -28,8 +28,8 @@ import numpy as np
 from scipy.stats import norm
 
 Z95 = float(norm.ppf(0.975))
-Z80 = float(norm.ppf(0.80))
-TARGET_POWER = 0.80
+TARGET_POWER = 0.80  # the chance Projection.scale_for_80 asks for
+Z80 = float(norm.ppf(TARGET_POWER))
 
 
 @dataclass(frozen=True)

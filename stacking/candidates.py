@@ -83,6 +83,14 @@ STUDENT_STACKERS = ("stacker", "log_pool")
 of them (out of fold) beats the features-only stacker."""
 
 
+def best_student_stacker(oof_log_loss: dict[str, float | None]) -> str | None:
+    """Goal (c)'s candidate: the one of STUDENT_STACKERS with a number in ``oof_log_loss`` (out-of-fold log loss per
+    candidate, as stacker.json's candidate table or stacking/oof.parquet gives it) and the lowest one; ties go to the
+    earlier; None when neither has one. Chosen on the training rows, never on the test rows."""
+    have = [n for n in STUDENT_STACKERS if isinstance(oof_log_loss.get(n), (int, float))]
+    return min(have, key=lambda n: oof_log_loss[n]) if have else None
+
+
 def pool_members(mode: str) -> list[str]:
     """The log pool's members in student ``mode`` (tta | single): the features-only booster first (the pool starts
     from it), then the student of that mode."""

@@ -314,7 +314,7 @@ def test_report_compares_the_distilled_and_hard_fold_students_out_of_fold(tmp_pa
     """With fold students on both sides, the report adds (b) out of fold: paired, on every training row, per source."""
     from arena_kd.common.io import write_keyed_table
     from arena_kd.kfold.training_data import load_training_data
-    from arena_kd.oof_report import twin_oof_comparison, twin_section
+    from arena_kd.oof_report import twin_oof_comparison, twin_pair, twin_section
     from arena_kd.pipeline import hard_student_config
 
     cfg = load_config(SMOKE, [f"workdir={tmp_path / 'work'}", "student.final=fold_ensemble"])
@@ -328,13 +328,13 @@ def test_report_compares_the_distilled_and_hard_fold_students_out_of_fold(tmp_pa
         for j, col in enumerate(("logit_a", "logit_b", "logit_tie")):
             df[col] = z[:, j]
         write_keyed_table(c.workdir_path / "student" / "oof.parquet", df, {})
-    got = twin_oof_comparison(cfg, hard)
+    got = twin_oof_comparison(twin_pair(cfg, hard), cfg.seed)
     sources = sorted(set(frame["source"]))
     assert list(got) == ["all", *sources] and sum(got[s]["rows"] for s in sources) == got["all"]["rows"] == len(y)
     assert got["all"]["b"] == pytest.approx(np.log(3)) and got["all"]["hi"] < 0
     assert "distilled better" in twin_section(got)
     (hard.workdir_path / "student" / "oof.parquet").unlink()
-    assert twin_oof_comparison(cfg, hard) is None  # a twin without fold students: no section
+    assert twin_oof_comparison(twin_pair(cfg, hard), cfg.seed) is None  # a twin without fold students: no section
 
 
 def test_reading_the_members_needs_no_torch():

@@ -180,10 +180,10 @@ def test_report_compares_each_student_candidate_with_features_only_out_of_fold(s
     """(c) out of fold in report.md: the candidates using the student against the features-only stacker, from the
     stacker's OOF as the selection reads it, on every row and per source."""
     from arena_kd.common.io import read_keyed_table
-    from arena_kd.oof_report import stacker_oof_comparison, stacker_section
+    from arena_kd.oof_report import read_stacker_oof, stacker_oof_comparison, stacker_section
 
     cfg = stacked[0]
-    cmp = stacker_oof_comparison(cfg.workdir_path, seed=cfg.seed)
+    cmp = stacker_oof_comparison(read_stacker_oof(cfg.workdir_path), seed=cfg.seed)
     oof, _ = read_keyed_table(cfg.workdir_path / "stacking" / "oof.parquet")
     assert set(cmp) == {"stacker", "log_pool"}
     assert set(cmp["log_pool"]) == {"all", *map(str, oof["source"].unique())}
@@ -195,4 +195,4 @@ def test_report_compares_each_student_candidate_with_features_only_out_of_fold(s
     assert d["diff"] == pytest.approx(d["a"] - d["b"]) and d["lo"] <= d["diff"] <= d["hi"]
     text = stacker_section(cmp)
     assert text.startswith("### (c) out of fold") and "| log pool (features-only + student) | all |" in text
-    assert stacker_oof_comparison(cfg.workdir_path / "nowhere") is None
+    assert stacker_oof_comparison(read_stacker_oof(cfg.workdir_path / "nowhere")) is None
